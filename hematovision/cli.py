@@ -1,0 +1,165 @@
+"""Command line: ``python -m hematovision {train,evaluate,classify} --help``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+
+
+class UsageError(Exception):
+    """Unusable arguments or a missing/corrupt model: one line on stderr, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hematovision", description="HematoVision: white-blood-cell classification (research and education use, not diagnosis).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("classify", help="classify images, folders and zip archives into a CSV report")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG, BMP, TIFF), folders (recursive) or .zip archives")
+    c.add_argument("--out", required=True, help="CSV report to write ('-' for standard output)")
+    c.add_argument("--threshold", type=float, help="flag predictions whose confidence is below this (default: the model's)")
+    c.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="evaluate a model on the test sets, or on a labeled folder/zip")
+    e.add_argument("path", nargs="?", help="a folder of class folders or a .zip of them (default: the recorded test sets)")
+    e.add_argument("--model", help="model directory (default: the shipped models/)")
+    e.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    e.add_argument("--out", help="JSON report for PATH (default: print only); the test-set evaluation always writes evaluation.json beside the model")
+    e.add_argument("--predictions", help="with PATH: also write per-image predictions to this CSV")
+
+    t = sub.add_parser("train", help="train, calibrate and evaluate a new model (resumable)")
+    t.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    t.add_argument("--out", required=True, help="new model directory to write")
+    t.add_argument("--work", help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with the same one to resume")
+    t.add_argument("--input-size", type=int, default=224)
+    t.add_argument("--max-epochs", type=int, default=14)
+    t.add_argument("--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards")
+    t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
+    t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
+    t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
+    return p
+
+
+def cmd_classify(args) -> int:
+    from tqdm import tqdm
+
+    from . import persistence
+    from .inference import Classifier
+    from .report import columns, neutralise
+    from .sources import iter_paths
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be between 0 and 1 (got {args.threshold})")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    out_path = None if args.out == "-" else Path(args.out)
+    if out_path is not None and out_path.parent and not out_path.parent.exists():
+        raise UsageError(f"folder for --out does not exist: {out_path.parent}")
+    try:
+        clf = Classifier.load(args.model, batch_size=args.batch_size)
+    except persistence.ModelError as exc:
+        raise UsageError(str(exc)) from None
+    threshold = clf.default_threshold if args.threshold is None else args.threshold
+    cols = columns(clf.classes_) + ["threshold", "model_version"]
+    fh = sys.stdout if out_path is None else open(out_path, "w", newline="")
+    n = errors = flagged = 0
+    try:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        bar = tqdm(desc="classify", unit="img", disable=args.quiet or None, file=sys.stderr)
+        for p in clf.classify(iter_paths(args.paths), threshold, progress=lambda k: bar.update(1)):
+            row = [p.file, p.predicted_class, "" if not p.ok else f"{p.confidence:.6f}"]
+            row += [f"{v:.6f}" for v in p.probabilities] if p.ok else [""] * len(clf.classes_)
+            row += [p.flagged, p.error, threshold, clf.version]
+            w.writerow([neutralise(v) for v in row])
+            n += 1
+            errors += not p.ok
+            flagged += p.flagged
+        bar.close()
+    finally:
+        if out_path is not None:
+            fh.close()
+    print(f"{n} images: {n - errors} classified ({flagged} flagged below {threshold:.3f}), {errors} errors -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import persistence
+    from .config import model_dir
+    from .evaluation import evaluate_labeled, evaluate_model_on_test_sets, labeled_from_folder, labeled_from_zip, summary_lines
+    from .inference import Classifier
+
+    mdir = model_dir(args.model)
+    try:
+        persistence.load_card(mdir)
+    except persistence.ModelError as exc:
+        raise UsageError(str(exc)) from None
+    if args.path is None:
+        report = evaluate_model_on_test_sets(mdir, args.data)
+        if not report["sets"]:
+            raise UsageError("no test images found under the data root: set --data or $HEMATOVISION_DATA")
+        for line in summary_lines(report):
+            print(line)
+        print(f"written: {mdir / persistence.EVALUATION_FILE}, {mdir / persistence.PREDICTIONS_FILE}")
+        return 0
+    from tqdm import tqdm
+
+    path = Path(args.path)
+    clf = Classifier.load(mdir)
+    if path.is_dir():
+        labeled = labeled_from_folder(path, clf.classes_)
+    elif path.is_file():
+        labeled = labeled_from_zip(path.name, path.read_bytes(), clf.classes_)
+    else:
+        raise UsageError(f"no such folder or zip: {path}")
+    if not labeled.inputs:
+        raise UsageError(f"no labeled images in {path}: expected class folders named {', '.join(clf.classes_)}")
+    with tqdm(total=len(labeled.inputs), desc="evaluate", file=sys.stderr) as bar:
+        report, frame = evaluate_labeled(clf, labeled, path.name, progress=lambda k: bar.update(k - bar.n))
+    report["model_version"] = clf.version
+    for line in summary_lines({"sets": {"user": report}}):
+        print(line)
+    for name, why in report.get("skipped", []):
+        print(f"skipped: {name}: {why}", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    if args.predictions:
+        frame.to_csv(args.predictions, index=False, float_format="%.6f")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import data_root
+    from .training import TrainConfig, train_command
+
+    root = data_root(args.data)
+    if not root.is_dir():
+        raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
+    out = Path(args.out)
+    work = Path(args.work) if args.work else Path(".cache") / f"train-{out.name}"
+    cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, first_trainable_block=args.first_trainable_block,
+                      limit_per_split=args.limit_per_class, sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train_command(out, work, cfg, root, evaluate=not args.no_evaluate)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train}[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

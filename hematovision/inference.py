@@ -1,0 +1,203 @@
+"""Classify images with a saved model: batch in, typed results out, in input order.
+
+``Classifier`` follows scikit-learn's conventions (``classes_``,
+``predict_proba``) and Hugging Face's pipeline shape (``classify`` takes a batch
+of inputs and yields one :class:`Prediction` per input). Images are decoded in
+worker threads while the previous batch runs through the network, a fixed
+number of images at a time, so memory stays bounded for any number of inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import persistence
+from .config import model_dir as default_model_dir
+from .imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_rgb, resize_for_model, thumbnail
+from .sources import ImageInput
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one input. ``error`` is empty when the image was classified."""
+
+    file: str
+    predicted_class: str = ""
+    confidence: float = math.nan
+    probabilities: tuple[float, ...] = ()
+    flagged: bool = False
+    error: str = ""
+    sha256: str = ""
+    note: str = ""
+    thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+@dataclass
+class _Prepared:
+    item: ImageInput
+    sha256: str = ""
+    pixels: np.ndarray | None = None
+    thumb: np.ndarray | None = None
+    error: str = ""
+    note: str = ""
+
+
+def is_flagged(confidence: float, threshold: float) -> bool:
+    """Flag for human review when the calibrated confidence is below the threshold."""
+    return bool(confidence < threshold)
+
+
+class Classifier:
+    """A loaded model. Build with :meth:`load`; cheap to call many times."""
+
+    def __init__(self, network, card: persistence.ModelCard, model_dir: Path | None = None, batch_size: int = 32):
+        self.network = network
+        self.card = card
+        self.model_dir = model_dir
+        self.batch_size = batch_size
+        self.classes_ = list(card.classes)
+        self.input_size = int(card.input_size)
+        self._fn = None
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, batch_size: int = 32) -> "Classifier":
+        """Load a model directory; raises :class:`persistence.ModelError` with a plain reason."""
+        path = default_model_dir(model_dir)
+        card = persistence.load_card(path)
+        return cls(persistence.load_keras_model(path, card), card, path, batch_size)
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def default_threshold(self) -> float:
+        return float(self.card.default_threshold)
+
+    # ------------------------------------------------------------------ arrays
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        if self._fn is None:
+            import tensorflow as tf
+
+            net = self.network
+            spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
+            self._fn = tf.function(lambda x: net(x, training=False), input_signature=[spec])
+        return np.asarray(self._fn(batch), dtype=np.float64)
+
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated probabilities, shape ``(n, n_classes)``, for RGB uint8 arrays of any size."""
+        out = []
+        for b in range(0, len(images), self.batch_size):
+            chunk = [resize_for_model(im, self.input_size) for im in images[b:b + self.batch_size]]
+            out.append(self._forward(np.stack(chunk).astype(np.float32)))
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes_)))
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[str]:
+        return [self.classes_[k] for k in self.predict_proba(images).argmax(axis=1)]
+
+    # ------------------------------------------------------------------ inputs
+
+    def classify(
+        self,
+        inputs: Iterable[ImageInput],
+        threshold: float | None = None,
+        *,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        thumbnails: bool = False,
+        progress: Callable[[int], None] | None = None,
+        workers: int = 2,
+    ) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per input, in input order; bad inputs become error rows."""
+        thr = self.default_threshold if threshold is None else float(threshold)
+        done = 0
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: deque[list] = deque()
+            for chunk in _chunks(inputs, self.batch_size):
+                pending.append([pool.submit(_prepare, it, self.input_size, limits, thumbnails) for it in chunk])
+                if len(pending) > 1:
+                    for p in self._finish([f.result() for f in pending.popleft()], thr):
+                        done += 1
+                        if progress:
+                            progress(done)
+                        yield p
+            while pending:
+                for p in self._finish([f.result() for f in pending.popleft()], thr):
+                    done += 1
+                    if progress:
+                        progress(done)
+                    yield p
+
+    def _finish(self, prepared: list[_Prepared], threshold: float) -> list[Prediction]:
+        good = [p for p in prepared if p.pixels is not None]
+        probs = self._forward(np.stack([p.pixels for p in good]).astype(np.float32)) if good else None
+        out, k = [], 0
+        for p in prepared:
+            if p.pixels is None:
+                out.append(Prediction(p.item.name, error=p.error or "unreadable", sha256=p.sha256, note=p.note))
+                continue
+            row = probs[k]
+            k += 1
+            j = int(row.argmax())
+            conf = float(row[j])
+            out.append(Prediction(p.item.name, self.classes_[j], conf, tuple(float(v) for v in row), is_flagged(conf, threshold), "", p.sha256, p.note, p.thumb))
+        return out
+
+
+def _chunks(items: Iterable, n: int) -> Iterator[list]:
+    chunk: list = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _prepare(item: ImageInput, size: int, limits: ImageLimits, thumbnails: bool) -> _Prepared:
+    """Read, hash, decode and resize one input in a worker thread; never raises."""
+    if item.error:
+        return _Prepared(item, error=item.error)
+    try:
+        data = item.read()
+    except Exception as exc:  # a vanished file, a damaged zip member
+        return _Prepared(item, error=f"cannot read ({type(exc).__name__}: {exc})")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        dec = decode_image(data, limits)
+    except ImageError as exc:
+        return _Prepared(item, sha, error=str(exc))
+    except Exception as exc:  # defensive: the reader must never take the batch down
+        return _Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
+    return _Prepared(item, sha, resize_for_model(dec.rgb, size), thumbnail(dec.rgb) if thumbnails else None, note=dec.note)
+
+
+def predict_logits_keras(network, paths: Sequence[Path], input_size: int, batch_size: int = 64, desc: str = "logits") -> np.ndarray:
+    """Pre-softmax logits of a network for dataset files (training-time calibration)."""
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from .model import LOGITS_LAYER
+
+    sub = keras.Model(network.input, network.get_layer(LOGITS_LAYER).output)
+    fn = tf.function(lambda x: sub(x, training=False), input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)])
+    out = []
+    with ThreadPoolExecutor(2) as pool:
+        for b in tqdm(range(0, len(paths), batch_size), desc=desc, mininterval=5):
+            imgs = list(pool.map(lambda p: resize_for_model(read_rgb(p), input_size), paths[b:b + batch_size]))
+            out.append(np.asarray(fn(np.stack(imgs).astype(np.float32)), dtype=np.float64))
+    return np.concatenate(out)

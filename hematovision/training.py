@@ -1,0 +1,329 @@
+"""Train HematoVision's classifier on a 2-core CPU, literate-script style.
+
+The recipe, and why:
+
+1. **Split** both sources (see :mod:`hematovision.datasets`): Kaggle validation by
+   whole original cell, PBC by content hash after de-duplication. The split is
+   written as a manifest beside the model.
+2. **Cache the frozen part.** MobileNetV2 up to ``block_12_add`` stays at its
+   ImageNet weights, so its output is computed once per augmented view and
+   cached (float16). That is ~80% of the network's cost; what is trained next
+   runs on the cache, which is what makes fine-tuning feasible without a GPU.
+   Every training image gets several views (rotation, flip, zoom, shift, HED
+   stain jitter, colour jitter, blur, JPEG re-compression); validation images
+   one clean view.
+3. **Frozen phase**: only the dense head learns, at a high learning rate.
+4. **Fine-tune** blocks 13-16 and the last 1x1 convolution with the head, at a
+   low learning rate, class-and-source balanced, early-stopped on the grouped
+   validation loss. Each epoch sees every training image once, in a different
+   cached view. A checkpoint after every epoch lets an interrupted run resume.
+5. **Calibrate**: temperature scaling fitted on the validation logits, and the
+   review threshold chosen on validation for the target accuracy of accepted
+   predictions (:mod:`hematovision.calibration`).
+6. **Ship**: rebuild the network with the temperature inside, save it with its
+   model card, then evaluate it on the test sets it never saw
+   (:mod:`hematovision.evaluation`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import augment as aug
+from . import datasets as ds
+from .config import TRAINING_CLASSES, data_root, weights_path
+from .imaging import read_rgb, resize_for_model
+
+log = logging.getLogger("hematovision.training")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; saved into the model card."""
+
+    input_size: int = 224
+    first_trainable_block: int = 13
+    views_per_image: dict = field(default_factory=lambda: {"kaggle": 2, "pbc": 4})
+    head_epochs: int = 2
+    max_epochs: int = 14
+    patience: int = 3
+    batch_size: int = 64
+    lr_head: float = 1e-3
+    lr_finetune: float = 3e-4
+    dropout: float = 0.2
+    label_smoothing: float = 0.05
+    weight_decay: float = 1e-4
+    seed: int = 20261121
+    threshold_target_accuracy: float = 0.99
+    augment: dict = field(default_factory=lambda: {
+        "kaggle": asdict(aug.AugmentConfig(zoom=(0.85, 1.15), border="black")),
+        "pbc": asdict(aug.AugmentConfig(zoom=(0.6, 1.3))),
+    })
+    sources: tuple = ("kaggle", "pbc")
+    limit_per_split: int = 0  # >0: small smoke runs for tests
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _view(img: ds.LabeledImage, view: int, cfg: TrainConfig) -> np.ndarray:
+    rgb = read_rgb(img.path)
+    if view >= 0:
+        rng = np.random.default_rng([cfg.seed, view, zlib.crc32(img.relpath.encode())])
+        rgb = aug.augment(rgb, rng, aug.AugmentConfig(**{**cfg.augment[img.source], "zoom": tuple(cfg.augment[img.source]["zoom"])}))
+    return resize_for_model(rgb, cfg.input_size)
+
+
+def cache_features(bottom, items: list[tuple[ds.LabeledImage, int]], path: Path, cfg: TrainConfig, chunk: int = 512, desc: str = "cache") -> np.ndarray:
+    """Bottom-network features of ``(image, view)`` pairs (view -1 = clean), cached by chunk.
+
+    Chunks already on disk are skipped, so an interrupted run resumes here.
+    Decoding and augmentation run in threads beside the TensorFlow forward pass.
+    """
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    path.mkdir(parents=True, exist_ok=True)
+    fwd = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
+    parts = []
+    n_chunks = (len(items) + chunk - 1) // chunk
+    with ThreadPoolExecutor(max_workers=2) as pool, tqdm(total=len(items), desc=desc, unit="img", mininterval=5) as bar:
+        for c in range(n_chunks):
+            f = path / f"{c:05d}.npy"
+            sub = items[c * chunk:(c + 1) * chunk]
+            if f.exists():
+                parts.append(np.load(f))
+                bar.update(len(sub))
+                continue
+            out = []
+            for b in range(0, len(sub), cfg.batch_size):
+                batch = list(pool.map(lambda it: _view(it[0], it[1], cfg), sub[b:b + cfg.batch_size]))
+                out.append(np.asarray(fwd(np.stack(batch).astype(np.float32))).astype(np.float16))
+                bar.update(len(batch))
+            arr = np.concatenate(out)
+            np.save(f.with_suffix(".tmp.npy"), arr)
+            os.replace(f.with_suffix(".tmp.npy"), f)
+            parts.append(arr)
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float16)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_items(images: list[ds.LabeledImage], cfg: TrainConfig):
+    """``(image, view)`` pairs for the training cache, and the view count per image."""
+    items = []
+    for v in range(max(cfg.views_per_image.values())):
+        for img in images:
+            if v < cfg.views_per_image[img.source]:
+                items.append((img, v))
+    return items
+
+
+def balanced_weights(images: list[ds.LabeledImage]) -> np.ndarray:
+    """Sample weights giving each (source, class) stratum equal total weight, mean 1."""
+    keys = [(i.source, i.label) for i in images]
+    counts = {k: keys.count(k) for k in set(keys)}
+    w = np.array([len(keys) / (len(counts) * counts[k]) for k in keys], dtype=np.float32)
+    return w
+
+
+def _limit(images: list[ds.LabeledImage], n: int, seed: int) -> list[ds.LabeledImage]:
+    if n <= 0:
+        return images
+    rng = np.random.default_rng(seed)
+    out = []
+    for key in sorted({(i.source, i.label) for i in images}):
+        group = [i for i in images if (i.source, i.label) == key]
+        idx = rng.permutation(len(group))[:n]
+        out += [group[j] for j in sorted(idx)]
+    return out
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint records, so a run can resume after an interruption."""
+
+    phase: str = "head"
+    epoch: int = 0
+    best_val_loss: float = float("inf")
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+
+
+def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch):
+    """Pick one view per training image for this epoch (rotating through the views)."""
+    idx = []
+    for i in range(n_images):
+        views = view_index[i]
+        idx.append(views[epoch % len(views)])
+    idx = np.array(idx)
+    return feats[idx], labels[idx], weights[idx]
+
+
+def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | None = None) -> dict:
+    """Run the whole recipe in ``work`` (resumable); return the fitted state for :func:`export`."""
+    import keras
+    import tensorflow as tf
+
+    from .model import build_network, set_trainable_top, split_models
+
+    root = root or data_root()
+    weights = weights or weights_path(root)
+    work.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    t0 = time.time()
+
+    images = ds.discover(root)
+    images = [i for i in images if i.source in cfg.sources]
+    if not images:
+        raise FileNotFoundError(f"no labeled images under {root}: set --data or {ds.__name__}")
+    ds.write_manifest(images, work / "split_manifest.csv")
+    train = _limit(ds.select(images, split="train"), cfg.limit_per_split, cfg.seed)
+    val = _limit(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
+    log.info("train %d images, val %d images", len(train), len(val))
+
+    net = build_network(cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout)
+    bottom, top = split_models(net)
+    cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
+
+    items = training_items(train, cfg)
+    x_train = cache_features(bottom, items, work / "cache" / "train", cfg, desc="train views")
+    y_items = np.array([cls_index[i.label] for i, _ in items])
+    pos = {id(img): k for k, img in enumerate(train)}
+    view_index = [[] for _ in train]
+    for j, (img, _) in enumerate(items):
+        view_index[pos[id(img)]].append(j)
+    w_img = balanced_weights(train)
+    w_items = np.array([w_img[pos[id(img)]] for img, _ in items], dtype=np.float32)
+
+    x_val = cache_features(bottom, [(i, -1) for i in val], work / "cache" / "val", cfg, desc="val")
+    y_val = np.array([cls_index[i.label] for i in val])
+    w_val = balanced_weights(val)
+    cache_s = time.time() - t0
+
+    state_file = work / "state.json"
+    ckpt = work / "checkpoint.weights.h5"
+    best = work / "best.weights.h5"
+    state = TrainState(**json.loads(state_file.read_text())) if state_file.exists() else TrainState()
+    if ckpt.exists():
+        net.load_weights(str(ckpt))
+        log.info("resumed at phase %s epoch %d", state.phase, state.epoch)
+
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+
+    def run_phase(phase: str, epochs: int, lr: float, first_block: int, early_stop: bool):
+        if state.phase != phase:
+            return
+        if first_block > 16:  # head only
+            for layer in net.layers:
+                layer.trainable = layer.name == "logits"
+        else:
+            set_trainable_top(net, first_block)
+        top.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay), loss=loss, weighted_metrics=["accuracy"])
+        yv = keras.utils.to_categorical(y_val, len(TRAINING_CLASSES))
+        while state.epoch < epochs:
+            e = state.epoch
+            xe, ye, we = _epoch_arrays(x_train, y_items, w_items, view_index, len(train), e + (0 if phase == "head" else 1000))
+            rng = np.random.default_rng(cfg.seed + e + (0 if phase == "head" else 1000))
+            perm = rng.permutation(len(xe))
+            h = top.fit(xe[perm].astype(np.float32), keras.utils.to_categorical(ye[perm], len(TRAINING_CLASSES)), sample_weight=we[perm],
+                        batch_size=cfg.batch_size, epochs=1, verbose=0)
+            vl, va = top.evaluate(x_val.astype(np.float32), yv, sample_weight=w_val, batch_size=256, verbose=0)
+            rec = {"phase": phase, "epoch": e, "loss": float(h.history["loss"][0]), "acc": float(h.history["accuracy"][0]), "val_loss": float(vl), "val_acc": float(va), "t": round(time.time() - t0, 1)}
+            state.history.append(rec)
+            log.info("%s", rec)
+            state.epoch += 1
+            if early_stop and vl < state.best_val_loss:
+                state.best_val_loss, state.best_epoch = float(vl), e
+                net.save_weights(str(best))
+            net.save_weights(str(ckpt))
+            state_file.write_text(json.dumps(asdict(state)))
+            if early_stop and e - state.best_epoch >= cfg.patience:
+                log.info("early stop at epoch %d (best %d)", e, state.best_epoch)
+                break
+        state.phase = {"head": "finetune", "finetune": "done"}[phase]
+        state.epoch = 0
+        net.save_weights(str(ckpt))
+        state_file.write_text(json.dumps(asdict(state)))
+
+    run_phase("head", cfg.head_epochs, cfg.lr_head, 99, early_stop=False)
+    run_phase("finetune", cfg.max_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=True)
+    if best.exists():
+        net.load_weights(str(best))
+    return {"network": net, "images": images, "train": train, "val": val, "state": state, "cache_seconds": cache_s, "fit_seconds": time.time() - t0}
+
+
+def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = None) -> Path:
+    """Calibrate on validation, save the model with temperature inside, and its card and manifest."""
+    import keras
+
+    from . import calibration, persistence
+    from .inference import predict_logits_keras
+    from .model import build_network, transfer_weights
+
+    root = root or data_root()
+    net, val = fitted["network"], fitted["val"]
+    cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
+    logits = predict_logits_keras(net, [v.path for v in val], cfg.input_size, desc="validation logits")
+    y = np.array([cls_index[v.label] for v in val])
+    temperature = calibration.fit_temperature(logits, y)
+    probs = calibration.softmax(logits / temperature)
+    thr = calibration.choose_threshold(probs, y, cfg.threshold_target_accuracy)
+
+    final = build_network(cfg.input_size, len(TRAINING_CLASSES), temperature=temperature, dropout=cfg.dropout)
+    transfer_weights(net, final)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = persistence.ModelCard(
+        name=out_dir.name,
+        classes=list(TRAINING_CLASSES),
+        input_size=cfg.input_size,
+        temperature=float(temperature),
+        default_threshold=float(thr.threshold),
+        threshold={"target_accuracy": cfg.threshold_target_accuracy, "val_accuracy_accepted": thr.accuracy, "val_coverage": thr.coverage, "val_flagged_share": 1 - thr.coverage},
+        training={
+            "data_root": "<HEMATOVISION_DATA>",
+            "counts": ds.split_counts(fitted["images"]),
+            "split_rules": ds.__doc__.split("Split rules")[1].split("Both rules")[0].strip(),
+            "validation_metrics": {"val_accuracy": float((probs.argmax(1) == y).mean()), "val_nll_before": calibration.nll(logits, y), "val_nll_after": calibration.nll(logits / temperature, y)},
+            "hyperparameters": asdict(cfg),
+            "history": fitted["state"].history,
+            "wall_time_seconds": {"feature_cache": round(fitted["cache_seconds"], 1), "total_fit": round(fitted["fit_seconds"], 1)},
+            "machine": persistence.machine_description(),
+            "imagenet_weights": "mobilenet_v2_1.0_no_top.weights.h5 (sha256 6714965a…)",
+        },
+    )
+    persistence.save_model(final, card, out_dir)
+    return out_dir
+
+
+def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True) -> Path:
+    """``python -m hematovision train``: fit, export, copy the split manifest, evaluate."""
+    import shutil
+
+    t0 = time.time()
+    fitted = fit(work, cfg, root)
+    out = export(fitted, out_dir, cfg, root)
+    shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
+    from . import persistence
+
+    persistence.update_card(out, lambda c: c.training["wall_time_seconds"].update(total_train_and_export=round(time.time() - t0, 1)))
+    if evaluate:
+        from .evaluation import evaluate_model_on_test_sets
+
+        evaluate_model_on_test_sets(out, root)
+    log.info("done in %.0f s: %s (%s)", time.time() - t0, out, platform.node())
+    return out
