@@ -1,0 +1,72 @@
+"""Home page through Streamlit's AppTest: purpose, disclaimer, model card, links, no model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
+
+EVALUATION = {
+    "model_version": "tiny", "classes": ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], "default_threshold": 0.3,
+    "sets": {
+        "kaggle_test": {"name": "Kaggle TEST", "n_images": 2487, "accuracy": 0.871, "accuracy_ci95": [0.857, 0.884], "macro_f1": 0.87,
+                        "ece_before_calibration": 0.081, "ece_after_calibration": 0.021, "risk_coverage": [],
+                        "per_cell": {"n_cells": 71, "correct": 60, "accuracy": 0.845, "accuracy_ci95": [0.74, 0.91]}},
+        "pbc_test": {"name": "PBC test", "n_images": 1200, "accuracy": 0.962, "accuracy_ci95": [0.95, 0.97], "macro_f1": 0.96,
+                     "ece_before_calibration": 0.05, "ece_after_calibration": 0.012, "risk_coverage": []},
+    },
+}
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [w.value for w in at.warning] + [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_home_with_evaluation(tmp_path, tiny_model_dir, monkeypatch):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "evaluation.json").write_text(json.dumps(EVALUATION))
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(model))
+    at = _app()
+    text = _text(at)
+    assert "HematoVision" in at.title[0].value
+    assert "not a medical device" in text.lower() and "diagnosis" in text.lower()
+    assert "review threshold" in text.lower()
+    assert "students" in text
+    # every page is linked
+    links = {p.proto.label: p.proto.page for p in at.get("page_link")}
+    assert links == {"Home": "", "Classify": "classify", "Model evaluation": "evaluation"}
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "4" and metrics["Default threshold"] == "0.300"
+    table = at.dataframe[0].value
+    assert list(table["Test set"]) == ["Kaggle TEST", "PBC test"]
+    assert table.loc[0, "Accuracy"] == "87.1%" and table.loc[0, "ECE after calibration"] == "0.021"
+    assert table.loc[0, "Per-cell accuracy"] == "84.5%" and table.loc[1, "Per-cell accuracy"] == "–"
+
+
+def test_home_without_evaluation(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(tiny_model_dir))
+    at = _app()
+    assert "No evaluation has been written" in _text(at)
+    assert {m.label for m in at.metric} >= {"Classes", "Default threshold"}
+
+
+def test_home_without_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(tmp_path / "nothing-here"))
+    at = _app()
+    assert "No model found yet" in _text(at)
+    assert len(at.get("page_link")) == 3
