@@ -197,3 +197,38 @@ def summarise(frame: pd.DataFrame, classes: Sequence[str]) -> Summary:
 def csv_report(frame: pd.DataFrame, classes: Sequence[str], threshold: float, model_version: str) -> str:
     """The CLI's CSV columns plus ``threshold`` and ``model_version``, formula cells neutralised."""
     return report.to_csv(frame[report.columns(classes)], threshold=float(threshold), model_version=model_version)
+
+
+@dataclass
+class Batch:
+    """What the user handed over (uploads and samples), kept across reruns and page changes.
+
+    A file uploader forgets its files when the user leaves the page; keeping the
+    bytes here lets the results come back without asking for the files again.
+    The plan (read, hash) is memoised per change so reruns do not re-read zips.
+    """
+
+    uploaded: list[tuple[str, bytes]] = field(default_factory=list)
+    samples: list[tuple[str, bytes]] = field(default_factory=list)
+    generation: int = 0
+    _planned: tuple[int, list[Entry]] | None = field(default=None, repr=False)
+
+    def set_uploaded(self, pairs: Iterable[tuple[str, bytes]]) -> None:
+        self.uploaded = list(pairs)
+        self.generation += 1
+
+    def set_samples(self, pairs: Iterable[tuple[str, bytes]]) -> None:
+        self.samples = list(pairs)
+        self.generation += 1
+
+    def clear(self) -> None:
+        self.uploaded, self.samples = [], []
+        self.generation += 1
+
+    def __bool__(self) -> bool:
+        return bool(self.uploaded or self.samples)
+
+    def entries(self) -> list[Entry]:
+        if self._planned is None or self._planned[0] != self.generation:
+            self._planned = (self.generation, plan_uploads(self.uploaded + self.samples))
+        return self._planned[1]
