@@ -54,6 +54,6 @@ def to_csv(frame: pd.DataFrame, path=None, **extra_columns) -> str | None:
     for k, v in extra_columns.items():
         out[k] = v
     for col in out.columns:
-        if out[col].dtype == object:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
             out[col] = out[col].map(neutralise)
     return out.to_csv(path, index=False, float_format="%.6f")

@@ -1,0 +1,78 @@
+"""The command line, run as users run it: python -m hematovision ..."""
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import image_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args, model=None, env_extra=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if model:
+        env["HEMATOVISION_MODEL"] = str(model)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "hematovision", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_classify_folder_and_zip_with_corrupt_files(tmp_path, tiny_model_dir):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(image_bytes())
+    (folder / "sub" / "b.jpg").write_bytes(image_bytes("JPEG", seed=1))
+    (folder / "sub" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("c.bmp", image_bytes("BMP", seed=2))
+        zf.writestr("broken.png", b"\x89PNG\r\n\x1a\n truncated")
+        zf.writestr("d.tif", image_bytes("TIFF", seed=3))
+    (tmp_path / "batch.zip").write_bytes(buf.getvalue())
+    out = tmp_path / "r.csv"
+    r = run("classify", str(folder), str(tmp_path / "batch.zip"), "--out", str(out), "--threshold", "0.5", "--quiet", model=tiny_model_dir)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 6
+    for col in ["file", "predicted_class", "confidence", "p_eosinophil", "p_lymphocyte", "p_monocyte", "p_neutrophil", "flagged", "error"]:
+        assert col in rows[0]
+    errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"corrupt.jpg", "broken.png"}
+    assert all(r["predicted_class"] for r in rows if not r["error"])
+    assert "6 images: 4 classified" in r.stderr
+
+
+def test_missing_model_is_one_line_and_nonzero(tmp_path):
+    r = run("classify", str(tmp_path), "--out", str(tmp_path / "x.csv"), model=tmp_path / "nomodel")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: no model card")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_arguments_are_rejected(tmp_path, tiny_model_dir):
+    r = run("classify", str(tmp_path), "--out", str(tmp_path / "x.csv"), "--threshold", "1.5", model=tiny_model_dir)
+    assert r.returncode == 2 and "threshold" in r.stderr
+    assert run("classify").returncode == 2
+
+
+def test_help_for_every_command():
+    for cmd in ("classify", "evaluate", "train"):
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_evaluate_labeled_folder(tmp_path, tiny_model_dir):
+    for cls in ("Eosinophil", "MONOCYTE", "basophil"):
+        (tmp_path / "set" / cls).mkdir(parents=True)
+        for k in range(2):
+            (tmp_path / "set" / cls / f"{k}.png").write_bytes(image_bytes(seed=k))
+    r = run("evaluate", str(tmp_path / "set"), "--out", str(tmp_path / "e.json"), model=tiny_model_dir)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["n_images"] == 4 and len(rep["skipped"]) == 2
+    assert sum(map(sum, rep["confusion_matrix"])) == 4
