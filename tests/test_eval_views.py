@@ -20,12 +20,12 @@ def synthetic_set(n: int = 120, seed: int = 0, name: str = "Kaggle TEST", groups
     """A per-set report from random but mostly-right probabilities, plus its inputs."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, len(CLASSES), n)
-    logits = rng.normal(0, 1, (n, len(CLASSES)))
-    logits[np.arange(n), y] += rng.uniform(0, 4, n)
-    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     g = [f"cell{i % (n // 10)}" for i in range(n)] if groups else None
     if groups:  # one true class per cell, as in the real data
         y = np.array([int(gi[4:]) % len(CLASSES) for gi in g])
+    logits = rng.normal(0, 1, (n, len(CLASSES)))
+    logits[np.arange(n), y] += rng.uniform(0, 6, n)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return evaluate_predictions(y, p, CLASSES, 1.5, g, name), y, p
 
 
