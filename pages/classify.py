@@ -1,0 +1,138 @@
+"""Classify page: upload images (or zips), see one row per image, filter, summarise, download.
+
+Thin by design: caching, filtering and summaries live in ``hematovision.batching``.
+"""
+
+import plotly.express as px
+import streamlit as st
+
+from hematovision import app_state, batching, samples
+from hematovision.imaging import decode_image
+
+IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
+
+st.title("🔬 Classify white blood cells")
+app_state.disclaimer()
+
+clf = app_state.get_classifier()
+if clf is None:
+    st.info("Train a model with `python -m hematovision train`, or set `HEMATOVISION_MODEL` to a model folder, then reload this page.")
+    st.stop()
+
+classes = list(clf.classes_)
+threshold = app_state.threshold()
+cache: batching.ResultCache = st.session_state.setdefault("hv_cache", batching.ResultCache())
+batch: batching.Batch = st.session_state.setdefault("hv_batch", batching.Batch())
+
+
+def _on_upload() -> None:
+    files = st.session_state.get("hv_uploader") or []
+    batch.set_uploaded([(f.name, f.getvalue()) for f in files])
+
+
+st.file_uploader(
+    "Images of single white blood cells (JPEG, PNG, BMP, TIFF) or zip archives of them",
+    type=IMAGE_TYPES, accept_multiple_files=True, key="hv_uploader", on_change=_on_upload,
+    help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified.",
+)
+c1, c2, _ = st.columns([1, 1, 3])
+if c1.button("Load sample images", help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv"):
+    found, missing = samples.load_samples()
+    if found:
+        batch.set_samples(found)
+    if missing:
+        from hematovision.config import data_root
+
+        st.warning(f"{len(missing)} of {len(missing) + len(found)} sample images are missing. "
+                   + samples.HOW_TO_GET_DATA.format(root=data_root()))
+if batch and c2.button("Clear results"):
+    batch.clear()
+    st.rerun()
+
+if not batch:
+    st.info("Upload images or load the sample images to start.")
+    st.stop()
+if batch.uploaded and not st.session_state.get("hv_uploader"):
+    st.caption(f"Showing your last upload ({len(batch.uploaded)} files). Upload new files to replace it, or press *Clear results*.")
+
+entries = batch.entries()
+todo = len(batching.pending(entries, cache, clf.version))
+if todo:
+    bar = st.progress(0.0, text=f"Classifying {todo} new image(s)…")
+    batching.classify_pending(clf, entries, cache, threshold,
+                              progress=lambda d, t: bar.progress(d / t, text=f"Classified {d} of {t}"))
+    bar.empty()
+
+preds, thumbs = batching.assemble(entries, cache, clf.version)
+frame = batching.results_frame(preds, thumbs, classes, threshold)
+
+# ---------------------------------------------------------------- summary
+summary = batching.summarise(frame, classes)
+st.subheader("Summary")
+m = st.columns(4)
+m[0].metric("Images", summary.n_images)
+m[1].metric("Classified", summary.n_classified)
+m[2].metric("Flagged for review", summary.n_flagged, help=f"Confidence below the threshold {threshold:.3f} (sidebar)")
+m[3].metric("Errors", summary.n_errors)
+s1, s2 = st.columns([2, 3])
+s1.dataframe(summary.differential, hide_index=True, column_config={
+    "class": st.column_config.TextColumn("Class"),
+    "count": st.column_config.NumberColumn("Count"),
+    "percent": st.column_config.NumberColumn("Percent", format="%.1f%%"),
+})
+fig = px.bar(summary.differential, x="class", y="count", text="count", title="Predicted class distribution")
+fig.update_layout(height=300, margin=dict(t=40, b=10))
+s2.plotly_chart(fig, width="stretch")
+
+# ---------------------------------------------------------------- filters + table
+st.subheader("Results")
+f1, f2, f3, f4 = st.columns([3, 1, 1, 2])
+chosen = f1.multiselect("Predicted class", classes, default=classes, key="hv_filter_classes")
+flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
+show_errors = f3.checkbox("Show errors", value=True, key="hv_show_errors")
+conf = f4.slider("Confidence range", 0.0, 1.0, (0.0, 1.0), step=0.01, key="hv_conf_range")
+view = batching.filter_frame(frame, batching.Filters(tuple(chosen), flagged_only, tuple(conf), show_errors))
+st.caption(f"{len(view)} of {len(frame)} rows shown · threshold {threshold:.3f} · model `{clf.version}`")
+
+col_cfg = {
+    "thumbnail": st.column_config.ImageColumn("Image", width="small"),
+    "file": st.column_config.TextColumn("File"),
+    "predicted_class": st.column_config.TextColumn("Predicted class"),
+    "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
+    "flagged": st.column_config.CheckboxColumn("Flagged"),
+    "error": st.column_config.TextColumn("Error"),
+}
+col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
+order = ["thumbnail", "file", "predicted_class", "confidence", *[f"p_{c}" for c in classes], "flagged", "error"]
+st.dataframe(view, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
+
+# ---------------------------------------------------------------- download
+scope = st.radio("Rows to download", ["Filtered rows", "All rows"], horizontal=True, key="hv_download_scope")
+out = view if scope == "Filtered rows" else frame
+st.download_button(
+    f"Download CSV ({len(out)} rows)", batching.csv_report(out, classes, threshold, clf.version),
+    file_name="hematovision_predictions.csv", mime="text/csv", on_click="ignore",
+)
+
+# ---------------------------------------------------------------- detail
+st.subheader("Detail")
+ok_rows = [i for i in view.index if not view.at[i, "error"]]
+if not ok_rows:
+    st.info("No classified image among the rows shown.")
+    st.stop()
+pick = st.selectbox("Image", ok_rows, format_func=lambda i: frame.at[i, "file"], key="hv_detail")
+d1, d2 = st.columns([1, 1])
+try:
+    d1.image(decode_image(entries[pick].data).rgb, caption=frame.at[pick, "file"], width="stretch")
+except Exception as exc:  # shown as text, never as a traceback
+    d1.warning(f"Could not display this image ({type(exc).__name__}).")
+probs = [{"class": c, "probability": float(frame.at[pick, f"p_{c}"])} for c in classes]
+fig = px.bar(probs, x="probability", y="class", orientation="h", range_x=[0, 1], text_auto=".3f",
+             title=f"Predicted: {frame.at[pick, 'predicted_class']} ({frame.at[pick, 'confidence']:.3f})")
+fig.update_layout(height=300, margin=dict(t=40, b=10))
+d2.plotly_chart(fig, width="stretch")
+truth = samples.labels().get(frame.at[pick, "file"]) if batch.samples else None
+if truth:
+    d2.caption(f"Sample image; class given by the dataset: **{truth}**")
+if frame.at[pick, "flagged"]:
+    d2.warning("Confidence below the review threshold: a person should check this one.")
