@@ -131,3 +131,18 @@ def test_missing_model_is_a_message_not_a_traceback(tmp_path, monkeypatch):
     at = _classify_page()
     assert any("could not be loaded" in e.value for e in at.error)
     assert not at.file_uploader
+
+
+def test_sample_images_button(calls, monkeypatch, tmp_path):
+    from hematovision import samples
+
+    at = _classify_page()
+    if all((samples.data_root() / s.relpath).is_file() for s in samples.read_manifest()):
+        at.button[0].click().run()
+        frame = _results(at)
+        assert len(frame) == 32 and (frame["error"] == "").all()
+        assert len(calls) == 32
+    monkeypatch.setenv("HEMATOVISION_DATA", str(tmp_path / "no-data"))
+    at = _classify_page()
+    at.button[0].click().run()
+    assert any("32 of 32 sample images are missing" in w.value and "HEMATOVISION_DATA" in w.value for w in at.warning)
