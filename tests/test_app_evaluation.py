@@ -124,3 +124,41 @@ def test_upload_labeled_zip_adds_a_set(app):
     assert len(at.get("download_button")) == 2
     # The shipped sets are still there.
     assert set(at.selectbox(key="eval_set").options) >= {"Kaggle TEST", "PBC test"}
+
+
+def test_upload_images_and_csv_lists_unknown_labels(app):
+    from conftest import image_bytes
+
+    at, _ = app
+    imgs = [(f"cell{i}.png", image_bytes(seed=i), "image/png") for i in range(4)]
+    csv = b"file,label\ncell0.png,lymphocyte\ncell1.png,Neutrophils\ncell2.png,basophil\n"
+    at.file_uploader(key="eval_imgs").set_value(imgs).run()
+    at.file_uploader(key="eval_csv").upload("labels.csv", csv, "text/csv").run()
+    at.button(key="eval_csv_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    user = at.session_state["eval_user_sets"]["user_1"]["report"]
+    assert user["n_images"] == 2
+    assert dict(user["skipped"]) == {"cell2.png": "unknown class 'basophil'", "cell3.png": "no label in the CSV"}
+    assert metric(at, "Images") == "2"
+
+
+def test_gallery_shows_images_from_the_data_root(eval_model_dir, monkeypatch, tmp_path):
+    import pandas as pd
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import image_bytes
+    from hematovision import eval_views as ev
+
+    d, _ = eval_model_dir
+    wrong = ev.misclassified(pd.read_csv(d / "test_predictions.csv"), "kaggle_test")
+    for f in wrong["file"][:3]:  # only some present: the others say so
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(image_bytes())
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(d))
+    monkeypatch.setenv("HEMATOVISION_DATA", str(tmp_path))
+    at = AppTest.from_file(str(REPO / "Home.py"), default_timeout=60)
+    at.switch_page("pages/evaluation.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.image) == 3 and all("predicted" in im.captions[0] for im in at.image)
+    assert sum("image absent" in c.value for c in at.caption) == len(wrong) - 3
