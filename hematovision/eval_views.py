@@ -15,14 +15,6 @@ import plotly.graph_objects as go
 
 from .datasets import TEST_SETS
 
-#: Why the per-image figure on Kaggle TEST overstates the evidence.
-PER_CELL_NOTE = (
-    "Kaggle TEST holds about 35 augmented copies (rotations, flips, shifts) of each of only 71 original cells, "
-    "so its per-image figures count the same cell many times over and overstate the number of independent cases. "
-    "The per-cell figure gives each original cell one vote (the class with the highest mean probability over its "
-    "copies); its wider interval is the honest measure of how sure we can be."
-)
-
 GALLERY_CAP = 24
 
 
@@ -144,11 +136,27 @@ def risk_coverage_figure(set_report: dict, threshold: float | None = None) -> go
     return fig
 
 
-def per_cell_summary(set_report: dict) -> str | None:
-    """One sentence with the per-cell figure and its interval, or ``None`` when the set has none."""
+def has_copies(set_report: dict) -> bool:
+    """Whether the set has several images of the same original cell (Kaggle TEST), so per-cell figures matter."""
     pc = set_report.get("per_cell")
-    if not pc or pc.get("accuracy") is None:
+    return bool(pc) and pc.get("accuracy") is not None and pc.get("n_cells", 0) < set_report.get("n_images", 0)
+
+
+def per_cell_note(set_report: dict) -> str:
+    """Plain words on why the per-image figure overstates the evidence, with the set's own counts."""
+    pc = set_report["per_cell"]
+    copies = set_report["n_images"] / pc["n_cells"]
+    return (f"{set_report.get('name') or 'This set'} holds about {copies:.0f} augmented copies (rotations, flips, shifts) of each of only "
+            f"{pc['n_cells']} original cells, so its per-image figures count the same cell many times over and overstate the number "
+            "of independent cases. The per-cell figure gives each original cell one vote (the class with the highest mean probability "
+            "over its copies); its wider interval is the honest measure of how sure we can be.")
+
+
+def per_cell_summary(set_report: dict) -> str | None:
+    """One sentence with the per-cell figure and its interval, or ``None`` when the set has no repeated cells."""
+    if not has_copies(set_report):
         return None
+    pc = set_report["per_cell"]
     lo, hi = pc["accuracy_ci95"]
     return (f"Per original cell: {pc['correct']} of {pc['n_cells']} correct = {pc['accuracy']:.1%} "
             f"(95% CI {lo:.1%} – {hi:.1%}), against {_pct(set_report.get('accuracy'))} per image over {set_report.get('n_images', 0):,} images.")

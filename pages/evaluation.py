@@ -172,7 +172,7 @@ if options:
         c1, c2 = st.columns([1, 3])
         c1.metric("Per-cell accuracy", f"{pc['accuracy']:.1%}", help="One vote per original cell.")
         c2.markdown(summary)
-        c2.caption(ev.PER_CELL_NOTE)
+        c2.caption(ev.per_cell_note(s))
 
     if user:
         skipped = ev.skipped_table(s)

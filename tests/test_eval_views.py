@@ -140,7 +140,9 @@ def test_per_cell_summary(rep):
     pc = rep["per_cell"]
     assert f"{pc['correct']} of {pc['n_cells']}" in text and f"{pc['accuracy']:.1%}" in text
     assert ev.per_cell_summary({"accuracy": 0.5}) is None
-    assert "71 original cells" in ev.PER_CELL_NOTE
+    assert "about 10 augmented copies" in ev.per_cell_note(rep) and f"only {pc['n_cells']} original cells" in ev.per_cell_note(rep)
+    # One image per cell (Kaggle TEST_SIMPLE): nothing to say.
+    assert ev.per_cell_summary(dict(rep, per_cell=dict(pc, n_cells=rep["n_images"]))) is None
 
 
 def test_misclassified_filters_sorts_and_caps():
