@@ -53,7 +53,7 @@ class TrainConfig:
 
     input_size: int = 224
     first_trainable_block: int = 13
-    views_per_image: dict = field(default_factory=lambda: {"kaggle": 2, "pbc": 4})
+    views_per_image: dict = field(default_factory=lambda: {"kaggle": 2, "pbc": 2})
     head_epochs: int = 2
     max_epochs: int = 8
     patience: int = 3
