@@ -8,6 +8,7 @@ by content (magic bytes), never by the file name.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -23,16 +24,63 @@ class ImageError(ValueError):
     """An input that cannot be classified; ``str(err)`` is a reason a lab user can read."""
 
 
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    """An integer setting from the environment; an unusable value falls back to the default with a warning."""
+    raw = os.environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        warnings.warn(f"{name}={raw!r} is not a whole number; using the default {default}", stacklevel=2)
+        return default
+    if value < minimum:
+        warnings.warn(f"{name}={value} is below {minimum}; using the default {default}", stacklevel=2)
+        return default
+    return value
+
+
 @dataclass(frozen=True)
 class ImageLimits:
-    """Sizes outside which an input is refused before any expensive work."""
+    """Sizes outside which an input is refused before any expensive work.
+
+    The defaults can be changed with environment variables (read once, at
+    import): ``HEMATOVISION_MAX_BYTES``, ``HEMATOVISION_MAX_PIXELS`` and
+    ``HEMATOVISION_MIN_SIDE``; see ``docs/input-limits.md``.
+    """
 
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 40_000_000
     min_side: int = 32
 
+    @classmethod
+    def from_env(cls) -> "ImageLimits":
+        d = cls()
+        return cls(
+            max_bytes=env_int("HEMATOVISION_MAX_BYTES", d.max_bytes, 1),
+            max_pixels=env_int("HEMATOVISION_MAX_PIXELS", d.max_pixels, 1),
+            min_side=env_int("HEMATOVISION_MIN_SIDE", d.min_side, 1),
+        )
 
-DEFAULT_LIMITS = ImageLimits()
+
+DEFAULT_LIMITS = ImageLimits.from_env()
+
+
+def human_bytes(n: int | float) -> str:
+    """``52.4 MB``, ``1.5 kB``, ``12 bytes``: sizes in reasons a person reads."""
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} kB"
+    return f"{int(n)} bytes"
+
+
+def too_large_reason(size: int | float, limit: int | float) -> str:
+    """The one wording for a file over the size limit (used for files, uploads and zip members)."""
+    return f"file too large ({human_bytes(size)}; limit {human_bytes(limit)})"
+
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -64,59 +112,86 @@ class DecodedImage:
     note: str = ""
 
 
+_GREY_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;16BS", "I;16LS", "I", "I;32", "F")
+
+
 def _to_rgb8(img: Image.Image) -> np.ndarray:
-    """Convert any Pillow mode (palette, alpha, 16-bit, CMYK, grey) to RGB uint8."""
+    """Convert any Pillow mode (palette, alpha, 16-bit, CMYK, grey) to RGB uint8.
+
+    Transparent pixels are composited on white (the background of a smear);
+    16-bit grey is scaled from its full range, 32-bit/float grey from its own.
+    """
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if mode in _GREY_HIGH_DEPTH or mode.startswith("I;16"):
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if arr.ndim != 2:
+            raise ImageError(f"unsupported colour mode ({mode})")
+        if mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+        arr = np.clip((arr - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(img.convert("RGB"))
+    if mode in ("RGB", "L", "1", "P", "CMYK", "YCbCr", "RGBX", "HSV"):
+        return np.asarray(img.convert("RGB"))
+    raise ImageError(f"unsupported colour mode ({mode})")
+
+
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP; "
+            f"limit {limits.max_pixels / 1e6:g} MP)"
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageError(f"image too small to hold a cell ({width}x{height}; minimum {limits.min_side} px a side)")
 
 
 def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Decode image bytes to RGB, refusing what cannot hold a cell or could exhaust memory.
 
-    Raises :class:`ImageError` with a plain reason; never anything else for bad bytes.
+    The order matters: size in bytes, then the format from the magic bytes,
+    then the dimensions from the header (``Image.open`` parses the header only;
+    no pixel memory exists yet), and only then the pixels. Raises
+    :class:`ImageError` with a plain reason; never anything else for bad bytes.
     """
     if not data:
         raise ImageError("empty file")
     if len(data) > limits.max_bytes:
-        raise ImageError(f"file too large ({len(data) / 1e6:.1f} MB; limit {limits.max_bytes / 1e6:.0f} MB)")
+        raise ImageError(too_large_reason(len(data), limits.max_bytes))
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageError("not a supported image (JPEG, PNG, BMP or TIFF, identified by content)")
+    note = ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            # formats=[fmt]: only the plugin the magic bytes named may parse these bytes.
+            img = Image.open(io.BytesIO(bytes(data)), formats=[fmt])
             width, height = img.size  # header only: nothing decoded yet
-            if width * height > limits.max_pixels:
-                raise ImageError(
-                    f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP; "
-                    f"limit {limits.max_pixels / 1e6:.0f} MP)"
-                )
-            if min(width, height) < limits.min_side:
-                raise ImageError(f"image too small to hold a cell ({width}x{height}; minimum {limits.min_side} px a side)")
-            note = ""
-            frames = getattr(img, "n_frames", 1)
-            if frames > 1:
+            _check_size(width, height, limits)
+            if getattr(img, "is_animated", False):
+                frames = img.n_frames
                 img.seek(0)
+                _check_size(*img.size, limits)
                 note = f"multi-page {fmt}: first of {frames} pages used"
             img.load()
-            img = ImageOps.exif_transpose(img)
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # a damaged EXIF block must not cost the pixels
+                note = "; ".join(x for x in (note, "EXIF orientation unreadable, image used as stored") if x)
             rgb = _to_rgb8(img)
     except ImageError:
         raise
-    except Exception as exc:  # Pillow raises many types for corrupt data
+    except Exception as exc:  # Pillow raises many types for corrupt data (OSError, SyntaxError, struct.error, ...)
         raise ImageError(f"corrupt or truncated {fmt} ({type(exc).__name__})") from None
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < limits.min_side:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ImageError("could not be decoded to an RGB image")
+    _check_size(rgb.shape[1], rgb.shape[0], limits)
     return DecodedImage(np.ascontiguousarray(rgb), fmt, note)
 
 
