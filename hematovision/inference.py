@@ -10,6 +10,7 @@ number of images at a time, so memory stays bounded for any number of inputs.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -60,23 +61,72 @@ def is_flagged(confidence: float, threshold: float) -> bool:
 
 
 class Classifier:
-    """A loaded model. Build with :meth:`load`; cheap to call many times."""
+    """A loaded model. Build with :meth:`load`; cheap to call many times.
 
-    def __init__(self, network, card: persistence.ModelCard, model_dir: Path | None = None, batch_size: int = 32):
-        self.network = network
+    Two backends compute the same probabilities (within 1e-4):
+
+    - ``"litert"``: ``model.tflite`` run by the LiteRT interpreter (XNNPACK), used by
+      :meth:`load` when the flat-buffer exists and its sha256 (and the ``model.keras``
+      it was exported from) match the model card. TensorFlow is never imported.
+    - ``"keras"``: ``model.keras`` under TensorFlow; the fallback when there is no
+      usable flat-buffer (a mismatching one is ignored with a warning in the log).
+
+    :attr:`network` (the Keras model, for Grad-CAM and training) is loaded on first use.
+    """
+
+    def __init__(self, network, card: persistence.ModelCard, model_dir: Path | None = None, batch_size: int = 32, runtime=None):
+        self._network = network
         self.card = card
         self.model_dir = model_dir
         self.batch_size = batch_size
         self.classes_ = list(card.classes)
         self.input_size = int(card.input_size)
+        self._runtime = runtime  # a callable float32 [n, S, S, 3] -> probabilities (LiteRT), or None for Keras
         self._fn = None
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, batch_size: int = 32) -> "Classifier":
-        """Load a model directory; raises :class:`persistence.ModelError` with a plain reason."""
+    def load(cls, model_dir: str | Path | None = None, batch_size: int = 32, backend: str = "auto") -> "Classifier":
+        """Load a model directory; raises :class:`persistence.ModelError` with a plain reason.
+
+        ``backend``: ``"auto"`` (LiteRT when usable, else Keras), ``"litert"`` (error if not usable) or ``"keras"``.
+        """
+        if backend not in ("auto", "litert", "keras"):
+            raise ValueError(f"backend must be auto, litert or keras (got {backend!r})")
         path = default_model_dir(model_dir)
         card = persistence.load_card(path)
+        if backend != "keras":
+            from . import litert
+
+            ok, why = litert.usable(path, card)
+            if ok:
+                try:
+                    return cls(None, card, path, batch_size, runtime=litert.LiteRTRuntime(path / persistence.LITERT_FILE))
+                except Exception as exc:  # a flat-buffer the interpreter refuses
+                    ok, why = False, f"cannot load {persistence.LITERT_FILE} ({type(exc).__name__}: {exc})"
+            if backend == "litert":
+                raise persistence.ModelError(f"LiteRT backend not usable for {path}: {why}")
+            if (path / persistence.LITERT_FILE).is_file():
+                logging.getLogger(__name__).warning("not using %s: %s; falling back to Keras", path / persistence.LITERT_FILE, why)
         return cls(persistence.load_keras_model(path, card), card, path, batch_size)
+
+    @property
+    def backend(self) -> str:
+        """``"litert"`` or ``"keras"``: what :meth:`_forward` runs."""
+        return "keras" if self._runtime is None else "litert"
+
+    @property
+    def network(self):
+        """The Keras model (loaded from ``model.keras`` on first use when serving from LiteRT)."""
+        if self._network is None:
+            if self.model_dir is None:
+                raise persistence.ModelError("no Keras network and no model directory to load it from")
+            self._network = persistence.load_keras_model(self.model_dir, self.card)
+        return self._network
+
+    @network.setter
+    def network(self, value) -> None:
+        self._network = value
+        self._fn = None
 
     @property
     def version(self) -> str:
@@ -89,6 +139,9 @@ class Classifier:
     # ------------------------------------------------------------------ arrays
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a float32 batch ``[n, S, S, 3]`` (RGB 0..255): the one place backends plug in."""
+        if self._runtime is not None:
+            return np.asarray(self._runtime(batch), dtype=np.float64)
         if self._fn is None:
             import tensorflow as tf
 

@@ -9,6 +9,8 @@ Layout of a model directory (the shipped one is ``models/``)::
     split_manifest.csv     every data file with its split and content hash
     evaluation.json        metrics per test set (``python -m hematovision evaluate``)
     test_predictions.csv   per-image test predictions, for the evaluation page
+    model.tflite           the same network as a LiteRT flat-buffer for fast serving
+                           (``python -m hematovision export-litert``; see hematovision/litert.py)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 MODEL_FILE = "model.keras"
+LITERT_FILE = "model.tflite"
 CARD_FILE = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 EVALUATION_FILE = "evaluation.json"
@@ -53,6 +56,7 @@ class ModelCard:
     model_sha256: str = ""
     parent: str = ""  # for adapted versions: the model they were fine-tuned from
     intended_use: str = "Research and education only. Not a medical device; not for diagnosis."
+    litert: dict = field(default_factory=dict)  # the exported model.tflite: sha256, check against Keras (see litert.py)
 
     @property
     def version(self) -> str:
@@ -180,7 +184,14 @@ def render_card(card: ModelCard) -> str:
             f"{thr.get('val_accuracy_accepted', float('nan')):.2%} accepted-accuracy at "
             f"{thr.get('val_coverage', float('nan')):.1%} coverage ({thr.get('val_flagged_share', float('nan')):.1%} flagged)."
         )
-    lines += ["", f"- **Model file sha256**: `{card.model_sha256}`", ""]
+    lines += ["", f"- **Model file sha256**: `{card.model_sha256}`"]
+    if card.litert:
+        lt = card.litert
+        lines.append(
+            f"- **LiteRT flat-buffer** (`{lt.get('file', LITERT_FILE)}`, float32, input {lt.get('input_shape')}) sha256: `{lt.get('sha256', '')}`; "
+            f"max abs difference from the Keras probabilities {lt.get('max_abs_diff', float('nan')):.1e} on {lt.get('check_images', '')} (tolerance {lt.get('tolerance', 0):.0e})"
+        )
+    lines.append("")
     if t:
         lines += ["## Training data", "", "| source | split | " + " | ".join(card.classes) + " | total |", "|---|---|" + "---|" * (len(card.classes) + 1)]
         for src, splits in t.get("counts", {}).items():

@@ -1,0 +1,257 @@
+"""Serve from a LiteRT (TensorFlow Lite) flat-buffer exported beside the Keras model.
+
+``export_litert(model_dir)`` converts ``model.keras`` to ``model.tflite``: float32,
+no quantisation, input ``[batch, S, S, 3]`` (dynamic batch, ``S`` = the card's
+``input_size``), RGB 0..255 in, calibrated probabilities out -- the same contract
+as the Keras model once images are resized with :func:`imaging.resize_for_model`.
+It then checks the flat-buffer against the Keras model on a set of images and
+records in ``model_card.json`` (field ``litert``)::
+
+    {"file": "model.tflite", "sha256": ..., "keras_sha256": <the model.keras it came from>,
+     "input_shape": [-1, S, S, 3], "max_abs_diff": ..., "tolerance": 1e-4,
+     "n_check_images": ..., "created": ..., "libraries": {...}}
+
+:class:`LiteRTRuntime` runs the flat-buffer with ``ai_edge_litert``'s interpreter
+(XNNPACK, ``num_threads=2``); importing this module and running the runtime never
+imports TensorFlow or Keras. Only export/check import them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import persistence
+from .persistence import LITERT_FILE, ModelError
+
+log = logging.getLogger(__name__)
+
+#: Largest allowed max-abs difference between LiteRT and Keras probabilities.
+TOLERANCE = 1e-4
+DEFAULT_THREADS = 2
+
+
+class LiteRTRuntime:
+    """A LiteRT interpreter mapping a float32 batch ``[n, S, S, 3]`` to probabilities ``[n, C]``.
+
+    The interpreter is not thread-safe, so calls are serialised with a lock (the
+    dashboard may share one :class:`~hematovision.inference.Classifier` between sessions).
+    """
+
+    def __init__(self, model_path: str | Path, num_threads: int = DEFAULT_THREADS):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model_path = Path(model_path)
+        self._interp = Interpreter(model_path=str(model_path), num_threads=num_threads)
+        self._interp.allocate_tensors()
+        inp = self._interp.get_input_details()[0]
+        self._in = inp["index"]
+        self._out = self._interp.get_output_details()[0]["index"]
+        self.input_shape = tuple(int(v) for v in inp["shape_signature"])  # -1 for a dynamic batch
+        self._batch = int(inp["shape"][0])
+        self._lock = threading.Lock()
+
+    @property
+    def input_size(self) -> int:
+        return self.input_shape[1]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = batch.shape[0]
+        if n == 0:
+            return np.zeros((0, self._interp.get_output_details()[0]["shape"][-1]), np.float32)
+        if batch.shape[1:] != tuple(self.input_shape[1:]):
+            raise ValueError(f"LiteRT model expects [n, {', '.join(map(str, self.input_shape[1:]))}], got {list(batch.shape)}")
+        with self._lock:
+            if self.input_shape[0] == -1:
+                if n != self._batch:
+                    self._interp.resize_tensor_input(self._in, [n, *self.input_shape[1:]], strict=True)
+                    self._interp.allocate_tensors()
+                    self._batch = n
+                self._interp.set_tensor(self._in, batch)
+                self._interp.invoke()
+                return self._interp.get_tensor(self._out).copy()
+            # a fixed-batch flat-buffer: run it in slices of its batch size, padding the last one
+            k = self._batch
+            out = []
+            for b in range(0, n, k):
+                part = batch[b:b + k]
+                m = part.shape[0]
+                if m < k:
+                    part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), np.float32)])
+                self._interp.set_tensor(self._in, part)
+                self._interp.invoke()
+                out.append(self._interp.get_tensor(self._out)[:m].copy())
+            return np.concatenate(out)
+
+
+def usable(model_dir: Path, card: persistence.ModelCard) -> tuple[bool, str]:
+    """Whether ``model.tflite`` can be served for this card, and if not, why (for the log)."""
+    path = Path(model_dir) / LITERT_FILE
+    if not path.is_file():
+        return False, f"no {LITERT_FILE}"
+    rec = card.litert or {}
+    if not rec.get("sha256"):
+        return False, f"{LITERT_FILE} is not recorded in the model card (run: python -m hematovision export-litert --model {model_dir})"
+    if card.model_sha256 and rec.get("keras_sha256") != card.model_sha256:
+        return False, f"{LITERT_FILE} was exported from a different model.keras (re-run export-litert)"
+    if persistence.sha256_of(path) != rec["sha256"]:
+        return False, f"{LITERT_FILE} does not match the sha256 in the model card (corrupt or replaced; re-run export-litert)"
+    if not rec.get("max_abs_diff", np.inf) <= rec.get("tolerance", TOLERANCE):
+        return False, f"{LITERT_FILE} failed its check against Keras (max abs diff {rec.get('max_abs_diff')})"
+    return True, ""
+
+
+# ---------------------------------------------------------------------- export
+
+
+def convert(network, input_size: int, batch: int | None = None) -> bytes:
+    """The flat-buffer bytes of a Keras network at a fixed ``input_size`` (float32)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([batch, input_size, input_size, 3], tf.float32, name="image")
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    fn = tf.function(lambda x: network(x, training=False), input_signature=[spec])
+    # Freeze the weights into the graph first: Keras 3 variables would otherwise stay
+    # resource variables in the flat-buffer, uninitialised at run time.
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # plain builtin ops: no Flex/TF dependency at runtime
+    return conv.convert()
+
+
+def keras_probabilities(network, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
+    import tensorflow as tf
+
+    size = batch.shape[1]
+    fn = tf.function(lambda x: network(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    return np.concatenate([np.asarray(fn(batch[b:b + chunk])) for b in range(0, len(batch), chunk)])
+
+
+def _as_batch(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
+    from .imaging import resize_for_model
+
+    return np.stack([resize_for_model(np.asarray(im), size) for im in images]).astype(np.float32)
+
+
+def check_litert(model_dir: str | Path, images: Sequence[np.ndarray] | np.ndarray, network=None) -> float:
+    """Max abs difference between LiteRT and Keras probabilities on ``images`` (RGB uint8, any size)."""
+    model_dir = Path(model_dir)
+    card = persistence.load_card(model_dir)
+    if network is None:
+        network = persistence.load_keras_model(model_dir, card)
+    batch = _as_batch(images, int(card.input_size))
+    runtime = LiteRTRuntime(model_dir / LITERT_FILE)
+    lite = np.concatenate([runtime(batch[b:b + 32]) for b in range(0, len(batch), 32)])
+    ref = keras_probabilities(network, batch)
+    return float(np.max(np.abs(lite.astype(np.float64) - ref.astype(np.float64))))
+
+
+def generated_images(n: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Synthetic cell-like RGB images (a stained blob on a light field, noise, varied sizes)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        h, w = int(rng.integers(120, 300)), int(rng.integers(120, 360))
+        img = rng.normal(225, 12, (h, w, 3))
+        yy, xx = np.mgrid[:h, :w]
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(10, min(h, w) // 3)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(40, 200, 3)
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def check_images(root: Path | None = None, per_set: int = 8) -> tuple[list[np.ndarray], str]:
+    """A few real test images from the data root when present (Kaggle TEST, PBC test), else generated ones."""
+    from . import datasets as ds
+    from .config import data_root
+    from .imaging import read_rgb
+
+    root = data_root(root)
+    imgs: list[np.ndarray] = []
+    names = []
+    try:
+        kaggle = ds.kaggle_images(root)
+        picked = []
+        for key, items in (("kaggle_test", ds.select(kaggle, split="test")), ("pbc_test", _pbc_sample(root, per_set))):
+            by_class: dict[str, list] = {}
+            for it in items:
+                by_class.setdefault(it.label, []).append(it)
+            chosen = [x for cls in sorted(by_class) for x in by_class[cls][:max(1, per_set // max(1, len(by_class)))]][:per_set]
+            if chosen:
+                names.append(f"{len(chosen)} {ds.TEST_SETS.get(key, key)}")
+            picked += chosen
+        imgs = [read_rgb(it.path) for it in picked]
+    except Exception as exc:  # the data root is optional here
+        log.info("no real check images (%s)", exc)
+        imgs = []
+    if not imgs:
+        return generated_images(2 * per_set), f"{2 * per_set} generated images"
+    gen = generated_images(4)
+    return imgs + gen, " + ".join(names + [f"{len(gen)} generated"])
+
+
+def _pbc_sample(root: Path, n: int) -> list:
+    """A few PBC images per class without hashing the whole set (the test split needs every hash)."""
+    from . import datasets as ds
+
+    out = []
+    for label, _, f in ds.iter_class_folders(Path(root) / ds.PBC_DIR):
+        if label is None:
+            continue
+        if sum(1 for o in out if o.label == label) < max(1, n // 4):
+            out.append(ds.LabeledImage(f, f.relative_to(root).as_posix(), label, "pbc", "any", ""))
+    return out
+
+
+def export_litert(model_dir: str | Path, images: Sequence[np.ndarray] | None = None, images_desc: str = "", tolerance: float = TOLERANCE) -> dict:
+    """Write ``model.tflite`` beside ``model.keras``, check it, record it in the card; returns the record.
+
+    Raises :class:`persistence.ModelError` (and removes the flat-buffer) when the
+    LiteRT probabilities differ from Keras by more than ``tolerance``.
+    """
+    model_dir = Path(model_dir)
+    card = persistence.load_card(model_dir)
+    network = persistence.load_keras_model(model_dir, card)
+    size = int(card.input_size)
+    path = model_dir / LITERT_FILE
+    tmp = path.with_suffix(".tflite.tmp")
+    tmp.write_bytes(convert(network, size))
+    tmp.replace(path)
+    if images is None:
+        images, images_desc = generated_images(16), "16 generated images"
+    diff = check_litert(model_dir, images, network)
+    if not diff <= tolerance:
+        path.unlink(missing_ok=True)
+        raise ModelError(f"LiteRT export of {model_dir} differs from Keras by {diff:.2e} (> {tolerance:.0e}); not kept")
+    import importlib.metadata as md
+
+    libs = {}
+    for pkg in ("ai-edge-litert", "tensorflow-cpu", "tensorflow"):
+        try:
+            libs[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    record = {
+        "file": LITERT_FILE,
+        "sha256": persistence.sha256_of(path),
+        "keras_sha256": card.model_sha256,
+        "input_shape": [-1, size, size, 3],
+        "dtype": "float32",
+        "max_abs_diff": diff,
+        "tolerance": tolerance,
+        "n_check_images": len(images),
+        "check_images": images_desc or f"{len(images)} images",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "libraries": libs,
+    }
+    persistence.update_card(model_dir, lambda c: setattr(c, "litert", record))
+    log.info("LiteRT export %s: max abs diff %.2e on %s", path, diff, record["check_images"])
+    return record
