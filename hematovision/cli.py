@@ -1,4 +1,8 @@
-"""Command line: ``python -m hematovision {train,evaluate,classify} --help``."""
+"""Command line: ``python -m hematovision {train,evaluate,classify,export-litert} --help``.
+
+``classify`` serves from ``model.tflite`` (LiteRT) when the model directory has a
+checked one, without importing TensorFlow; otherwise from ``model.keras``.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,29 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
+
+    x = sub.add_parser("export-litert", help="export model.keras to model.tflite (LiteRT) for fast serving, check it and record it in the card")
+    x.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
+    x.add_argument("--data", help="data root for check images (default: $HEMATOVISION_DATA or ../shared/data; generated images if absent)")
+    x.add_argument("--check-images", type=int, default=16, help="real test images per test set to compare Keras and LiteRT on")
     return p
+
+
+def cmd_export_litert(args) -> int:
+    from . import persistence
+    from .config import model_dir
+    from .litert import check_images, export_litert
+
+    mdir = model_dir(args.model)
+    try:
+        persistence.load_card(mdir)
+        images, desc = check_images(args.data, per_set=max(1, args.check_images))
+        rec = export_litert(mdir, images, desc)
+    except persistence.ModelError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"written {mdir / rec['file']} (sha256 {rec['sha256'][:12]}, input {rec['input_shape']}); "
+          f"max abs difference from Keras {rec['max_abs_diff']:.2e} on {rec['check_images']} (tolerance {rec['tolerance']:.0e}); card updated")
+    return 0
 
 
 def cmd_classify(args) -> int:
@@ -156,7 +182,7 @@ def cmd_train(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train}[args.command](args)
+        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "export-litert": cmd_export_litert}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -321,6 +321,14 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
     from . import persistence
 
     persistence.update_card(out, lambda c: c.training["wall_time_seconds"].update(total_train_and_export=round(time.time() - t0, 1)))
+    try:  # the fast serving copy; serving falls back to model.keras if this fails
+        from .litert import check_images, export_litert
+
+        images, desc = check_images(root)
+        rec = export_litert(out, images, desc)
+        log.info("LiteRT export: max abs diff %.2e on %s", rec["max_abs_diff"], desc)
+    except Exception as exc:
+        log.warning("LiteRT export failed (%s: %s); serving will use model.keras (retry: python -m hematovision export-litert --model %s)", type(exc).__name__, exc, out)
     if evaluate:
         from .evaluation import evaluate_model_on_test_sets
 
