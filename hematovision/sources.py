@@ -64,8 +64,18 @@ class ImageInput:
     error: str = ""
 
 
+def display_name(name: str) -> str:
+    """A user's file name as plain one-line text: control characters and undecodable bytes become U+FFFD.
+
+    File names on Linux may hold any byte but ``/`` and NUL; Python keeps
+    undecodable ones as lone surrogates, which cannot be written to a UTF-8 CSV.
+    """
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join("\ufffd" if (ord(c) < 32 or 127 <= ord(c) < 160) else c for c in text)
+
+
 def from_bytes(name: str, data: bytes) -> ImageInput:
-    return ImageInput(name, lambda: data)
+    return ImageInput(display_name(name), lambda: data)
 
 
 def _is_zip(data_head: bytes, name: str) -> bool:
@@ -86,19 +96,20 @@ def iter_zip(name: str, data: bytes | Path, limits: ArchiveLimits = DEFAULT_ARCH
         zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
         infos = zf.infolist()
     except Exception as exc:  # BadZipFile, OSError, EOFError, NotImplementedError (multi-disk), ValueError, ...
-        yield ImageInput(name, error=f"unreadable zip archive ({exc or type(exc).__name__})")
+        yield ImageInput(display_name(name), error=f"unreadable zip archive ({exc or type(exc).__name__})")
         return
     if len(infos) > limits.max_members:
-        yield ImageInput(name, error=f"zip archive has {len(infos)} entries; limit {limits.max_members}")
+        yield ImageInput(display_name(name), error=f"zip archive has {len(infos)} entries; limit {limits.max_members}")
         return
     files = [i for i in infos if not i.is_dir()]
     total = sum(i.file_size for i in files)
     if total > limits.max_total_bytes:
-        yield ImageInput(name, error=f"zip archive expands to {human_bytes(total)}; limit {human_bytes(limits.max_total_bytes)}")
+        yield ImageInput(display_name(name), error=f"zip archive expands to {human_bytes(total)}; limit {human_bytes(limits.max_total_bytes)}")
         return
+    name = display_name(name)
     produced = 0
     for info in files:
-        member = f"{name}/{info.filename}"
+        member = display_name(f"{name}/{info.filename}")
         base = info.filename.rstrip("/").rsplit("/", 1)[-1]
         if base.startswith(".") or info.filename.startswith("__MACOSX/"):
             continue  # resource forks and hidden files, not user images
@@ -166,9 +177,9 @@ def iter_paths(
         elif p.is_file():
             yield from _one_file(p, limits, image_limits, from_folder=False)
         elif p.exists() or p.is_symlink():
-            yield ImageInput(str(raw), error="not a regular file or folder" if p.exists() else "broken symbolic link")
+            yield ImageInput(display_name(str(raw)), error="not a regular file or folder" if p.exists() else "broken symbolic link")
         else:
-            yield ImageInput(str(raw), error="no such file or folder")
+            yield ImageInput(display_name(str(raw)), error="no such file or folder")
 
 
 def _walk(root: Path) -> list[Path]:
@@ -188,16 +199,16 @@ def _one_file(f: Path, limits: ArchiveLimits, image_limits: ImageLimits, from_fo
             head = fh.read(8)
             size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
-        yield ImageInput(str(f), error=f"cannot open ({exc.strerror or exc})")
+        yield ImageInput(display_name(str(f)), error=f"cannot open ({exc.strerror or exc})")
         return
     if head.startswith(ZIP_MAGIC) or f.suffix.lower() == ".zip":
         yield from iter_zip(str(f), f, limits)
     elif from_folder and f.suffix.lower() not in IMAGE_EXTENSIONS and sniff_format(head) is None:
         return  # folders hold other files (notes, CSVs): only image-like files count
     elif size > image_limits.max_bytes:
-        yield ImageInput(str(f), error=too_large_reason(size, image_limits.max_bytes))
+        yield ImageInput(display_name(str(f)), error=too_large_reason(size, image_limits.max_bytes))
     else:
-        yield ImageInput(str(f), _file_reader(f, image_limits.max_bytes))
+        yield ImageInput(display_name(str(f)), _file_reader(f, image_limits.max_bytes))
 
 
 def _file_reader(f: Path, max_bytes: int) -> Callable[[], bytes]:
