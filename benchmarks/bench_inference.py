@@ -1,0 +1,323 @@
+"""Inference benchmark: files on disk -> CSV through the CLI code path, against a per-image Keras baseline.
+
+    python benchmarks/bench_inference.py [--model DIR] [--images 1 100 2000] [--baseline 100] [--no-dashboard] [--write docs/performance.md]
+
+Images: real ones from the data root when present (Kaggle TEST and PBC JPEGs, copied
+to a temporary folder, repeated if more are asked for than exist), else synthetic
+320x240 JPEGs. Every measurement runs in its own fresh Python process, so model
+load, imports and peak resident memory are those of one run:
+
+- throughput: ``hematovision.cli.main(['classify', DIR, '--out', CSV, '--quiet'])`` for
+  each size; wall time of that call (model load included, interpreter start-up excluded);
+- peak memory: ``ru_maxrss`` of each of those processes (``getrusage(RUSAGE_SELF)`` read
+  inside the child at its end, which is what ``RUSAGE_CHILDREN`` reports for it alone);
+- per-image latency: one image at a time through ``Classifier.classify`` (read, decode,
+  resize, forward), median of many;
+- CLI cold start: ``python -m hematovision classify one.jpg --out x.csv`` wall time,
+  process start to exit (interpreter, imports, model load, first prediction, CSV);
+- dashboard cold start: ``streamlit run Home.py`` until ``/_stcore/health`` answers 200;
+- baseline: the Keras model's ``model.predict`` once per image (read, decode, resize, predict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+# ------------------------------------------------------------------ images
+
+
+def prepare_images(dest: Path, n: int, data: str | None = None) -> str:
+    """Write ``n`` images to ``dest``; returns a description of where they came from."""
+    from hematovision import datasets as ds
+    from hematovision.config import data_root
+
+    dest.mkdir(parents=True, exist_ok=True)
+    root = data_root(data)
+    files: list[Path] = []
+    if (root / ds.KAGGLE_DIR / "TEST").is_dir():
+        files += sorted(p for p in (root / ds.KAGGLE_DIR / "TEST").rglob("*") if p.suffix.lower() in ds.IMAGE_SUFFIXES)
+    if (root / ds.PBC_DIR).is_dir():
+        pbc = sorted(p for p in (root / ds.PBC_DIR).rglob("*") if p.suffix.lower() in ds.IMAGE_SUFFIXES)
+        files += pbc[:: max(1, len(pbc) // max(n, 1))][:max(n // 2, 1)]  # spread over the classes
+    if files:
+        # interleave the two sources so any prefix has both
+        kag = [f for f in files if "blood-cells" in f.parts]
+        pb = [f for f in files if "blood-cells" not in f.parts]
+        mixed = [x for pair in zip(kag, pb) for x in pair] + kag[len(pb):] + pb[len(kag):]
+        for k in range(n):
+            src = mixed[k % len(mixed)]
+            shutil.copyfile(src, dest / f"{k:05d}{src.suffix.lower()}")
+        return f"real images from {root} (Kaggle TEST {sum(1 for f in mixed[:n] if f in kag)}, PBC {sum(1 for f in mixed[:n] if f in pb)} of the first {min(n, len(mixed))}; repeated past {len(mixed)})"
+    from PIL import Image
+
+    from hematovision.litert import generated_images
+
+    gen = generated_images(64, seed=1)
+    for k in range(n):
+        Image.fromarray(gen[k % 64]).resize((320, 240)).save(dest / f"{k:05d}.jpg", quality=90)
+    return "synthetic 320x240 JPEGs (no data root found)"
+
+
+def subset(src: Path, n: int, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir())[:n]:
+        try:
+            os.link(f, dest / f.name)
+        except OSError:
+            shutil.copyfile(f, dest / f.name)
+    return dest
+
+
+# ------------------------------------------------------------------ workers (run in a child process)
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker_classify(model: str, folder: str, out: str, backend: str) -> dict:
+    from hematovision import cli
+    from hematovision import inference
+
+    if backend != "auto":  # force a backend through the same CLI code path
+        orig = inference.Classifier.load.__func__
+        inference.Classifier.load = classmethod(lambda cls, *a, **k: orig(cls, *a, backend=backend, **k))
+    n = len(os.listdir(folder))
+    t0 = time.perf_counter()
+    rc = cli.main(["classify", folder, "--out", out, "--quiet", "--model", model])
+    dt = time.perf_counter() - t0
+    used = inference.Classifier.load(model).backend if backend == "auto" else backend
+    return {"rc": rc, "n": n, "seconds": dt, "rss_mib": _rss_mib(), "backend": used, "tensorflow_imported": "tensorflow" in sys.modules}
+
+
+def worker_latency(model: str, folder: str, repeats: int) -> dict:
+    from hematovision.inference import Classifier
+    from hematovision.sources import iter_paths
+
+    clf = Classifier.load(model)
+    files = sorted(Path(folder).iterdir())
+    times = []
+    for k in range(repeats + 3):
+        item = next(iter_paths([files[k % len(files)]]))
+        t0 = time.perf_counter()
+        list(clf.classify([item]))
+        if k >= 3:  # warm-up excluded
+            times.append(time.perf_counter() - t0)
+    return {"median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * sorted(times)[int(0.9 * (len(times) - 1))], "backend": clf.backend}
+
+
+def worker_baseline(model: str, folder: str) -> dict:
+    import numpy as np
+
+    from hematovision import persistence
+    from hematovision.imaging import decode_image, resize_for_model
+
+    card = persistence.load_card(Path(model))
+    net = persistence.load_keras_model(Path(model), card)
+    files = sorted(Path(folder).iterdir())
+    net.predict(np.zeros((1, card.input_size, card.input_size, 3), np.float32), verbose=0)  # warm-up
+    t0 = time.perf_counter()
+    for f in files:
+        x = resize_for_model(decode_image(f.read_bytes()).rgb, card.input_size)
+        net.predict(x[None].astype(np.float32), verbose=0)
+    dt = time.perf_counter() - t0
+    return {"n": len(files), "seconds": dt, "rss_mib": _rss_mib()}
+
+
+def _child(*args: str) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, __file__, "--worker", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"worker {args[0]} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ parent
+
+
+def cli_cold_start(model: str, image: Path, tmp: Path, repeats: int = 3) -> list[float]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "hematovision", "classify", str(image), "--out", str(tmp / f"cold{k}.csv"), "--quiet", "--model", model],
+                           cwd=REPO, env=env, capture_output=True, text=True)
+        out.append(time.perf_counter() - t0)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
+    return out
+
+
+def dashboard_cold_start(model: str, timeout: float = 90.0) -> float | None:
+    import urllib.request
+
+    if shutil.which("streamlit", path=str(Path(sys.executable).parent)) is None:
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HEMATOVISION_MODEL": model}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "streamlit"), "run", "Home.py", "--server.headless", "true", "--server.port", str(port),
+                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < timeout:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.1)
+        return None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model directory (default: the shipped models/)")
+    p.add_argument("--data", help="data root for real images (default: $HEMATOVISION_DATA or ../shared/data)")
+    p.add_argument("--images", type=int, nargs="+", default=[1, 100, 2000], help="batch sizes to time end to end")
+    p.add_argument("--baseline", type=int, default=100, help="images for the per-image model.predict baseline")
+    p.add_argument("--keras-batched", action="store_true", help="also time the largest size with the Keras backend (batched)")
+    p.add_argument("--latency-repeats", type=int, default=30)
+    p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--write", help="write the results as Markdown to this file (e.g. docs/performance.md)")
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        kind, *rest = a.worker
+        fn = {"classify": worker_classify, "latency": lambda m, f, r: worker_latency(m, f, int(r)), "baseline": worker_baseline}[kind]
+        print(json.dumps(fn(*rest)))
+        return 0
+
+    from hematovision.config import model_dir
+    from hematovision.persistence import load_card, machine_description
+
+    model = str(model_dir(a.model))
+    card = load_card(Path(model))
+    sizes = sorted(set(a.images))
+    res: dict = {"machine": machine_description(), "model": model, "version": card.version, "input_size": card.input_size,
+                 "python": sys.version.split()[0], "load_avg_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="hv-bench-") as tmpd:
+        tmp = Path(tmpd)
+        res["images"] = prepare_images(tmp / "all", max(sizes + [a.baseline]), a.data)
+        print(f"images: {res['images']}", file=sys.stderr)
+        rows = []
+        for n in sizes:
+            r = _child("classify", model, str(subset(tmp / "all", n, tmp / f"n{n}")), str(tmp / f"out{n}.csv"), "auto")
+            r["images_per_s"] = r["n"] / r["seconds"]
+            rows.append(r)
+            print(f"classify {n:5d} [{r['backend']}]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s, peak RSS {r['rss_mib']:.0f} MiB", file=sys.stderr)
+        res["classify"] = rows
+        if a.keras_batched:
+            n = sizes[-1]
+            r = _child("classify", model, str(tmp / f"n{n}"), str(tmp / f"outk{n}.csv"), "keras")
+            r["images_per_s"] = r["n"] / r["seconds"]
+            res["classify_keras_batched"] = r
+            print(f"classify {n:5d} [keras batched]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s, peak RSS {r['rss_mib']:.0f} MiB", file=sys.stderr)
+        res["latency"] = _child("latency", model, str(tmp / "all"), str(a.latency_repeats))
+        print(f"latency: {res['latency']}", file=sys.stderr)
+        base = _child("baseline", model, str(subset(tmp / "all", a.baseline, tmp / f"b{a.baseline}")))
+        base["images_per_s"] = base["n"] / base["seconds"]
+        res["baseline"] = base
+        print(f"baseline model.predict per image: {base['images_per_s']:.1f} img/s ({1000 / base['images_per_s']:.0f} ms/img)", file=sys.stderr)
+        one = sorted((tmp / "all").iterdir())[0]
+        res["cli_cold_start_s"] = cli_cold_start(model, one, tmp)
+        print(f"CLI cold start: {res['cli_cold_start_s']}", file=sys.stderr)
+        res["dashboard_cold_start_s"] = None if a.no_dashboard else dashboard_cold_start(model)
+        res["children_maxrss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    res["load_avg_after"] = os.getloadavg()
+    print(table(res))
+    if a.write:
+        Path(a.write).write_text(markdown(res))
+        print(f"written {a.write}", file=sys.stderr)
+    Path(tempfile.gettempdir(), "hv-bench-last.json").write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def table(res: dict) -> str:
+    base = res["baseline"]["images_per_s"]
+    lines = ["| measurement | backend | images | seconds | images/s | × baseline | peak RSS (MiB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in res["classify"]:
+        lines.append(f"| CLI classify, files → CSV | {r['backend']} | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
+    if "classify_keras_batched" in res:
+        r = res["classify_keras_batched"]
+        lines.append(f"| CLI classify, files → CSV | keras (batched) | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
+    b = res["baseline"]
+    lines.append(f"| baseline: `model.predict` per image | keras | {b['n']} | {b['seconds']:.2f} | {base:.1f} | 1.0 | {b['rss_mib']:.0f} |")
+    lat = res["latency"]
+    cold = res["cli_cold_start_s"]
+    lines += ["", "| latency / start-up | value |", "|---|---:|",
+              f"| per-image latency, one image at a time ({lat['backend']}), median / p90 | {lat['median_ms']:.1f} ms / {lat['p90_ms']:.1f} ms |",
+              f"| baseline per-image latency (`model.predict`) | {1000 / base:.1f} ms |",
+              f"| CLI cold start to first prediction (`python -m hematovision classify one.jpg`), median of {len(cold)} | {statistics.median(cold):.2f} s (runs: {', '.join(f'{c:.2f}' for c in cold)}) |"]
+    d = res.get("dashboard_cold_start_s")
+    lines.append(f"| dashboard cold start (`streamlit run Home.py` until /_stcore/health is 200) | {'not measured' if d is None else f'{d:.2f} s'} |")
+    return "\n".join(lines)
+
+
+def markdown(res: dict) -> str:
+    big = res["classify"][-1]
+    base = res["baseline"]["images_per_s"]
+    cold = statistics.median(res["cli_cold_start_s"])
+    rss = [r["rss_mib"] for r in res["classify"]]
+    return f"""# Inference performance
+
+Measured with `benchmarks/bench_inference.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+
+- Machine: {res['machine']}; load average {', '.join(f'{v:.1f}' for v in res['load_avg_before'])} before and {', '.join(f'{v:.1f}' for v in res['load_avg_after'])} after (other jobs were sharing the CPU).
+- Model: `{res['version']}` ({res['input_size']} px), served by `{big['backend']}`{' (model.tflite via ai_edge_litert, XNNPACK, 2 threads)' if big['backend'] == 'litert' else ''}.
+- Images: {res['images']}.
+- Python {res['python']}.
+
+{table(res)}
+
+## Against the issue's bars
+
+- {big['n']}-image throughput vs the per-image `model.predict` baseline: **{big['images_per_s'] / base:.1f}×** (bar: ≥ 15×) — {'met' if big['images_per_s'] / base >= 15 else 'NOT met'}.
+- CLI cold start to first prediction: **{cold:.2f} s** (bar: ≤ 1.5 s) — {'met' if cold <= 1.5 else 'NOT met'}.
+- Same predictions as Keras: the LiteRT flat-buffer is checked against the Keras model at export
+  (`max_abs_diff` in `models/model_card.json` → `litert`; bar 1e-4) and in `tests/test_litert.py`.
+- Peak resident memory per run: {', '.join(f'{r:.0f}' for r in rss)} MiB for {', '.join(str(r['n']) for r in res['classify'])} images — bounded
+  (images are decoded a batch at a time; it does not grow with the number of images).
+
+Notes: end-to-end times are the wall time of `hematovision.cli.main(["classify", DIR, "--out", CSV, "--quiet"])`
+in a fresh process (model load included; Python start-up excluded — that is in the cold-start figure).
+Peak memory is each child's `ru_maxrss`. The baseline reads, decodes and resizes each image exactly as the
+CLI does, then calls `model.predict(x[None])` on the Keras model once per image. The figures vary with
+the load from other processes on this shared 2-core machine; rerun to compare.
+
+## Rerun
+
+```
+. .venv/bin/activate
+python -m hematovision export-litert            # once per model: writes models/model.tflite and records it in the card
+python benchmarks/bench_inference.py --write docs/performance.md
+python benchmarks/bench_inference.py --model DIR --images 1 100 2000 --baseline 100 --keras-batched --no-dashboard
+```
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
