@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Iterator
 from .imaging import DEFAULT_LIMITS, ImageError, ImageLimits, env_int, human_bytes, sniff_format, too_large_reason
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff")
+# Pictures we cannot read: in a folder they still get a row saying so, rather than vanish.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".webp", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".svg", ".ico")
 ARCHIVE_EXTENSIONS = (".zip", ".7z", ".rar", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".jar", ".apk")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
@@ -203,7 +205,7 @@ def _one_file(f: Path, limits: ArchiveLimits, image_limits: ImageLimits, from_fo
         return
     if head.startswith(ZIP_MAGIC) or f.suffix.lower() == ".zip":
         yield from iter_zip(str(f), f, limits)
-    elif from_folder and f.suffix.lower() not in IMAGE_EXTENSIONS and sniff_format(head) is None:
+    elif from_folder and f.suffix.lower() not in IMAGE_EXTENSIONS + UNSUPPORTED_IMAGE_EXTENSIONS and sniff_format(head) is None:
         return  # folders hold other files (notes, CSVs): only image-like files count
     elif size > image_limits.max_bytes:
         yield ImageInput(display_name(str(f)), error=too_large_reason(size, image_limits.max_bytes))
