@@ -218,7 +218,7 @@ def _file_reader(f: Path, max_bytes: int) -> Callable[[], bytes]:
         with open(f, "rb") as fh:  # capped: a file that grew since it was listed cannot flood memory
             data = fh.read(max_bytes + 1)
         if len(data) > max_bytes:
-            raise ImageError(f"file too large (over {human_bytes(max_bytes)}; limit {human_bytes(max_bytes)})")
+            raise ImageError(f"file too large (limit {human_bytes(max_bytes)})")  # it grew after it was listed
         return data
 
     return read
