@@ -88,6 +88,13 @@ def grey16_png() -> bytes:
     return _save(Image.fromarray((np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)), "PNG")
 
 
+def rgb48(ext: str) -> bytes:
+    import cv2
+
+    arr = np.random.default_rng(3).integers(0, 65535, (48, 64, 3)).astype(np.uint16)
+    return cv2.imencode(ext, arr)[1].tobytes()
+
+
 def palette_trns_png() -> bytes:
     img = _rgb().convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     return _save(img, "PNG", transparency=0)
@@ -179,6 +186,8 @@ def corpus() -> list[tuple[str, bytes, list[str]]]:
         ("bomb.jpg", bomb_jpeg(), [ERR]),
         ("multipage.tif", multipage_tiff(), [OK]),
         ("grey16.png", grey16_png(), [OK]),
+        ("rgb48.png", rgb48(".png"), [OK]),
+        ("rgb48.tif", rgb48(".tif"), [OK]),
         ("cmyk.jpg", _save(_rgb().convert("CMYK"), "JPEG"), [OK]),
         ("cmyk.tif", _save(_rgb().convert("CMYK"), "TIFF"), [OK]),
         ("palette_trns.png", palette_trns_png(), [OK]),
