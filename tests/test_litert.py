@@ -38,7 +38,7 @@ def test_export_writes_flatbuffer_and_records_it(lite_dir):
     assert (lite_dir / persistence.LITERT_FILE).is_file()
     assert rec["sha256"] == persistence.sha256_of(lite_dir / persistence.LITERT_FILE)
     assert rec["keras_sha256"] == card.model_sha256
-    assert rec["input_shape"] == [-1, 32, 32, 3] and rec["max_abs_diff"] <= 1e-4
+    assert rec["input_shape"] == [1, 32, 32, 3] and rec["max_abs_diff"] <= 1e-4
     assert "LiteRT" in (lite_dir / persistence.CARD_MD).read_text()
     assert json.loads((lite_dir / persistence.CARD_FILE).read_text())["litert"]["sha256"] == rec["sha256"]
 
@@ -55,7 +55,7 @@ def test_classifier_picks_litert_and_agrees_with_keras(lite_dir):
     lite = Classifier.load(lite_dir, batch_size=5)
     keras_clf = Classifier.load(lite_dir, batch_size=5, backend="keras")
     assert lite.backend == "litert" and keras_clf.backend == "keras"
-    imgs = _images(13)  # batches of 5, 5 and 3: the dynamic batch is resized
+    imgs = _images(13)  # batches of 5, 5 and 3
     p_lite, p_keras = lite.predict_proba(imgs), keras_clf.predict_proba(imgs)
     assert p_lite.shape == (13, 4) and np.max(np.abs(p_lite - p_keras)) <= 1e-4
     inputs = [from_bytes(f"{k}.png", image_bytes(seed=k)) for k in range(7)] + [from_bytes("bad.jpg", b"\xff\xd8\xff junk")]
@@ -66,6 +66,21 @@ def test_classifier_picks_litert_and_agrees_with_keras(lite_dir):
     assert max(abs(x - y) for p, q in zip(a[:-1], b[:-1]) for x, y in zip(p.probabilities, q.probabilities)) <= 1e-4
     # the Keras network stays available (Grad-CAM, training), loaded on demand
     assert lite.network.name == "tiny" and lite.backend == "litert"
+
+
+def test_runtime_runs_fixed_and_dynamic_batch_flatbuffers(lite_dir, tmp_path):
+    from hematovision import litert
+
+    net = persistence.load_keras_model(lite_dir)
+    x = np.random.default_rng(0).uniform(0, 255, (7, 32, 32, 3)).astype(np.float32)
+    ref = litert.keras_probabilities(net, x)
+    for batch in (None, 1, 4):  # 4: the last slice is padded
+        path = tmp_path / f"b{batch}.tflite"
+        path.write_bytes(litert.convert(net, 32, batch))
+        rt = litert.LiteRTRuntime(path)
+        assert np.max(np.abs(rt(x) - ref)) <= 1e-4 and np.max(np.abs(rt(x[:2]) - ref[:2])) <= 1e-4
+    with pytest.raises(ValueError, match="expects"):
+        rt(np.zeros((1, 16, 16, 3), np.float32))
 
 
 def test_mismatching_flatbuffer_falls_back_to_keras(lite_dir, tmp_path, caplog):
