@@ -129,7 +129,7 @@ def convert(network, input_size: int, batch: int | None = None) -> bytes:
     # Freeze the weights into the graph first: Keras 3 variables would otherwise stay
     # resource variables in the flat-buffer, uninitialised at run time.
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen], network)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # plain builtin ops: no Flex/TF dependency at runtime
     return conv.convert()
 
