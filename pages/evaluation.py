@@ -138,7 +138,7 @@ def gallery_section(s: dict, key: str, user: dict | None) -> None:
         with cols[k % 6]:
             text = f"true {row.true_class} · predicted {row.predicted_class} · {row.confidence:.1%}"
             if path is None:
-                st.caption(f"{Path(row.file).name}: image absent. {text}")
+                st.text(f"{Path(row.file).name}: image absent. {text}")
             else:
                 st.image(str(path), caption=text)
 
