@@ -66,7 +66,7 @@ def cmd_export_litert(args) -> int:
     mdir = model_dir(args.model)
     try:
         persistence.load_card(mdir)
-        images, desc = check_images(args.data, per_set=max(1, args.check_images))
+        images, desc = check_images(args.data, per_set=max(1, args.check_images), model_dir=mdir)
         rec = export_litert(mdir, images, desc)
     except persistence.ModelError as exc:
         raise UsageError(str(exc)) from None

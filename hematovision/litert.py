@@ -176,8 +176,12 @@ def generated_images(n: int = 16, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def check_images(root: Path | None = None, per_set: int = 8) -> tuple[list[np.ndarray], str]:
-    """A few real test images from the data root when present (Kaggle TEST, PBC test), else generated ones."""
+def check_images(root: Path | None = None, per_set: int = 8, model_dir: Path | None = None) -> tuple[list[np.ndarray], str]:
+    """A few real test images per test set from the data root when present, else generated ones.
+
+    Test sets come from ``model_dir``'s split manifest when it has one (Kaggle TEST and
+    PBC test as that model was split), else Kaggle TEST plus a few PBC images of any split.
+    """
     from . import datasets as ds
     from .config import data_root
     from .imaging import read_rgb
@@ -186,15 +190,21 @@ def check_images(root: Path | None = None, per_set: int = 8) -> tuple[list[np.nd
     imgs: list[np.ndarray] = []
     names = []
     try:
-        kaggle = ds.kaggle_images(root)
+        manifest = Path(model_dir) / persistence.MANIFEST_FILE if model_dir else None
+        if manifest is not None and manifest.is_file():
+            listed = ds.read_manifest(manifest, root)
+            sets = [(ds.TEST_SETS["kaggle_test"], ds.test_set(listed, "kaggle_test")), (ds.TEST_SETS["pbc_test"], ds.test_set(listed, "pbc_test"))]
+        else:
+            sets = [(ds.TEST_SETS["kaggle_test"], ds.select(ds.kaggle_images(root), split="test")), ("PBC (any split)", _pbc_sample(root, per_set))]
         picked = []
-        for key, items in (("kaggle_test", ds.select(kaggle, split="test")), ("pbc_test", _pbc_sample(root, per_set))):
+        for name, items in sets:
             by_class: dict[str, list] = {}
             for it in items:
-                by_class.setdefault(it.label, []).append(it)
+                if it.path.is_file():
+                    by_class.setdefault(it.label, []).append(it)
             chosen = [x for cls in sorted(by_class) for x in by_class[cls][:max(1, per_set // max(1, len(by_class)))]][:per_set]
             if chosen:
-                names.append(f"{len(chosen)} {ds.TEST_SETS.get(key, key)}")
+                names.append(f"{len(chosen)} {name}")
             picked += chosen
         imgs = [read_rgb(it.path) for it in picked]
     except Exception as exc:  # the data root is optional here

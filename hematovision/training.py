@@ -324,7 +324,7 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
     try:  # the fast serving copy; serving falls back to model.keras if this fails
         from .litert import check_images, export_litert
 
-        images, desc = check_images(root)
+        images, desc = check_images(root, model_dir=out)
         rec = export_litert(out, images, desc)
         log.info("LiteRT export: max abs diff %.2e on %s", rec["max_abs_diff"], desc)
     except Exception as exc:
