@@ -231,6 +231,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-dashboard", action="store_true")
     p.add_argument("--compare-batch", action="store_true", help="also time a dynamic-batch flat-buffer against the exported batch-1 one (network only)")
     p.add_argument("--write", help="write the results as Markdown to this file (e.g. docs/performance.md)")
+    p.add_argument("--from-json", help="only re-render saved results (the JSON each run leaves in the temp dir) with --write")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -239,13 +240,19 @@ def main(argv=None) -> int:
         print(json.dumps(fn(*rest)))
         return 0
 
+    if a.from_json:
+        res = json.loads(Path(a.from_json).read_text())
+        print(table(res))
+        if a.write:
+            Path(a.write).write_text(markdown(res))
+        return 0
     from hematovision.config import model_dir
     from hematovision.persistence import load_card, machine_description
 
     model = str(model_dir(a.model))
     card = load_card(Path(model))
     sizes = sorted(set(a.images))
-    res: dict = {"machine": machine_description(), "model": model, "version": card.version, "input_size": card.input_size,
+    res: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_description(), "model": model, "version": card.version, "input_size": card.input_size,
                  "python": sys.version.split()[0], "load_avg_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="hv-bench-") as tmpd:
         tmp = Path(tmpd)
@@ -318,7 +325,7 @@ def markdown(res: dict) -> str:
     rss = [r["rss_mib"] for r in res["classify"]]
     return f"""# Inference performance
 
-Measured with `benchmarks/bench_inference.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+Measured with `benchmarks/bench_inference.py` on {res.get('when', '')}.
 
 - Machine: {res['machine']}; load average {', '.join(f'{v:.1f}' for v in res['load_avg_before'])} before and {', '.join(f'{v:.1f}' for v in res['load_avg_after'])} after (other jobs were sharing the CPU).
 - Model: `{res['version']}` ({res['input_size']} px), served by `{big['backend']}`{' (model.tflite via ai_edge_litert, XNNPACK, 2 threads)' if big['backend'] == 'litert' else ''}.
@@ -337,10 +344,15 @@ Measured with `benchmarks/bench_inference.py` on {time.strftime('%Y-%m-%d %H:%M 
   (images are decoded a batch at a time; it does not grow with the number of images).
 
 Why a batch-1 flat-buffer: the exported `model.tflite` has a fixed input of `[1, S, S, 3]` and
-`Classifier` invokes it once per image of each 32-image decode batch. On this machine that ran the
-network faster than a dynamic-batch flat-buffer invoked with whole batches (activations of a large
-batch fall out of cache; see the network-only table when run with `--compare-batch`), and a fixed
-shape never pays the interpreter's re-planning when the batch size changes (~0.15 s each time).
+`Classifier` invokes it once per image of each 32-image decode batch. During development, at a quieter
+moment on this machine, the network alone ran ~280-295 images/s that way against ~225-235 images/s for a
+dynamic-batch flat-buffer invoked with 32 images at a time (activations of a large batch fall out of
+cache); under heavy load from other jobs the difference disappears into the noise (see the network-only
+table above when run with `--compare-batch`). A fixed shape also never pays the interpreter's
+re-planning when the batch size changes (~0.15 s each time, e.g. the last, short batch of a run).
+
+The dashboard figure is the Streamlit server becoming ready; the model itself is loaded on the first
+page view (the same `Classifier.load` as the CLI, timed in the cold-start figure).
 
 Notes: end-to-end times are the wall time of `hematovision.cli.main(["classify", DIR, "--out", CSV, "--quiet"])`
 in a fresh process (model load included; Python start-up excluded — that is in the cold-start figure).
