@@ -131,3 +131,8 @@ def test_cli_export_and_classify(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "1 images: 1 classified" in r.stderr
+
+
+def test_export_litert_help():
+    r = subprocess.run([sys.executable, "-m", "hematovision", "export-litert", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage" in r.stdout and "--model" in r.stdout
