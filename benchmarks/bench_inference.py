@@ -367,6 +367,7 @@ the load from other processes on this shared 2-core machine; rerun to compare.
 python -m hematovision export-litert            # once per model: writes models/model.tflite and records it in the card
 python benchmarks/bench_inference.py --keras-batched --compare-batch --write docs/performance.md
 python benchmarks/bench_inference.py --model DIR --images 1 100 2000 --baseline 100 --keras-batched --no-dashboard
+HEMATOVISION_LITERT_THREADS=1 python benchmarks/bench_inference.py   # XNNPACK threads (default 2)
 ```
 """
 
