@@ -161,4 +161,4 @@ def test_gallery_shows_images_from_the_data_root(eval_model_dir, monkeypatch, tm
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.image) == 3 and all("predicted" in im.captions[0] for im in at.image)
-    assert sum("image absent" in c.value for c in at.caption) == len(wrong) - 3
+    assert sum("image absent" in t.value for t in at.text) == len(wrong) - 3
