@@ -15,6 +15,7 @@ pages = [
     st.Page("pages/evaluation.py", title="Model evaluation", icon="📊"),
 ]
 nav = st.navigation(pages)
+app_state.keep_widget_state()
 app_state.threshold_sidebar()
 st.sidebar.caption("Research and education use only, not diagnosis.")
 nav.run()

@@ -14,6 +14,23 @@ from . import DISCLAIMER, persistence
 from .config import model_dir
 
 THRESHOLD_KEY = "threshold"
+#: Widget values that must survive a switch to another page and back (Streamlit drops
+#: the state of widgets a run did not draw, unless it is re-assigned on every run).
+PERSISTENT_KEYS = ("hv_filter_classes", "hv_flagged_only", "hv_show_errors", "hv_conf_range", "hv_download_scope")
+
+
+def keep_widget_state() -> None:
+    """Called by ``Home.py`` on every run, whatever the page."""
+    for key in PERSISTENT_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def init_state(defaults: dict) -> None:
+    """Give widgets their first values through session state (never both ways)."""
+    for key, value in defaults.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
 
 
 @st.cache_resource(show_spinner="Loading the model…")

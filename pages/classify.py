@@ -87,10 +87,12 @@ s2.plotly_chart(fig, width="stretch")
 # ---------------------------------------------------------------- filters + table
 st.subheader("Results")
 f1, f2, f3, f4 = st.columns([3, 1, 1, 2])
-chosen = f1.multiselect("Predicted class", classes, default=classes, key="hv_filter_classes")
+# Defaults go into session state (not the widgets), so Home.py can keep them across page switches.
+app_state.init_state({"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)})
+chosen = f1.multiselect("Predicted class", classes, key="hv_filter_classes")
 flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
-show_errors = f3.checkbox("Show errors", value=True, key="hv_show_errors")
-conf = f4.slider("Confidence range", 0.0, 1.0, (0.0, 1.0), step=0.01, key="hv_conf_range")
+show_errors = f3.checkbox("Show errors", key="hv_show_errors")
+conf = f4.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range")
 view = batching.filter_frame(frame, batching.Filters(tuple(chosen), flagged_only, tuple(conf), show_errors))
 st.caption(f"{len(view)} of {len(frame)} rows shown · threshold {threshold:.3f} · model `{clf.version}`")
 
