@@ -24,7 +24,7 @@ from conftest import image_bytes
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots"))  # README shots: scripts/screenshots.py
 
 
 def _free_port() -> int:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = REPO / "docs" / "screenshots" / "evaluation.png"
+SCREENSHOT = Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots")) / "evaluation-test.png"  # README shots: scripts/screenshots.py
 
 
 def _free_port() -> int:
