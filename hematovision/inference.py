@@ -226,6 +226,8 @@ def _prepare(item: ImageInput, size: int, limits: ImageLimits, thumbnails: bool)
         return _Prepared(item, error=item.error)
     try:
         data = item.read()
+    except ImageError as exc:  # a reason already worded for the user (e.g. a damaged zip member)
+        return _Prepared(item, error=str(exc))
     except Exception as exc:  # a vanished file, a damaged zip member
         return _Prepared(item, error=f"cannot read ({type(exc).__name__}: {exc})")
     sha = hashlib.sha256(data).hexdigest()
