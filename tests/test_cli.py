@@ -76,3 +76,18 @@ def test_evaluate_labeled_folder(tmp_path, tiny_model_dir):
     rep = json.loads((tmp_path / "e.json").read_text())
     assert rep["n_images"] == 4 and len(rep["skipped"]) == 2
     assert sum(map(sum, rep["confusion_matrix"])) == 4
+
+
+def test_two_thousand_images_stream_through_the_cli(tmp_path, tiny_model_dir):
+    """Every one of 2,000 files (one broken) gets its row; memory is measured in benchmarks/, not here."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    good = image_bytes("PNG", size=(48, 40))
+    for k in range(2000):
+        (folder / f"{k:04d}.png").write_bytes(good if k != 1234 else b"broken")
+    out = tmp_path / "many.csv"
+    r = run("classify", str(folder), "--out", str(out), "--quiet", "--batch-size", "64", model=tiny_model_dir)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert [Path(x["file"]).name for x in rows] == [f"{k:04d}.png" for k in range(2000)]
+    assert [x["file"] for x in rows if x["error"]] == [str(folder / "1234.png")]
