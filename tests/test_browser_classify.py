@@ -123,6 +123,12 @@ def test_classify_journey(server, tmp_path):
             out = pd.read_csv(target, keep_default_na=False)
             assert len(out) == 4 and out.set_index("file").loc["broken.png", "error"] != ""
 
+            # leaving the page and coming back keeps the results and the filters, with no re-classification
+            page.get_by_role("link", name="Model evaluation").first.click()
+            expect(page.get_by_text("Model evaluation").first).to_be_visible()
+            page.get_by_role("link", name="Classify").first.click()
+            expect(page.get_by_text("3 of 4 rows shown")).to_be_visible()
+
             page.goto(server + "/evaluation")
             page.wait_for_timeout(3000)
             page.screenshot(path=str(SHOTS / "evaluation.png"), full_page=True)
