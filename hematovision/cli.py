@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="new model directory to write")
     t.add_argument("--work", help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with the same one to resume")
     t.add_argument("--input-size", type=int, default=224)
-    t.add_argument("--max-epochs", type=int, default=8)
+    t.add_argument("--max-epochs", type=int, default=14)
     t.add_argument("--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards")
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")

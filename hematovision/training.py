@@ -55,7 +55,7 @@ class TrainConfig:
     first_trainable_block: int = 13
     views_per_image: dict = field(default_factory=lambda: {"kaggle": 2, "pbc": 2})
     head_epochs: int = 2
-    max_epochs: int = 8
+    max_epochs: int = 14
     patience: int = 3
     batch_size: int = 64
     lr_head: float = 1e-3
