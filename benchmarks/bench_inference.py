@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -192,32 +191,18 @@ def cli_cold_start(model: str, image: Path, tmp: Path, repeats: int = 3) -> list
 
 
 def dashboard_cold_start(model: str, timeout: float = 90.0) -> float | None:
-    import urllib.request
+    """Seconds from launching ``streamlit run Home.py`` until its health check answers (``None`` if it never does)."""
+    from hematovision.devserver import dashboard
 
     if shutil.which("streamlit", path=str(Path(sys.executable).parent)) is None:
         return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HEMATOVISION_MODEL": model}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "streamlit"), "run", "Home.py", "--server.headless", "true", "--server.port", str(port),
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while time.perf_counter() - t0 < timeout:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.1)
+        with dashboard(env, timeout=timeout, poll=0.1):
+            return time.perf_counter() - t0
+    except RuntimeError:
         return None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main(argv=None) -> int:

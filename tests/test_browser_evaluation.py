@@ -7,29 +7,17 @@ against `streamlit run Home.py` on a tiny model with a generated evaluation.json
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import make_tiny_model_dir
+from hematovision.devserver import CHROMIUM, dashboard, launch_chromium
 from test_eval_views import labeled_zip, make_evaluation
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots")) / "evaluation-test.png"  # README shots: scripts/screenshots.py
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,29 +28,9 @@ def server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
     model = make_tiny_model_dir(tmp_path_factory.mktemp("browser_model"))
     make_evaluation(model)
-    port = _free_port()
     env = dict(os.environ, HEMATOVISION_MODEL=str(model), HEMATOVISION_DATA=str(tmp_path_factory.mktemp("no_data")), TF_CPP_MIN_LOG_LEVEL="2")
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "Home.py", "--server.headless", "true", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 40
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.terminate()
-        pytest.fail("streamlit did not start within 40 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with dashboard(env, tmp_path_factory.mktemp("log") / "streamlit.log", timeout=40) as url:
+        yield url
 
 
 def test_evaluation_page_in_browser(server, tmp_path):
@@ -71,8 +39,7 @@ def test_evaluation_page_in_browser(server, tmp_path):
     zip_path = tmp_path / "mine.zip"
     zip_path.write_bytes(labeled_zip())
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             # Start at the router: a fresh server asked for a sub-page URL first may run the page alone.
