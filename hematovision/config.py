@@ -21,14 +21,15 @@ WEIGHTS_FILENAME = "mobilenet_v2_1.0_no_top.weights.h5"
 WEIGHTS_SHA256 = "6714965a05ee6d8568343664bb9cda7456c6eb1fa190a6f5eb39bf087068b100"
 
 
+def _location(override: str | os.PathLike | None, env_name: str, default: Path) -> Path:
+    """An explicit argument wins, then the environment variable, then the default."""
+    chosen = override or os.environ.get(env_name)
+    return Path(chosen).expanduser().resolve() if chosen else default
+
+
 def data_root(override: str | os.PathLike | None = None) -> Path:
     """The data root: explicit argument, then ``$HEMATOVISION_DATA``, then ``../shared/data``."""
-    if override:
-        return Path(override).expanduser().resolve()
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (REPO_ROOT.parent / "shared" / "data").resolve()
+    return _location(override, DATA_ENV, (REPO_ROOT.parent / "shared" / "data").resolve())
 
 
 def weights_path(root: Path | None = None) -> Path:
@@ -39,9 +40,4 @@ def weights_path(root: Path | None = None) -> Path:
 
 def model_dir(override: str | os.PathLike | None = None) -> Path:
     """The model to serve: explicit argument, then ``$HEMATOVISION_MODEL``, then the shipped one."""
-    if override:
-        return Path(override).expanduser().resolve()
-    env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return DEFAULT_MODEL_DIR
+    return _location(override, MODEL_ENV, DEFAULT_MODEL_DIR)
