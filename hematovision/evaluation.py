@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +21,7 @@ from . import datasets as ds
 from . import metrics as m
 from . import persistence
 from .config import data_root
-from .sources import ImageInput, from_bytes
+from .sources import ImageInput, display_name, from_bytes, iter_zip
 
 
 def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[str], temperature: float, groups: list[str] | None = None, name: str = "") -> dict:
@@ -107,29 +106,30 @@ def labeled_from_folder(path: Path, classes: list[str]) -> LabeledInputs:
 
 
 def labeled_from_zip(name: str, data: bytes, classes: list[str]) -> LabeledInputs:
-    """A zip of class folders: the folder holding each image names its class."""
+    """A zip of class folders: the folder holding each image names its class.
+
+    Members come through :func:`sources.iter_zip`, so the archive limits and
+    member checks of the classify path apply here too; a member's input name
+    is its path inside the archive.
+    """
     out = LabeledInputs()
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-    except (zipfile.BadZipFile, ValueError) as exc:
-        out.skipped.append((name, f"unreadable zip archive ({exc})"))
-        return out
-    for info in infos:
-        parts = info.filename.split("/")
-        if parts[-1].startswith(".") or parts[0] == "__MACOSX":
+    prefix = display_name(name) + "/"
+    for item in iter_zip(name, data):
+        if not item.name.startswith(prefix):  # the archive itself is unusable
+            out.skipped.append((name, item.error))
             continue
+        member = item.name[len(prefix):]
+        parts = member.split("/")
         label = ds.normalise_label(parts[-2], classes) if len(parts) >= 2 else None
         if label is None:
             where = parts[-2] if len(parts) >= 2 else "(no folder)"
-            out.skipped.append((info.filename, f"unknown class folder '{where}' (known: {', '.join(classes)})"))
-            continue
-        if info.flag_bits & 0x1:
-            out.skipped.append((info.filename, "encrypted zip member"))
-            continue
-        out.inputs.append(ImageInput(info.filename, (lambda i=info: zf.read(i))))
-        out.labels.append(label)
-        out.groups.append(info.filename)
+            out.skipped.append((member, f"unknown class folder '{where}' (known: {', '.join(classes)})"))
+        elif item.error:
+            out.skipped.append((member, item.error))
+        else:
+            out.inputs.append(ImageInput(member, item.read))
+            out.labels.append(label)
+            out.groups.append(member)
     return out
 
 
