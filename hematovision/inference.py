@@ -177,21 +177,22 @@ class Classifier:
         thr = self.default_threshold if threshold is None else float(threshold)
         done = 0
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: deque[list] = deque()
-            for chunk in _chunks(inputs, self.batch_size):
-                pending.append([pool.submit(_prepare, it, self.input_size, limits, thumbnails) for it in chunk])
-                if len(pending) > 1:
-                    for p in self._finish([f.result() for f in pending.popleft()], thr):
-                        done += 1
-                        if progress:
-                            progress(done)
-                        yield p
-            while pending:
-                for p in self._finish([f.result() for f in pending.popleft()], thr):
+            for batch in self._pipelined(pool, inputs, thr, limits, thumbnails):
+                for p in batch:
                     done += 1
                     if progress:
                         progress(done)
                     yield p
+
+    def _pipelined(self, pool, inputs: Iterable[ImageInput], threshold: float, limits: ImageLimits, thumbnails: bool) -> Iterator[list[Prediction]]:
+        """Finished batches, in order; the next batch decodes in ``pool`` while this one runs through the network."""
+        pending: deque[list] = deque()
+        for chunk in _chunks(inputs, self.batch_size):
+            pending.append([pool.submit(_prepare, it, self.input_size, limits, thumbnails) for it in chunk])
+            if len(pending) > 1:
+                yield self._finish([f.result() for f in pending.popleft()], threshold)
+        while pending:
+            yield self._finish([f.result() for f in pending.popleft()], threshold)
 
     def _finish(self, prepared: list[_Prepared], threshold: float) -> list[Prediction]:
         good = [p for p in prepared if p.pixels is not None]
