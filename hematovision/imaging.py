@@ -1,8 +1,9 @@
 """Decode and validate user images: bytes in, RGB ``uint8`` array out, or a plain reason.
 
-This is the one input path shared by training, the CLI and the dashboard, so a
-file that decodes for one decodes the same way for all. Formats are identified
-by content (magic bytes), never by the file name.
+This is the one input path for user images, shared by the CLI, the dashboard
+and evaluation, so a file that decodes for one decodes the same way for all.
+(Training reads its trusted dataset files with the faster :func:`read_rgb`.)
+Formats are identified by content (magic bytes), never by the file name.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import os
 import platform
 import time
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,7 +134,7 @@ def training_items(images: list[ds.LabeledImage], cfg: TrainConfig):
 def balanced_weights(images: list[ds.LabeledImage]) -> np.ndarray:
     """Sample weights giving each (source, class) stratum equal total weight, mean 1."""
     keys = [(i.source, i.label) for i in images]
-    counts = {k: keys.count(k) for k in set(keys)}
+    counts = Counter(keys)
     w = np.array([len(keys) / (len(counts) * counts[k]) for k in keys], dtype=np.float32)
     return w
 
