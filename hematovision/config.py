@@ -41,3 +41,16 @@ def weights_path(root: Path | None = None) -> Path:
 def model_dir(override: str | os.PathLike | None = None) -> Path:
     """The model to serve: explicit argument, then ``$HEMATOVISION_MODEL``, then the shipped one."""
     return _location(override, MODEL_ENV, DEFAULT_MODEL_DIR)
+
+
+HOME_ENV = "HEMATOVISION_HOME"
+
+
+def user_data_dir(override: str | os.PathLike | None = None) -> Path:
+    """Per-user state (review decisions, adapted model versions): explicit argument,
+    then ``$HEMATOVISION_HOME``, then ``$XDG_DATA_HOME/hematovision`` (``~/.local/share/hematovision``).
+
+    Never inside the repository: what a lab labels and adapts is theirs, not ours to commit.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return _location(override, HOME_ENV, Path(xdg).expanduser() / "hematovision")
