@@ -11,6 +11,18 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_data_dir(tmp_path_factory):
+    """Tests never read or write the real per-user data (review decisions, adapted models)."""
+    old = os.environ.get("HEMATOVISION_HOME")
+    os.environ["HEMATOVISION_HOME"] = str(tmp_path_factory.mktemp("hematovision-home"))
+    yield
+    if old is None:
+        os.environ.pop("HEMATOVISION_HOME", None)
+    else:
+        os.environ["HEMATOVISION_HOME"] = old
+
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
 
