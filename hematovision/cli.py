@@ -1,4 +1,4 @@
-"""Command line: ``python -m hematovision {train,evaluate,classify,export-litert} --help``.
+"""Command line: ``python -m hematovision {train,loso,evaluate,classify,export-litert} --help``.
 
 ``classify`` serves from ``model.tflite`` (LiteRT) when the model directory has a
 checked one, without importing TensorFlow; otherwise from ``model.keras``.
@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
+    t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
+    t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and robust) and record it in the new model")
+
+    lo = sub.add_parser("loso", help="leave-one-source-out validation of the training recipe: train on one source, test on the other (resumable)")
+    lo.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    lo.add_argument("--work", default=".cache/loso", help="working directory; rerun with the same one to resume (default: .cache/loso)")
+    lo.add_argument("--cache", default=".cache/features", help="feature cache shared with training runs (default: .cache/features)")
+    lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust (the shipped recipe)")
+    lo.add_argument("--max-epochs", type=int, default=14)
+    lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
+    lo.add_argument("--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card")
 
     x = sub.add_parser("export-litert", help="export model.keras to model.tflite (LiteRT) for fast serving, check it and record it in the card")
     x.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
@@ -175,14 +186,43 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, first_trainable_block=args.first_trainable_block,
                       limit_per_split=args.limit_per_class, sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train_command(out, work, cfg, root, evaluate=not args.no_evaluate)
+    train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache))
+    if args.loso:
+        from . import loso
+
+        results = loso.run_loso(work / "loso", cfg, root, cache_root=Path(args.cache))
+        loso.record_in_model(out, loso.summary(results, cfg))
+        print(loso.table(results))
+    return 0
+
+
+def cmd_loso(args) -> int:
+    from . import loso
+    from .config import data_root
+    from .training import TrainConfig
+
+    root = data_root(args.data)
+    if not root.is_dir():
+        raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in loso.VARIANTS]
+    if unknown or not variants:
+        raise UsageError(f"unknown variant(s) {unknown}: choose from {', '.join(loso.VARIANTS)}")
+    if args.record and not (Path(args.record) / "model_card.json").is_file():
+        raise UsageError(f"--record: no model card in {args.record}")
+    cfg = TrainConfig(max_epochs=args.max_epochs, limit_per_split=args.limit_per_class)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results = loso.run_loso(Path(args.work), cfg, root, cache_root=Path(args.cache), variants=variants)
+    print(loso.table(results))
+    if args.record:
+        loso.record_in_model(Path(args.record), loso.summary(results, cfg))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "export-litert": cmd_export_litert}[args.command](args)
+        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "export-litert": cmd_export_litert}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

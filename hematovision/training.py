@@ -70,8 +70,40 @@ class TrainConfig:
         "kaggle": asdict(aug.AugmentConfig(zoom=(0.85, 1.15), border="black")),
         "pbc": asdict(aug.AugmentConfig(zoom=(0.6, 1.3))),
     })
-    sources: tuple = ("kaggle", "pbc")
+    sources: tuple = ("kaggle", "pbc")  # discovered, split and cached
+    train_on: tuple = ("kaggle", "pbc")  # fitted and validated on (leave-one-source-out uses one)
     limit_per_split: int = 0  # >0: small smoke runs for tests
+
+
+def baseline_augment() -> dict:
+    """Per-source augmentation *without* the robustness measures: rotations, flips and
+    small shifts only (no stain, colour, scale, blur or JPEG jitter). The reference
+    point that leave-one-source-out ablations compare against."""
+    off = dict(zoom=(1.0, 1.0), hed_scale=0.0, hed_shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, blur_prob=0.0, jpeg_prob=0.0)
+    return {"kaggle": asdict(aug.AugmentConfig(**off, border="black")), "pbc": asdict(aug.AugmentConfig(**off))}
+
+
+def _key(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def view_cache_key(cfg: TrainConfig) -> str:
+    """Everything that decides the cached augmented training views, and nothing else:
+    runs that differ only in what they fit on (``train_on``, epochs, learning rates)
+    share one cache."""
+    from .model import SPLIT_LAYER
+
+    return "views-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.views_per_image,
+                            {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}])
+
+
+def clean_cache_key(cfg: TrainConfig) -> str:
+    """Clean (un-augmented) views of validation and test images depend only on these."""
+    from .model import SPLIT_LAYER
+
+    return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed])
 
 
 # --------------------------------------------------------------------------- cache
@@ -175,8 +207,13 @@ def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch):
     return feats[idx], labels[idx], weights[idx]
 
 
-def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | None = None) -> dict:
-    """Run the whole recipe in ``work`` (resumable); return the fitted state for :func:`export`."""
+def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | None = None, cache_root: Path | None = None) -> dict:
+    """Run the whole recipe in ``work`` (resumable); return the fitted state for :func:`export`.
+
+    Features are cached under ``cache_root`` (default ``work/cache``) in folders named
+    by :func:`view_cache_key` / :func:`clean_cache_key`, so a changed augmentation
+    never reads a stale cache, and leave-one-source-out runs reuse the main run's.
+    """
     import keras
     import tensorflow as tf
 
@@ -193,16 +230,23 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     if not images:
         raise FileNotFoundError(f"no labeled images under {root}: set --data or {ds.__name__}")
     ds.write_manifest(images, work / "split_manifest.csv")
-    train = _limit(ds.select(images, split="train"), cfg.limit_per_split, cfg.seed)
-    val = _limit(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
-    log.info("train %d images, val %d images", len(train), len(val))
+    all_train = _limit(ds.select(images, split="train"), cfg.limit_per_split, cfg.seed)
+    all_val = _limit(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
+    train = [i for i in all_train if i.source in cfg.train_on]
+    val = [i for i in all_val if i.source in cfg.train_on]
+    log.info("train %d images, val %d images (on %s)", len(train), len(val), ",".join(cfg.train_on))
+    cache_root = Path(cache_root) if cache_root else work / "cache"
 
     net = build_network(cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout)
     bottom, top = split_models(net)
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
 
-    items = training_items(train, cfg)
-    x_train = cache_features(bottom, items, work / "cache" / "train", cfg, desc="train views")
+    all_items = training_items(all_train, cfg)
+    x_all = cache_features(bottom, all_items, cache_root / view_cache_key(cfg) / "train", cfg, desc="train views")
+    keep = [j for j, (img, _) in enumerate(all_items) if img.source in cfg.train_on]
+    items = [all_items[j] for j in keep]
+    x_train = x_all if len(keep) == len(all_items) else x_all[keep]
+    del x_all
     y_items = np.array([cls_index[i.label] for i, _ in items])
     pos = {id(img): k for k, img in enumerate(train)}
     view_index = [[] for _ in train]
@@ -211,7 +255,8 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     w_img = balanced_weights(train)
     w_items = np.array([w_img[pos[id(img)]] for img, _ in items], dtype=np.float32)
 
-    x_val = cache_features(bottom, [(i, -1) for i in val], work / "cache" / "val", cfg, desc="val")
+    x_val_all = cache_features(bottom, [(i, -1) for i in all_val], cache_root / clean_cache_key(cfg) / "val", cfg, desc="val")
+    x_val = x_val_all[[k for k, i in enumerate(all_val) if i.source in cfg.train_on]]
     y_val = np.array([cls_index[i.label] for i in val])
     w_val = balanced_weights(val)
     cache_s = time.time() - t0
@@ -265,7 +310,8 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     run_phase("finetune", cfg.max_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=True)
     if best.exists():
         net.load_weights(str(best))
-    return {"network": net, "images": images, "train": train, "val": val, "state": state, "cache_seconds": cache_s, "fit_seconds": time.time() - t0}
+    return {"network": net, "bottom": bottom, "top": top, "images": images, "train": train, "val": val, "state": state,
+            "cache_seconds": cache_s, "fit_seconds": time.time() - t0, "cache_root": cache_root}
 
 
 def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = None) -> Path:
@@ -311,12 +357,12 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     return out_dir
 
 
-def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True) -> Path:
+def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True, cache_root: Path | None = None) -> Path:
     """``python -m hematovision train``: fit, export, copy the split manifest, evaluate."""
     import shutil
 
     t0 = time.time()
-    fitted = fit(work, cfg, root)
+    fitted = fit(work, cfg, root, cache_root=cache_root)
     out = export(fitted, out_dir, cfg, root)
     shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
     from . import persistence

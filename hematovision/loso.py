@@ -1,0 +1,176 @@
+"""Leave-one-source-out (LOSO) validation: the training recipe judged on a laboratory it never saw.
+
+A user's own images come from another laboratory: another stain, camera,
+magnification and crop. The test splits of our two sources cannot show how the
+model does there, because it trained on both. LOSO can, without looking at any
+test set while choosing: train the same recipe on one source only (validating
+and early-stopping on that source alone), then measure it on the other source's
+test split.
+
+Each *variant* is one training configuration. ``baseline`` is the recipe
+without the robustness measures (rotations, flips and small shifts only);
+``robust`` is the recipe as shipped (stain, colour, scale, blur and JPEG
+jitter). ``python -m hematovision loso`` runs both on the same machine and
+writes the table into ``evaluation.json`` and the model card, so every change
+to training can be judged by it.
+
+Runs are resumable: each finished run is stored in ``loso.json`` in the work
+directory and skipped when the command is run again; features are cached like
+the main run's (and shared with it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import datasets as ds
+from . import metrics as m
+from .config import TRAINING_CLASSES, data_root
+from .training import TrainConfig, baseline_augment, cache_features, clean_cache_key, fit
+
+log = logging.getLogger("hematovision.loso")
+
+#: The test split that measures a source when it is held out.
+HELD_OUT_TEST = {"kaggle": "kaggle_test", "pbc": "pbc_test"}
+
+VARIANTS = {
+    "baseline": lambda cfg: replace(cfg, augment=baseline_augment()),
+    "robust": lambda cfg: cfg,
+}
+
+
+@dataclass
+class LosoRun:
+    """One model trained without one source, measured on every test set."""
+
+    variant: str
+    trained_on: str
+    held_out: str
+    held_out_test: str
+    held_out_accuracy: float
+    held_out_accuracy_ci95: list
+    held_out_macro_f1: float
+    test_accuracy: dict  # every test set key -> accuracy (the trained-on source's own split too)
+    val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    fit_seconds: float
+    work_dir: str
+
+
+def _test_features(bottom, cfg: TrainConfig, images: list[ds.LabeledImage], cache_root: Path) -> dict:
+    """Clean bottom features of each test set, cached beside the training views."""
+    out = {}
+    cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
+    for key in ds.TEST_SETS:
+        subset = ds.test_set(images, key)
+        if cfg.limit_per_split:
+            from .training import _limit
+
+            subset = _limit(subset, cfg.limit_per_split, cfg.seed)
+        if not subset:
+            continue
+        x = cache_features(bottom, [(i, -1) for i in subset], cache_root / clean_cache_key(cfg) / f"test-{key}", cfg, desc=key)
+        out[key] = (x, np.array([cls_index[i.label] for i in subset]))
+    return out
+
+
+def _measure(top, feats: dict, batch_size: int = 256) -> dict:
+    res = {}
+    for key, (x, y) in feats.items():
+        logits = top.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
+        pred = logits.argmax(1)
+        cm = m.confusion_matrix(y, pred, len(TRAINING_CLASSES))
+        ok = int((pred == y).sum())
+        res[key] = {"accuracy": ok / len(y), "ci95": list(m.wilson_interval(ok, len(y))), "macro_f1": m.macro_f1(cm), "n": int(len(y))}
+    return res
+
+
+def run_loso(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root: Path | None = None,
+             variants: tuple[str, ...] = ("baseline", "robust")) -> list[LosoRun]:
+    """Train each variant once per held-out source and measure it; resumable through ``work/loso.json``."""
+    root = root or data_root()
+    work = Path(work)
+    cache_root = Path(cache_root) if cache_root else work / "cache"
+    work.mkdir(parents=True, exist_ok=True)
+    record = work / "loso.json"
+    done = {(r["variant"], r["held_out"]): LosoRun(**r) for r in (json.loads(record.read_text()) if record.exists() else [])}
+    results: list[LosoRun] = []
+    for variant in variants:
+        vcfg = VARIANTS[variant](cfg)
+        for held_out in cfg.sources:
+            if (variant, held_out) in done:
+                results.append(done[(variant, held_out)])
+                continue
+            trained_on = tuple(s for s in cfg.sources if s != held_out)
+            run_dir = work / f"{variant}-without-{held_out}"
+            log.info("LOSO %s: train on %s, hold out %s", variant, ",".join(trained_on), held_out)
+            t0 = time.time()
+            fitted = fit(run_dir, replace(vcfg, train_on=trained_on), root, cache_root=cache_root)
+            feats = _test_features(fitted["bottom"], vcfg, fitted["images"], cache_root)
+            scores = _measure(fitted["top"], feats)
+            key = HELD_OUT_TEST[held_out]
+            st = fitted["state"]
+            ft = [h for h in st.history if h["phase"] == "finetune"]
+            best = next((h for h in ft if h["epoch"] == st.best_epoch), ft[-1] if ft else {"val_acc": float("nan")})
+            run = LosoRun(
+                variant=variant, trained_on=",".join(trained_on), held_out=held_out, held_out_test=key,
+                held_out_accuracy=scores[key]["accuracy"], held_out_accuracy_ci95=scores[key]["ci95"], held_out_macro_f1=scores[key]["macro_f1"],
+                test_accuracy={k: v["accuracy"] for k, v in scores.items()}, val_accuracy=float(best["val_acc"]),
+                best_epoch=st.best_epoch, epochs_run=len(ft), fit_seconds=round(time.time() - t0, 1), work_dir=str(run_dir),
+            )
+            log.info("LOSO %s without %s: %s accuracy %.4f", variant, held_out, key, run.held_out_accuracy)
+            results.append(run)
+            done[(variant, held_out)] = run
+            record.write_text(json.dumps([asdict(r) for r in done.values()], indent=1) + "\n")
+    return results
+
+
+def summary(results: list[LosoRun], cfg: TrainConfig) -> dict:
+    """The JSON block for ``evaluation.json`` and the model card: each run, and the gain of each
+    variant over ``baseline`` per held-out source."""
+    by = {(r.variant, r.held_out): r for r in results}
+    gains = {}
+    for (variant, held_out), r in by.items():
+        base = by.get(("baseline", held_out))
+        if variant != "baseline" and base is not None:
+            gains.setdefault(variant, {})[held_out] = r.held_out_accuracy - base.held_out_accuracy
+    return {
+        "rule": "train the recipe on one source only (validating on that source), test on the other source's test split; "
+                "'baseline' = the same recipe without stain, colour, scale, blur and JPEG augmentation",
+        "hyperparameters": {"max_epochs": cfg.max_epochs, "head_epochs": cfg.head_epochs, "input_size": cfg.input_size,
+                            "views_per_image": cfg.views_per_image, "first_trainable_block": cfg.first_trainable_block},
+        "runs": [asdict(r) for r in results],
+        "gain_over_baseline": gains,
+    }
+
+
+def table(results: list[LosoRun]) -> str:
+    """A Markdown table of the runs (for docs/generalisation.md)."""
+    lines = ["| variant | trained on | held out (test split) | accuracy on held-out | 95% CI | macro-F1 | own-source test | best epoch | wall time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        own = ", ".join(f"{k} {v:.1%}" for k, v in r.test_accuracy.items() if k != r.held_out_test and not k.startswith(r.held_out))
+        lo, hi = r.held_out_accuracy_ci95
+        lines.append(f"| {r.variant} | {r.trained_on} | {r.held_out} ({r.held_out_test}) | **{r.held_out_accuracy:.1%}** | {lo:.1%}–{hi:.1%} | "
+                     f"{r.held_out_macro_f1:.3f} | {own} | {r.best_epoch} | {r.fit_seconds / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def record_in_model(model_dir: Path, block: dict) -> None:
+    """Write the LOSO block into ``evaluation.json`` and the model card beside a model."""
+    from . import persistence
+
+    model_dir = Path(model_dir)
+    ev = model_dir / persistence.EVALUATION_FILE
+    if ev.exists():
+        report = json.loads(ev.read_text())
+        report["leave_one_source_out"] = block
+        ev.write_text(json.dumps(report, indent=1) + "\n")
+    persistence.update_card(model_dir, lambda c: c.training.__setitem__("leave_one_source_out", block))
