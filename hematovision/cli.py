@@ -1,4 +1,4 @@
-"""Command line: ``python -m hematovision {train,loso,evaluate,classify,export-litert} --help``.
+"""Command line: ``python -m hematovision {train,loso,adapt,evaluate,classify,export-litert} --help``.
 
 ``classify`` serves from ``model.tflite`` (LiteRT) when the model directory has a
 checked one, without importing TensorFlow; otherwise from ``model.keras``.
@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--max-epochs", type=int, default=14)
     lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     lo.add_argument("--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card")
+
+    a = sub.add_parser("adapt", help="adapt a model to your laboratory from labeled images; saved as a new model version, never over the original")
+    a.add_argument("path", help="a folder of class folders or a .zip of them (e.g. eosinophil/*.jpg, lymphocyte/*.jpg, ...)")
+    a.add_argument("--name", required=True, help="name of the new model version (letters, digits, '.', '_', '-')")
+    a.add_argument("--model", help="model to adapt (default: $HEMATOVISION_MODEL or the shipped models/)")
+    a.add_argument("--out", help="folder for the new version (default: <user data dir>/models/<name>, listed by the dashboard)")
+    a.add_argument("--views", type=int, default=8, help="augmented views per labeled image (default 8)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
 
     x = sub.add_parser("export-litert", help="export model.keras to model.tflite (LiteRT) for fast serving, check it and record it in the card")
     x.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
@@ -196,6 +204,56 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from tqdm import tqdm
+
+    from . import persistence, versions
+    from .adapt import AdaptConfig, adapt_model
+    from .config import model_dir
+    from .evaluation import labeled_from_folder, labeled_from_zip
+    from .imaging import ImageError, decode_image
+
+    base = model_dir(args.model)
+    try:
+        card = persistence.load_card(base)
+        out = Path(args.out) if args.out else versions.new_version_dir(args.name)
+        versions.check_name(args.name)
+    except (persistence.ModelError, ValueError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+    if out.exists():
+        raise UsageError(f"{out} exists: adapted versions are never overwritten; choose another --name or --out")
+    path = Path(args.path)
+    if path.is_dir():
+        labeled = labeled_from_folder(path, card.classes)
+    elif path.is_file():
+        labeled = labeled_from_zip(path.name, path.read_bytes(), card.classes)
+    else:
+        raise UsageError(f"no such folder or zip: {path}")
+    images, labels = [], []
+    for item, label in zip(labeled.inputs, labeled.labels):
+        try:
+            images.append(decode_image(item.read()).rgb)
+            labels.append(label)
+        except (ImageError, OSError) as exc:
+            labeled.skipped.append((item.name, str(exc)))
+    for name, reason in labeled.skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    missing = [c for c in card.classes if c not in labels]
+    if missing:
+        raise UsageError(f"no labeled images for {', '.join(missing)}: adaptation needs at least two images of every class")
+    logging.basicConfig(level=logging.WARNING)
+    bar = tqdm(total=len(images), desc="adapt", unit="img", disable=args.quiet, file=sys.stderr)
+    result = adapt_model(base, images, labels, out, args.name, AdaptConfig(views=args.views), source=str(path),
+                         progress=lambda k, n: bar.update(k - bar.n))
+    bar.close()
+    new = persistence.load_card(result)
+    ad = new.training["adaptation"]
+    print(f"{new.version}: adapted from {new.parent} on {sum(ad['labeled_counts'].values())} images {ad['labeled_counts']}; "
+          f"cross-fitted accuracy {ad['crossfit_accuracy']:.1%}, temperature {new.temperature:.3f}, threshold {new.default_threshold:.3f}, "
+          f"{ad['wall_time_seconds']:.0f} s -> {result}")
+    return 0
+
+
 def cmd_loso(args) -> int:
     from . import loso
     from .config import data_root
@@ -222,7 +280,7 @@ def cmd_loso(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "export-litert": cmd_export_litert}[args.command](args)
+        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

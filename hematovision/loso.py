@@ -174,3 +174,98 @@ def record_in_model(model_dir: Path, block: dict) -> None:
         report["leave_one_source_out"] = block
         ev.write_text(json.dumps(report, indent=1) + "\n")
     persistence.update_card(model_dir, lambda c: c.training.__setitem__("leave_one_source_out", block))
+
+
+# --------------------------------------------------------------------------- adaptation curve
+
+
+@dataclass
+class AdaptationPoint:
+    """Accuracy on the held-out source's test split after adapting with ``per_class`` labeled images."""
+
+    held_out: str
+    per_class: int
+    accuracies: list  # one per draw of labeled images
+    mean_accuracy: float
+    seconds_fit: float  # the head fit and calibration, mean over draws (features excluded)
+
+
+def _loso_network(run: LosoRun, cfg: TrainConfig):
+    from .model import build_network
+
+    net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout)
+    net.load_weights(str(Path(run.work_dir) / "best.weights.h5"))
+    return net
+
+
+def _pooled_clean(features, images: list[ds.LabeledImage], input_size: int, batch_size: int = 64) -> np.ndarray:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .imaging import read_rgb, resize_for_model
+
+    out = []
+    with ThreadPoolExecutor(2) as pool:
+        for b in range(0, len(images), batch_size):
+            batch = list(pool.map(lambda i: resize_for_model(read_rgb(i.path), input_size), images[b:b + batch_size]))
+            out.append(np.asarray(features.predict_on_batch(np.stack(batch).astype(np.float32))))
+    return np.concatenate(out).astype(np.float64)
+
+
+def _draw(pool: list[ds.LabeledImage], n: int, rng: np.random.Generator) -> list[ds.LabeledImage]:
+    """``n`` images of distinct original cells (a lab labels cells, not augmented copies of one)."""
+    by_group: dict[str, list[ds.LabeledImage]] = {}
+    for i in pool:
+        by_group.setdefault(i.group, []).append(i)
+    groups = sorted(by_group)
+    picked = [by_group[groups[g]][int(rng.integers(len(by_group[groups[g]])))] for g in rng.permutation(len(groups))[:n]]
+    return picked
+
+
+def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None = None, per_class: tuple[int, ...] = (5, 10, 20, 50),
+                     draws: int = 3, variant: str = "robust", adapt_cfg=None) -> list[AdaptationPoint]:
+    """For each held-out source: adapt that LOSO model's head with ``per_class`` labeled images per class
+    drawn from the held-out source's *train* split, score on its *test* split. ``per_class`` 0 = no adaptation."""
+    from .adapt import AdaptConfig, adapt_head, feature_model, head_weights, pooled_features
+    from .imaging import read_rgb
+
+    root = root or data_root()
+    adapt_cfg = adapt_cfg or AdaptConfig()
+    images = ds.discover(root)
+    cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
+    points = []
+    for run in [r for r in results if r.variant == variant]:
+        net = _loso_network(run, cfg)
+        feats_model = feature_model(net)
+        w0, b0 = head_weights(net)
+        test = ds.test_set(images, run.held_out_test)
+        x_test = _pooled_clean(feats_model, test, cfg.input_size)
+        y_test = np.array([cls_index[i.label] for i in test])
+        base_acc = float(((x_test @ w0 + b0).argmax(1) == y_test).mean())
+        points.append(AdaptationPoint(run.held_out, 0, [base_acc], base_acc, 0.0))
+        pool = {c: [i for i in ds.select(images, source=run.held_out, split="train") if i.label == c] for c in TRAINING_CLASSES}
+        top_n = max(per_class)
+        per_draw = []
+        for d in range(draws):
+            rng = np.random.default_rng([cfg.seed, d])
+            chosen = {c: _draw(pool[c], top_n, rng) for c in TRAINING_CLASSES}
+            flat = [i for c in TRAINING_CLASSES for i in chosen[c]]
+            feats = pooled_features(feats_model, [read_rgb(i.path) for i in flat], cfg.input_size, adapt_cfg.views, adapt_cfg.augment, adapt_cfg.seed + d)
+            per_draw.append((flat, feats))
+        for n in per_class:
+            accs, secs = [], []
+            for flat, feats in per_draw:
+                idx = [k for k, i in enumerate(flat) if [j for j in flat if j.label == i.label].index(i) < n]
+                y = np.array([cls_index[flat[k].label] for k in idx])
+                res = adapt_head(feats[idx], y, w0, b0, TRAINING_CLASSES, adapt_cfg)
+                accs.append(float(((x_test @ res.weights + res.bias).argmax(1) == y_test).mean()))
+                secs.append(res.seconds)
+            points.append(AdaptationPoint(run.held_out, n, accs, float(np.mean(accs)), float(np.mean(secs))))
+            log.info("adaptation %s with %d/class: %s", run.held_out, n, accs)
+    return points
+
+
+def adaptation_table(points: list[AdaptationPoint]) -> str:
+    lines = ["| held-out source | labeled images per class | accuracy on its test split (mean) | per draw | head fit + calibration |", "|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p.held_out} | {p.per_class or 'none (LOSO model as is)'} | **{p.mean_accuracy:.1%}** | {', '.join(f'{a:.1%}' for a in p.accuracies)} | {p.seconds_fit:.1f} s |")
+    return "\n".join(lines)

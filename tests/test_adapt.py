@@ -1,0 +1,113 @@
+"""Adaptation to a lab: the head fit, its calibration, saving as a new version, and the CLI."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import CLASSES, make_tiny_model_dir
+from hematovision import persistence, versions
+from hematovision.adapt import AdaptConfig, adapt_head, adapt_model, fit_head
+from hematovision.cli import main
+
+
+def _blobs(n: int, seed: int = 0, size: int = 40):
+    """Per class a distinct colour of blob on a light field: separable, as a lab's own cells would be."""
+    colours = {"eosinophil": (200, 60, 60), "lymphocyte": (40, 40, 160), "monocyte": (40, 150, 40), "neutrophil": (120, 40, 140)}
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in CLASSES:
+        for _ in range(n):
+            img = np.full((size, size, 3), 225, np.uint8)
+            yy, xx = np.mgrid[:size, :size]
+            cy, cx = rng.integers(12, size - 12, 2)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = colours[c]
+            images.append(img)
+            labels.append(c)
+    return images, labels
+
+
+def test_fit_head_learns_separable_features_and_l2sp_holds_the_base():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    x = rng.normal(size=(120, 16)) + np.eye(4, 16)[y] * 4
+    w0, b0 = np.zeros((16, 4)), np.zeros(4)
+    w, b = fit_head(x, y, w0, b0, AdaptConfig(steps=200, l2sp=0.0))
+    assert ((x @ w + b).argmax(1) == y).mean() == 1.0
+    w_held, _ = fit_head(x, y, w0, b0, AdaptConfig(steps=200, l2sp=1e3))
+    assert np.abs(w_held).max() < np.abs(w).max() / 10
+
+
+def test_adapt_head_is_deterministic_and_calibrated_on_crossfitted_logits():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 10)
+    feats = (rng.normal(size=(40, 3, 8)) + np.eye(4, 8)[y][:, None, :] * 2)
+    w0, b0 = np.zeros((8, 4)), np.zeros(4)
+    a = adapt_head(feats, y, w0, b0, CLASSES, AdaptConfig(steps=100))
+    b = adapt_head(feats, y, w0, b0, CLASSES, AdaptConfig(steps=100))
+    assert np.array_equal(a.weights, b.weights) and a.temperature == b.temperature
+    assert a.temperature > 0 and 0.5 < a.crossfit_accuracy <= 1.0
+    assert a.counts == {c: 10 for c in CLASSES} and 0 <= a.threshold.threshold <= 1
+
+
+def test_adapt_model_saves_a_new_version_and_never_touches_the_parent(tmp_path):
+    base = make_tiny_model_dir(tmp_path / "base")
+    before = (base / "model.keras").read_bytes()
+    images, labels = _blobs(6)
+    out = adapt_model(base, images, labels, tmp_path / "lab-a", "lab-a", AdaptConfig(views=2, steps=150), litert=False)
+    card = persistence.load_card(out)
+    parent = persistence.load_card(base)
+    assert card.parent == parent.version and card.version != parent.version and card.name == "lab-a"
+    assert card.training["adaptation"]["labeled_counts"] == {c: 6 for c in CLASSES}
+    assert (base / "model.keras").read_bytes() == before
+    from hematovision.inference import Classifier
+
+    clf = Classifier.load(out, backend="keras")
+    probs = clf.predict_proba(images)
+    assert probs.shape == (24, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == np.array([CLASSES.index(c) for c in labels])).mean() >= 0.9  # it learned the lab's classes
+    with pytest.raises(FileExistsError):
+        adapt_model(base, images, labels, out, "lab-a", AdaptConfig(views=1, steps=10), litert=False)
+    with pytest.raises(ValueError, match="not classes"):
+        adapt_model(base, images, ["basophil"] * len(images), tmp_path / "x", "x", litert=False)
+
+
+def test_versions_list_shipped_first_then_adapted_and_skip_partial(tmp_path):
+    home = tmp_path / "home"
+    shipped = make_tiny_model_dir(tmp_path / "shipped")
+    images, labels = _blobs(3)
+    adapt_model(shipped, images, labels, versions.new_version_dir("lab-b", home), "lab-b", AdaptConfig(views=1, steps=20, folds=3), litert=False)
+    (versions.adapted_root(home) / "half.partial").mkdir()
+    found = versions.list_versions(shipped, home)
+    assert [v.shipped for v in found] == [True, False]
+    assert found[1].name == "lab-b" and found[1].parent == found[0].version and "adapted from" in found[1].label
+    with pytest.raises(FileExistsError):
+        versions.new_version_dir("lab-b", home)
+    for bad in ("../evil", "", "a/b", ".hidden"):
+        with pytest.raises(ValueError):
+            versions.check_name(bad)
+
+
+def test_cli_adapt_from_a_zip_with_a_broken_member(tmp_path, capsys):
+    base = make_tiny_model_dir(tmp_path / "base")
+    images, labels = _blobs(3)
+    buf = io.BytesIO()
+    import cv2
+
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, (img, lbl) in enumerate(zip(images, labels)):
+            zf.writestr(f"lab/{lbl}/{k}.png", cv2.imencode(".png", img[..., ::-1])[1].tobytes())
+        zf.writestr("lab/monocyte/broken.png", b"\x89PNG\r\n\x1a\nnot really")
+    z = tmp_path / "labeled.zip"
+    z.write_bytes(buf.getvalue())
+    rc = main(["adapt", str(z), "--name", "lab-c", "--model", str(base), "--views", "2", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "broken.png" in err and "adapted from tiny-test-model@" in out
+    assert persistence.load_card(versions.adapted_root() / "lab-c").parent.startswith("tiny-test-model@")
+    assert main(["adapt", str(z), "--name", "lab-c", "--model", str(base), "--quiet"]) == 2  # never overwritten
+    assert "already exists" in capsys.readouterr().err
+    assert main(["adapt", str(z), "--name", "../x", "--model", str(base), "--quiet"]) == 2
