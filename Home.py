@@ -12,6 +12,7 @@ st.set_page_config(page_title="HematoVision", page_icon="🩸", layout="wide")
 pages = [
     st.Page("pages/overview.py", title="Home", icon="🏠", default=True),
     st.Page("pages/classify.py", title="Classify", icon="🔬"),
+    st.Page("pages/review.py", title="Review", icon="🧑‍🔬"),
     st.Page("pages/evaluation.py", title="Model evaluation", icon="📊"),
 ]
 nav = st.navigation(pages)

@@ -6,6 +6,7 @@ Streamlit-specific but logic-free: pages call these and draw.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import streamlit as st
@@ -16,7 +17,8 @@ from .config import model_dir
 THRESHOLD_KEY = "threshold"
 #: Widget values that must survive a switch to another page and back (Streamlit drops
 #: the state of widgets a run did not draw, unless it is re-assigned on every run).
-PERSISTENT_KEYS = ("hv_filter_classes", "hv_flagged_only", "hv_show_errors", "hv_conf_range", "hv_download_scope")
+PERSISTENT_KEYS = ("hv_filter_classes", "hv_flagged_only", "hv_show_errors", "hv_conf_range", "hv_download_scope",
+                   "hv_reviewer", "hv_review_status", "hv_review_classes", "hv_review_version", "hv_review_gradcam", "hv_detail_gradcam")
 
 
 def keep_widget_state() -> None:
@@ -40,8 +42,41 @@ def _load_classifier(path: str, sha: str):
     return Classifier.load(path)
 
 
+MODEL_KEY = "hv_model_path"
+
+
 def model_path() -> Path:
-    return model_dir()
+    """The model version this session serves: chosen in the sidebar, else the shipped one."""
+    chosen = st.session_state.get(MODEL_KEY)
+    return Path(chosen) if chosen and (Path(chosen) / persistence.CARD_FILE).is_file() else model_dir()
+
+
+def use_model(path: Path) -> None:
+    """Switch this session to another model version; its own default threshold comes with it."""
+    st.session_state[MODEL_KEY] = str(path)
+    try:
+        st.session_state[THRESHOLD_KEY] = float(persistence.load_card(path).default_threshold)
+    except persistence.ModelError:
+        pass
+
+
+def model_sidebar() -> None:
+    """The model-version picker (only when there is more than one version to pick from)."""
+    from . import versions
+
+    found = versions.list_versions()
+    current = model_path()
+    if len(found) <= 1:
+        return
+    paths = [str(v.path) for v in found]
+    labels = {str(v.path): v.label for v in found}
+    index = paths.index(str(current)) if str(current) in paths else 0
+    choice = st.sidebar.selectbox("Model version", paths, index=index, format_func=labels.get,
+                                  help="The shipped model, or a version adapted to your laboratory (Model versions page). "
+                                       "Every prediction records the version that made it.")
+    if choice != str(current):
+        use_model(Path(choice))
+        st.rerun()
 
 
 def get_classifier():
@@ -113,3 +148,69 @@ def threshold_sidebar() -> float:
 
 def disclaimer() -> None:
     st.caption(f"⚠️ {DISCLAIMER}")
+
+
+# ---------------------------------------------------------------------- review queue and Grad-CAM
+
+
+@st.cache_resource(show_spinner=False)
+def _review_store(path: str):
+    from .review import ReviewStore
+
+    return ReviewStore(path)
+
+
+def review_store():
+    """The review database (:func:`review.db_path`), or ``None`` after drawing what went wrong."""
+    from .review import ReviewDBError, db_path
+
+    path = db_path()
+    try:
+        store = _review_store(str(path))
+        if not store.path.is_file():  # deleted behind our back: create it again
+            _review_store.clear()
+            store = _review_store(str(path))
+        return store
+    except (ReviewDBError, OSError, sqlite3.Error) as exc:
+        st.error(f"**The review database could not be opened.** {exc}", icon="🚫")
+        return None
+
+
+def queue_batch_for_review(store, clf, threshold: float) -> int:
+    """Put this session's flagged predictions (at ``threshold``) into the review queue, each once
+    per session; the image bytes give the stored thumbnail. Returns how many were queued now."""
+    from . import batching, review
+
+    cache = st.session_state.get("hv_cache")
+    batch = st.session_state.get("hv_batch")
+    if cache is None or not batch:
+        return 0
+    done: set = st.session_state.setdefault("hv_queued", set())
+    todo = batching.for_review(batch.entries(), cache, clf.version, threshold, skip=done)
+    if not todo:
+        return 0
+    n = review.queue_with_images(store, todo, clf.classes_, clf.version, threshold)
+    done.update((p.sha256, clf.version) for p, _ in todo)
+    return n
+
+
+@st.cache_resource(show_spinner="Loading the Keras model for Grad-CAM…")
+def _gradcam(path: str, sha: str, _clf):
+    from .gradcam import for_classifier
+
+    return for_classifier(_clf)
+
+
+@st.cache_data(show_spinner="Computing the Grad-CAM heat map…", max_entries=128)
+def _overlay(sha256: str, model_version: str, source: str, _clf, _rgb):
+    from .gradcam import overlay
+
+    explain = _gradcam(str(_clf.model_dir), _clf.card.model_sha256, _clf)
+    hm = explain(_rgb)
+    return overlay(_rgb, hm.heat), _clf.classes_[hm.class_index]
+
+
+def gradcam_overlay(clf, sha256: str, source: str, rgb):
+    """``(overlay RGB, explained class)`` for an image classified by ``clf``, cached by
+    ``(sha256, model version, source)``; TensorFlow is imported only here, on first use."""
+    return _overlay(sha256, clf.version, source, clf, rgb)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import report
 from .inference import Prediction
+from .review import UNUSABLE
 from .sources import ImageInput, from_bytes, iter_uploads
 
 CacheKey = tuple[str, str]  # (sha256 of the bytes, model version)
@@ -173,30 +174,62 @@ def filter_frame(frame: pd.DataFrame, f: Filters) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Summary:
-    differential: pd.DataFrame  # class, count, percent (of classified images)
+    differential: pd.DataFrame  # class, count, percent (of classified images with a white-cell final class)
     n_images: int
     n_classified: int
     n_flagged: int
     n_errors: int
+    n_reviewed: int = 0
+    n_unusable: int = 0
 
 
 def summarise(frame: pd.DataFrame, classes: Sequence[str]) -> Summary:
-    """The white-cell differential (count and share per class) with flagged and error counts."""
+    """The white-cell differential (count and share per class) with flagged and error counts.
+
+    Counts use ``final_class`` when the frame has review columns (a person's decision
+    outranks the model's); images reviewed as unusable are left out of the differential.
+    """
     is_err = frame["error"].fillna("") != ""
     good = frame[~is_err]
-    counts = good["predicted_class"].value_counts()
-    n = len(good)
+    final = good["final_class"] if "final_class" in good.columns else good["predicted_class"]
+    counts = final.value_counts()
+    n_cells = int(final.isin(list(classes)).sum())
     diff = pd.DataFrame({
         "class": list(classes),
         "count": [int(counts.get(c, 0)) for c in classes],
     })
-    diff["percent"] = (100.0 * diff["count"] / n) if n else 0.0
-    return Summary(diff, len(frame), n, int(good["flagged"].astype(bool).sum()), int(is_err.sum()))
+    diff["percent"] = (100.0 * diff["count"] / n_cells) if n_cells else 0.0
+    n_reviewed = int((good["reviewed_class"].fillna("") != "").sum()) if "reviewed_class" in good.columns else 0
+    n_unusable = int((final == UNUSABLE).sum())
+    return Summary(diff, len(frame), len(good), int(good["flagged"].astype(bool).sum()), int(is_err.sum()), n_reviewed, n_unusable)
 
 
 def csv_report(frame: pd.DataFrame, classes: Sequence[str], threshold: float, model_version: str) -> str:
-    """The CLI's CSV columns plus ``threshold`` and ``model_version``, formula cells neutralised."""
-    return report.to_csv(frame[report.columns(classes)], threshold=float(threshold), model_version=model_version)
+    """The CLI's CSV columns, the review columns, then ``threshold`` and ``model_version``; formula cells neutralised."""
+    frame = report.ensure_review_columns(frame)
+    return report.to_csv(frame[report.columns(classes) + report.REVIEW_COLUMNS], threshold=float(threshold), model_version=model_version)
+
+
+def for_review(entries: Sequence[Entry], cache: ResultCache, model_version: str, threshold: float,
+               skip: Iterable[CacheKey] = ()) -> list[tuple[Prediction, bytes]]:
+    """This batch's flagged predictions (at ``threshold``) with their image bytes, each image once,
+    leaving out keys in ``skip`` (already queued in this session): what to put in the review queue."""
+    skip = set(skip)
+    out, seen = [], set()
+    for e in entries:
+        key = (e.sha256, model_version)
+        if e.error or key in skip or key in seen or key not in cache:
+            continue
+        p = cache.results[key]
+        if p.ok and p.confidence < threshold:
+            seen.add(key)
+            out.append((replace(p, file=e.name, flagged=True), e.data or b""))
+    return out
+
+
+def image_of(entries: Sequence[Entry], sha256: str) -> bytes | None:
+    """The original bytes of an image of this batch, by content hash (``None`` when not in the batch)."""
+    return next((e.data for e in entries if e.sha256 == sha256 and e.data), None)
 
 
 @dataclass

@@ -7,7 +7,7 @@ prefixed with a quote (OWASP's advice against CSV injection).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -15,6 +15,9 @@ from .inference import Prediction
 
 BASE_COLUMNS = ["file", "predicted_class", "confidence"]
 TAIL_COLUMNS = ["flagged", "error"]
+#: A person's decision beside the machine's: ``final_class`` is the reviewed class where there is
+#: one (``unusable`` included), else the prediction; error rows have none.
+REVIEW_COLUMNS = ["reviewed_class", "reviewer", "reviewed_at", "final_class"]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -32,6 +35,25 @@ def predictions_frame(preds: Iterable[Prediction], classes: Sequence[str]) -> pd
         row.update(flagged=p.flagged, error=p.error, sha256=p.sha256, note=p.note)
         rows.append(row)
     return pd.DataFrame(rows, columns=columns(classes) + ["sha256", "note"])
+
+
+def with_reviews(frame: pd.DataFrame, reviews: Mapping[str, object]) -> pd.DataFrame:
+    """Add :data:`REVIEW_COLUMNS` from decisions by sha256 (objects with ``reviewed_class``,
+    ``reviewer``, ``reviewed_at``; the caller picks those of the frame's model version)."""
+    out = frame.copy()
+    found = [reviews.get(sha) if sha else None for sha in out["sha256"].fillna("")]
+    out["reviewed_class"] = [d.reviewed_class if d is not None else "" for d in found]
+    out["reviewer"] = [d.reviewer if d is not None else "" for d in found]
+    out["reviewed_at"] = [d.reviewed_at if d is not None else "" for d in found]
+    is_err = out["error"].fillna("") != ""
+    pred = out["predicted_class"].fillna("").astype(str)
+    out["final_class"] = [("" if e else (r or p)) for e, r, p in zip(is_err, out["reviewed_class"], pred)]
+    return out
+
+
+def ensure_review_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with :data:`REVIEW_COLUMNS`, unreviewed where it had none."""
+    return frame if all(c in frame.columns for c in REVIEW_COLUMNS) else with_reviews(frame, {})
 
 
 def apply_threshold(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:

@@ -461,6 +461,20 @@ def next_index(items: Sequence[Item], after: int) -> int:
     return min(after + 1, n - 1)
 
 
+def queue_with_images(store: ReviewStore, items: Sequence[tuple["Prediction", bytes]], classes: Sequence[str],
+                      model_version: str, threshold: float | None = None) -> int:
+    """Queue predictions with a bounded thumbnail made from each image's bytes (undecodable: no thumbnail)."""
+    from .imaging import decode_image
+
+    thumbs = {}
+    for p, data in items:
+        try:
+            thumbs[p.sha256] = thumbnail_png(decode_image(data).rgb)
+        except Exception:  # the prediction still deserves review; it just has no picture
+            pass
+    return store.queue([p for p, _ in items], classes, model_version, thumbs, threshold)
+
+
 def export_csv(store: ReviewStore) -> str:
     """All decisions as a spreadsheet-safe CSV (formula cells neutralised)."""
     from .report import to_csv

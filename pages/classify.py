@@ -3,10 +3,12 @@
 Thin by design: caching, filtering and summaries live in ``hematovision.batching``.
 """
 
+from dataclasses import replace
+
 import plotly.express as px
 import streamlit as st
 
-from hematovision import app_state, batching, samples
+from hematovision import app_state, batching, report, review, samples
 from hematovision.imaging import decode_image
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
@@ -65,22 +67,33 @@ if todo:
 
 preds, thumbs = batching.assemble(entries, cache, clf.version)
 frame = batching.results_frame(preds, thumbs, classes, threshold)
+# Flagged predictions go to the review queue (SQLite); decisions made there come back as columns.
+store = app_state.review_store()
+decisions = {}
+if store is not None:
+    app_state.queue_batch_for_review(store, clf, threshold)
+    decisions = {sha: d for (sha, _), d in store.current(clf.version).items()}
+frame = report.with_reviews(frame, decisions)
 
 # ---------------------------------------------------------------- summary
 summary = batching.summarise(frame, classes)
 st.subheader("Summary")
-m = st.columns(4)
+m = st.columns(5)
 m[0].metric("Images", summary.n_images)
 m[1].metric("Classified", summary.n_classified)
 m[2].metric("Flagged for review", summary.n_flagged, help=f"Confidence below the threshold {threshold:.3f} (sidebar)")
-m[3].metric("Errors", summary.n_errors)
+m[3].metric("Reviewed", summary.n_reviewed, help="Confirmed or corrected by a person (Review page or the detail view below). "
+            "Counts use the final class: the reviewed one where there is one.")
+m[4].metric("Errors", summary.n_errors)
+if summary.n_unusable:
+    st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")
 s1, s2 = st.columns([2, 3])
 s1.dataframe(summary.differential, hide_index=True, column_config={
     "class": st.column_config.TextColumn("Class"),
     "count": st.column_config.NumberColumn("Count"),
     "percent": st.column_config.NumberColumn("Percent", format="%.1f%%"),
 })
-fig = px.bar(summary.differential, x="class", y="count", text="count", title="Predicted class distribution")
+fig = px.bar(summary.differential, x="class", y="count", text="count", title="Class distribution (final classes)")
 fig.update_layout(height=300, margin=dict(t=40, b=10))
 s2.plotly_chart(fig, width="stretch")
 
@@ -103,9 +116,14 @@ col_cfg = {
     "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
     "flagged": st.column_config.CheckboxColumn("Flagged"),
     "error": st.column_config.TextColumn("Error"),
+    "final_class": st.column_config.TextColumn("Final class", help="The reviewed class where there is one, else the prediction"),
+    "reviewed_class": st.column_config.TextColumn("Reviewed as"),
+    "reviewer": st.column_config.TextColumn("Reviewer"),
+    "reviewed_at": st.column_config.TextColumn("Reviewed at (UTC)"),
 }
 col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
-order = ["thumbnail", "file", "predicted_class", "confidence", *[f"p_{c}" for c in classes], "flagged", "error"]
+order = ["thumbnail", "file", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes], "flagged",
+         "reviewed_class", "reviewer", "reviewed_at", "error"]
 st.dataframe(view, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------- download
@@ -124,10 +142,25 @@ if not ok_rows:
     st.stop()
 pick = st.selectbox("Image", ok_rows, format_func=lambda i: frame.at[i, "file"], key="hv_detail")
 d1, d2 = st.columns([1, 1])
+sha = frame.at[pick, "sha256"]
 try:
-    d1.image(decode_image(entries[pick].data).rgb, caption=frame.at[pick, "file"], width="stretch")
+    rgb = decode_image(entries[pick].data).rgb
 except Exception as exc:  # shown as text, never as a traceback
+    rgb = None
     d1.warning(f"Could not display this image ({type(exc).__name__}).")
+if rgb is not None:
+    app_state.init_state({"hv_detail_gradcam": False})
+    show_cam = d1.toggle("Grad-CAM heat map", key="hv_detail_gradcam", help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.")
+    shown = [rgb]
+    captions = [frame.at[pick, "file"]]
+    if show_cam:
+        try:
+            over, explained = app_state.gradcam_overlay(clf, sha, "original", rgb)
+            shown.append(over)
+            captions.append(f"Grad-CAM for '{explained}'")
+        except Exception as exc:  # a heat map is a help, never a reason to lose the page
+            d1.warning(f"Grad-CAM unavailable ({type(exc).__name__}: {exc}).")
+    d1.image(shown, caption=captions, width=260 if show_cam else "stretch")
 probs = [{"class": c, "probability": float(frame.at[pick, f"p_{c}"])} for c in classes]
 fig = px.bar(probs, x="probability", y="class", orientation="h", range_x=[0, 1], text_auto=".3f",
              title=f"Predicted: {frame.at[pick, 'predicted_class']} ({frame.at[pick, 'confidence']:.3f})")
@@ -138,3 +171,20 @@ if truth:
     d2.caption(f"Sample image; class given by the dataset: **{truth}**")
 if frame.at[pick, "flagged"]:
     d2.warning("Confidence below the review threshold: a person should check this one.")
+
+# ---------------------------------------------------------------- review from the detail view (flagged or not)
+if store is not None:
+    current = decisions.get(sha)
+    with d2.form("hv_detail_review", clear_on_submit=True, border=True):
+        st.markdown("**Review this image**" + (f" — currently **{current.reviewed_class}** by {current.reviewer or 'anonymous'}" if current else ""))
+        choices = classes + [review.UNUSABLE]
+        verdict = st.selectbox("Reviewed class", choices, index=choices.index(frame.at[pick, "predicted_class"]),
+                               format_func=lambda c: "not a white cell / unusable" if c == review.UNUSABLE else c, key=f"hv_detail_class_{sha[:16]}")
+        who = st.text_input("Reviewer", value=st.session_state.get("hv_reviewer", ""), key="hv_detail_reviewer")
+        note = st.text_input("Note (optional)", key="hv_detail_note")
+        if st.form_submit_button("Save review"):
+            p = replace(preds[pick], flagged=bool(frame.at[pick, "flagged"]))
+            review.queue_with_images(store, [(p, entries[pick].data or b"")], classes, clf.version, threshold)
+            store.decide(sha, clf.version, verdict, who, note)
+            st.session_state["hv_reviewer"] = who
+            st.rerun()

@@ -140,7 +140,9 @@ def test_csv_report_columns_and_injection():
     frame = run([("=HYPERLINK(1).png", bytes([9])), ("ok.png", bytes([30]))], clf, cache)
     text = batching.csv_report(frame, CLASSES, 0.5, "fake@1")
     out = pd.read_csv(io.StringIO(text), keep_default_na=False)
-    assert list(out.columns) == ["file", "predicted_class", "confidence", *[f"p_{c}" for c in CLASSES], "flagged", "error", "threshold", "model_version"]
+    assert list(out.columns) == ["file", "predicted_class", "confidence", *[f"p_{c}" for c in CLASSES], "flagged", "error",
+                                 "reviewed_class", "reviewer", "reviewed_at", "final_class", "threshold", "model_version"]
+    assert out["final_class"].tolist() == out["predicted_class"].tolist() and (out["reviewed_class"] == "").all()
     assert out.loc[0, "file"] == "'=HYPERLINK(1).png"
     assert (out["model_version"] == "fake@1").all() and (out["threshold"] == 0.5).all()
 

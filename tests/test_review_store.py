@@ -262,3 +262,48 @@ def test_thumbnail_png_is_bounded():
     png = review.thumbnail_png(np.zeros((600, 300, 3), np.uint8))
     assert Image.open(io.BytesIO(png)).size == (128, 256)
     assert Image.open(io.BytesIO(review.thumbnail_png(np.zeros((40, 50, 3), np.uint8)))).size == (50, 40)
+
+
+def test_reports_use_final_classes_and_queue_only_this_batchs_flagged():
+    from hematovision import batching, report
+
+    cache = batching.ResultCache()
+    entries = [batching.Entry("a.png", "aa", data=b"A"), batching.Entry("b.png", "bb", data=b"B"),
+               batching.Entry("c.png", "cc", data=b"C"), batching.Entry("a-copy.png", "aa", data=b"A"), batching.Entry("bad.png", error="x")]
+    cache.put(("aa", "v"), _pred("a.png", "aa", "lymphocyte", 0.4))
+    cache.put(("bb", "v"), _pred("b.png", "bb", "monocyte", 0.95, flagged=False))
+    cache.put(("cc", "v"), _pred("c.png", "cc", "monocyte", 0.5))
+    todo = batching.for_review(entries, cache, "v", 0.9)
+    assert [(p.file, data) for p, data in todo] == [("a.png", b"A"), ("c.png", b"C")]  # flagged at 0.9, each image once
+    assert [p.file for p, _ in batching.for_review(entries, cache, "v", 0.9, skip=[("aa", "v")])] == ["c.png"]
+    assert batching.image_of(entries, "cc") == b"C" and batching.image_of(entries, "zz") is None
+
+    preds, thumbs = batching.assemble(entries, cache, "v")
+    frame = batching.results_frame(preds, thumbs, CLASSES, 0.9)
+    d = lambda cls: review.Decision("", "v", "", cls, "ann", "", "2026-01-01T00:00:00Z")  # noqa: E731
+    frame = report.with_reviews(frame, {"aa": d("neutrophil"), "cc": d(UNUSABLE)})
+    assert frame["final_class"].tolist() == ["neutrophil", "monocyte", UNUSABLE, "neutrophil", ""]
+    assert frame["reviewer"].tolist() == ["ann", "", "ann", "ann", ""]
+    s = batching.summarise(frame, CLASSES)
+    assert (s.n_classified, s.n_reviewed, s.n_unusable, s.n_errors) == (4, 3, 1, 1)
+    diff = s.differential.set_index("class")
+    assert diff["count"].to_dict() == {"eosinophil": 0, "lymphocyte": 0, "monocyte": 1, "neutrophil": 2}
+    assert diff["percent"].sum() == pytest.approx(100.0)  # of the 3 white cells; the unusable one is out
+    import pandas as pd
+    import io
+
+    out = pd.read_csv(io.StringIO(batching.csv_report(frame, CLASSES, 0.9, "v")), keep_default_na=False)
+    assert out["final_class"].tolist() == ["neutrophil", "monocyte", UNUSABLE, "neutrophil", ""]
+    assert out["reviewed_at"].tolist()[0] == "2026-01-01T00:00:00Z"
+
+
+def test_queue_with_images_stores_a_bounded_thumbnail(tmp_path):
+    from PIL import Image
+    import io
+    from conftest import image_bytes
+
+    store = ReviewStore(tmp_path / "r.db")
+    big = image_bytes("PNG", size=(640, 480), seed=1)
+    assert review.queue_with_images(store, [(_pred("big.png", "big"), big), (_pred("junk.png", "junk"), b"junk")], CLASSES, "v", 0.9) == 2
+    assert Image.open(io.BytesIO(store.thumbnail("big", "v"))).size == (256, 192)
+    assert store.thumbnail("junk", "v") is None and len(store.items()) == 2

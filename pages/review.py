@@ -1,0 +1,147 @@
+"""Review page: flagged predictions, one at a time, confirmed or corrected by a person.
+
+Thin by design: the queue, decisions and filters live in ``hematovision.review``
+(SQLite, so decisions survive reloads and restarts); Grad-CAM in ``hematovision.gradcam``.
+"""
+
+from dataclasses import replace
+
+import plotly.express as px
+import streamlit as st
+
+from hematovision import app_state, batching, review
+from hematovision.imaging import decode_image
+
+st.title("🧑‍🔬 Review queue")
+app_state.disclaimer()
+
+store = app_state.review_store()
+if store is None:
+    st.stop()
+clf = app_state.get_classifier()
+threshold = app_state.threshold()
+if clf is not None:
+    app_state.queue_batch_for_review(store, clf, threshold)
+
+versions = store.model_versions()
+if not versions:
+    st.info("Nothing to review yet. Predictions flagged on the **Classify** page (confidence below the "
+            "review threshold) appear here, from this and earlier sessions.")
+    st.stop()
+
+# ---------------------------------------------------------------- filters
+STATUS = {"All": "all", "Unreviewed": "unreviewed", "Reviewed": "reviewed", "Reclassified": "reclassified", "Not a white cell / unusable": "unusable"}
+default_version = clf.version if clf is not None and clf.version in versions else versions[-1]
+app_state.init_state({"hv_review_status": "All", "hv_review_version": default_version, "hv_review_gradcam": True})
+if st.session_state["hv_review_version"] not in versions:
+    st.session_state["hv_review_version"] = default_version
+f1, f2, f3 = st.columns([2, 3, 2])
+version = f1.selectbox("Model version", versions, key="hv_review_version",
+                       help="Decisions are kept per image and per model version: a new model's predictions are reviewed again.")
+everything = store.items(version)
+classes = list(everything[0].classes) if everything else []
+app_state.init_state({"hv_review_classes": classes + [review.UNUSABLE]})
+st.session_state["hv_review_classes"] = [c for c in st.session_state["hv_review_classes"] if c in classes + [review.UNUSABLE]]
+status = f3.selectbox("Show", list(STATUS), key="hv_review_status")
+chosen = f2.multiselect("Class (predicted or reviewed)", classes + [review.UNUSABLE], key="hv_review_classes")
+queue = review.select(everything, "all")
+shown = review.select(everything, STATUS[status], chosen)
+
+prog = review.progress(queue)
+st.progress(prog.reviewed / prog.total if prog.total else 1.0, text=prog.text)
+if not shown:
+    st.info("No item matches these filters.")
+else:
+    keys = [it.key for it in shown]
+    current = st.session_state.get("hv_review_current")
+    if current not in keys:
+        current = shown[review.next_index(shown, -1)].key if any(i.decision is None for i in shown) else keys[0]
+        st.session_state["hv_review_current"] = current
+    pos = keys.index(current)
+    item = shown[pos]
+
+    def _go(key) -> None:
+        st.session_state["hv_review_current"] = key
+
+    def _decide(it: review.Item, reviewed_class: str, at: int, items: list) -> None:
+        store.decide(it.sha256, it.model_version, reviewed_class, st.session_state.get("hv_reviewer", ""),
+                     st.session_state.get("hv_review_note", ""))
+        st.session_state["hv_review_note"] = ""
+        done = review.Decision(it.sha256, it.model_version, it.predicted_class, reviewed_class)
+        marked = [replace(x, decision=done) if k == at else x for k, x in enumerate(items)]
+        st.session_state["hv_review_current"] = marked[review.next_index(marked, at)].key
+
+    nav1, nav2, nav3 = st.columns([1, 4, 1])
+    nav1.button("◀ Previous", on_click=_go, args=(keys[(pos - 1) % len(keys)],), width="stretch")
+    nav2.markdown(f"**{pos + 1} of {len(shown)}** shown · `{item.file}` · status: **{item.status}**")
+    nav3.button("Next ▶", on_click=_go, args=(keys[(pos + 1) % len(keys)],), width="stretch")
+
+    # ------------------------------------------------------------ the image, what the model saw, its probabilities
+    batch = st.session_state.get("hv_batch")
+    original = batching.image_of(batch.entries(), item.sha256) if batch else None
+    source = "original" if original else "thumbnail"
+    data = original or store.thumbnail(item.sha256, item.model_version)
+    c1, c2, c3 = st.columns([2, 2, 3])
+    rgb = None
+    if data:
+        try:
+            rgb = decode_image(data).rgb
+        except Exception as exc:
+            c1.warning(f"Could not display this image ({type(exc).__name__}).")
+    else:
+        c1.warning("No image stored for this item.")
+    if rgb is not None:
+        c1.image(rgb, caption="Image" + ("" if source == "original" else " (stored thumbnail)"), width="stretch")
+        show_cam = c2.toggle("Grad-CAM heat map", key="hv_review_gradcam")
+        if show_cam and clf is not None and clf.version == item.model_version:
+            try:
+                over, explained = app_state.gradcam_overlay(clf, item.sha256, source, rgb)
+                c2.image(over, caption=f"Grad-CAM for '{explained}' (red: most evidence)", width="stretch")
+                c2.caption("Computed from the " + ("original image." if source == "original" else "stored 256-px thumbnail (the original is not kept)."))
+            except Exception as exc:  # a heat map is a help, never a reason to lose the page
+                c2.warning(f"Grad-CAM unavailable ({type(exc).__name__}: {exc}).")
+        elif show_cam:
+            c2.caption(f"Grad-CAM needs model `{item.model_version}`, which is not the one loaded.")
+    probs = [{"class": c, "probability": float(p)} for c, p in zip(item.classes, item.probabilities)]
+    fig = px.bar(probs, x="probability", y="class", orientation="h", range_x=[0, 1], text_auto=".3f",
+                 title=f"Predicted: {item.predicted_class} ({item.confidence:.3f})")
+    fig.update_layout(height=260, margin=dict(t=40, b=10))
+    c3.plotly_chart(fig, width="stretch")
+    if item.decision is not None:
+        d = item.decision
+        c3.success(f"Reviewed: **{d.reviewed_class}** ({d.action}) by {d.reviewer or 'anonymous'} at {d.reviewed_at}"
+                   + (f" — {d.note}" if d.note else ""))
+
+    # ------------------------------------------------------------ the decision: one click per image
+    st.markdown("**Decision** (recorded at once; the next unreviewed image follows)")
+    r1, r2 = st.columns([1, 2])
+    r1.text_input("Reviewer", key="hv_reviewer", placeholder="your name or initials")
+    r2.text_input("Note (optional)", key="hv_review_note")
+    buttons = st.columns(len(item.classes) + 1)
+    for k, c in enumerate(item.classes):
+        label = f"✓ Confirm {c}" if c == item.predicted_class else f"Reclassify as {c}"
+        buttons[k].button(label, key=f"hv_decide_{c}", on_click=_decide, args=(item, c, pos, shown),
+                          type="primary" if c == item.predicted_class else "secondary", width="stretch")
+    buttons[-1].button("✗ Not a white cell / unusable", key="hv_decide_unusable", on_click=_decide,
+                       args=(item, review.UNUSABLE, pos, shown), width="stretch")
+
+    hist = store.history(item.sha256, item.model_version)
+    if hist:
+        with st.expander(f"History of this image ({len(hist)} decision(s))"):
+            st.dataframe([{"reviewed_at": d.reviewed_at, "reviewer": d.reviewer, "reviewed_class": d.reviewed_class,
+                           "action": d.action, "note": d.note} for d in hist], hide_index=True, width="stretch")
+
+    # ------------------------------------------------------------ the queue as a table
+    st.subheader("Queue")
+    st.dataframe([{"file": it.file, "predicted_class": it.predicted_class, "confidence": it.confidence, "status": it.status,
+                   "final_class": it.final_class, "reviewer": it.decision.reviewer if it.decision else "",
+                   "reviewed_at": it.decision.reviewed_at if it.decision else ""} for it in shown],
+                 hide_index=True, width="stretch", column_config={
+                     "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f")})
+
+# ---------------------------------------------------------------- export
+n_decisions = len(store.history())
+st.download_button(f"Download all reviews (CSV, {n_decisions} decisions)", review.export_csv(store),
+                   file_name="hematovision_reviews.csv", mime="text/csv", on_click="ignore", disabled=not n_decisions,
+                   help="Every decision ever recorded (an audit trail); `current` marks the one that counts for each image.")
+st.caption(f"Decisions are stored in `{store.path}`.")
