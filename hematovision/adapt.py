@@ -194,6 +194,28 @@ def adapted_network(base_network, result: AdaptResult):
     return keras.Model(clone.input, probs, name=base_network.name)
 
 
+def decode_labeled(labeled) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:
+    """Decode an :class:`evaluation.LabeledInputs` into ``(images, labels, skipped)``; a file
+    that cannot be read is skipped with its reason, never fatal."""
+    from .imaging import ImageError, decode_image
+
+    images, labels, skipped = [], [], list(labeled.skipped)
+    for item, label in zip(labeled.inputs, labeled.labels):
+        try:
+            images.append(decode_image(item.read()).rgb)
+            labels.append(label)
+        except (ImageError, OSError) as exc:
+            skipped.append((item.name, str(exc)))
+    return images, labels, skipped
+
+
+def check_labels(labels: Sequence[str], classes: Sequence[str], minimum: int = 2) -> None:
+    """Adaptation needs ``minimum`` images of every class; raises ValueError saying which are short."""
+    short = [f"{c} ({labels.count(c)})" for c in classes if list(labels).count(c) < minimum]
+    if short:
+        raise ValueError(f"adaptation needs at least {minimum} labeled images of every class; too few for: {', '.join(short)}")
+
+
 def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[str], out_dir: Path, name: str, cfg: AdaptConfig = AdaptConfig(),
                 source: str = "", progress: Callable[[int, int], None] | None = None, litert: bool = True) -> Path:
     """Adapt the model in ``base_dir`` to labeled images and save it as a new version in ``out_dir``.
@@ -213,8 +235,9 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     unknown = sorted(set(labels) - set(card.classes))
     if unknown:
         raise ValueError(f"labels {unknown} are not classes of the model ({', '.join(card.classes)})")
-    if len(images) != len(labels) or not images:
-        raise ValueError("need one label per image, and at least one image")
+    if len(images) != len(labels):
+        raise ValueError("need one label per image")
+    check_labels(list(labels), card.classes)
     y = np.array([card.classes.index(lbl) for lbl in labels])
     base = persistence.load_keras_model(base_dir, card)
     # The base temperature is inside the saved network: features and head weights are read before it.
@@ -249,3 +272,39 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
             log.warning("LiteRT export of the adapted model failed (%s); it will be served from model.keras", exc)
     tmp.rename(out_dir)  # the version appears whole or not at all
     return out_dir
+
+
+@dataclass
+class AdaptOutcome:
+    """What the CLI and the dashboard report after an adaptation."""
+
+    path: Path
+    version: str
+    parent: str
+    counts: dict
+    crossfit_accuracy: float
+    temperature: float
+    threshold: float
+    seconds: float
+    skipped: list  # (name, reason) of labeled files that were not used
+
+
+def adapt_labeled(base_dir: Path, labeled, name: str, out_dir: Path | None = None, cfg: AdaptConfig = AdaptConfig(), source: str = "",
+                  progress: Callable[[int, int], None] | None = None) -> AdaptOutcome:
+    """Decode labeled inputs (:class:`evaluation.LabeledInputs`), adapt, save as version ``name``.
+
+    ``out_dir`` defaults to :func:`versions.new_version_dir` (the per-user model folder).
+    Raises ValueError / FileExistsError with a message for the user.
+    """
+    from . import persistence, versions
+
+    versions.check_name(name)
+    out_dir = Path(out_dir) if out_dir else versions.new_version_dir(name)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists: adapted versions are never overwritten; choose another name")
+    images, labels, skipped = decode_labeled(labeled)
+    path = adapt_model(base_dir, images, labels, out_dir, name, cfg, source=source, progress=progress)
+    card = persistence.load_card(path)
+    ad = card.training["adaptation"]
+    return AdaptOutcome(path, card.version, card.parent, ad["labeled_counts"], ad["crossfit_accuracy"], card.temperature,
+                        card.default_threshold, ad["wall_time_seconds"], skipped)

@@ -207,21 +207,16 @@ def cmd_train(args) -> int:
 def cmd_adapt(args) -> int:
     from tqdm import tqdm
 
-    from . import persistence, versions
-    from .adapt import AdaptConfig, adapt_model
+    from . import persistence
+    from .adapt import AdaptConfig, adapt_labeled
     from .config import model_dir
     from .evaluation import labeled_from_folder, labeled_from_zip
-    from .imaging import ImageError, decode_image
 
     base = model_dir(args.model)
     try:
         card = persistence.load_card(base)
-        out = Path(args.out) if args.out else versions.new_version_dir(args.name)
-        versions.check_name(args.name)
-    except (persistence.ModelError, ValueError, FileExistsError) as exc:
+    except persistence.ModelError as exc:
         raise UsageError(str(exc)) from None
-    if out.exists():
-        raise UsageError(f"{out} exists: adapted versions are never overwritten; choose another --name or --out")
     path = Path(args.path)
     if path.is_dir():
         labeled = labeled_from_folder(path, card.classes)
@@ -229,28 +224,20 @@ def cmd_adapt(args) -> int:
         labeled = labeled_from_zip(path.name, path.read_bytes(), card.classes)
     else:
         raise UsageError(f"no such folder or zip: {path}")
-    images, labels = [], []
-    for item, label in zip(labeled.inputs, labeled.labels):
-        try:
-            images.append(decode_image(item.read()).rgb)
-            labels.append(label)
-        except (ImageError, OSError) as exc:
-            labeled.skipped.append((item.name, str(exc)))
-    for name, reason in labeled.skipped:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
-    missing = [c for c in card.classes if c not in labels]
-    if missing:
-        raise UsageError(f"no labeled images for {', '.join(missing)}: adaptation needs at least two images of every class")
     logging.basicConfig(level=logging.WARNING)
-    bar = tqdm(total=len(images), desc="adapt", unit="img", disable=args.quiet, file=sys.stderr)
-    result = adapt_model(base, images, labels, out, args.name, AdaptConfig(views=args.views), source=str(path),
-                         progress=lambda k, n: bar.update(k - bar.n))
-    bar.close()
-    new = persistence.load_card(result)
-    ad = new.training["adaptation"]
-    print(f"{new.version}: adapted from {new.parent} on {sum(ad['labeled_counts'].values())} images {ad['labeled_counts']}; "
-          f"cross-fitted accuracy {ad['crossfit_accuracy']:.1%}, temperature {new.temperature:.3f}, threshold {new.default_threshold:.3f}, "
-          f"{ad['wall_time_seconds']:.0f} s -> {result}")
+    bar = tqdm(total=len(labeled.inputs), desc="adapt", unit="img", disable=args.quiet, file=sys.stderr)
+    try:
+        res = adapt_labeled(base, labeled, args.name, Path(args.out) if args.out else None, AdaptConfig(views=args.views), source=str(path),
+                            progress=lambda k, n: bar.update(k - bar.n))
+    except (ValueError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    for name, reason in res.skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    print(f"{res.version}: adapted from {res.parent} on {sum(res.counts.values())} images {res.counts}; "
+          f"cross-fitted accuracy {res.crossfit_accuracy:.1%}, temperature {res.temperature:.3f}, threshold {res.threshold:.3f}, "
+          f"{res.seconds:.0f} s -> {res.path}")
     return 0
 
 

@@ -73,6 +73,8 @@ def test_adapt_model_saves_a_new_version_and_never_touches_the_parent(tmp_path):
         adapt_model(base, images, labels, out, "lab-a", AdaptConfig(views=1, steps=10), litert=False)
     with pytest.raises(ValueError, match="not classes"):
         adapt_model(base, images, ["basophil"] * len(images), tmp_path / "x", "x", litert=False)
+    with pytest.raises(ValueError, match="too few for: monocyte"):
+        adapt_model(base, images[:13], labels[:13], tmp_path / "y", "y", litert=False)
 
 
 def test_versions_list_shipped_first_then_adapted_and_skip_partial(tmp_path):
