@@ -1,0 +1,80 @@
+"""Model versions page through AppTest: adapt from an uploaded zip, switch versions, refuse bad input."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import cv2
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from test_adapt import _blobs
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
+
+
+def _zip(n: int, classes=None) -> bytes:
+    images, labels = _blobs(n)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, (img, lbl) in enumerate(zip(images, labels)):
+            if classes is None or lbl in classes:
+                zf.writestr(f"{lbl}/{k}.png", cv2.imencode(".png", img[..., ::-1])[1].tobytes())
+    return buf.getvalue()
+
+
+@pytest.fixture
+def models_page(monkeypatch, tmp_path, tiny_model_dir):
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("HEMATOVISION_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.run()
+    at.switch_page("pages/models.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _table(at):
+    return next(d.value for d in at.dataframe if "version" in d.value.columns)
+
+
+def _submit(at, data: bytes, name: str):
+    at.file_uploader(key="hv_adapt_zip").set_value(("lab.zip", data, "application/zip"))
+    at.text_input(key="hv_adapt_name").set_value(name)
+    next(b for b in at.button if b.label == "Adapt").click().run()
+    assert not at.exception, at.exception
+
+
+def test_adapt_from_zip_creates_a_version_in_use_and_keeps_the_shipped_one(models_page, tiny_model_dir, tmp_path):
+    at = models_page
+    t = _table(at)
+    assert len(t) == 1 and bool(t["in use"][0]) and t["kind"][0] == "shipped"
+    _submit(at, _zip(5), "lab-one")
+    assert any("saved and now in use" in s.value for s in at.success), [e.value for e in at.error]
+    new_path = tmp_path / "home" / "models" / "lab-one"
+    assert (new_path / "model_card.json").is_file()
+    assert at.session_state["hv_model_path"] == str(new_path)
+    at.run()
+    t = _table(at)
+    assert list(t["kind"]) == ["shipped", "adapted"]
+    assert list(t["in use"]) == [False, True]
+    assert t["adapted from"][1].startswith("tiny-test-model@")
+    # Switch back to the shipped model from the page.
+    at.selectbox(key="hv_models_choice").set_value(str(tiny_model_dir)).run()
+    next(b for b in at.button if b.label == "Use this version").click().run()
+    assert at.session_state["hv_model_path"] == str(tiny_model_dir)
+    assert list(_table(at)["in use"]) == [True, False]
+
+
+def test_missing_class_and_taken_name_are_refused_with_a_message(models_page, tmp_path):
+    at = models_page
+    _submit(at, _zip(4, classes={"eosinophil", "lymphocyte", "monocyte"}), "lab-two")
+    assert any("too few for: neutrophil" in e.value for e in at.error)
+    assert not (tmp_path / "home" / "models" / "lab-two").exists()
+    _submit(at, _zip(3), "lab-two")
+    assert at.success
+    _submit(at, _zip(3), "lab-two")
+    assert any("already exists" in e.value for e in at.error)
