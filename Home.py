@@ -14,9 +14,11 @@ pages = [
     st.Page("pages/classify.py", title="Classify", icon="🔬"),
     st.Page("pages/review.py", title="Review", icon="🧑‍🔬"),
     st.Page("pages/evaluation.py", title="Model evaluation", icon="📊"),
+    st.Page("pages/models.py", title="Model versions", icon="🧬"),
 ]
 nav = st.navigation(pages)
 app_state.keep_widget_state()
+app_state.model_sidebar()
 app_state.threshold_sidebar()
 st.sidebar.caption("Research and education use only, not diagnosis.")
 nav.run()
