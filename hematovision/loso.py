@@ -10,7 +10,8 @@ test split.
 Each *variant* is one training configuration. ``baseline`` is the recipe
 without the robustness measures (rotations, flips and small shifts only);
 ``robust`` is the recipe as shipped (stain, colour, scale, blur and JPEG
-jitter). ``python -m hematovision loso`` runs both on the same machine and
+jitter); ``strong`` widens the scale range and strengthens the stain and colour
+jitter. ``python -m hematovision loso`` runs both on the same machine and
 writes the table into ``evaluation.json`` and the model card, so every change
 to training can be judged by it.
 
@@ -32,7 +33,7 @@ import numpy as np
 from . import datasets as ds
 from . import metrics as m
 from .config import TRAINING_CLASSES, data_root
-from .training import TrainConfig, baseline_augment, cache_features, clean_cache_key, fit
+from .training import TrainConfig, baseline_augment, cache_features, clean_cache_key, fit, strong_augment
 
 log = logging.getLogger("hematovision.loso")
 
@@ -42,6 +43,7 @@ HELD_OUT_TEST = {"kaggle": "kaggle_test", "pbc": "pbc_test"}
 VARIANTS = {
     "baseline": lambda cfg: replace(cfg, augment=baseline_augment()),
     "robust": lambda cfg: cfg,
+    "strong": lambda cfg: replace(cfg, augment=strong_augment()),
 }
 
 
