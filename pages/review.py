@@ -141,7 +141,7 @@ else:
 
 # ---------------------------------------------------------------- export
 n_decisions = len(store.history())
-st.download_button(f"Download all reviews (CSV, {n_decisions} decisions)", review.export_csv(store),
+st.download_button(f"Download all reviews (CSV, {n_decisions} decision{'s' if n_decisions != 1 else ''})", review.export_csv(store),
                    file_name="hematovision_reviews.csv", mime="text/csv", on_click="ignore", disabled=not n_decisions,
                    help="Every decision ever recorded (an audit trail); `current` marks the one that counts for each image.")
 st.caption(f"Decisions are stored in `{store.path}`.")

@@ -92,7 +92,7 @@ def test_review_flow_and_decisions_back_on_classify(env):
     _run(at)
     assert any("No item matches" in i.value for i in at.info)
     btn = next(b for b in at.get("download_button") if "all reviews" in b.proto.label)
-    assert "3 decisions" in btn.proto.label
+    assert "CSV, 3 decisions" in btn.proto.label
 
     # back on Classify: review columns, final classes in the differential
     _page(at, "pages/classify.py")
