@@ -122,7 +122,7 @@ else:
         label = f"✓ Confirm {c}" if c == item.predicted_class else f"Reclassify as {c}"
         buttons[k].button(label, key=f"hv_decide_{c}", on_click=_decide, args=(item, c, pos, shown),
                           type="primary" if c == item.predicted_class else "secondary", width="stretch")
-    buttons[-1].button("✗ Not a white cell / unusable", key="hv_decide_unusable", on_click=_decide,
+    buttons[-1].button("✗ Unusable", key="hv_decide_unusable", on_click=_decide, help="Not a white cell, or an unusable image",
                        args=(item, review.UNUSABLE, pos, shown), width="stretch")
 
     hist = store.history(item.sha256, item.model_version)
