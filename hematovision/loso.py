@@ -240,6 +240,10 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
         feats_model = feature_model(net)
         w0, b0 = head_weights(net)
         test = ds.test_set(images, run.held_out_test)
+        if cfg.limit_per_split:
+            from .training import _limit
+
+            test = _limit(test, cfg.limit_per_split, cfg.seed)
         x_test = _pooled_clean(feats_model, test, cfg.input_size)
         y_test = np.array([cls_index[i.label] for i in test])
         base_acc = float(((x_test @ w0 + b0).argmax(1) == y_test).mean())

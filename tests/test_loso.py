@@ -1,0 +1,56 @@
+"""Leave-one-source-out on a tiny real run: every variant and held-out source, resumable, recorded."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import make_tiny_model_dir
+from hematovision import loso, persistence
+from hematovision.training import TrainConfig, clean_cache_key, view_cache_key
+
+pytestmark = pytest.mark.slow
+
+
+def test_variants_share_clean_caches_but_not_view_caches():
+    cfg = TrainConfig()
+    base, strong = loso.VARIANTS["baseline"](cfg), loso.VARIANTS["strong"](cfg)
+    assert len({view_cache_key(cfg), view_cache_key(base), view_cache_key(strong)}) == 3
+    assert clean_cache_key(cfg) == clean_cache_key(base) == clean_cache_key(strong)
+    from dataclasses import replace
+
+    assert view_cache_key(replace(cfg, train_on=("pbc",), max_epochs=3)) == view_cache_key(cfg)  # LOSO reuses the main run's cache
+
+
+def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):
+    from hematovision.config import weights_path
+
+    if not weights_path(data_root).exists():
+        pytest.skip("ImageNet weights not found beside the data root")
+    cfg = TrainConfig(input_size=48, limit_per_split=2, head_epochs=1, max_epochs=1, views_per_image={"kaggle": 1, "pbc": 1}, batch_size=8)
+    work = tmp_path / "loso"
+    results = loso.run_loso(work, cfg, data_root, variants=("robust",))
+    assert [(r.variant, r.held_out) for r in results] == [("robust", "kaggle"), ("robust", "pbc")]
+    for r in results:
+        assert r.trained_on != r.held_out and r.held_out_test == loso.HELD_OUT_TEST[r.held_out]
+        assert 0 <= r.held_out_accuracy <= 1 and set(r.test_accuracy) >= {"kaggle_test", "pbc_test"}
+    # A second call finds every run in loso.json and trains nothing.
+    stamp = (work / "loso.json").stat().st_mtime
+    again = loso.run_loso(work, cfg, data_root, variants=("robust",))
+    assert again == results and (work / "loso.json").stat().st_mtime == stamp
+    from dataclasses import replace
+
+    baseline = [replace(r, variant="baseline", held_out_accuracy=r.held_out_accuracy - 0.2) for r in results]
+    block = loso.summary(baseline + results, cfg)
+    assert block["gain_over_baseline"]["robust"] == pytest.approx({"kaggle": 0.2, "pbc": 0.2})
+    assert "| robust | pbc | kaggle (kaggle_test) |" in loso.table(results)
+    model = make_tiny_model_dir(tmp_path / "model")
+    (model / persistence.EVALUATION_FILE).write_text(json.dumps({"sets": {}}))
+    loso.record_in_model(model, block)
+    assert [r["variant"] for r in json.loads((model / persistence.EVALUATION_FILE).read_text())["leave_one_source_out"]["runs"]] == ["baseline"] * 2 + ["robust"] * 2
+    assert persistence.load_card(model).training["leave_one_source_out"] == json.loads(json.dumps(block))
+    assert "## Leave-one-source-out" in (model / persistence.CARD_MD).read_text()
+    points = loso.adaptation_curve(results, cfg, data_root, per_class=(1, 2), draws=1)
+    assert [(p.held_out, p.per_class) for p in points] == [("kaggle", 0), ("kaggle", 1), ("kaggle", 2), ("pbc", 0), ("pbc", 1), ("pbc", 2)]
+    assert all(0 <= p.mean_accuracy <= 1 for p in points)
+    shutil.rmtree(work)
