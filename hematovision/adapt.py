@@ -209,6 +209,36 @@ def decode_labeled(labeled) -> tuple[list[np.ndarray], list[str], list[tuple[str
     return images, labels, skipped
 
 
+def labeled_from_reviews(store, classes: Sequence[str]):
+    """The review queue's decided images as labeled inputs: confirmed and reclassified cells, one per
+    image (the latest decision across model versions); ``unusable`` ones are left out.
+
+    The images are the queue's stored thumbnails (at most 256 px a side), which is also
+    about the model's input size."""
+    from .evaluation import LabeledInputs
+    from .sources import ImageInput
+
+    latest: dict = {}
+    for item in store.items():
+        d = item.decision
+        if d is None or d.reviewed_class not in classes:
+            continue
+        if item.sha256 not in latest or (d.reviewed_at, d.id) > (latest[item.sha256].decision.reviewed_at, latest[item.sha256].decision.id):
+            latest[item.sha256] = item
+    out = LabeledInputs()
+    for sha, item in sorted(latest.items(), key=lambda kv: kv[1].decision.id):
+        def read(sha=sha, version=item.model_version):
+            data = store.thumbnail(sha, version)
+            if data is None:
+                raise OSError("no stored image for this review")
+            return data
+
+        out.inputs.append(ImageInput(item.file or sha[:12], read))
+        out.labels.append(item.decision.reviewed_class)
+        out.groups.append(sha)
+    return out
+
+
 def check_labels(labels: Sequence[str], classes: Sequence[str], minimum: int = 2) -> None:
     """Adaptation needs ``minimum`` images of every class; raises ValueError saying which are short."""
     short = [f"{c} ({labels.count(c)})" for c in classes if list(labels).count(c) < minimum]

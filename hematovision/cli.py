@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card")
 
     a = sub.add_parser("adapt", help="adapt a model to your laboratory from labeled images; saved as a new model version, never over the original")
-    a.add_argument("path", help="a folder of class folders or a .zip of them (e.g. eosinophil/*.jpg, lymphocyte/*.jpg, ...)")
+    a.add_argument("path", nargs="?", help="a folder of class folders or a .zip of them (e.g. eosinophil/*.jpg, lymphocyte/*.jpg, ...)")
+    a.add_argument("--from-reviews", action="store_true", help="use the review queue's confirmed and reclassified images (see --review-db) instead of PATH")
+    a.add_argument("--review-db", help="review database (default: $HEMATOVISION_REVIEW_DB or <user data dir>/reviews.sqlite3)")
     a.add_argument("--name", required=True, help="name of the new model version (letters, digits, '.', '_', '-')")
     a.add_argument("--model", help="model to adapt (default: $HEMATOVISION_MODEL or the shipped models/)")
     a.add_argument("--out", help="folder for the new version (default: <user data dir>/models/<name>, listed by the dashboard)")
@@ -217,17 +219,32 @@ def cmd_adapt(args) -> int:
         card = persistence.load_card(base)
     except persistence.ModelError as exc:
         raise UsageError(str(exc)) from None
-    path = Path(args.path)
-    if path.is_dir():
-        labeled = labeled_from_folder(path, card.classes)
-    elif path.is_file():
-        labeled = labeled_from_zip(path.name, path.read_bytes(), card.classes)
+    if args.from_reviews == bool(args.path):
+        raise UsageError("give either PATH (a folder or zip of class folders) or --from-reviews")
+    if args.from_reviews:
+        from .adapt import labeled_from_reviews
+        from .review import ReviewDBError, ReviewStore, db_path
+
+        dbp = db_path(args.review_db)
+        if not dbp.is_file():
+            raise UsageError(f"no review database at {dbp}: review some images first, or pass --review-db")
+        try:
+            labeled, source = labeled_from_reviews(ReviewStore(dbp), card.classes), f"review decisions in {dbp}"
+        except ReviewDBError as exc:
+            raise UsageError(str(exc)) from None
     else:
-        raise UsageError(f"no such folder or zip: {path}")
+        path = Path(args.path)
+        source = str(path)
+        if path.is_dir():
+            labeled = labeled_from_folder(path, card.classes)
+        elif path.is_file():
+            labeled = labeled_from_zip(path.name, path.read_bytes(), card.classes)
+        else:
+            raise UsageError(f"no such folder or zip: {path}")
     logging.basicConfig(level=logging.WARNING)
     bar = tqdm(total=len(labeled.inputs), desc="adapt", unit="img", disable=args.quiet, file=sys.stderr)
     try:
-        res = adapt_labeled(base, labeled, args.name, Path(args.out) if args.out else None, AdaptConfig(views=args.views), source=str(path),
+        res = adapt_labeled(base, labeled, args.name, Path(args.out) if args.out else None, AdaptConfig(views=args.views), source=source,
                             progress=lambda k, n: bar.update(k - bar.n))
     except (ValueError, FileExistsError) as exc:
         raise UsageError(str(exc)) from None

@@ -113,3 +113,30 @@ def test_cli_adapt_from_a_zip_with_a_broken_member(tmp_path, capsys):
     assert main(["adapt", str(z), "--name", "lab-c", "--model", str(base), "--quiet"]) == 2  # never overwritten
     assert "already exists" in capsys.readouterr().err
     assert main(["adapt", str(z), "--name", "../x", "--model", str(base), "--quiet"]) == 2
+
+
+def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only(tmp_path, capsys):
+    from hematovision.inference import Prediction
+    from hematovision.review import UNUSABLE, ReviewStore, thumbnail_png
+
+    base = make_tiny_model_dir(tmp_path / "base")
+    store = ReviewStore(tmp_path / "reviews.sqlite3")
+    images, labels = _blobs(3)
+    preds, thumbs = [], {}
+    for k, (img, lbl) in enumerate(zip(images, labels)):
+        sha = f"{k:064x}"
+        preds.append(Prediction(f"cell{k}.png", "neutrophil", 0.5, (0.1, 0.1, 0.3, 0.5), True, "", sha))
+        thumbs[sha] = thumbnail_png(img)
+    store.queue(preds, CLASSES, "tiny@1", thumbs)
+    for p, lbl in zip(preds, labels):
+        store.decide(p.sha256, "tiny@1", lbl, "tester")  # confirms the neutrophils, reclassifies the rest
+    store.decide(preds[0].sha256, "tiny@1", UNUSABLE, "tester")  # the latest decision wins: left out
+    from hematovision.adapt import labeled_from_reviews
+
+    labeled = labeled_from_reviews(store, CLASSES)
+    assert len(labeled.inputs) == 11 and labeled.labels.count("eosinophil") == 2
+    rc = main(["adapt", "--from-reviews", "--review-db", str(store.path), "--name", "from-reviews", "--model", str(base), "--views", "1", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "on 11 images" in out
+    assert main(["adapt", "--name", "nothing", "--model", str(base)]) == 2  # neither PATH nor --from-reviews
