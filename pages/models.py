@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from hematovision import app_state, persistence, versions
-from hematovision.adapt import AdaptConfig, adapt_labeled
+from hematovision.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
 from hematovision.evaluation import labeled_from_zip
 
 st.title("Model versions")
@@ -47,24 +47,33 @@ st.caption(f"Adapted versions are kept in `{versions.adapted_root()}` (set `HEMA
 st.header("Adapt to your laboratory")
 st.markdown(
     "Stain, camera and magnification differ between laboratories, and the model is less accurate on images unlike its "
-    "training data. Upload a **zip of class folders** of your own labeled cells (`eosinophil/`, `lymphocyte/`, `monocyte/`, "
-    "`neutrophil/`; 20 or more per class is a good start). The model's head is re-fitted and re-calibrated on them, "
-    "and the result is saved as a **new version** beside the one in use."
+    "training data. Give it cells your laboratory has labeled: a **zip of class folders** (`eosinophil/`, `lymphocyte/`, "
+    "`monocyte/`, `neutrophil/`; 20 or more per class is a good start) or the **review queue's decisions** (confirmed and "
+    "reclassified cells). The model's head is re-fitted and re-calibrated on them, and the result is saved as a **new "
+    "version** beside the one in use."
 )
+source = st.radio("Labeled images from", ["A zip of class folders", "Review decisions"], horizontal=True, key="hv_adapt_source")
 with st.form("hv_adapt_form"):
-    upload = st.file_uploader("Labeled images (.zip of class folders)", type=["zip"], key="hv_adapt_zip")
+    upload = st.file_uploader("Labeled images (.zip of class folders)", type=["zip"], key="hv_adapt_zip") if source.startswith("A zip") else None
     name = st.text_input("Name of the new version", value=f"lab-{dt.date.today():%Y%m%d}", key="hv_adapt_name",
                          help="Letters, digits, '.', '_' or '-'. Names are never reused.")
     go = st.form_submit_button("Adapt", type="primary")
 if go:
-    if upload is None:
-        st.warning("Upload a zip of class folders first.")
+    base_card = persistence.load_card(current)
+    labeled = None
+    if source.startswith("A zip"):
+        if upload is None:
+            st.warning("Upload a zip of class folders first.")
+        else:
+            labeled, origin = labeled_from_zip(upload.name, upload.getvalue(), base_card.classes), upload.name
     else:
-        base_card = persistence.load_card(current)
-        labeled = labeled_from_zip(upload.name, upload.getvalue(), base_card.classes)
+        store = app_state.review_store()
+        if store is not None:
+            labeled, origin = labeled_from_reviews(store, base_card.classes), f"review decisions ({store.path})"
+    if labeled is not None:
         bar = st.progress(0.0, text="Reading the labeled images…")
         try:
-            res = adapt_labeled(current, labeled, name.strip(), cfg=AdaptConfig(), source=upload.name,
+            res = adapt_labeled(current, labeled, name.strip(), cfg=AdaptConfig(), source=origin,
                                 progress=lambda k, n: bar.progress(k / n, text=f"Features of labeled image {k} of {n}"))
         except (ValueError, FileExistsError) as exc:
             bar.empty()

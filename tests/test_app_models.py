@@ -78,3 +78,12 @@ def test_missing_class_and_taken_name_are_refused_with_a_message(models_page, tm
     assert at.success
     _submit(at, _zip(3), "lab-two")
     assert any("already exists" in e.value for e in at.error)
+
+
+def test_adapt_from_review_decisions_with_too_few_says_so(models_page):
+    at = models_page
+    at.radio(key="hv_adapt_source").set_value("Review decisions").run()
+    at.text_input(key="hv_adapt_name").set_value("from-reviews")
+    next(b for b in at.button if b.label == "Adapt").click().run()
+    assert not at.exception, at.exception
+    assert any("too few for" in e.value for e in at.error)
