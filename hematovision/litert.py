@@ -20,6 +20,12 @@ Why a fixed batch of one: measured on the 224 px MobileNetV2 with 2 XNNPACK thre
 activations of a large batch fall out of cache), and a dynamic batch also pays ~0.15 s
 to re-plan whenever the batch size changes (the last, short batch of every run).
 :class:`LiteRTRuntime` still runs a dynamic-batch flat-buffer if given one.
+
+Why two single-threaded interpreters rather than one with two threads: XNNPACK's
+worker threads spin while they wait for each other, and on a 2-core machine they
+spin against the image-decoding threads. Two independent interpreters, each
+running half of a batch on one thread, never wait for each other (see
+docs/performance.md for the measurement).
 """
 
 from __future__ import annotations
@@ -45,6 +51,18 @@ EXPORT_BATCH = 1
 #: busy processes, 1 thread left more room for the image decoders: ~115 vs ~100 images/s end to end).
 DEFAULT_THREADS = 2
 THREADS_ENV = "HEMATOVISION_LITERT_THREADS"
+#: Independent interpreters that split each batch (threads are divided between them);
+#: ``$HEMATOVISION_LITERT_PARALLEL`` overrides. Default: one per thread for a batch-1 flat-buffer.
+PARALLEL_ENV = "HEMATOVISION_LITERT_PARALLEL"
+
+
+def _env_int(name: str, default: int) -> int:
+    import os
+
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
 
 
 class LiteRTRuntime:
@@ -54,30 +72,49 @@ class LiteRTRuntime:
     dashboard may share one :class:`~hematovision.inference.Classifier` between sessions).
     """
 
-    def __init__(self, model_path: str | Path, num_threads: int | None = None):
-        import os
-
-        from ai_edge_litert.interpreter import Interpreter
-
-        if num_threads is None:
-            try:
-                num_threads = max(1, int(os.environ.get(THREADS_ENV, DEFAULT_THREADS)))
-            except ValueError:
-                num_threads = DEFAULT_THREADS
-
+    def __init__(self, model_path: str | Path, num_threads: int | None = None, parallel: int | None = None):
+        num_threads = _env_int(THREADS_ENV, DEFAULT_THREADS) if num_threads is None else max(1, int(num_threads))
         self.model_path = Path(model_path)
-        self._interp = Interpreter(model_path=str(model_path), num_threads=num_threads)
-        self._interp.allocate_tensors()
+        self._interp = self._new_interpreter(num_threads)
         inp = self._interp.get_input_details()[0]
         self._in = inp["index"]
         self._out = self._interp.get_output_details()[0]["index"]
         self.input_shape = tuple(int(v) for v in inp["shape_signature"])  # -1 for a dynamic batch
         self._batch = int(inp["shape"][0])
+        if parallel is None:
+            parallel = _env_int(PARALLEL_ENV, num_threads) if self.input_shape[0] != -1 else 1
+        self.parallel = max(1, min(int(parallel), num_threads)) if self.input_shape[0] != -1 else 1
+        self.num_threads = num_threads
+        if self.parallel > 1:  # re-create the first one with its share of the threads
+            self._interp = self._new_interpreter(max(1, num_threads // self.parallel))
+        self._extra: list = []  # the other interpreters, created on the first batch that needs them
+        self._pool = None
         self._lock = threading.Lock()
+
+    def _new_interpreter(self, threads: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(self.model_path), num_threads=threads)
+        interp.allocate_tensors()
+        return interp
 
     @property
     def input_size(self) -> int:
         return self.input_shape[1]
+
+    def _run_fixed(self, interp, batch: np.ndarray) -> np.ndarray:
+        """A fixed-batch flat-buffer over ``batch`` in slices of its batch size, padding the last one."""
+        k = self._batch
+        out = []
+        for b in range(0, batch.shape[0], k):
+            part = batch[b:b + k]
+            m = part.shape[0]
+            if m < k:
+                part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), np.float32)])
+            interp.set_tensor(self._in, part)
+            interp.invoke()  # releases the GIL: interpreters run truly in parallel
+            out.append(interp.get_tensor(self._out)[:m].copy())
+        return np.concatenate(out)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -95,18 +132,19 @@ class LiteRTRuntime:
                 self._interp.set_tensor(self._in, batch)
                 self._interp.invoke()
                 return self._interp.get_tensor(self._out).copy()
-            # a fixed-batch flat-buffer: run it in slices of its batch size, padding the last one
-            k = self._batch
-            out = []
-            for b in range(0, n, k):
-                part = batch[b:b + k]
-                m = part.shape[0]
-                if m < k:
-                    part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), np.float32)])
-                self._interp.set_tensor(self._in, part)
-                self._interp.invoke()
-                out.append(self._interp.get_tensor(self._out)[:m].copy())
-            return np.concatenate(out)
+            ways = min(self.parallel, n)
+            if ways == 1:
+                return self._run_fixed(self._interp, batch)
+            if len(self._extra) < self.parallel - 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                share = max(1, self.num_threads // self.parallel)
+                self._extra = [self._new_interpreter(share) for _ in range(self.parallel - 1)]
+                self._pool = ThreadPoolExecutor(self.parallel - 1, thread_name_prefix="litert")
+            parts = np.array_split(batch, ways)
+            futures = [self._pool.submit(self._run_fixed, interp, part) for interp, part in zip(self._extra, parts[1:])]
+            first = self._run_fixed(self._interp, parts[0])
+            return np.concatenate([first] + [f.result() for f in futures])
 
 
 def usable(model_dir: Path, card: persistence.ModelCard) -> tuple[bool, str]:

@@ -83,6 +83,21 @@ def test_runtime_runs_fixed_and_dynamic_batch_flatbuffers(lite_dir, tmp_path):
         rt(np.zeros((1, 16, 16, 3), np.float32))
 
 
+def test_parallel_interpreters_split_a_batch_without_changing_results(lite_dir, tmp_path):
+    from hematovision import litert
+
+    net = persistence.load_keras_model(lite_dir)
+    x = np.random.default_rng(1).uniform(0, 255, (9, 32, 32, 3)).astype(np.float32)
+    path = tmp_path / "b1.tflite"
+    path.write_bytes(litert.convert(net, 32, 1))
+    one = litert.LiteRTRuntime(path, num_threads=2, parallel=1)
+    two = litert.LiteRTRuntime(path, num_threads=2, parallel=2)
+    assert two.parallel == 2 and one.parallel == 1
+    assert np.array_equal(two(x[:1]), one(x[:1])) and two._extra == []  # one image: no second interpreter yet
+    assert np.array_equal(two(x), one(x))  # same flat-buffer, same kernels: bit-identical, in order
+    assert len(two._extra) == 1
+
+
 def test_mismatching_flatbuffer_falls_back_to_keras(lite_dir, tmp_path, caplog):
     """Documented choice: a flat-buffer that does not match the card is ignored (warning logged), Keras serves."""
     from hematovision.inference import Classifier
