@@ -74,6 +74,7 @@ if store is not None:
     app_state.queue_batch_for_review(store, clf, threshold)
     decisions = {sha: d for (sha, _), d in store.current(clf.version).items()}
 frame = report.with_reviews(frame, decisions)
+frame["model_version"] = clf.version  # which model version made each prediction (sidebar picker)
 
 # ---------------------------------------------------------------- summary
 summary = batching.summarise(frame, classes)
@@ -120,10 +121,11 @@ col_cfg = {
     "reviewed_class": st.column_config.TextColumn("Reviewed as"),
     "reviewer": st.column_config.TextColumn("Reviewer"),
     "reviewed_at": st.column_config.TextColumn("Reviewed at (UTC)"),
+    "model_version": st.column_config.TextColumn("Model version", help="The model version that made the prediction (Model versions page)"),
 }
 col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
 order = ["thumbnail", "file", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes], "flagged",
-         "reviewed_class", "reviewer", "reviewed_at", "error"]
+         "reviewed_class", "reviewer", "reviewed_at", "error", "model_version"]
 st.dataframe(view, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------- download

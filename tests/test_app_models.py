@@ -62,6 +62,16 @@ def test_adapt_from_zip_creates_a_version_in_use_and_keeps_the_shipped_one(model
     assert list(t["kind"]) == ["shipped", "adapted"]
     assert list(t["in use"]) == [False, True]
     assert t["adapted from"][1].startswith("tiny-test-model@")
+    # The Classify page now predicts with the adapted version, and says so on every row.
+    from conftest import image_bytes
+    from hematovision import persistence
+
+    at.switch_page("pages/classify.py").run()
+    at.file_uploader[0].set_value([("cell.png", image_bytes("PNG", seed=4), "image/png")]).run()
+    assert not at.exception, at.exception
+    rows = next(d.value for d in at.dataframe if "predicted_class" in d.value.columns)
+    assert list(rows["model_version"]) == [persistence.load_card(new_path).version]
+    at.switch_page("pages/models.py").run()
     # Switch back to the shipped model from the page.
     at.selectbox(key="hv_models_choice").set_value(str(tiny_model_dir)).run()
     next(b for b in at.button if b.label == "Use this version").click().run()
