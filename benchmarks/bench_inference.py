@@ -166,8 +166,8 @@ def worker_batchcmp(model: str, tmp: str) -> dict:
     return out
 
 
-def _child(*args: str) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def _child(*args: str, env_extra: dict | None = None) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
     r = subprocess.run([sys.executable, __file__, "--worker", *args], cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"worker {args[0]} failed:\n{r.stderr[-3000:]}")
@@ -214,6 +214,7 @@ def main(argv=None) -> int:
     p.add_argument("--keras-batched", action="store_true", help="also time the largest size with the Keras backend (batched)")
     p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--compare-parallel", action="store_true", help="also time the largest size with one 2-thread interpreter instead of two 1-thread ones")
     p.add_argument("--compare-batch", action="store_true", help="also time a dynamic-batch flat-buffer against the exported batch-1 one (network only)")
     p.add_argument("--write", help="write the results as Markdown to this file (e.g. docs/performance.md)")
     p.add_argument("--from-json", help="only re-render saved results (the JSON each run leaves in the temp dir) with --write")
@@ -261,6 +262,12 @@ def main(argv=None) -> int:
             r["images_per_s"] = r["n"] / r["seconds"]
             res["classify_keras_batched"] = r
             print(f"classify {n:5d} [keras batched]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s, peak RSS {r['rss_mib']:.0f} MiB", file=sys.stderr)
+        if a.compare_parallel:
+            n = sizes[-1]
+            r = _child("classify", model, str(tmp / f"n{n}"), str(tmp / f"outp{n}.csv"), "auto", env_extra={"HEMATOVISION_LITERT_PARALLEL": "1"})
+            r["images_per_s"] = r["n"] / r["seconds"]
+            res["classify_single_interpreter"] = r
+            print(f"classify {n:5d} [one interpreter, 2 threads]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s", file=sys.stderr)
         res["latency"] = _child("latency", model, str(tmp / "all"), str(a.latency_repeats))
         print(f"latency: {res['latency']}", file=sys.stderr)
         b1 = _child("baseline", model, bdir)
@@ -291,6 +298,9 @@ def table(res: dict) -> str:
     lines = ["| measurement | backend | images | seconds | images/s | × baseline | peak RSS (MiB) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in res["classify"]:
         lines.append(f"| CLI classify, files → CSV | {r['backend']} | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
+    if "classify_single_interpreter" in res:
+        r = res["classify_single_interpreter"]
+        lines.append(f"| CLI classify, files → CSV | litert, one interpreter × 2 XNNPACK threads (before) | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
     if "classify_keras_batched" in res:
         r = res["classify_keras_batched"]
         lines.append(f"| CLI classify, files → CSV | keras (batched) | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
@@ -321,7 +331,7 @@ def markdown(res: dict) -> str:
 Measured with `benchmarks/bench_inference.py` on {res.get('when', '')}.
 
 - Machine: {res['machine']}; load average {', '.join(f'{v:.1f}' for v in res['load_avg_before'])} before and {', '.join(f'{v:.1f}' for v in res['load_avg_after'])} after (other jobs were sharing the CPU).
-- Model: `{res['version']}` ({res['input_size']} px), served by `{big['backend']}`{' (model.tflite via ai_edge_litert, XNNPACK, 2 threads)' if big['backend'] == 'litert' else ''}.
+- Model: `{res['version']}` ({res['input_size']} px), served by `{big['backend']}`{' (model.tflite via ai_edge_litert, XNNPACK: two single-threaded interpreters, each running half of every batch)' if big['backend'] == 'litert' else ''}.
 - Images: {res['images']}.
 - Python {res['python']}.
 
@@ -344,6 +354,13 @@ cache); under heavy load from other jobs the difference disappears into the nois
 table above when run with `--compare-batch`). A fixed shape also never pays the interpreter's
 re-planning when the batch size changes (~0.15 s each time, e.g. the last, short batch of a run).
 
+Why two single-threaded interpreters: with one interpreter running 2 XNNPACK threads, those threads
+spin-wait for each other and compete with the two image-decoding threads for the 2 cores. Two
+independent interpreters, each running half of every batch on one thread, do no such waiting; their
+probabilities are bit-identical (`tests/test_litert.py`). The row "one interpreter × 2 XNNPACK threads"
+above is the previous arrangement, timed in the same run (`--compare-parallel`;
+`HEMATOVISION_LITERT_PARALLEL=1` selects it).
+
 The dashboard figure is the Streamlit server becoming ready; the model itself is loaded on the first
 page view (the same `Classifier.load` as the CLI, timed in the cold-start figure).
 
@@ -358,7 +375,7 @@ the load from other processes on this shared 2-core machine; rerun to compare.
 ```
 . .venv/bin/activate
 python -m hematovision export-litert            # once per model: writes models/model.tflite and records it in the card
-python benchmarks/bench_inference.py --keras-batched --compare-batch --write docs/performance.md
+python benchmarks/bench_inference.py --compare-parallel --keras-batched --compare-batch --write docs/performance.md
 python benchmarks/bench_inference.py --model DIR --images 1 100 2000 --baseline 100 --keras-batched --no-dashboard
 HEMATOVISION_LITERT_THREADS=1 python benchmarks/bench_inference.py   # XNNPACK threads (default 2)
 ```
