@@ -142,6 +142,27 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
     raise ImageError(f"unsupported colour mode ({mode})")
 
 
+def _fast_jpeg(data: bytes, img: Image.Image) -> np.ndarray | None:
+    """The common case, a plain 8-bit colour JPEG with no EXIF rotation, decoded by OpenCV.
+
+    Same libjpeg-turbo decode as Pillow's (and as training's :func:`read_rgb`), at about a
+    third of the cost, because it skips Pillow's mode conversion and copies. ``None`` means
+    "not the common case, or OpenCV disagrees with the header": the caller then takes the
+    careful Pillow path, which also words any error.
+    """
+    if img.format != "JPEG" or img.mode != "RGB":
+        return None
+    try:
+        if img.getexif().get(0x0112, 1) not in (1, None):  # EXIF orientation: Pillow's exif_transpose handles it
+            return None
+    except Exception:
+        return None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.shape[:2] != (img.size[1], img.size[0]):
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:
     if width * height > limits.max_pixels:
         raise ImageError(
@@ -180,6 +201,9 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> DecodedIm
                 img.seek(0)
                 _check_size(*img.size, limits)
                 note = f"multi-page {fmt}: first of {frames} pages used"
+            fast = _fast_jpeg(data, img)
+            if fast is not None:
+                return DecodedImage(fast, fmt, note)
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)

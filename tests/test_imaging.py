@@ -68,3 +68,25 @@ def test_exif_orientation_is_applied():
 
 def test_resize_for_model_is_square():
     assert resize_for_model(np.zeros((240, 320, 3), np.uint8), 64).shape == (64, 64, 3)
+
+
+def test_plain_jpeg_fast_path_matches_pillow_exactly_and_exif_rotation_still_applies():
+    import io
+
+    from PIL import Image, ImageOps
+
+    from hematovision.imaging import decode_image
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert np.array_equal(decode_image(buf.getvalue()).rgb, ref)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rot = io.BytesIO()
+    img.save(rot, format="JPEG", quality=85, exif=exif)
+    out = decode_image(rot.getvalue()).rgb
+    assert out.shape == (64, 48, 3)
+    assert np.array_equal(out, np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(rot.getvalue()))).convert("RGB")))
