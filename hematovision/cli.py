@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
     t.add_argument("--out", required=True, help="new model directory to write")
     t.add_argument("--work", help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with the same one to resume")
-    t.add_argument("--input-size", type=int, default=224)
+    t.add_argument("--input-size", type=int, default=192, help="square input side in pixels (default 192; see docs/performance.md for why not 224)")
     t.add_argument("--max-epochs", type=int, default=14)
     t.add_argument("--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards")
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--cache", default=".cache/features", help="feature cache shared with training runs (default: .cache/features)")
     lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust (the shipped recipe)")
     lo.add_argument("--max-epochs", type=int, default=14)
+    lo.add_argument("--input-size", type=int, default=192)
     lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     lo.add_argument("--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card")
 
@@ -272,7 +273,7 @@ def cmd_loso(args) -> int:
         raise UsageError(f"unknown variant(s) {unknown}: choose from {', '.join(loso.VARIANTS)}")
     if args.record and not (Path(args.record) / "model_card.json").is_file():
         raise UsageError(f"--record: no model card in {args.record}")
-    cfg = TrainConfig(max_epochs=args.max_epochs, limit_per_split=args.limit_per_class)
+    cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, limit_per_split=args.limit_per_class)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = loso.run_loso(Path(args.work), cfg, root, cache_root=Path(args.cache), variants=variants)
     print(loso.table(results))

@@ -52,7 +52,7 @@ log = logging.getLogger("hematovision.training")
 class TrainConfig:
     """Every knob of a training run; saved into the model card."""
 
-    input_size: int = 224
+    input_size: int = 192
     first_trainable_block: int = 13
     views_per_image: dict = field(default_factory=lambda: {"kaggle": 2, "pbc": 2})
     head_epochs: int = 2
