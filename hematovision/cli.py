@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--max-epochs", type=int, default=14)
     lo.add_argument("--input-size", type=int, default=192)
     lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
+    lo.add_argument("--adaptation", default="5,10,20,50", help="labeled images per class for the adaptation curve on the last variant's models ('' to skip)")
+    lo.add_argument("--draws", type=int, default=3, help="draws of labeled images per point of the adaptation curve")
     lo.add_argument("--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card")
 
     a = sub.add_parser("adapt", help="adapt a model to your laboratory from labeled images; saved as a new model version, never over the original")
@@ -260,6 +262,8 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_loso(args) -> int:
+    from dataclasses import asdict
+
     from . import loso
     from .config import data_root
     from .training import TrainConfig
@@ -277,8 +281,15 @@ def cmd_loso(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = loso.run_loso(Path(args.work), cfg, root, cache_root=Path(args.cache), variants=variants)
     print(loso.table(results))
+    points = None
+    if args.adaptation.strip():
+        ns = tuple(int(v) for v in args.adaptation.split(",") if v.strip())
+        points = loso.adaptation_curve(results, cfg, root, per_class=ns, draws=args.draws, variant=variants[-1])
+        print()
+        print(loso.adaptation_table(points))
+        (Path(args.work) / "adaptation.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n")
     if args.record:
-        loso.record_in_model(Path(args.record), loso.summary(results, cfg))
+        loso.record_in_model(Path(args.record), loso.summary(results, cfg, points))
     return 0
 
 

@@ -134,9 +134,9 @@ def run_loso(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     return results
 
 
-def summary(results: list[LosoRun], cfg: TrainConfig) -> dict:
-    """The JSON block for ``evaluation.json`` and the model card: each run, and the gain of each
-    variant over ``baseline`` per held-out source."""
+def summary(results: list[LosoRun], cfg: TrainConfig, adaptation: list | None = None) -> dict:
+    """The JSON block for ``evaluation.json`` and the model card: each run, the gain of each
+    variant over ``baseline`` per held-out source, and the adaptation curve when measured."""
     by = {(r.variant, r.held_out): r for r in results}
     gains = {}
     for (variant, held_out), r in by.items():
@@ -150,6 +150,9 @@ def summary(results: list[LosoRun], cfg: TrainConfig) -> dict:
                             "views_per_image": cfg.views_per_image, "first_trainable_block": cfg.first_trainable_block},
         "runs": [asdict(r) for r in results],
         "gain_over_baseline": gains,
+        **({"adaptation": {"rule": "adapt the robust LOSO model's head with N labeled images per class (distinct cells) from the held-out "
+                                    "source's train split; accuracy on its test split; per draw of labeled images",
+                           "points": [asdict(p) for p in adaptation]}} if adaptation else {}),
     }
 
 
