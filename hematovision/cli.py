@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
+    t.add_argument("--augment", choices=["robust", "strong", "baseline"], help="augmentation recipe (default: the shipped recipe's; see docs/generalisation.md)")
     t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
     t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and robust) and record it in the new model")
 
@@ -198,6 +199,10 @@ def cmd_train(args) -> int:
     work = Path(args.work) if args.work else Path(".cache") / f"train-{out.name}"
     cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, first_trainable_block=args.first_trainable_block,
                       limit_per_split=args.limit_per_class, sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
+    if args.augment:
+        from .training import AUGMENT_RECIPES
+
+        cfg.augment = AUGMENT_RECIPES[args.augment]()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache))
     if args.loso:

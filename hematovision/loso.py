@@ -33,18 +33,14 @@ import numpy as np
 from . import datasets as ds
 from . import metrics as m
 from .config import TRAINING_CLASSES, data_root
-from .training import TrainConfig, baseline_augment, cache_features, clean_cache_key, fit, strong_augment
+from .training import AUGMENT_RECIPES, TrainConfig, cache_features, clean_cache_key, fit
 
 log = logging.getLogger("hematovision.loso")
 
 #: The test split that measures a source when it is held out.
 HELD_OUT_TEST = {"kaggle": "kaggle_test", "pbc": "pbc_test"}
 
-VARIANTS = {
-    "baseline": lambda cfg: replace(cfg, augment=baseline_augment()),
-    "robust": lambda cfg: cfg,
-    "strong": lambda cfg: replace(cfg, augment=strong_augment()),
-}
+VARIANTS = {name: (lambda cfg, make=make: replace(cfg, augment=make())) for name, make in AUGMENT_RECIPES.items()}
 
 
 @dataclass

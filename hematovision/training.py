@@ -66,13 +66,16 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 20261121
     threshold_target_accuracy: float = 0.99
-    augment: dict = field(default_factory=lambda: {
-        "kaggle": asdict(aug.AugmentConfig(zoom=(0.85, 1.15), border="black")),
-        "pbc": asdict(aug.AugmentConfig(zoom=(0.6, 1.3))),
-    })
+    augment: dict = field(default_factory=lambda: robust_augment())
     sources: tuple = ("kaggle", "pbc")  # discovered, split and cached
     train_on: tuple = ("kaggle", "pbc")  # fitted and validated on (leave-one-source-out uses one)
     limit_per_split: int = 0  # >0: small smoke runs for tests
+
+
+def robust_augment() -> dict:
+    """The robustness measures of the first shipped recipe: HED stain, colour, blur and JPEG
+    jitter at moderate strength, zoom 0.85-1.15 (Kaggle) and 0.6-1.3 (PBC)."""
+    return {"kaggle": asdict(aug.AugmentConfig(zoom=(0.85, 1.15), border="black")), "pbc": asdict(aug.AugmentConfig(zoom=(0.6, 1.3)))}
 
 
 def baseline_augment() -> dict:
@@ -90,6 +93,10 @@ def strong_augment() -> dict:
     colour = dict(hed_scale=0.25, hed_shift=0.06, brightness=0.15, contrast=0.25, saturation=0.35, hue=10.0, blur_prob=0.3, jpeg_prob=0.3, shift=0.08)
     return {"kaggle": asdict(aug.AugmentConfig(zoom=(0.8, 1.9), border="black", **colour)),
             "pbc": asdict(aug.AugmentConfig(zoom=(0.45, 1.3), **colour))}
+
+
+#: Augmentation recipes by name (``train --augment``, LOSO variants).
+AUGMENT_RECIPES = {"baseline": lambda: baseline_augment(), "robust": lambda: robust_augment(), "strong": lambda: strong_augment()}
 
 
 def _key(obj) -> str:
