@@ -30,10 +30,14 @@ for v in found:
         "folder": str(v.path),
     })
 st.dataframe(
-    pd.DataFrame(rows), hide_index=True, width="stretch",
+    pd.DataFrame(rows).astype({"labeled images": "Int64", "cross-fitted accuracy": "Float64"}), hide_index=True, width="stretch",
     column_config={
-        "cross-fitted accuracy": st.column_config.NumberColumn(format="percent", help="Each labeled image scored by a head fitted without it"),
-        "default threshold": st.column_config.NumberColumn(format="%.3f"),
+        "in use": st.column_config.CheckboxColumn("In use", width="small"),
+        "labeled images": st.column_config.NumberColumn("Labeled images", help="Images of your laboratory it was adapted on"),
+        "cross-fitted accuracy": st.column_config.NumberColumn("Cross-fitted accuracy", format="percent", help="Each labeled image scored by a head fitted without it"),
+        "default threshold": st.column_config.NumberColumn("Default threshold", format="%.3f"),
+        "created": st.column_config.TextColumn("Created (UTC)"),
+        "folder": None,
     },
 )
 if len(found) > 1:
