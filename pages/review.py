@@ -129,7 +129,9 @@ else:
     if hist:
         with st.expander(f"History of this image ({len(hist)} decision(s))"):
             st.dataframe([{"reviewed_at": d.reviewed_at, "reviewer": d.reviewer, "reviewed_class": d.reviewed_class,
-                           "action": d.action, "note": d.note} for d in hist], hide_index=True, width="stretch")
+                           "action": d.action, "note": d.note} for d in hist], hide_index=True, width="stretch",
+                         column_config={"reviewed_at": "Reviewed at (UTC)", "reviewer": "Reviewer", "reviewed_class": "Reviewed as",
+                                        "action": "Action", "note": "Note"})
 
     # ------------------------------------------------------------ the queue as a table
     st.subheader("Queue")
@@ -137,6 +139,8 @@ else:
                    "final_class": it.final_class, "reviewer": it.decision.reviewer if it.decision else "",
                    "reviewed_at": it.decision.reviewed_at if it.decision else ""} for it in shown],
                  hide_index=True, width="stretch", column_config={
+                     "file": "File", "predicted_class": "Predicted class", "status": "Status", "final_class": "Final class",
+                     "reviewer": "Reviewer", "reviewed_at": "Reviewed at (UTC)",
                      "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f")})
 
 # ---------------------------------------------------------------- export
