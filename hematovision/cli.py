@@ -146,7 +146,7 @@ def cmd_classify(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import persistence
     from .config import model_dir
-    from .evaluation import evaluate_labeled, evaluate_model_on_test_sets, labeled_from_folder, labeled_from_zip, summary_lines
+    from .evaluation import evaluate_labeled, evaluate_model_on_test_sets, labeled_from_path, summary_lines
     from .inference import Classifier
 
     mdir = model_dir(args.model)
@@ -166,12 +166,10 @@ def cmd_evaluate(args) -> int:
 
     path = Path(args.path)
     clf = Classifier.load(mdir)
-    if path.is_dir():
-        labeled = labeled_from_folder(path, clf.classes_)
-    elif path.is_file():
-        labeled = labeled_from_zip(path.name, path.read_bytes(), clf.classes_)
-    else:
-        raise UsageError(f"no such folder or zip: {path}")
+    try:
+        labeled = labeled_from_path(path, clf.classes_)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
     if not labeled.inputs:
         raise UsageError(f"no labeled images in {path}: expected class folders named {', '.join(clf.classes_)}")
     with tqdm(total=len(labeled.inputs), desc="evaluate", file=sys.stderr) as bar:
@@ -220,7 +218,7 @@ def cmd_adapt(args) -> int:
     from . import persistence
     from .adapt import AdaptConfig, adapt_labeled
     from .config import model_dir
-    from .evaluation import labeled_from_folder, labeled_from_zip
+    from .evaluation import labeled_from_path
 
     base = model_dir(args.model)
     try:
@@ -241,14 +239,11 @@ def cmd_adapt(args) -> int:
         except ReviewDBError as exc:
             raise UsageError(str(exc)) from None
     else:
-        path = Path(args.path)
-        source = str(path)
-        if path.is_dir():
-            labeled = labeled_from_folder(path, card.classes)
-        elif path.is_file():
-            labeled = labeled_from_zip(path.name, path.read_bytes(), card.classes)
-        else:
-            raise UsageError(f"no such folder or zip: {path}")
+        source = args.path
+        try:
+            labeled = labeled_from_path(Path(args.path), card.classes)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
     logging.basicConfig(level=logging.WARNING)
     bar = tqdm(total=len(labeled.inputs), desc="adapt", unit="img", disable=args.quiet, file=sys.stderr)
     try:

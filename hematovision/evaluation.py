@@ -105,6 +105,16 @@ def labeled_from_folder(path: Path, classes: list[str]) -> LabeledInputs:
     return out
 
 
+def labeled_from_path(path: Path, classes: list[str]) -> LabeledInputs:
+    """A folder of class folders, or a zip of them; FileNotFoundError when it is neither."""
+    path = Path(path)
+    if path.is_dir():
+        return labeled_from_folder(path, classes)
+    if path.is_file():
+        return labeled_from_zip(path.name, path.read_bytes(), classes)
+    raise FileNotFoundError(f"no such folder or zip: {path}")
+
+
 def labeled_from_zip(name: str, data: bytes, classes: list[str]) -> LabeledInputs:
     """A zip of class folders: the folder holding each image names its class.
 
