@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
     t.add_argument("--augment", choices=["robust", "strong", "baseline"], help="augmentation recipe (default: the shipped recipe's; see docs/generalisation.md)")
+    t.add_argument("--input-norm", choices=["none", "channel"], default="none", help="per-image colour standardisation inside the model (default: none)")
     t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
     t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and robust) and record it in the new model")
 
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
     lo.add_argument("--work", default=".cache/loso", help="working directory; rerun with the same one to resume (default: .cache/loso)")
     lo.add_argument("--cache", default=".cache/features", help="feature cache shared with training runs (default: .cache/features)")
-    lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust (the shipped recipe)")
+    lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust, strong, strong_norm (see docs/generalisation.md)")
     lo.add_argument("--max-epochs", type=int, default=14)
     lo.add_argument("--input-size", type=int, default=192)
     lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
@@ -197,6 +198,7 @@ def cmd_train(args) -> int:
     work = Path(args.work) if args.work else Path(".cache") / f"train-{out.name}"
     cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, first_trainable_block=args.first_trainable_block,
                       limit_per_split=args.limit_per_class, sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
+    cfg.input_norm = args.input_norm
     if args.augment:
         from .training import AUGMENT_RECIPES
 

@@ -41,6 +41,8 @@ log = logging.getLogger("hematovision.loso")
 HELD_OUT_TEST = {"kaggle": "kaggle_test", "pbc": "pbc_test"}
 
 VARIANTS = {name: (lambda cfg, make=make: replace(cfg, augment=make())) for name, make in AUGMENT_RECIPES.items()}
+#: ``strong`` plus per-image colour standardisation inside the model (``model.ChannelStandardise``).
+VARIANTS["strong_norm"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), input_norm="channel")
 
 
 @dataclass
@@ -194,7 +196,8 @@ class AdaptationPoint:
 def _loso_network(run: LosoRun, cfg: TrainConfig):
     from .model import build_network
 
-    net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout)
+    cfg = VARIANTS[run.variant](cfg)
+    net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout, input_norm=cfg.input_norm)
     net.load_weights(str(Path(run.work_dir) / "best.weights.h5"))
     return net
 

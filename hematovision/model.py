@@ -3,7 +3,7 @@
 The saved Keras model maps RGB pixel values (0..255, any size) straight to
 calibrated class probabilities, so nothing outside it can drift from training:
 
-    image -> Resizing(S) -> Rescaling(1/127.5, -1) [= mobilenet_v2.preprocess_input]
+    image -> Resizing(S) [-> ChannelStandardise] -> Rescaling(1/127.5, -1) [= mobilenet_v2.preprocess_input]
           -> MobileNetV2 body -> global average pool -> dropout -> Dense (logits)
           -> Rescaling(1/T) (temperature) -> Softmax
 
@@ -25,12 +25,50 @@ LOGITS_LAYER = "logits"
 TEMPERATURE_LAYER = "temperature"
 
 
-def build_network(input_size: int, n_classes: int, *, temperature: float = 1.0, imagenet_weights: Path | None = None, dropout: float = 0.2):
-    """A fresh network; with ``imagenet_weights`` the MobileNetV2 body starts from ImageNet."""
+_CUSTOM: dict = {}
+
+
+def custom_objects() -> dict:
+    """Our own Keras layers, registered once (``load_model`` needs them)."""
+    if _CUSTOM:
+        return _CUSTOM
     import keras
 
+    @keras.saving.register_keras_serializable(package="hematovision")
+    class ChannelStandardise(keras.layers.Layer):
+        """Per image and colour channel: to mean 128 and standard deviation 48.
+
+        A stain or camera shift moves and stretches each channel's histogram; this
+        undoes the first-order part of it (a grey-world colour constancy plus contrast
+        normalisation), inside the model so training and serving cannot differ.
+        """
+
+        def call(self, x):
+            ops = keras.ops
+            mean = ops.mean(x, axis=(1, 2), keepdims=True)
+            std = ops.std(x, axis=(1, 2), keepdims=True)
+            return ops.clip((x - mean) / (std + 1.0) * 48.0 + 128.0, 0.0, 255.0)
+
+    _CUSTOM["hematovision>ChannelStandardise"] = ChannelStandardise
+    return _CUSTOM
+
+
+#: ``input_norm`` values: what happens to the resized pixels before ``preprocess_input``.
+INPUT_NORMS = ("none", "channel")
+
+
+def build_network(input_size: int, n_classes: int, *, temperature: float = 1.0, imagenet_weights: Path | None = None, dropout: float = 0.2,
+                  input_norm: str = "none"):
+    """A fresh network; with ``imagenet_weights`` the MobileNetV2 body starts from ImageNet.
+    ``input_norm="channel"`` standardises each image's colour channels first (see :func:`custom_objects`)."""
+    import keras
+
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {INPUT_NORMS}")
     inp = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", name="resize")(inp)
+    if input_norm == "channel":
+        x = custom_objects()["hematovision>ChannelStandardise"](name="channel_standardise")(x)
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
     body = keras.applications.MobileNetV2(include_top=False, weights=None, input_tensor=x, alpha=1.0)
     if imagenet_weights is not None:

@@ -30,6 +30,10 @@ CARD_MD = "MODEL_CARD.md"
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 MANIFEST_FILE = "split_manifest.csv"
+PREPROCESSING_CHANNEL = (
+    "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> per image and channel to mean 128, "
+    "standard deviation 48 (ChannelStandardise) -> x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input); all inside the Keras model"
+)
 PREPROCESSING = (
     "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> x/127.5 - 1 "
     "(keras.applications.mobilenet_v2.preprocess_input); all inside the Keras model"
@@ -154,7 +158,9 @@ def load_keras_model(model_dir: Path, card: ModelCard | None = None):
     if card.model_sha256 and sha256_of(path) != card.model_sha256:
         raise ModelError(f"{path} does not match the sha256 in its model card (corrupt or replaced); restore it from git or retrain")
     try:
-        return keras.models.load_model(path, compile=False)
+        from .model import custom_objects
+
+        return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # keras raises many kinds for a damaged file
         raise ModelError(f"cannot load {path} ({type(exc).__name__}: {exc}); restore it from git or retrain") from None
 

@@ -69,6 +69,7 @@ class TrainConfig:
     augment: dict = field(default_factory=lambda: robust_augment())
     sources: tuple = ("kaggle", "pbc")  # discovered, split and cached
     train_on: tuple = ("kaggle", "pbc")  # fitted and validated on (leave-one-source-out uses one)
+    input_norm: str = "none"  # or "channel": per-image colour standardisation inside the model (model.INPUT_NORMS)
     limit_per_split: int = 0  # >0: small smoke runs for tests
 
 
@@ -112,14 +113,15 @@ def view_cache_key(cfg: TrainConfig) -> str:
     from .model import SPLIT_LAYER
 
     return "views-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.views_per_image,
-                            {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}])
+                            {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}]
+                           + ([cfg.input_norm] if cfg.input_norm != "none" else []))
 
 
 def clean_cache_key(cfg: TrainConfig) -> str:
     """Clean (un-augmented) views of validation and test images depend only on these."""
     from .model import SPLIT_LAYER
 
-    return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed])
+    return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + ([cfg.input_norm] if cfg.input_norm != "none" else []))
 
 
 # --------------------------------------------------------------------------- cache
@@ -253,7 +255,7 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     log.info("train %d images, val %d images (on %s)", len(train), len(val), ",".join(cfg.train_on))
     cache_root = Path(cache_root) if cache_root else work / "cache"
 
-    net = build_network(cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout)
+    net = build_network(cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout, input_norm=cfg.input_norm)
     bottom, top = split_models(net)
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
 
@@ -347,7 +349,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     probs = calibration.softmax(logits / temperature)
     thr = calibration.choose_threshold(probs, y, cfg.threshold_target_accuracy)
 
-    final = build_network(cfg.input_size, len(TRAINING_CLASSES), temperature=temperature, dropout=cfg.dropout)
+    final = build_network(cfg.input_size, len(TRAINING_CLASSES), temperature=temperature, dropout=cfg.dropout, input_norm=cfg.input_norm)
     transfer_weights(net, final)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = persistence.ModelCard(
@@ -356,6 +358,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         input_size=cfg.input_size,
         temperature=float(temperature),
         default_threshold=float(thr.threshold),
+        preprocessing=persistence.PREPROCESSING_CHANNEL if cfg.input_norm == "channel" else persistence.PREPROCESSING,
         threshold={"target_accuracy": cfg.threshold_target_accuracy, "val_accuracy_accepted": thr.accuracy, "val_coverage": thr.coverage, "val_flagged_share": 1 - thr.coverage},
         training={
             "data_root": "<HEMATOVISION_DATA>",
