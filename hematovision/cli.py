@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
-    t.add_argument("--augment", choices=["robust", "strong", "baseline"], help="augmentation recipe (default: the shipped recipe's; see docs/generalisation.md)")
+    t.add_argument("--augment", choices=["robust", "strong", "baseline"], help="augmentation recipe (default: strong, the shipped recipe; see docs/generalisation.md)")
     t.add_argument("--input-norm", choices=["none", "channel"], default="none", help="per-image colour standardisation inside the model (default: none)")
     t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
     t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and robust) and record it in the new model")

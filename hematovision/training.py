@@ -66,7 +66,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 20261121
     threshold_target_accuracy: float = 0.99
-    augment: dict = field(default_factory=lambda: robust_augment())
+    augment: dict = field(default_factory=lambda: strong_augment())  # chosen by leave-one-source-out (docs/generalisation.md)
     sources: tuple = ("kaggle", "pbc")  # discovered, split and cached
     train_on: tuple = ("kaggle", "pbc")  # fitted and validated on (leave-one-source-out uses one)
     input_norm: str = "none"  # or "channel": per-image colour standardisation inside the model (model.INPUT_NORMS)
