@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train, calibrate and evaluate a new model (resumable)")
     t.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
     t.add_argument("--out", required=True, help="new model directory to write")
+    t.add_argument("--name", help="model name, the first part of its version (default: the --out folder's name)")
     t.add_argument("--work", help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with the same one to resume")
     t.add_argument("--input-size", type=int, default=192, help="square input side in pixels (default 192; see docs/performance.md for why not 224)")
     t.add_argument("--max-epochs", type=int, default=14)
@@ -204,7 +205,7 @@ def cmd_train(args) -> int:
 
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache))
+    train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name)
     if args.loso:
         from . import loso
 

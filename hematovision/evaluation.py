@@ -227,7 +227,15 @@ def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progr
         report["sets"][key] = rep
         frame.insert(0, "set", key)
         frames.append(frame)
-    (model_dir / persistence.EVALUATION_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    previous = model_dir / persistence.EVALUATION_FILE
+    if previous.exists():  # figures about the recipe, not this model's predictions: kept (see loso.record_in_model)
+        try:
+            old = json.loads(previous.read_text())
+            if "leave_one_source_out" in old:
+                report["leave_one_source_out"] = old["leave_one_source_out"]
+        except ValueError:
+            pass
+    previous.write_text(json.dumps(report, indent=1) + "\n")
     if frames:
         pd.concat(frames).to_csv(model_dir / persistence.PREDICTIONS_FILE, index=False, float_format="%.6f")
     return report

@@ -332,7 +332,7 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
             "cache_seconds": cache_s, "fit_seconds": time.time() - t0, "cache_root": cache_root}
 
 
-def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = None) -> Path:
+def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = None, name: str | None = None) -> Path:
     """Calibrate on validation, save the model with temperature inside, and its card and manifest."""
     import keras
 
@@ -353,7 +353,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     transfer_weights(net, final)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = persistence.ModelCard(
-        name=out_dir.name,
+        name=name or out_dir.name,
         classes=list(TRAINING_CLASSES),
         input_size=cfg.input_size,
         temperature=float(temperature),
@@ -376,13 +376,14 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     return out_dir
 
 
-def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True, cache_root: Path | None = None) -> Path:
+def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True, cache_root: Path | None = None,
+                  name: str | None = None) -> Path:
     """``python -m hematovision train``: fit, export, copy the split manifest, evaluate."""
     import shutil
 
     t0 = time.time()
     fitted = fit(work, cfg, root, cache_root=cache_root)
-    out = export(fitted, out_dir, cfg, root)
+    out = export(fitted, out_dir, cfg, root, name=name)
     shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
     from . import persistence
 
