@@ -354,12 +354,14 @@ cache); under heavy load from other jobs the difference disappears into the nois
 table above when run with `--compare-batch`). A fixed shape also never pays the interpreter's
 re-planning when the batch size changes (~0.15 s each time, e.g. the last, short batch of a run).
 
-Why two single-threaded interpreters: with one interpreter running 2 XNNPACK threads, those threads
-spin-wait for each other and compete with the two image-decoding threads for the 2 cores. Two
-independent interpreters, each running half of every batch on one thread, do no such waiting; their
-probabilities are bit-identical (`tests/test_litert.py`). The row "one interpreter × 2 XNNPACK threads"
-above is the previous arrangement, timed in the same run (`--compare-parallel`;
-`HEMATOVISION_LITERT_PARALLEL=1` selects it).
+Two single-threaded interpreters or one with two threads: `Classifier` serves with two independent
+interpreters, each running half of every batch on one thread (probabilities bit-identical, `tests/test_litert.py`),
+because one interpreter's 2 XNNPACK threads spin-wait for each other while the two image-decoding threads
+need the same 2 cores. The row "one interpreter × 2 XNNPACK threads" is that alternative, timed in the same run
+(`--compare-parallel`; `HEMATOVISION_LITERT_PARALLEL=1` selects it). Measured so far: with the 224 px model,
+217 vs 182 images/s (quiet machine) and 115–144 vs 103–105 images/s (machine shared with a test run); with the
+192 px model on a quiet machine the two are within 5% of each other, either way round (264 vs 267, 260 vs 272).
+Two interpreters are kept as the default for the loaded case.
 
 The dashboard figure is the Streamlit server becoming ready; the model itself is loaded on the first
 page view (the same `Classifier.load` as the CLI, timed in the cold-start figure).
