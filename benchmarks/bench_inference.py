@@ -347,7 +347,7 @@ Measured with `benchmarks/bench_inference.py` on {res.get('when', '')}.
   (images are decoded a batch at a time; it does not grow with the number of images).
 
 Why a batch-1 flat-buffer: the exported `model.tflite` has a fixed input of `[1, S, S, 3]` and
-`Classifier` invokes it once per image of each 32-image decode batch. During development, at a quieter
+`Classifier` invokes it once per image of each 32-image decode batch. During development (224 px model), at a quieter
 moment on this machine, the network alone ran ~280-295 images/s that way against ~225-235 images/s for a
 dynamic-batch flat-buffer invoked with 32 images at a time (activations of a large batch fall out of
 cache); under heavy load from other jobs the difference disappears into the noise (see the network-only
