@@ -24,8 +24,9 @@ to re-plan whenever the batch size changes (the last, short batch of every run).
 Why two single-threaded interpreters rather than one with two threads: XNNPACK's
 worker threads spin while they wait for each other, and on a 2-core machine they
 spin against the image-decoding threads. Two independent interpreters, each
-running half of a batch on one thread, never wait for each other (see
-docs/performance.md for the measurement).
+running half of a batch on one thread, never wait for each other. Measured
+(docs/performance.md): ~20% faster with the 224 px model; within 5% either way
+with the 192 px model on a quiet machine.
 """
 
 from __future__ import annotations
