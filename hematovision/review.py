@@ -22,7 +22,6 @@ a database from a newer (or unknown) schema raises :class:`ReviewDBError` untouc
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import os
 import random
@@ -157,18 +156,23 @@ def now_utc() -> str:
 
 
 def thumbnail_png(rgb: np.ndarray, side: int = THUMB_SIDE) -> bytes:
-    """A bounded copy for the database: longest side at most ``side`` px, PNG (lossless, small at this size)."""
+    """A bounded copy for the database: longest side at most ``side`` px, PNG (lossless).
+
+    OpenCV at compression level 3: ~7 ms an image against ~70 ms for Pillow's
+    ``optimize=True`` (which saved ~12% of the bytes); queueing a batch's flagged
+    images happens while the Classify page redraws, so speed wins.
+    """
     import cv2
-    from PIL import Image
 
     rgb = np.asarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
     scale = min(1.0, side / max(h, w))
     if scale < 1.0:
         rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ValueError("could not encode the thumbnail")
+    return buf.tobytes()
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
