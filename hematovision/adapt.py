@@ -317,6 +317,16 @@ class AdaptOutcome:
     threshold: float
     seconds: float
     skipped: list  # (name, reason) of labeled files that were not used
+    target_accuracy: float = 0.99
+
+    @property
+    def note(self) -> str:
+        """What a user must know about the default threshold of the new version ("" when nothing)."""
+        if self.threshold >= 0.999:
+            return (f"With these labeled images the cross-fitted predictions never reach {self.target_accuracy:.0%} accuracy, so the new "
+                    "version's default threshold flags every prediction. Label more images (20 or more per class), or set a "
+                    "lower threshold in the sidebar knowing it is not backed by that target.")
+        return ""
 
 
 def adapt_labeled(base_dir: Path, labeled, name: str, out_dir: Path | None = None, cfg: AdaptConfig = AdaptConfig(), source: str = "",
@@ -337,4 +347,4 @@ def adapt_labeled(base_dir: Path, labeled, name: str, out_dir: Path | None = Non
     card = persistence.load_card(path)
     ad = card.training["adaptation"]
     return AdaptOutcome(path, card.version, card.parent, ad["labeled_counts"], ad["crossfit_accuracy"], card.temperature,
-                        card.default_threshold, ad["wall_time_seconds"], skipped)
+                        card.default_threshold, ad["wall_time_seconds"], skipped, cfg.target_accuracy)

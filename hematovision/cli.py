@@ -261,6 +261,8 @@ def cmd_adapt(args) -> int:
     print(f"{res.version}: adapted from {res.parent} on {sum(res.counts.values())} images {res.counts}; "
           f"cross-fitted accuracy {res.crossfit_accuracy:.1%}, temperature {res.temperature:.3f}, threshold {res.threshold:.3f}, "
           f"{res.seconds:.0f} s -> {res.path}")
+    if res.note:
+        print(f"note: {res.note}", file=sys.stderr)
     return 0
 
 

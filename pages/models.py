@@ -92,6 +92,8 @@ if go:
                 f"({', '.join(f'{c} {n}' for c, n in res.counts.items())}) in {res.seconds:.0f} s. Cross-fitted accuracy "
                 f"{res.crossfit_accuracy:.1%}; temperature {res.temperature:.3f}; default threshold {res.threshold:.3f}."
             )
+            if res.note:
+                st.warning(res.note)
             if res.skipped:
                 st.warning(f"{len(res.skipped)} file(s) were not used:")
                 st.dataframe(pd.DataFrame(res.skipped, columns=["file", "reason"]), hide_index=True)

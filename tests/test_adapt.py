@@ -139,4 +139,5 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "on 11 images" in out
+    assert ("flags every prediction" in err) == (persistence.load_card(versions.adapted_root() / "from-reviews").default_threshold >= 0.999)
     assert main(["adapt", "--name", "nothing", "--model", str(base)]) == 2  # neither PATH nor --from-reviews
