@@ -43,6 +43,7 @@ def _load_classifier(path: str, sha: str):
 
 
 MODEL_KEY = "hv_model_path"
+PICK_KEY = "hv_model_pick"
 
 
 def model_path() -> Path:
@@ -61,22 +62,25 @@ def use_model(path: Path) -> None:
 
 
 def model_sidebar() -> None:
-    """The model-version picker (only when there is more than one version to pick from)."""
+    """The model-version picker (only when there is an adapted version to pick).
+
+    Switching happens only when the user picks (``on_change``); the widget is re-synced
+    to the version actually in use on every run, so a switch made elsewhere (Model
+    versions page) shows here too, and a missing shipped model is never silently replaced.
+    """
     from . import versions
 
     found = versions.list_versions()
-    current = model_path()
-    if len(found) <= 1:
+    if all(v.shipped for v in found):
         return
     paths = [str(v.path) for v in found]
     labels = {str(v.path): v.label for v in found}
-    index = paths.index(str(current)) if str(current) in paths else 0
-    choice = st.sidebar.selectbox("Model version", paths, index=index, format_func=labels.get,
-                                  help="The shipped model, or a version adapted to your laboratory (Model versions page). "
-                                       "Every prediction records the version that made it.")
-    if choice != str(current):
-        use_model(Path(choice))
-        st.rerun()
+    current = str(model_path())
+    st.session_state[PICK_KEY] = current if current in paths else None
+    st.sidebar.selectbox("Model version", paths, key=PICK_KEY, format_func=labels.get, placeholder="Choose a model version",
+                         on_change=lambda: st.session_state.get(PICK_KEY) and use_model(Path(st.session_state[PICK_KEY])),
+                         help="The shipped model, or a version adapted to your laboratory (Model versions page). "
+                              "Every prediction records the version that made it.")
 
 
 def get_classifier():

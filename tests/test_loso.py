@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 def test_variants_share_clean_caches_but_not_view_caches():
     cfg = TrainConfig()
-    base, strong = loso.VARIANTS["baseline"](cfg), loso.VARIANTS["strong"](cfg)
-    assert len({view_cache_key(cfg), view_cache_key(base), view_cache_key(strong)}) == 3
+    base, robust, strong = (loso.VARIANTS[v](cfg) for v in ("baseline", "robust", "strong"))
+    assert len({view_cache_key(robust), view_cache_key(base), view_cache_key(strong)}) == 3
+    assert view_cache_key(cfg) == view_cache_key(strong)  # the shipped recipe
     assert clean_cache_key(cfg) == clean_cache_key(base) == clean_cache_key(strong)
     from dataclasses import replace
 
