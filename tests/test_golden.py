@@ -38,7 +38,9 @@ def test_shipped_model_on_real_test_images(shipped, data_root):
     correct = sum(p.predicted_class == i.label for p, i in zip(preds, picked))
     pbc_correct = sum(p.predicted_class == i.label for p, i in zip(preds[:16], picked[:16]))
     assert all(p.ok for p in preds)
-    assert pbc_correct >= 15, [(i.relpath, p.predicted_class) for p, i in zip(preds, picked)]
+    # A model at its measured ~99% on PBC test gets 2 of 16 wrong about 1% of the time and 3 about 0.05%:
+    # 14 is the floor that a sound model passes and a broken one (e.g. one class lost: 12/16) fails.
+    assert pbc_correct >= 14, [(i.relpath, p.predicted_class) for p, i in zip(preds, picked)]
     assert correct >= 20
 
 
