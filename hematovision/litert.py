@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from . import persistence
+from .imaging import env_int
 from .persistence import LITERT_FILE, ModelError
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,6 @@ THREADS_ENV = "HEMATOVISION_LITERT_THREADS"
 PARALLEL_ENV = "HEMATOVISION_LITERT_PARALLEL"
 
 
-def _env_int(name: str, default: int) -> int:
-    import os
-
-    try:
-        return max(1, int(os.environ.get(name, default)))
-    except ValueError:
-        return default
-
-
 class LiteRTRuntime:
     """A LiteRT interpreter mapping a float32 batch ``[n, S, S, 3]`` to probabilities ``[n, C]``.
 
@@ -74,7 +66,7 @@ class LiteRTRuntime:
     """
 
     def __init__(self, model_path: str | Path, num_threads: int | None = None, parallel: int | None = None):
-        num_threads = _env_int(THREADS_ENV, DEFAULT_THREADS) if num_threads is None else max(1, int(num_threads))
+        num_threads = env_int(THREADS_ENV, DEFAULT_THREADS, 1) if num_threads is None else max(1, int(num_threads))
         self.model_path = Path(model_path)
         self._interp = self._new_interpreter(num_threads)
         inp = self._interp.get_input_details()[0]
@@ -83,7 +75,7 @@ class LiteRTRuntime:
         self.input_shape = tuple(int(v) for v in inp["shape_signature"])  # -1 for a dynamic batch
         self._batch = int(inp["shape"][0])
         if parallel is None:
-            parallel = _env_int(PARALLEL_ENV, num_threads) if self.input_shape[0] != -1 else 1
+            parallel = env_int(PARALLEL_ENV, num_threads, 1) if self.input_shape[0] != -1 else 1
         self.parallel = max(1, min(int(parallel), num_threads)) if self.input_shape[0] != -1 else 1
         self.num_threads = num_threads
         if self.parallel > 1:  # re-create the first one with its share of the threads
