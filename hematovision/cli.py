@@ -294,7 +294,7 @@ def cmd_loso(args) -> int:
         print(loso.adaptation_table(points))
         (Path(args.work) / "adaptation.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n")
     if args.record:
-        loso.record_in_model(Path(args.record), loso.summary(results, cfg, points))
+        loso.record_in_model(Path(args.record), loso.summary(results, cfg, points, variants[-1] if points else ""))
     return 0
 
 

@@ -243,13 +243,18 @@ def _prepare(item: ImageInput, size: int, limits: ImageLimits, thumbnails: bool)
 
 def predict_logits_keras(network, paths: Sequence[Path], input_size: int, batch_size: int = 64, desc: str = "logits") -> np.ndarray:
     """Pre-softmax logits of a network for dataset files (training-time calibration)."""
+    from .model import LOGITS_LAYER
+
+    return layer_outputs_keras(network, paths, input_size, LOGITS_LAYER, batch_size, desc)
+
+
+def layer_outputs_keras(network, paths: Sequence[Path], input_size: int, layer: str, batch_size: int = 64, desc: str = "features") -> np.ndarray:
+    """One layer's outputs for trusted dataset files (float64), decoding in threads beside the forward pass."""
     import keras
     import tensorflow as tf
     from tqdm import tqdm
 
-    from .model import LOGITS_LAYER
-
-    sub = keras.Model(network.input, network.get_layer(LOGITS_LAYER).output)
+    sub = keras.Model(network.input, network.get_layer(layer).output)
     fn = tf.function(lambda x: sub(x, training=False), input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)])
     out = []
     with ThreadPoolExecutor(2) as pool:

@@ -9,9 +9,10 @@ test split.
 
 Each *variant* is one training configuration. ``baseline`` is the recipe
 without the robustness measures (rotations, flips and small shifts only);
-``robust`` is the recipe as shipped (stain, colour, scale, blur and JPEG
-jitter); ``strong`` widens the scale range and strengthens the stain and colour
-jitter. ``python -m hematovision loso`` runs both on the same machine and
+``robust`` is the first shipped recipe (stain, colour, scale, blur and JPEG
+jitter); ``strong`` (shipped now) widens the scale range and strengthens the
+stain and colour jitter; ``strong_norm`` adds per-image colour standardisation.
+``python -m hematovision loso`` runs the chosen variants on the same machine and
 writes the table into ``evaluation.json`` and the model card, so every change
 to training can be judged by it.
 
@@ -33,7 +34,7 @@ import numpy as np
 from . import datasets as ds
 from . import metrics as m
 from .config import TRAINING_CLASSES, data_root
-from .training import AUGMENT_RECIPES, TrainConfig, cache_features, clean_cache_key, fit
+from .training import AUGMENT_RECIPES, TrainConfig, _limit, cache_features, clean_cache_key, fit
 
 log = logging.getLogger("hematovision.loso")
 
@@ -64,16 +65,17 @@ class LosoRun:
     work_dir: str
 
 
+def _test_subset(images: list[ds.LabeledImage], key: str, cfg: TrainConfig) -> list[ds.LabeledImage]:
+    """A test set, cut to ``cfg.limit_per_split`` per class for smoke runs, as training cuts its splits."""
+    return _limit(ds.test_set(images, key), cfg.limit_per_split, cfg.seed)
+
+
 def _test_features(bottom, cfg: TrainConfig, images: list[ds.LabeledImage], cache_root: Path) -> dict:
     """Clean bottom features of each test set, cached beside the training views."""
     out = {}
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
     for key in ds.TEST_SETS:
-        subset = ds.test_set(images, key)
-        if cfg.limit_per_split:
-            from .training import _limit
-
-            subset = _limit(subset, cfg.limit_per_split, cfg.seed)
+        subset = _test_subset(images, key, cfg)
         if not subset:
             continue
         x = cache_features(bottom, [(i, -1) for i in subset], cache_root / clean_cache_key(cfg) / f"test-{key}", cfg, desc=key)
@@ -132,9 +134,10 @@ def run_loso(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     return results
 
 
-def summary(results: list[LosoRun], cfg: TrainConfig, adaptation: list | None = None) -> dict:
+def summary(results: list[LosoRun], cfg: TrainConfig, adaptation: list | None = None, adaptation_variant: str = "") -> dict:
     """The JSON block for ``evaluation.json`` and the model card: each run, the gain of each
-    variant over ``baseline`` per held-out source, and the adaptation curve when measured."""
+    variant over ``baseline`` per held-out source, and the adaptation curve (measured on
+    ``adaptation_variant``'s models) when there is one."""
     by = {(r.variant, r.held_out): r for r in results}
     gains = {}
     for (variant, held_out), r in by.items():
@@ -148,8 +151,9 @@ def summary(results: list[LosoRun], cfg: TrainConfig, adaptation: list | None = 
                             "views_per_image": cfg.views_per_image, "first_trainable_block": cfg.first_trainable_block},
         "runs": [asdict(r) for r in results],
         "gain_over_baseline": gains,
-        **({"adaptation": {"rule": "adapt the robust LOSO model's head with N labeled images per class (distinct cells) from the held-out "
-                                    "source's train split; accuracy on its test split; per draw of labeled images",
+        **({"adaptation": {"rule": f"adapt the {adaptation_variant} LOSO model's head with N labeled images per class (distinct cells) "
+                                    "from the held-out source's train split; accuracy on its test split; per draw of labeled images",
+                           "variant": adaptation_variant,
                            "points": [asdict(p) for p in adaptation]}} if adaptation else {}),
     }
 
@@ -202,19 +206,6 @@ def _loso_network(run: LosoRun, cfg: TrainConfig):
     return net
 
 
-def _pooled_clean(features, images: list[ds.LabeledImage], input_size: int, batch_size: int = 64) -> np.ndarray:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .imaging import read_rgb, resize_for_model
-
-    out = []
-    with ThreadPoolExecutor(2) as pool:
-        for b in range(0, len(images), batch_size):
-            batch = list(pool.map(lambda i: resize_for_model(read_rgb(i.path), input_size), images[b:b + batch_size]))
-            out.append(np.asarray(features.predict_on_batch(np.stack(batch).astype(np.float32))))
-    return np.concatenate(out).astype(np.float64)
-
-
 def _draw(pool: list[ds.LabeledImage], n: int, rng: np.random.Generator) -> list[ds.LabeledImage]:
     """``n`` images of distinct original cells (a lab labels cells, not augmented copies of one)."""
     by_group: dict[str, list[ds.LabeledImage]] = {}
@@ -229,8 +220,9 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
                      draws: int = 3, variant: str = "robust", adapt_cfg=None) -> list[AdaptationPoint]:
     """For each held-out source: adapt that LOSO model's head with ``per_class`` labeled images per class
     drawn from the held-out source's *train* split, score on its *test* split. ``per_class`` 0 = no adaptation."""
-    from .adapt import AdaptConfig, adapt_head, feature_model, head_weights, pooled_features
+    from .adapt import POOL_LAYER, AdaptConfig, adapt_head, feature_model, head_weights, pooled_features
     from .imaging import read_rgb
+    from .inference import layer_outputs_keras
 
     root = root or data_root()
     adapt_cfg = adapt_cfg or AdaptConfig()
@@ -241,12 +233,8 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
         net = _loso_network(run, cfg)
         feats_model = feature_model(net)
         w0, b0 = head_weights(net)
-        test = ds.test_set(images, run.held_out_test)
-        if cfg.limit_per_split:
-            from .training import _limit
-
-            test = _limit(test, cfg.limit_per_split, cfg.seed)
-        x_test = _pooled_clean(feats_model, test, cfg.input_size)
+        test = _test_subset(images, run.held_out_test, cfg)
+        x_test = layer_outputs_keras(net, [i.path for i in test], cfg.input_size, POOL_LAYER, desc=run.held_out_test)
         y_test = np.array([cls_index[i.label] for i in test])
         base_acc = float(((x_test @ w0 + b0).argmax(1) == y_test).mean())
         points.append(AdaptationPoint(run.held_out, 0, [base_acc], base_acc, 0.0))
@@ -255,14 +243,14 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
         per_draw = []
         for d in range(draws):
             rng = np.random.default_rng([cfg.seed, d])
-            chosen = {c: _draw(pool[c], top_n, rng) for c in TRAINING_CLASSES}
-            flat = [i for c in TRAINING_CLASSES for i in chosen[c]]
+            flat = [i for c in TRAINING_CLASSES for i in _draw(pool[c], top_n, rng)]
+            rank = [k - next(j for j, x in enumerate(flat) if x.label == i.label) for k, i in enumerate(flat)]  # position within its class
             feats = pooled_features(feats_model, [read_rgb(i.path) for i in flat], cfg.input_size, adapt_cfg.views, adapt_cfg.augment, adapt_cfg.seed + d)
-            per_draw.append((flat, feats))
+            per_draw.append((flat, np.array(rank), feats))
         for n in per_class:
             accs, secs = [], []
-            for flat, feats in per_draw:
-                idx = [k for k, i in enumerate(flat) if [j for j in flat if j.label == i.label].index(i) < n]
+            for flat, rank, feats in per_draw:
+                idx = np.flatnonzero(rank < n)  # the first n drawn of each class: the smaller sets nest in the larger
                 y = np.array([cls_index[flat[k].label] for k in idx])
                 res = adapt_head(feats[idx], y, w0, b0, TRAINING_CLASSES, adapt_cfg)
                 accs.append(float(((x_test @ res.weights + res.bias).argmax(1) == y_test).mean()))

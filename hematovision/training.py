@@ -97,7 +97,7 @@ def strong_augment() -> dict:
 
 
 #: Augmentation recipes by name (``train --augment``, LOSO variants).
-AUGMENT_RECIPES = {"baseline": lambda: baseline_augment(), "robust": lambda: robust_augment(), "strong": lambda: strong_augment()}
+AUGMENT_RECIPES = {"baseline": baseline_augment, "robust": robust_augment, "strong": strong_augment}
 
 
 def _key(obj) -> str:

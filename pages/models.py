@@ -41,7 +41,8 @@ st.dataframe(
     },
 )
 if len(found) > 1:
-    choice = st.selectbox("Serve predictions with", [str(v.path) for v in found], index=[str(v.path) for v in found].index(str(current)) if str(current) in [str(v.path) for v in found] else 0,
+    paths = [str(v.path) for v in found]
+    choice = st.selectbox("Serve predictions with", paths, index=paths.index(str(current)) if str(current) in paths else 0,
                           format_func={str(v.path): v.label for v in found}.get, key="hv_models_choice")
     if st.button("Use this version", disabled=choice == str(current)):
         app_state.use_model(choice)
