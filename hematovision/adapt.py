@@ -32,7 +32,7 @@ import numpy as np
 
 from . import augment as aug
 from . import calibration
-from .imaging import resize_for_model
+from .framing import Jitter, model_input
 from .model import LOGITS_LAYER
 
 log = logging.getLogger("hematovision.adapt")
@@ -82,8 +82,9 @@ def head_weights(network) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pooled_features(features, images: Sequence[np.ndarray], input_size: int, views: int, augment_cfg: dict, seed: int,
-                    batch_size: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """``(len(images), views, F)`` pooled features; view 0 is the clean image, the rest augmented."""
+                    batch_size: int = 32, progress: Callable[[int], None] | None = None, framing: str = "full") -> np.ndarray:
+    """``(len(images), views, F)`` pooled features; view 0 is the clean image, the rest augmented
+    (and, for ``framing="cell"``, framed with a jittered box, as in training)."""
     cfg = aug.AugmentConfig(**{**augment_cfg, "zoom": tuple(augment_cfg["zoom"])})
     out = []
     batch: list[np.ndarray] = []
@@ -95,12 +96,14 @@ def pooled_features(features, images: Sequence[np.ndarray], input_size: int, vie
 
     for k, rgb in enumerate(images):
         for v in range(views):
+            jitter = None
             if v == 0:
                 view = rgb
             else:
                 rng = np.random.default_rng([seed, k, v, zlib.crc32(rgb[::17, ::17].tobytes())])
                 view = aug.augment(rgb, rng, cfg)
-            batch.append(resize_for_model(view, input_size))
+                jitter = Jitter.draw(rng) if framing == "cell" else None
+            batch.append(model_input(view, input_size, framing, jitter))
             if len(batch) >= batch_size:
                 flush()
         if progress:
@@ -272,12 +275,13 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     base = persistence.load_keras_model(base_dir, card)
     # The base temperature is inside the saved network: features and head weights are read before it.
     feats = pooled_features(feature_model(base), images, card.input_size, cfg.views, cfg.augment, cfg.seed,
-                            progress=(lambda k: progress(k, len(images))) if progress else None)
+                            progress=(lambda k: progress(k, len(images))) if progress else None, framing=card.framing)
     w0, b0 = head_weights(base)
     result = adapt_head(feats, y, w0, b0, card.classes, cfg)
     net = adapted_network(base, result)
     new = persistence.ModelCard(
-        name=name, classes=list(card.classes), input_size=card.input_size, temperature=result.temperature,
+        name=name, classes=list(card.classes), input_size=card.input_size, framing=card.framing, preprocessing=card.preprocessing,
+        temperature=result.temperature,
         default_threshold=float(result.threshold.threshold), parent=card.version,
         threshold={"target_accuracy": cfg.target_accuracy, "val_accuracy_accepted": result.threshold.accuracy, "val_coverage": result.threshold.coverage,
                    "val_flagged_share": 1 - result.threshold.coverage, "fitted_on": "cross-fitted logits of the labeled images"},

@@ -211,7 +211,7 @@ def _overlay(sha256: str, model_version: str, source: str, _clf, _rgb):
 
     explain = _gradcam(str(_clf.model_dir), _clf.card.model_sha256, _clf)
     hm = explain(_rgb)
-    return overlay(_rgb, hm.heat), _clf.classes_[hm.class_index]
+    return overlay(hm.image, hm.heat), _clf.classes_[hm.class_index]
 
 
 def gradcam_overlay(clf, sha256: str, source: str, rgb):

@@ -53,14 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
     t.add_argument("--augment", choices=["robust", "strong", "baseline"], help="augmentation recipe (default: strong, the shipped recipe; see docs/generalisation.md)")
     t.add_argument("--input-norm", choices=["none", "channel"], default="none", help="per-image colour standardisation inside the model (default: none)")
+    t.add_argument("--framing", choices=["cell", "full"], default="cell", help="cell: a square around the located nucleus (default); full: the whole image")
     t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
-    t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and robust) and record it in the new model")
+    t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and strong_cell) and record it in the new model")
 
     lo = sub.add_parser("loso", help="leave-one-source-out validation of the training recipe: train on one source, test on the other (resumable)")
     lo.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
     lo.add_argument("--work", default=".cache/loso", help="working directory; rerun with the same one to resume (default: .cache/loso)")
     lo.add_argument("--cache", default=".cache/features", help="feature cache shared with training runs (default: .cache/features)")
-    lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust, strong, strong_norm (see docs/generalisation.md)")
+    lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust, strong, strong_norm, strong_cell (see docs/generalisation.md)")
     lo.add_argument("--max-epochs", type=int, default=14)
     lo.add_argument("--input-size", type=int, default=192)
     lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
@@ -200,6 +201,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, first_trainable_block=args.first_trainable_block,
                       limit_per_split=args.limit_per_class, sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
     cfg.input_norm = args.input_norm
+    cfg.framing = args.framing
     if args.augment:
         from .training import AUGMENT_RECIPES
 
@@ -209,7 +211,7 @@ def cmd_train(args) -> int:
     if args.loso:
         from . import loso
 
-        results = loso.run_loso(work / "loso", cfg, root, cache_root=Path(args.cache))
+        results = loso.run_loso(work / "loso", cfg, root, cache_root=Path(args.cache), variants=("baseline", "strong_cell"))
         loso.record_in_model(out, loso.summary(results, cfg))
         print(loso.table(results))
     return 0

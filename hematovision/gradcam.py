@@ -17,26 +17,29 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .imaging import resize_for_model
+from .framing import model_input
 from .model import LAST_CONV_LAYER, LOGITS_LAYER
 
 
 @dataclass(frozen=True)
 class HeatMap:
-    """A Grad-CAM map at the image's size, in [0, 1]; ``class_index`` is the class it explains."""
+    """A Grad-CAM map over ``image``, in [0, 1]; ``class_index`` is the class it explains."""
 
-    heat: np.ndarray  # float32 [h, w]
+    heat: np.ndarray  # float32 [h, w] of ``image``
     class_index: int
     logits: np.ndarray  # the network's logits for the image (before temperature)
+    image: np.ndarray  # what the map lies over: the image itself, or the cell square the network saw (framing "cell")
 
 
 class GradCam:
     """Grad-CAM for one Keras network with ``out_relu`` and ``logits`` layers; build once, call per image."""
 
-    def __init__(self, network, input_size: int | None = None, conv_layer: str = LAST_CONV_LAYER, logits_layer: str = LOGITS_LAYER):
+    def __init__(self, network, input_size: int | None = None, conv_layer: str = LAST_CONV_LAYER, logits_layer: str = LOGITS_LAYER,
+                 framing: str = "full"):
         import keras
 
         self.input_size = input_size
+        self.framing = framing
         self._model = keras.Model(network.inputs, [network.get_layer(conv_layer).output, network.get_layer(logits_layer).output])
 
     def __call__(self, rgb: np.ndarray, class_index: int | None = None) -> HeatMap:
@@ -44,8 +47,10 @@ class GradCam:
         import tensorflow as tf
 
         rgb = np.asarray(rgb)
+        x = model_input(rgb, self.input_size, self.framing) if self.input_size else rgb
+        if self.framing == "cell" and self.input_size:
+            rgb = x  # the map explains the framed cell, so it is drawn over that
         h, w = rgb.shape[:2]
-        x = resize_for_model(rgb, self.input_size) if self.input_size else rgb
         x = tf.convert_to_tensor(x[None].astype(np.float32))
         with tf.GradientTape() as tape:
             conv, logits = self._model(x, training=False)
@@ -54,7 +59,7 @@ class GradCam:
         grads = tape.gradient(score, conv)[0].numpy()  # [hc, wc, c]
         maps = conv[0].numpy()
         cam = np.maximum((maps * grads.mean(axis=(0, 1))).sum(axis=-1), 0.0)
-        return HeatMap(_normalise_resize(cam, h, w), k, np.asarray(logits[0], dtype=np.float64))
+        return HeatMap(_normalise_resize(cam, h, w), k, np.asarray(logits[0], dtype=np.float64), rgb)
 
 
 def _normalise_resize(cam: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -78,4 +83,4 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarra
 
 def for_classifier(clf) -> GradCam:
     """Grad-CAM for the network that made ``clf``'s predictions (Keras, loaded on first use under LiteRT)."""
-    return GradCam(clf.network, clf.input_size)
+    return GradCam(clf.network, clf.input_size, framing=clf.framing)

@@ -22,7 +22,8 @@ import numpy as np
 
 from . import persistence
 from .config import model_dir as default_model_dir
-from .imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_rgb, resize_for_model, thumbnail
+from .framing import model_input
+from .imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_rgb, thumbnail
 from .sources import ImageInput
 
 
@@ -81,6 +82,7 @@ class Classifier:
         self.batch_size = batch_size
         self.classes_ = list(card.classes)
         self.input_size = int(card.input_size)
+        self.framing = card.framing
         self._runtime = runtime  # a callable float32 [n, S, S, 3] -> probabilities (LiteRT), or None for Keras
         self._fn = None
 
@@ -154,7 +156,7 @@ class Classifier:
         """Calibrated probabilities, shape ``(n, n_classes)``, for RGB uint8 arrays of any size."""
         out = []
         for b in range(0, len(images), self.batch_size):
-            chunk = [resize_for_model(im, self.input_size) for im in images[b:b + self.batch_size]]
+            chunk = [model_input(im, self.input_size, self.framing) for im in images[b:b + self.batch_size]]
             out.append(self._forward(np.stack(chunk).astype(np.float32)))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)))
 
@@ -188,7 +190,7 @@ class Classifier:
         """Finished batches, in order; the next batch decodes in ``pool`` while this one runs through the network."""
         pending: deque[list] = deque()
         for chunk in _chunks(inputs, self.batch_size):
-            pending.append([pool.submit(_prepare, it, self.input_size, limits, thumbnails) for it in chunk])
+            pending.append([pool.submit(_prepare, it, self.input_size, self.framing, limits, thumbnails) for it in chunk])
             if len(pending) > 1:
                 yield self._finish([f.result() for f in pending.popleft()], threshold)
         while pending:
@@ -221,8 +223,8 @@ def _chunks(items: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
-def _prepare(item: ImageInput, size: int, limits: ImageLimits, thumbnails: bool) -> _Prepared:
-    """Read, hash, decode and resize one input in a worker thread; never raises."""
+def _prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thumbnails: bool) -> _Prepared:
+    """Read, hash, decode and frame one input in a worker thread; never raises."""
     if item.error:
         return _Prepared(item, error=item.error)
     try:
@@ -238,17 +240,17 @@ def _prepare(item: ImageInput, size: int, limits: ImageLimits, thumbnails: bool)
         return _Prepared(item, sha, error=str(exc))
     except Exception as exc:  # defensive: the reader must never take the batch down
         return _Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
-    return _Prepared(item, sha, resize_for_model(dec.rgb, size), thumbnail(dec.rgb) if thumbnails else None, note=dec.note)
+    return _Prepared(item, sha, model_input(dec.rgb, size, framing), thumbnail(dec.rgb) if thumbnails else None, note=dec.note)
 
 
-def predict_logits_keras(network, paths: Sequence[Path], input_size: int, batch_size: int = 64, desc: str = "logits") -> np.ndarray:
+def predict_logits_keras(network, paths: Sequence[Path], input_size: int, framing: str, batch_size: int = 64, desc: str = "logits") -> np.ndarray:
     """Pre-softmax logits of a network for dataset files (training-time calibration)."""
     from .model import LOGITS_LAYER
 
-    return layer_outputs_keras(network, paths, input_size, LOGITS_LAYER, batch_size, desc)
+    return layer_outputs_keras(network, paths, input_size, framing, LOGITS_LAYER, batch_size, desc)
 
 
-def layer_outputs_keras(network, paths: Sequence[Path], input_size: int, layer: str, batch_size: int = 64, desc: str = "features") -> np.ndarray:
+def layer_outputs_keras(network, paths: Sequence[Path], input_size: int, framing: str, layer: str, batch_size: int = 64, desc: str = "features") -> np.ndarray:
     """One layer's outputs for trusted dataset files (float64), decoding in threads beside the forward pass."""
     import keras
     import tensorflow as tf
@@ -259,6 +261,6 @@ def layer_outputs_keras(network, paths: Sequence[Path], input_size: int, layer: 
     out = []
     with ThreadPoolExecutor(2) as pool:
         for b in tqdm(range(0, len(paths), batch_size), desc=desc, mininterval=5):
-            imgs = list(pool.map(lambda p: resize_for_model(read_rgb(p), input_size), paths[b:b + batch_size]))
+            imgs = list(pool.map(lambda p: model_input(read_rgb(p), input_size, framing), paths[b:b + batch_size]))
             out.append(np.asarray(fn(np.stack(imgs).astype(np.float32)), dtype=np.float64))
     return np.concatenate(out)

@@ -184,10 +184,10 @@ def keras_probabilities(network, batch: np.ndarray, chunk: int = 32) -> np.ndarr
     return np.concatenate([np.asarray(fn(batch[b:b + chunk])) for b in range(0, len(batch), chunk)])
 
 
-def _as_batch(images: Sequence[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
-    from .imaging import resize_for_model
+def _as_batch(images: Sequence[np.ndarray] | np.ndarray, size: int, framing: str) -> np.ndarray:
+    from .framing import model_input
 
-    return np.stack([resize_for_model(np.asarray(im), size) for im in images]).astype(np.float32)
+    return np.stack([model_input(np.asarray(im), size, framing) for im in images]).astype(np.float32)
 
 
 def check_litert(model_dir: str | Path, images: Sequence[np.ndarray] | np.ndarray, network=None) -> float:
@@ -196,7 +196,7 @@ def check_litert(model_dir: str | Path, images: Sequence[np.ndarray] | np.ndarra
     card = persistence.load_card(model_dir)
     if network is None:
         network = persistence.load_keras_model(model_dir, card)
-    batch = _as_batch(images, int(card.input_size))
+    batch = _as_batch(images, int(card.input_size), card.framing)
     runtime = LiteRTRuntime(model_dir / LITERT_FILE)
     lite = np.concatenate([runtime(batch[b:b + 32]) for b in range(0, len(batch), 32)])
     ref = keras_probabilities(network, batch)

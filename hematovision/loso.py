@@ -10,8 +10,10 @@ test split.
 Each *variant* is one training configuration. ``baseline`` is the recipe
 without the robustness measures (rotations, flips and small shifts only);
 ``robust`` is the first shipped recipe (stain, colour, scale, blur and JPEG
-jitter); ``strong`` (shipped now) widens the scale range and strengthens the
-stain and colour jitter; ``strong_norm`` adds per-image colour standardisation.
+jitter); ``strong`` widens the scale range and strengthens the stain and colour
+jitter; ``strong_norm`` adds per-image colour standardisation. All four see the
+whole image. ``strong_cell`` (shipped now) is ``strong`` on the framed cell
+(:mod:`hematovision.framing`).
 ``python -m hematovision loso`` runs the chosen variants on the same machine and
 writes the table into ``evaluation.json`` and the model card, so every change
 to training can be judged by it.
@@ -41,9 +43,12 @@ log = logging.getLogger("hematovision.loso")
 #: The test split that measures a source when it is held out.
 HELD_OUT_TEST = {"kaggle": "kaggle_test", "pbc": "pbc_test"}
 
-VARIANTS = {name: (lambda cfg, make=make: replace(cfg, augment=make())) for name, make in AUGMENT_RECIPES.items()}
+#: The augmentation recipes on the whole image (``framing="full"``), as they were first measured.
+VARIANTS = {name: (lambda cfg, make=make: replace(cfg, augment=make(), framing="full")) for name, make in AUGMENT_RECIPES.items()}
 #: ``strong`` plus per-image colour standardisation inside the model (``model.ChannelStandardise``).
-VARIANTS["strong_norm"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), input_norm="channel")
+VARIANTS["strong_norm"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), input_norm="channel", framing="full")
+#: ``strong`` on the framed cell (:mod:`hematovision.framing`): the shipped recipe.
+VARIANTS["strong_cell"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), framing="cell")
 
 
 @dataclass
@@ -231,10 +236,11 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
     points = []
     for run in [r for r in results if r.variant == variant]:
         net = _loso_network(run, cfg)
+        framing = VARIANTS[run.variant](cfg).framing
         feats_model = feature_model(net)
         w0, b0 = head_weights(net)
         test = _test_subset(images, run.held_out_test, cfg)
-        x_test = layer_outputs_keras(net, [i.path for i in test], cfg.input_size, POOL_LAYER, desc=run.held_out_test)
+        x_test = layer_outputs_keras(net, [i.path for i in test], cfg.input_size, framing, POOL_LAYER, desc=run.held_out_test)
         y_test = np.array([cls_index[i.label] for i in test])
         base_acc = float(((x_test @ w0 + b0).argmax(1) == y_test).mean())
         points.append(AdaptationPoint(run.held_out, 0, [base_acc], base_acc, 0.0))
@@ -245,7 +251,8 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
             rng = np.random.default_rng([cfg.seed, d])
             flat = [i for c in TRAINING_CLASSES for i in _draw(pool[c], top_n, rng)]
             rank = [k - next(j for j, x in enumerate(flat) if x.label == i.label) for k, i in enumerate(flat)]  # position within its class
-            feats = pooled_features(feats_model, [read_rgb(i.path) for i in flat], cfg.input_size, adapt_cfg.views, adapt_cfg.augment, adapt_cfg.seed + d)
+            feats = pooled_features(feats_model, [read_rgb(i.path) for i in flat], cfg.input_size, adapt_cfg.views, adapt_cfg.augment, adapt_cfg.seed + d,
+                                    framing=framing)
             per_draw.append((flat, np.array(rank), feats))
         for n in per_class:
             accs, secs = [], []

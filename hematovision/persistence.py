@@ -30,14 +30,19 @@ CARD_MD = "MODEL_CARD.md"
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 MANIFEST_FILE = "split_manifest.csv"
-PREPROCESSING_CHANNEL = (
-    "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> per image and channel to mean 128, "
-    "standard deviation 48 (ChannelStandardise) -> x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input); all inside the Keras model"
-)
 PREPROCESSING = (
     "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> x/127.5 - 1 "
     "(keras.applications.mobilenet_v2.preprocess_input); all inside the Keras model"
 )
+
+
+def preprocessing_text(framing: str = "full", input_norm: str = "none") -> str:
+    """What happens to a user's pixels before the network, in words, for the model card."""
+    first = ("RGB uint8 pixels -> a square around the located nucleus, side 2x the nucleus box, resized to input_size "
+             "(hematovision.framing, shared by training and serving) -> inside the Keras model: " if framing == "cell"
+             else "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> ")
+    norm = "per image and channel to mean 128, standard deviation 48 (ChannelStandardise) -> " if input_norm == "channel" else ""
+    return first + norm + "x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input)" + ("" if framing == "cell" else "; all inside the Keras model")
 
 
 class ModelError(RuntimeError):
@@ -61,6 +66,7 @@ class ModelCard:
     parent: str = ""  # for adapted versions: the model they were fine-tuned from
     intended_use: str = "Research and education only. Not a medical device; not for diagnosis."
     litert: dict = field(default_factory=dict)  # the exported model.tflite: sha256, check against Keras (see litert.py)
+    framing: str = "full"  # how the cell is framed before the network (framing.FRAMINGS); cards without it predate framing
 
     @property
     def version(self) -> str:
@@ -115,9 +121,14 @@ def load_card(model_dir: Path) -> ModelCard:
     try:
         data = json.loads(path.read_text())
         known = ModelCard.__dataclass_fields__
-        return ModelCard(**{k: v for k, v in data.items() if k in known})
+        card = ModelCard(**{k: v for k, v in data.items() if k in known})
     except (ValueError, TypeError) as exc:
         raise ModelError(f"model card {path} is unreadable ({exc}); restore it from git or retrain") from None
+    from .framing import FRAMINGS
+
+    if card.framing not in FRAMINGS:
+        raise ModelError(f"model card {path} asks for framing {card.framing!r}, which this version does not know ({', '.join(FRAMINGS)}); update HematoVision")
+    return card
 
 
 def write_card(card: ModelCard, model_dir: Path) -> None:

@@ -42,8 +42,9 @@ import numpy as np
 
 from . import augment as aug
 from . import datasets as ds
+from . import framing as fr
 from .config import TRAINING_CLASSES, data_root, weights_path
-from .imaging import read_rgb, resize_for_model
+from .imaging import read_rgb
 
 log = logging.getLogger("hematovision.training")
 
@@ -70,6 +71,7 @@ class TrainConfig:
     sources: tuple = ("kaggle", "pbc")  # discovered, split and cached
     train_on: tuple = ("kaggle", "pbc")  # fitted and validated on (leave-one-source-out uses one)
     input_norm: str = "none"  # or "channel": per-image colour standardisation inside the model (model.INPUT_NORMS)
+    framing: str = "cell"  # "cell": a square around the located nucleus; "full": the whole image (framing.FRAMINGS)
     limit_per_split: int = 0  # >0: small smoke runs for tests
 
 
@@ -114,25 +116,35 @@ def view_cache_key(cfg: TrainConfig) -> str:
 
     return "views-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.views_per_image,
                             {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}]
-                           + ([cfg.input_norm] if cfg.input_norm != "none" else []))
+                           + ([cfg.input_norm] if cfg.input_norm != "none" else []) + _framing_key(cfg))
 
 
 def clean_cache_key(cfg: TrainConfig) -> str:
     """Clean (un-augmented) views of validation and test images depend only on these."""
     from .model import SPLIT_LAYER
 
-    return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + ([cfg.input_norm] if cfg.input_norm != "none" else []))
+    return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + ([cfg.input_norm] if cfg.input_norm != "none" else [])
+                           + _framing_key(cfg))
+
+
+def _framing_key(cfg: TrainConfig) -> list:
+    """Caches of ``full``-framed runs keep the keys they had before framing existed."""
+    return [] if cfg.framing == "full" else [f"framing={cfg.framing}", fr.CELL_SCALE, fr.MIN_SIDE_FRACTION, fr.WORK_SIDE, fr.MIN_CONTRAST]
 
 
 # --------------------------------------------------------------------------- cache
 
 
 def _view(img: ds.LabeledImage, view: int, cfg: TrainConfig) -> np.ndarray:
+    """View ``view`` of an image as the network sees it (-1: clean, as served). Training views
+    are augmented, then framed with a jittered box so the model tolerates imperfect framing."""
     rgb = read_rgb(img.path)
+    jitter = None
     if view >= 0:
         rng = np.random.default_rng([cfg.seed, view, zlib.crc32(img.relpath.encode())])
         rgb = aug.augment(rgb, rng, aug.AugmentConfig(**{**cfg.augment[img.source], "zoom": tuple(cfg.augment[img.source]["zoom"])}))
-    return resize_for_model(rgb, cfg.input_size)
+        jitter = fr.Jitter.draw(rng) if cfg.framing == "cell" else None
+    return fr.model_input(rgb, cfg.input_size, cfg.framing, jitter)
 
 
 def cache_features(bottom, items: list[tuple[ds.LabeledImage, int]], path: Path, cfg: TrainConfig, chunk: int = 512, desc: str = "cache") -> np.ndarray:
@@ -343,7 +355,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     root = root or data_root()
     net, val = fitted["network"], fitted["val"]
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
-    logits = predict_logits_keras(net, [v.path for v in val], cfg.input_size, desc="validation logits")
+    logits = predict_logits_keras(net, [v.path for v in val], cfg.input_size, cfg.framing, desc="validation logits")
     y = np.array([cls_index[v.label] for v in val])
     temperature = calibration.fit_temperature(logits, y)
     probs = calibration.softmax(logits / temperature)
@@ -356,9 +368,10 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         name=name or out_dir.name,
         classes=list(TRAINING_CLASSES),
         input_size=cfg.input_size,
+        framing=cfg.framing,
         temperature=float(temperature),
         default_threshold=float(thr.threshold),
-        preprocessing=persistence.PREPROCESSING_CHANNEL if cfg.input_norm == "channel" else persistence.PREPROCESSING,
+        preprocessing=persistence.preprocessing_text(cfg.framing, cfg.input_norm),
         threshold={"target_accuracy": cfg.threshold_target_accuracy, "val_accuracy_accepted": thr.accuracy, "val_coverage": thr.coverage, "val_flagged_share": 1 - thr.coverage},
         training={
             "data_root": "<HEMATOVISION_DATA>",

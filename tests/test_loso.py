@@ -14,10 +14,11 @@ pytestmark = pytest.mark.slow
 
 def test_variants_share_clean_caches_but_not_view_caches():
     cfg = TrainConfig()
-    base, robust, strong = (loso.VARIANTS[v](cfg) for v in ("baseline", "robust", "strong"))
-    assert len({view_cache_key(robust), view_cache_key(base), view_cache_key(strong)}) == 3
-    assert view_cache_key(cfg) == view_cache_key(strong)  # the shipped recipe
-    assert clean_cache_key(cfg) == clean_cache_key(base) == clean_cache_key(strong)
+    base, robust, strong, cell = (loso.VARIANTS[v](cfg) for v in ("baseline", "robust", "strong", "strong_cell"))
+    assert len({view_cache_key(robust), view_cache_key(base), view_cache_key(strong), view_cache_key(cell)}) == 4
+    assert view_cache_key(cfg) == view_cache_key(cell)  # the shipped recipe
+    assert clean_cache_key(base) == clean_cache_key(strong) != clean_cache_key(cell) == clean_cache_key(cfg)  # framing changes clean views too
+    assert base.framing == strong.framing == "full" and cell.framing == "cell"
     from dataclasses import replace
 
     assert view_cache_key(replace(cfg, train_on=("pbc",), max_epochs=3)) == view_cache_key(cfg)  # LOSO reuses the main run's cache
