@@ -125,7 +125,8 @@ def worker_baseline(model: str, folder: str) -> dict:
     import numpy as np
 
     from hematovision import persistence
-    from hematovision.imaging import decode_image, resize_for_model
+    from hematovision.framing import model_input
+    from hematovision.imaging import decode_image
 
     card = persistence.load_card(Path(model))
     net = persistence.load_keras_model(Path(model), card)
@@ -133,7 +134,7 @@ def worker_baseline(model: str, folder: str) -> dict:
     net.predict(np.zeros((1, card.input_size, card.input_size, 3), np.float32), verbose=0)  # warm-up
     t0 = time.perf_counter()
     for f in files:
-        x = resize_for_model(decode_image(f.read_bytes()).rgb, card.input_size)
+        x = model_input(decode_image(f.read_bytes()).rgb, card.input_size, card.framing)
         net.predict(x[None].astype(np.float32), verbose=0)
     dt = time.perf_counter() - t0
     return {"n": len(files), "seconds": dt, "rss_mib": _rss_mib()}

@@ -105,6 +105,14 @@ def frame_cell(rgb: np.ndarray, size: int, jitter: Jitter | None = None) -> np.n
     y0 = box.cy + j.dy * side - side / 2
     sc = size / side
     border = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    if sc < 0.5:  # a large photograph: area-shrink just the square's region first, so the blur below stays cheap
+        xa, ya = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+        xb, yb = min(w, int(np.ceil(x0 + side))), min(h, int(np.ceil(y0 + side)))
+        f = 2 * sc
+        sub = rgb[ya:yb, xa:xb]
+        rgb = cv2.resize(sub, (max(1, round(sub.shape[1] * f)), max(1, round(sub.shape[0] * f))), interpolation=cv2.INTER_AREA)
+        x0, y0, side = (x0 - xa) * f, (y0 - ya) * f, side * f
+        sc = size / side
     if sc < 1:  # shrinking: smooth first so the warp does not alias (area-like)
         sigma = 0.5 / sc
         rgb = cv2.GaussianBlur(rgb, (0, 0), sigma) if sigma > 0.6 else rgb
