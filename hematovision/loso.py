@@ -49,6 +49,8 @@ VARIANTS = {name: (lambda cfg, make=make: replace(cfg, augment=make(), framing="
 VARIANTS["strong_norm"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), input_norm="channel", framing="full")
 #: ``strong`` on the framed cell (:mod:`hematovision.framing`): the shipped recipe.
 VARIANTS["strong_cell"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), framing="cell")
+#: ``strong_cell`` plus a white balance on the smear's background inside the model (``model.BackgroundBalance``).
+VARIANTS["strong_cell_bg"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), framing="cell", input_norm="background")
 
 
 @dataclass

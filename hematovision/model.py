@@ -49,12 +49,31 @@ def custom_objects() -> dict:
             std = ops.std(x, axis=(1, 2), keepdims=True)
             return ops.clip((x - mean) / (std + 1.0) * 48.0 + 128.0, 0.0, 255.0)
 
+    @keras.saving.register_keras_serializable(package="hematovision")
+    class BackgroundBalance(keras.layers.Layer):
+        """Per image: scale each colour channel so the background becomes neutral (230, 230, 230).
+
+        Labs differ in the colour cast of the whole field (PBC's is peach, Kaggle's lavender):
+        a white balance on the smear's background (the brightest pixels, softly selected above
+        mean + 1 s.d. of luminance) removes the cast but keeps the cell's colours *relative to
+        the background*, which is what tells eosinophil granules from neutrophil cytoplasm.
+        """
+
+        def call(self, x):
+            ops = keras.ops
+            lum = ops.mean(x, axis=-1, keepdims=True)
+            thr = ops.mean(lum, axis=(1, 2), keepdims=True) + ops.std(lum, axis=(1, 2), keepdims=True)
+            w = ops.sigmoid((lum - thr) / 4.0)
+            bg = ops.sum(w * x, axis=(1, 2), keepdims=True) / (ops.sum(w, axis=(1, 2), keepdims=True) + 1e-3)
+            return ops.clip(x * (230.0 / ops.maximum(bg, 16.0)), 0.0, 255.0)
+
     _CUSTOM["hematovision>ChannelStandardise"] = ChannelStandardise
+    _CUSTOM["hematovision>BackgroundBalance"] = BackgroundBalance
     return _CUSTOM
 
 
 #: ``input_norm`` values: what happens to the resized pixels before ``preprocess_input``.
-INPUT_NORMS = ("none", "channel")
+INPUT_NORMS = ("none", "channel", "background")
 
 
 def build_network(input_size: int, n_classes: int, *, temperature: float = 1.0, imagenet_weights: Path | None = None, dropout: float = 0.2,
@@ -69,6 +88,8 @@ def build_network(input_size: int, n_classes: int, *, temperature: float = 1.0, 
     x = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", name="resize")(inp)
     if input_norm == "channel":
         x = custom_objects()["hematovision>ChannelStandardise"](name="channel_standardise")(x)
+    elif input_norm == "background":
+        x = custom_objects()["hematovision>BackgroundBalance"](name="background_balance")(x)
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
     body = keras.applications.MobileNetV2(include_top=False, weights=None, input_tensor=x, alpha=1.0)
     if imagenet_weights is not None:

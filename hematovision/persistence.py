@@ -41,7 +41,8 @@ def preprocessing_text(framing: str = "full", input_norm: str = "none") -> str:
     first = ("RGB uint8 pixels -> a square around the located nucleus, side 2x the nucleus box, resized to input_size "
              "(hematovision.framing, shared by training and serving) -> inside the Keras model: " if framing == "cell"
              else "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> ")
-    norm = "per image and channel to mean 128, standard deviation 48 (ChannelStandardise) -> " if input_norm == "channel" else ""
+    norm = {"channel": "per image and channel to mean 128, standard deviation 48 (ChannelStandardise) -> ",
+            "background": "per image, each channel scaled so the background becomes 230 (BackgroundBalance) -> "}.get(input_norm, "")
     return first + norm + "x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input)" + ("" if framing == "cell" else "; all inside the Keras model")
 
 
