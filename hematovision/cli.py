@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     lo.add_argument("--adaptation", default="5,10,20,50", help="labeled images per class for the adaptation curve on the last variant's models ('' to skip)")
     lo.add_argument("--draws", type=int, default=3, help="draws of labeled images per point of the adaptation curve")
+    lo.add_argument("--seed", type=int, help="training seed (default: the recipe's); with another --work, repeats measure run-to-run noise")
     lo.add_argument("--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card")
 
     a = sub.add_parser("adapt", help="adapt a model to your laboratory from labeled images; saved as a new model version, never over the original")
@@ -208,6 +209,12 @@ def cmd_train(args) -> int:
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name)
+    from . import persistence
+
+    import shlex
+
+    command = "python -m hematovision " + shlex.join(args.argv)
+    persistence.update_card(out, lambda c: c.training.__setitem__("command", command))
     if args.loso:
         from . import loso
 
@@ -285,6 +292,8 @@ def cmd_loso(args) -> int:
     if args.record and not (Path(args.record) / "model_card.json").is_file():
         raise UsageError(f"--record: no model card in {args.record}")
     cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, limit_per_split=args.limit_per_class)
+    if args.seed is not None:
+        cfg.seed = args.seed
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = loso.run_loso(Path(args.work), cfg, root, cache_root=Path(args.cache), variants=variants)
     print(loso.table(results))
@@ -302,6 +311,7 @@ def cmd_loso(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in what a command writes (the model card)
     try:
         return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert}[args.command](args)
     except UsageError as exc:

@@ -12,7 +12,8 @@ How: the nucleus is the most blue-over-green thing on a Romanowsky-stained smear
 (red cells are pink, backgrounds white to yellowish, eosinophil granules orange).
 On a small copy of the image, ``B - G`` is thresholded (Otsu), nearby lobes are
 merged (a neutrophil's nucleus is several blobs), and the largest blob's bounding
-box, times :data:`CELL_SCALE`, is the square that is cut and resized. Where no
+box, times :data:`CELL_SCALE`, is the square that is cut and resized (about 0.5 ms
+for a 320x240 image on one core). Where no
 nucleus stands out (a grey image, a blank field), the whole image is used, as a
 ``full`` framing would.
 
@@ -44,6 +45,8 @@ CELL_SCALE = 2.0
 MIN_SIDE_FRACTION = 0.25
 #: The side (px) of the small copy the nucleus is searched on: a few milliseconds an image.
 WORK_SIDE = 128
+#: Bumped whenever the framing's pixels change (it keys the training feature caches).
+FRAMING_REVISION = 2
 #: A field whose strongest ``B - G`` (after blurring) is below this holds no stained nucleus.
 MIN_CONTRAST = 25
 
@@ -74,9 +77,9 @@ def locate_cell(rgb: np.ndarray) -> CellBox | None:
     """The nucleus's bounding box, or ``None`` where nothing blue-purple stands out."""
     h, w = rgb.shape[:2]
     s = WORK_SIDE / max(h, w)
-    small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    small = small.astype(np.int16)
-    score = cv2.GaussianBlur(np.clip(small[..., 2] - small[..., 1], 0, 255).astype(np.uint8), (0, 0), 1.0)
+    # Bilinear, not area, shrinking: 6x cheaper, and the blur below smooths what it aliases.
+    small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR)
+    score = cv2.GaussianBlur(cv2.subtract(small[..., 2], small[..., 1]), (0, 0), 1.0)  # B - G, saturating at 0
     if int(score.max()) < MIN_CONTRAST:
         return None
     _, mask = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -92,9 +95,16 @@ def locate_cell(rgb: np.ndarray) -> CellBox | None:
     return CellBox(cx=(x0 + x1) / 2 / s, cy=(y0 + y1) / 2 / s, extent=max(x1 - x0, y1 - y0) / s)
 
 
+def background_colour(rgb: np.ndarray) -> tuple[float, float, float]:
+    """The median colour of the image's border, leaving out black fill (a rotated field's corners)."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    lit = border[border.astype(np.int32).sum(axis=1) > 60]
+    return tuple(float(v) for v in np.median(lit if len(lit) else border, axis=0))
+
+
 def frame_cell(rgb: np.ndarray, size: int, jitter: Jitter | None = None) -> np.ndarray:
     """A ``size`` x ``size`` square around the cell; outside the image it is filled with the
-    image's median border colour (a smear's background), not mirrored cell parts."""
+    image's background colour (:func:`background_colour`), not mirrored cell parts."""
     box = locate_cell(rgb)
     if box is None:
         return resize_for_model(rgb, size)
@@ -104,21 +114,22 @@ def frame_cell(rgb: np.ndarray, size: int, jitter: Jitter | None = None) -> np.n
     x0 = box.cx + j.dx * side - side / 2
     y0 = box.cy + j.dy * side - side / 2
     sc = size / side
-    border = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
-    if sc < 0.5:  # a large photograph: area-shrink just the square's region first, so the blur below stays cheap
-        xa, ya = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
-        xb, yb = min(w, int(np.ceil(x0 + side))), min(h, int(np.ceil(y0 + side)))
+    fill = background_colour(rgb) if (x0 < 0 or y0 < 0 or x0 + side > w or y0 + side > h) else (0.0, 0.0, 0.0)
+    # Work on the part of the image the square covers, with a margin for the smoothing kernel and
+    # the bilinear taps, so the cost does not grow with the whole image.
+    margin = 2 + (int(np.ceil(4 * 0.5 / sc)) if sc < 1 else 0)
+    xa, ya = max(0, int(np.floor(x0)) - margin), max(0, int(np.floor(y0)) - margin)
+    xb, yb = min(w, int(np.ceil(x0 + side)) + margin), min(h, int(np.ceil(y0 + side)) + margin)
+    sub, x0, y0 = rgb[ya:yb, xa:xb], x0 - xa, y0 - ya
+    if sc < 0.5:  # a large photograph: area-shrink the region first, so the blur below stays cheap
         f = 2 * sc
-        sub = rgb[ya:yb, xa:xb]
-        rgb = cv2.resize(sub, (max(1, round(sub.shape[1] * f)), max(1, round(sub.shape[0] * f))), interpolation=cv2.INTER_AREA)
-        x0, y0, side = (x0 - xa) * f, (y0 - ya) * f, side * f
+        sub = cv2.resize(sub, (max(1, round(sub.shape[1] * f)), max(1, round(sub.shape[0] * f))), interpolation=cv2.INTER_AREA)
+        x0, y0, side = x0 * f, y0 * f, side * f
         sc = size / side
-    if sc < 1:  # shrinking: smooth first so the warp does not alias (area-like)
-        sigma = 0.5 / sc
-        rgb = cv2.GaussianBlur(rgb, (0, 0), sigma) if sigma > 0.6 else rgb
+    if sc < 1 and 0.5 / sc > 0.6:  # shrinking: smooth first so the warp does not alias (area-like)
+        sub = cv2.GaussianBlur(sub, (0, 0), 0.5 / sc)
     m = np.float32([[sc, 0, -x0 * sc], [0, sc, -y0 * sc]])
-    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=tuple(float(b) for b in border))
+    return cv2.warpAffine(sub, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
 
 
 def model_input(rgb: np.ndarray, size: int, framing: str = "full", jitter: Jitter | None = None) -> np.ndarray:

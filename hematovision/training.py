@@ -129,7 +129,7 @@ def clean_cache_key(cfg: TrainConfig) -> str:
 
 def _framing_key(cfg: TrainConfig) -> list:
     """Caches of ``full``-framed runs keep the keys they had before framing existed."""
-    return [] if cfg.framing == "full" else [f"framing={cfg.framing}", fr.CELL_SCALE, fr.MIN_SIDE_FRACTION, fr.WORK_SIDE, fr.MIN_CONTRAST]
+    return [] if cfg.framing == "full" else [f"framing={cfg.framing}", fr.FRAMING_REVISION, fr.CELL_SCALE, fr.MIN_SIDE_FRACTION, fr.WORK_SIDE, fr.MIN_CONTRAST]
 
 
 # --------------------------------------------------------------------------- cache

@@ -27,3 +27,24 @@ def test_channel_standardisation_undoes_a_per_channel_colour_shift(normed):
     layer = normed.get_layer("channel_standardise")
     out = np.asarray(layer(x))
     assert np.allclose(out.mean(axis=(1, 2)), 128, atol=0.5) and np.allclose(out.std(axis=(1, 2)), 48, atol=2.0)  # std / (std + 1): within 2
+
+
+def test_background_balance_neutralises_the_cast_and_keeps_the_cell_relative_to_it(tmp_path):
+    import keras
+
+    from hematovision.model import custom_objects
+
+    net = build_network(32, 4, input_norm="background")
+    layer = net.get_layer("background_balance")
+    field = np.full((1, 32, 32, 3), (235.0, 215.0, 195.0), np.float32)  # a peach background
+    field[0, 10:22, 10:22] = (120.0, 60.0, 170.0)  # a nucleus
+    cast = field * np.array([0.85, 1.0, 1.15], np.float32)  # the same field under a bluish lamp
+    out, out_cast = np.asarray(layer(field)), np.asarray(layer(cast))
+    assert np.allclose(out[0, 0, 0], 230, atol=3) and np.allclose(out_cast[0, 0, 0], 230, atol=3)  # background neutral
+    np.testing.assert_allclose(out, out_cast, atol=2)  # the cast is gone
+    ratio = out[0, 16, 16] / out[0, 0, 0]
+    np.testing.assert_allclose(ratio, field[0, 16, 16] / field[0, 0, 0], rtol=0.05)  # the cell, relative to background, kept
+    path = tmp_path / "m.keras"
+    net.save(path)
+    again = keras.saving.load_model(path, custom_objects=custom_objects(), compile=False)
+    np.testing.assert_allclose(again.predict(cast, verbose=0), net.predict(cast, verbose=0), atol=1e-6)
