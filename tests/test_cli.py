@@ -91,3 +91,19 @@ def test_two_thousand_images_stream_through_the_cli(tmp_path, tiny_model_dir):
     rows = list(csv.DictReader(open(out)))
     assert [Path(x["file"]).name for x in rows] == [f"{k:04d}.png" for k in range(2000)]
     assert [x["file"] for x in rows if x["error"]] == [str(folder / "1234.png")]
+
+
+def test_train_records_its_command_line_in_the_card(tmp_path, monkeypatch):
+    """The card says how to reproduce the model: the exact ``train`` arguments (the fit itself is
+    exercised by test_training_smoke; here it is replaced by a tiny model)."""
+    from conftest import make_tiny_model_dir
+    from hematovision import cli, persistence, training
+
+    def fake_train(out, work, cfg, root, **kw):
+        assert cfg.framing == "full" and cfg.max_epochs == 3
+        return make_tiny_model_dir(out)
+
+    monkeypatch.setattr(training, "train_command", fake_train)
+    out = tmp_path / "m"
+    assert cli.main(["train", "--out", str(out), "--max-epochs", "3", "--framing", "full", "--data", str(tmp_path)]) == 0
+    assert persistence.load_card(out).training["command"] == f"python -m hematovision train --out {out} --max-epochs 3 --framing full --data {tmp_path}"

@@ -22,6 +22,7 @@ def test_train_command_end_to_end_and_resume(tmp_path, data_root):
     assert (work / "state.json").exists() and json.loads((work / "state.json").read_text())["phase"] == "done"
     card = persistence.load_card(out)
     assert card.input_size == 64 and card.temperature > 0 and card.training["history"]
+    assert card.framing == "cell" and "nucleus" in card.preprocessing  # the recipe's framing, recorded for serving
     clf = Classifier.load(out)
     assert clf.classes_ == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     # A second run with the same working directory resumes: nothing is recomputed.
