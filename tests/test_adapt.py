@@ -141,3 +141,20 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
     assert "on 11 images" in out
     assert ("flags every prediction" in err) == (persistence.load_card(versions.adapted_root() / "from-reviews").default_threshold >= 0.999)
     assert main(["adapt", "--name", "nothing", "--model", str(base)]) == 2  # neither PATH nor --from-reviews
+
+
+def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
+    """A ``cell`` parent's child frames cells too, and its features are those of the framed views."""
+    from hematovision.adapt import feature_model, pooled_features
+    from hematovision.framing import frame_cell
+
+    base = make_tiny_model_dir(tmp_path / "base")
+    persistence.update_card(base, lambda c: setattr(c, "framing", "cell"))
+    images, labels = _blobs(6)
+    out = adapt_model(base, images, labels, tmp_path / "lab-c", "lab-c", AdaptConfig(views=2, steps=50), litert=False)
+    assert persistence.load_card(out).framing == "cell"
+    net = persistence.load_keras_model(base, persistence.load_card(base))
+    feats = pooled_features(feature_model(net), images[:3], 32, 2, AdaptConfig().augment, 0, framing="cell")
+    clean = feature_model(net).predict(np.stack([frame_cell(im, 32) for im in images[:3]]).astype(np.float32), verbose=0)
+    assert feats.shape[:2] == (3, 2)
+    np.testing.assert_allclose(feats[:, 0], clean, atol=1e-5)  # view 0 is the clean, framed image

@@ -92,3 +92,16 @@ def test_for_classifier_uses_the_network_that_predicted(tiny_model_dir):
     img = _rgb(image_bytes("PNG", seed=5))
     hm = gradcam.for_classifier(clf)(img)
     assert clf.classes_[hm.class_index] == clf.predict([img])[0]
+
+
+def test_cell_framed_models_explain_the_framed_cell():
+    """For a ``cell`` model the map lies over the square the network saw, and explains its prediction."""
+    from hematovision.framing import frame_cell
+    from test_framing import smear
+
+    net = build_tiny_network(32)
+    field = smear()
+    hm = gradcam.GradCam(net, 32, framing="cell")(field)
+    np.testing.assert_array_equal(hm.image, frame_cell(field, 32))
+    assert hm.heat.shape == (32, 32) and gradcam.overlay(hm.image, hm.heat).shape == (32, 32, 3)
+    assert hm.class_index == int(np.argmax(net.predict(frame_cell(field, 32)[None].astype(np.float32), verbose=0)[0]))
