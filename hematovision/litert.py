@@ -31,8 +31,11 @@ with the 192 px model on a quiet machine.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -56,6 +59,31 @@ THREADS_ENV = "HEMATOVISION_LITERT_THREADS"
 #: Independent interpreters that split each batch (threads are divided between them);
 #: ``$HEMATOVISION_LITERT_PARALLEL`` overrides. Default: one per thread for a batch-1 flat-buffer.
 PARALLEL_ENV = "HEMATOVISION_LITERT_PARALLEL"
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """Silence file descriptor 2 while the interpreter is built: its native runtime logs an INFO line
+    there on every start, which the CLI's users took for a problem. Errors still raise in Python;
+    ``HEMATOVISION_LITERT_VERBOSE=1`` keeps the native log."""
+    if os.environ.get("HEMATOVISION_LITERT_VERBOSE"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (an embedded interpreter): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 class LiteRTRuntime:
@@ -87,8 +115,9 @@ class LiteRTRuntime:
     def _new_interpreter(self, threads: int):
         from ai_edge_litert.interpreter import Interpreter
 
-        interp = Interpreter(model_path=str(self.model_path), num_threads=threads)
-        interp.allocate_tensors()
+        with _native_stderr_quiet():  # the runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line
+            interp = Interpreter(model_path=str(self.model_path), num_threads=threads)
+            interp.allocate_tensors()
         return interp
 
     @property
