@@ -168,7 +168,7 @@ def adapt_head(feats: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray,
             yt = np.repeat(y[tr], views)
             w, b = fit_head(xt, yt, w0, b0, cfg, np.repeat(_balanced(y[tr]), views))
             oof[~tr] = feats[~tr, 0] @ w + b  # scored on the clean view, as served
-        temperature = calibration.fit_temperature(oof, y)
+        temperature = calibration.fit_temperature(oof, y, smoothing=1.0 / (len(y) + 2))  # a few labels never justify certainty
     else:  # a class with one image: no cross-fitting possible, keep the base temperature scale
         oof = feats[:, 0] @ w0 + b0
         temperature = 1.0

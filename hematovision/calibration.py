@@ -25,12 +25,29 @@ def nll(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature ``T > 0`` minimising the NLL of ``softmax(logits / T)``."""
+def fit_temperature(logits: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -> float:
+    """The temperature ``T > 0`` minimising the cross-entropy of ``softmax(logits / T)``.
+
+    ``smoothing`` > 0 fits against targets of ``1 - smoothing`` on the true class (the rest
+    spread evenly): for a few perfectly separated examples the plain NLL optimum is ``T -> 0``
+    (certainty that n = 80 labels cannot support); with ``smoothing = 1 / (n + 2)``, Laplace's
+    rule of succession, the fitted confidence stays near what n correct answers justify.
+    """
     from scipy.optimize import minimize_scalar
 
     logits = np.asarray(logits, dtype=np.float64)
-    res = minimize_scalar(lambda lt: nll(logits / np.exp(lt), y), bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    y = np.asarray(y, int)
+    k = logits.shape[1]
+    target = np.full(logits.shape, smoothing / max(1, k - 1))
+    target[np.arange(len(y)), y] = 1.0 - smoothing
+
+    def loss(lt: float) -> float:
+        z = logits / np.exp(lt)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-(target * logp).sum(axis=1).mean())
+
+    res = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))
 
 

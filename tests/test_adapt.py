@@ -62,6 +62,8 @@ def test_adapt_model_saves_a_new_version_and_never_touches_the_parent(tmp_path):
     parent = persistence.load_card(base)
     assert card.parent == parent.version and card.version != parent.version and card.name == "lab-a"
     assert card.training["adaptation"]["labeled_counts"] == {c: 6 for c in CLASSES}
+    # Separable labels: calibration must not turn 24 right answers into certainty (T at its floor, threshold 1.0).
+    assert card.temperature > 0.1 and card.default_threshold < 0.999
     assert (base / "model.keras").read_bytes() == before
     from hematovision.inference import Classifier
 

@@ -130,6 +130,23 @@ def test_fitted_temperature_lowers_nll_and_ece_on_overconfident_logits():
     np.testing.assert_array_equal(cal.softmax(over / t).argmax(1), over.argmax(1))
 
 
+def test_smoothed_temperature_stays_finite_on_perfectly_separated_labels():
+    """80 labels all predicted right: the plain NLL optimum is certainty (T at its floor); Laplace-smoothed
+    targets keep the mean confidence near (n + 1) / (n + 2), what 80 correct answers justify."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(N_CLS), 20)
+    logits = rng.normal(0, 1, (len(y), N_CLS))
+    logits[np.arange(len(y)), y] += 6.0  # every example right, by a wide margin
+    assert cal.fit_temperature(logits, y) < 0.06  # at the search floor (0.05)
+    s = 1 / (len(y) + 2)
+    t = cal.fit_temperature(logits, y, smoothing=s)
+    assert t > 0.2
+    assert cal.softmax(logits / t).max(1).mean() == pytest.approx(1 - s, abs=0.01)
+    # Without smoothing, the same fit as before (a plain NLL minimum).
+    y2, lg2, _ = random_case(1, n=500)
+    assert cal.fit_temperature(lg2, y2, smoothing=0.0) == pytest.approx(cal.fit_temperature(lg2, y2))
+
+
 def test_uncalibrate_inverts_temperature():
     _, logits, _ = random_case(2)
     np.testing.assert_allclose(cal.uncalibrate(cal.softmax(logits / 1.7), 1.7), cal.softmax(logits), atol=1e-9)
