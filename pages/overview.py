@@ -50,6 +50,9 @@ c[2].metric("Input size", f"{card.input_size} px")
 c[3].metric("Temperature", f"{card.temperature:.2f}")
 st.markdown("**Classes:** " + ", ".join(f"`{x}`" for x in card.classes))
 st.caption(f"Model version `{card.version}` · {card.architecture}")
+if card.framing == "cell":
+    st.caption("Each image is first framed on its white cell: the nucleus is located by its stain and a square twice "
+               "its size is cut around it, so cells from differently cropped or magnified images reach the model at one scale.")
 if card.threshold.get("target_accuracy") is not None:
     st.caption(f"The default threshold was chosen on validation data to reach about "
                f"{card.threshold['target_accuracy']:.0%} accuracy on accepted images.")

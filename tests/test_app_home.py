@@ -56,6 +56,17 @@ def test_home_with_evaluation(tmp_path, tiny_model_dir, monkeypatch):
     assert list(table["Test set"]) == ["Kaggle TEST", "PBC test"]
     assert table.loc[0, "Accuracy"] == "87.1%" and table.loc[0, "ECE after calibration"] == "0.021"
     assert table.loc[0, "Per-cell accuracy"] == "84.5%" and table.loc[1, "Per-cell accuracy"] == "–"
+    assert "framed on its white cell" not in text  # the tiny model sees the whole image
+
+
+def test_home_says_when_the_model_frames_the_cell(tmp_path, tiny_model_dir, monkeypatch):
+    from hematovision import persistence
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    persistence.update_card(model, lambda c: setattr(c, "framing", "cell"))
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(model))
+    assert "framed on its white cell" in _text(_app())
 
 
 def test_home_without_evaluation(tiny_model_dir, monkeypatch):
