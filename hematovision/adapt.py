@@ -280,7 +280,7 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     result = adapt_head(feats, y, w0, b0, card.classes, cfg)
     net = adapted_network(base, result)
     new = persistence.ModelCard(
-        name=name, classes=list(card.classes), input_size=card.input_size, framing=card.framing, preprocessing=card.preprocessing,
+        name=name, classes=list(card.classes), input_size=card.input_size, framing=card.framing, framing_revision=card.framing_revision, preprocessing=card.preprocessing,
         temperature=result.temperature,
         default_threshold=float(result.threshold.threshold), parent=card.version,
         threshold={"target_accuracy": cfg.target_accuracy, "val_accuracy_accepted": result.threshold.accuracy, "val_coverage": result.threshold.coverage,

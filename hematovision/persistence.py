@@ -68,6 +68,7 @@ class ModelCard:
     intended_use: str = "Research and education only. Not a medical device; not for diagnosis."
     litert: dict = field(default_factory=dict)  # the exported model.tflite: sha256, check against Keras (see litert.py)
     framing: str = "full"  # how the cell is framed before the network (framing.FRAMINGS); cards without it predate framing
+    framing_revision: int = 0  # for framing "cell": framing.FRAMING_REVISION the model was trained with
 
     @property
     def version(self) -> str:
@@ -125,10 +126,13 @@ def load_card(model_dir: Path) -> ModelCard:
         card = ModelCard(**{k: v for k, v in data.items() if k in known})
     except (ValueError, TypeError) as exc:
         raise ModelError(f"model card {path} is unreadable ({exc}); restore it from git or retrain") from None
-    from .framing import FRAMINGS
+    from .framing import FRAMING_REVISION, FRAMINGS
 
     if card.framing not in FRAMINGS:
         raise ModelError(f"model card {path} asks for framing {card.framing!r}, which this version does not know ({', '.join(FRAMINGS)}); update HematoVision")
+    if card.framing == "cell" and card.framing_revision != FRAMING_REVISION:
+        raise ModelError(f"model card {path}: the model was trained with cell framing revision {card.framing_revision}, this HematoVision frames "
+                         f"with revision {FRAMING_REVISION}; serving it would feed it differently framed cells: retrain it, or use the matching HematoVision")
     return card
 
 

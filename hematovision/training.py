@@ -369,6 +369,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         classes=list(TRAINING_CLASSES),
         input_size=cfg.input_size,
         framing=cfg.framing,
+        framing_revision=fr.FRAMING_REVISION if cfg.framing == "cell" else 0,
         temperature=float(temperature),
         default_threshold=float(thr.threshold),
         preprocessing=persistence.preprocessing_text(cfg.framing, cfg.input_norm),

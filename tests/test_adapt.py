@@ -8,6 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from hematovision.framing import FRAMING_REVISION
+
 from conftest import CLASSES, make_tiny_model_dir
 from hematovision import persistence, versions
 from hematovision.adapt import AdaptConfig, adapt_head, adapt_model, fit_head
@@ -161,7 +163,7 @@ def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
     from hematovision.framing import frame_cell
 
     base = make_tiny_model_dir(tmp_path / "base")
-    persistence.update_card(base, lambda c: setattr(c, "framing", "cell"))
+    persistence.update_card(base, lambda c: c.__dict__.update(framing="cell", framing_revision=FRAMING_REVISION))
     images, labels = _blobs(6)
     out = adapt_model(base, images, labels, tmp_path / "lab-c", "lab-c", AdaptConfig(views=2, steps=50), litert=False)
     assert persistence.load_card(out).framing == "cell"

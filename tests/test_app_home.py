@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from hematovision.framing import FRAMING_REVISION
 from streamlit.testing.v1 import AppTest
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -64,7 +66,7 @@ def test_home_says_when_the_model_frames_the_cell(tmp_path, tiny_model_dir, monk
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    persistence.update_card(model, lambda c: setattr(c, "framing", "cell"))
+    persistence.update_card(model, lambda c: c.__dict__.update(framing="cell", framing_revision=FRAMING_REVISION))
     monkeypatch.setenv("HEMATOVISION_MODEL", str(model))
     assert "framed on its white cell" in _text(_app())
 

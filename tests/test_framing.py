@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from hematovision.framing import FRAMING_REVISION
+
 from conftest import make_tiny_model_dir
 from hematovision import framing, persistence
 from hematovision.imaging import resize_for_model
@@ -92,6 +94,14 @@ def test_card_records_framing_and_old_cards_mean_full(tmp_path):
     (d / persistence.CARD_FILE).write_text(json.dumps(data))
     with pytest.raises(persistence.ModelError, match="framing 'hexagon'"):
         persistence.load_card(d)
+    # A cell model trained with another revision of the framing code is refused, not fed different crops.
+    data.update(framing="cell", framing_revision=FRAMING_REVISION - 1)
+    (d / persistence.CARD_FILE).write_text(json.dumps(data))
+    with pytest.raises(persistence.ModelError, match=f"revision {FRAMING_REVISION - 1}"):
+        persistence.load_card(d)
+    data["framing_revision"] = FRAMING_REVISION
+    (d / persistence.CARD_FILE).write_text(json.dumps(data))
+    assert persistence.load_card(d).framing == "cell"
 
 
 def test_serving_applies_the_cards_framing(tmp_path):
@@ -100,7 +110,7 @@ def test_serving_applies_the_cards_framing(tmp_path):
 
     d = make_tiny_model_dir(tmp_path / "m")
     full = Classifier.load(d, backend="keras")
-    persistence.update_card(d, lambda c: setattr(c, "framing", "cell"))
+    persistence.update_card(d, lambda c: c.__dict__.update(framing="cell", framing_revision=FRAMING_REVISION))
     cell = Classifier.load(d, backend="keras")
     fields = [smear(), smear(nucleus=((60, 170, 18),))]
     framed = [framing.frame_cell(f, 32) for f in fields]

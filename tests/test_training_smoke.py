@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hematovision import persistence
+from hematovision.framing import FRAMING_REVISION
 from hematovision.inference import Classifier
 from hematovision.training import TrainConfig, train_command
 
@@ -22,7 +23,7 @@ def test_train_command_end_to_end_and_resume(tmp_path, data_root):
     assert (work / "state.json").exists() and json.loads((work / "state.json").read_text())["phase"] == "done"
     card = persistence.load_card(out)
     assert card.input_size == 64 and card.temperature > 0 and card.training["history"]
-    assert card.framing == "cell" and "nucleus" in card.preprocessing  # the recipe's framing, recorded for serving
+    assert card.framing == "cell" and card.framing_revision == FRAMING_REVISION and "nucleus" in card.preprocessing  # the recipe's framing, recorded for serving
     clf = Classifier.load(out)
     assert clf.classes_ == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     # A second run with the same working directory resumes: nothing is recomputed.
