@@ -41,10 +41,8 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -
     target = np.full(logits.shape, smoothing / max(1, k - 1))
     target[np.arange(len(y)), y] = 1.0 - smoothing
 
-    def loss(lt: float) -> float:
-        z = logits / np.exp(lt)
-        z = z - z.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    def loss(lt: float) -> float:  # with smoothing 0 this is exactly :func:`nll`
+        logp = np.log(np.clip(softmax(logits / np.exp(lt)), 1e-12, None))
         return float(-(target * logp).sum(axis=1).mean())
 
     res = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")

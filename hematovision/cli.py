@@ -22,6 +22,8 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .model import INPUT_NORMS  # a constant; TensorFlow is imported only inside model's functions
+
     p = argparse.ArgumentParser(prog="python -m hematovision", description="HematoVision: white-blood-cell classification (research and education use, not diagnosis).")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
     t.add_argument("--augment", choices=["robust", "strong", "baseline"], help="augmentation recipe (default: strong, the shipped recipe; see docs/generalisation.md)")
-    t.add_argument("--input-norm", choices=["none", "channel"], default="none", help="per-image colour standardisation inside the model (default: none)")
+    t.add_argument("--input-norm", choices=INPUT_NORMS, default="none", help="per-image colour layer inside the model: channel standardisation or background white balance (default: none; both measured worse, docs/generalisation.md)")
     t.add_argument("--framing", choices=["cell", "full"], default="cell", help="cell: a square around the located nucleus (default); full: the whole image")
     t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
     t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and strong_cell) and record it in the new model")
@@ -209,9 +211,9 @@ def cmd_train(args) -> int:
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name)
-    from . import persistence
-
     import shlex
+
+    from . import persistence
 
     command = "python -m hematovision " + shlex.join(args.argv)
     persistence.update_card(out, lambda c: c.training.__setitem__("command", command))

@@ -43,14 +43,19 @@ log = logging.getLogger("hematovision.loso")
 #: The test split that measures a source when it is held out.
 HELD_OUT_TEST = {"kaggle": "kaggle_test", "pbc": "pbc_test"}
 
+def _variant(recipe: str, **changes):
+    """A variant: the base config with augmentation recipe ``recipe`` and ``changes``."""
+    return lambda cfg: replace(cfg, augment=AUGMENT_RECIPES[recipe](), **changes)
+
+
 #: The augmentation recipes on the whole image (``framing="full"``), as they were first measured.
-VARIANTS = {name: (lambda cfg, make=make: replace(cfg, augment=make(), framing="full")) for name, make in AUGMENT_RECIPES.items()}
+VARIANTS = {name: _variant(name, framing="full") for name in AUGMENT_RECIPES}
 #: ``strong`` plus per-image colour standardisation inside the model (``model.ChannelStandardise``).
-VARIANTS["strong_norm"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), input_norm="channel", framing="full")
+VARIANTS["strong_norm"] = _variant("strong", input_norm="channel", framing="full")
 #: ``strong`` on the framed cell (:mod:`hematovision.framing`): the shipped recipe.
-VARIANTS["strong_cell"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), framing="cell")
+VARIANTS["strong_cell"] = _variant("strong", framing="cell")
 #: ``strong_cell`` plus a white balance on the smear's background inside the model (``model.BackgroundBalance``).
-VARIANTS["strong_cell_bg"] = lambda cfg: replace(cfg, augment=AUGMENT_RECIPES["strong"](), framing="cell", input_norm="background")
+VARIANTS["strong_cell_bg"] = _variant("strong", framing="cell", input_norm="background")
 
 
 @dataclass
@@ -205,9 +210,9 @@ class AdaptationPoint:
 
 
 def _loso_network(run: LosoRun, cfg: TrainConfig):
+    """The run's best network; ``cfg`` is the run's variant config."""
     from .model import build_network
 
-    cfg = VARIANTS[run.variant](cfg)
     net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout, input_norm=cfg.input_norm)
     net.load_weights(str(Path(run.work_dir) / "best.weights.h5"))
     return net
@@ -237,12 +242,12 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
     points = []
     for run in [r for r in results if r.variant == variant]:
-        net = _loso_network(run, cfg)
-        framing = VARIANTS[run.variant](cfg).framing
+        vcfg = VARIANTS[run.variant](cfg)
+        net = _loso_network(run, vcfg)
         feats_model = feature_model(net)
         w0, b0 = head_weights(net)
         test = _test_subset(images, run.held_out_test, cfg)
-        x_test = layer_outputs_keras(net, [i.path for i in test], cfg.input_size, framing, POOL_LAYER, desc=run.held_out_test)
+        x_test = layer_outputs_keras(net, [i.path for i in test], cfg.input_size, vcfg.framing, POOL_LAYER, desc=run.held_out_test)
         y_test = np.array([cls_index[i.label] for i in test])
         base_acc = float(((x_test @ w0 + b0).argmax(1) == y_test).mean())
         points.append(AdaptationPoint(run.held_out, 0, [base_acc], base_acc, 0.0))
@@ -254,7 +259,7 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
             flat = [i for c in TRAINING_CLASSES for i in _draw(pool[c], top_n, rng)]
             rank = [k - next(j for j, x in enumerate(flat) if x.label == i.label) for k, i in enumerate(flat)]  # position within its class
             feats = pooled_features(feats_model, [read_rgb(i.path) for i in flat], cfg.input_size, adapt_cfg.views, adapt_cfg.augment, adapt_cfg.seed + d,
-                                    framing=framing)
+                                    framing=vcfg.framing)
             per_draw.append((flat, np.array(rank), feats))
         for n in per_class:
             accs, secs = [], []

@@ -30,12 +30,6 @@ CARD_MD = "MODEL_CARD.md"
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 MANIFEST_FILE = "split_manifest.csv"
-PREPROCESSING = (
-    "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> x/127.5 - 1 "
-    "(keras.applications.mobilenet_v2.preprocess_input); all inside the Keras model"
-)
-
-
 def preprocessing_text(framing: str = "full", input_norm: str = "none") -> str:
     """What happens to a user's pixels before the network, in words, for the model card."""
     first = ("RGB uint8 pixels -> a square around the located nucleus, side 2x the nucleus box, resized to input_size "
@@ -59,7 +53,7 @@ class ModelCard:
     default_threshold: float
     threshold: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
-    preprocessing: str = PREPROCESSING
+    preprocessing: str = field(default_factory=lambda: preprocessing_text())
     architecture: str = "MobileNetV2 (alpha 1.0, ImageNet init) + global average pool + dropout + dense; temperature-scaled softmax"
     libraries: dict = field(default_factory=dict)
     created: str = ""

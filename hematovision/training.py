@@ -116,20 +116,22 @@ def view_cache_key(cfg: TrainConfig) -> str:
 
     return "views-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.views_per_image,
                             {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}]
-                           + ([cfg.input_norm] if cfg.input_norm != "none" else []) + _framing_key(cfg))
+                           + _input_key(cfg))
 
 
 def clean_cache_key(cfg: TrainConfig) -> str:
     """Clean (un-augmented) views of validation and test images depend only on these."""
     from .model import SPLIT_LAYER
 
-    return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + ([cfg.input_norm] if cfg.input_norm != "none" else [])
-                           + _framing_key(cfg))
+    return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + _input_key(cfg))
 
 
-def _framing_key(cfg: TrainConfig) -> list:
-    """Caches of ``full``-framed runs keep the keys they had before framing existed."""
-    return [] if cfg.framing == "full" else [f"framing={cfg.framing}", fr.FRAMING_REVISION, fr.CELL_SCALE, fr.MIN_SIDE_FRACTION, fr.WORK_SIDE, fr.MIN_CONTRAST]
+def _input_key(cfg: TrainConfig) -> list:
+    """What the input layer and the framing add to a cache key; runs without them (``input_norm="none"``,
+    ``framing="full"``) keep the keys they had before either existed."""
+    norm = [cfg.input_norm] if cfg.input_norm != "none" else []
+    framing = [] if cfg.framing == "full" else [f"framing={cfg.framing}", fr.FRAMING_REVISION, fr.CELL_SCALE, fr.MIN_SIDE_FRACTION, fr.WORK_SIDE, fr.MIN_CONTRAST]
+    return norm + framing
 
 
 # --------------------------------------------------------------------------- cache

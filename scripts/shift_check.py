@@ -35,13 +35,13 @@ def main() -> int:
     images = ds.test_set(ds.read_manifest(first / persistence.MANIFEST_FILE, root), "pbc_test")
     rgbs = [read_rgb(i.path) for i in images]
     models = [Classifier.load(m) for m in a.model]
+    labels = [np.array([m.classes_.index(i.label) for i in images]) for m in models]
     head = "| shift | what it simulates | " + " | ".join(f"`{m.version}` ({m.card.framing} framing)" for m in models) + " |"
     lines = [head, "|---|---|" + "---|" * len(models)]
     for shift in SHIFTS:
         shifted = [shift.apply(x) for x in rgbs]
         cells = []
-        for m in models:
-            y = np.array([m.classes_.index(i.label) for i in images])
+        for m, y in zip(models, labels):
             ok = int((m.predict_proba(shifted).argmax(1) == y).sum())
             lo, hi = metrics.wilson_interval(ok, len(y))
             cells.append(f"{ok / len(y):.1%} ({lo:.1%}–{hi:.1%})")
