@@ -1,4 +1,4 @@
-"""Command line: ``python -m hematovision {train,loso,adapt,evaluate,classify,export-litert} --help``.
+"""Command line: ``python -m hematovision {train,loso,adapt,evaluate,classify,export-litert,fields} --help``.
 
 ``classify`` serves from ``model.tflite`` (LiteRT) when the model directory has a
 checked one, without importing TensorFlow; otherwise from ``model.keras``.
@@ -86,7 +86,46 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
     x.add_argument("--data", help="data root for check images (default: $HEMATOVISION_DATA or ../shared/data; generated images if absent)")
     x.add_argument("--check-images", type=int, default=16, help="real test images per test set to compare Keras and LiteRT on")
+
+    f = sub.add_parser("fields", help="find which Kaggle images are copies of one smear field (the unit the validation split keeps whole) and write or check the field table")
+    f.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    f.add_argument("--out", help="field table to write (default: the committed hematovision/kaggle_fields.csv)")
+    f.add_argument("--check", action="store_true", help="rebuild and compare with the committed table instead of writing; exit 1 if they differ")
+    f.add_argument("--workers", type=int, default=2, help="processes (one class folder each; default 2)")
     return p
+
+
+def cmd_fields(args) -> int:
+    from collections import Counter
+
+    from . import fields
+    from .config import data_root
+
+    root = data_root(args.data)
+    if not root.is_dir():
+        raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
+    rows = fields.build_table(root, workers=args.workers)
+    if not rows:
+        raise UsageError(f"no Kaggle images under {root}")
+    images, groups = Counter(), Counter()
+    for key in {(*rel.split("/")[-3:-1], field) for rel, field in rows}:
+        groups[key[:2]] += 1
+    for rel, _ in rows:
+        images[tuple(rel.split("/")[-3:-1])] += 1
+    for folder, label in sorted(images):
+        print(f"{folder}/{label}: {images[folder, label]} images, {groups[folder, label]} fields")
+    if args.check:
+        committed = fields.read_table()
+        diff = sorted(r for r in set(rows) ^ set(committed.items()))
+        if diff:
+            print(f"the field table differs from {fields.TABLE} in {len(diff)} rows, e.g. {diff[:3]}", file=sys.stderr)
+            return 1
+        print(f"matches {fields.TABLE} ({len(rows)} images)")
+        return 0
+    out = Path(args.out) if args.out else fields.TABLE
+    fields.write_table(rows, out)
+    print(f"written {out} ({len(rows)} images)")
+    return 0
 
 
 def cmd_export_litert(args) -> int:
@@ -315,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in what a command writes (the model card)
     try:
-        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert}[args.command](args)
+        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert, "fields": cmd_fields}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

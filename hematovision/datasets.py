@@ -3,11 +3,15 @@
 Split rules (also written into the model card and the manifest):
 
 * **Kaggle blood-cells** (``blood-cells/dataset2-master/images``): ``TEST`` and
-  ``TEST_SIMPLE`` are test only. ``TRAIN`` holds ~36 augmented copies of each of
-  277 original cells; file ``_N_XXXX.jpeg`` is a copy of cell ``N`` of its class.
-  Validation takes whole cells, so no copy of one cell straddles train and
-  validation: a cell goes to validation when the first 8 hex digits of
-  ``sha256("<class>/<N>")`` read as a fraction fall below ``KAGGLE_VAL_FRACTION``.
+  ``TEST_SIMPLE`` are test only. ``TRAIN`` holds ~36 augmented copies (rotations,
+  flips, shifts) of each original cell in its smear field. The ``N`` of a file
+  name ``_N_XXXX.jpeg`` does *not* name that cell (each ``N`` holds copies of many
+  fields), so copies are grouped by the field they show, found by image matching
+  (:mod:`hematovision.fields`, committed as ``kaggle_fields.csv``). Validation takes
+  whole fields, stratified by class: within each class the fields are ranked by
+  ``sha256("<class>/<field>")`` and the first ``round(KAGGLE_VAL_FRACTION * n)``
+  (at least one) go to validation. A file missing from the field table (another
+  copy of the data set) falls back to a group of its own ``N``, with a warning.
 * **PBC** (``pbc/<class>/*.jpg``): files are de-duplicated by content sha256 (the
   first path in sorted order is kept); each unique image goes to train,
   validation or test by the fraction read from the first 8 hex digits of its
@@ -21,9 +25,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -43,12 +48,14 @@ TEST_SETS = {
     "pbc_test": "PBC test",
 }
 
+log = logging.getLogger("hematovision.datasets")
+
 _KAGGLE_CELL = re.compile(r"^_(\d+)_\d+\.")
 
 
 @dataclass(frozen=True)
 class LabeledImage:
-    """One labeled file. ``group`` names the original cell (copies share it)."""
+    """One labeled file. ``group`` names the original cell (its copies share it)."""
 
     path: Path  # absolute
     relpath: str  # relative to the data root, forward slashes
@@ -92,10 +99,19 @@ def kaggle_cell(path: Path) -> str:
     return m.group(1)
 
 
-def kaggle_images(root: Path) -> list[LabeledImage]:
-    """Kaggle TRAIN (split into train/val by cell), TEST and TEST_SIMPLE."""
+def kaggle_images(root: Path, field_table: dict[str, str] | None = None) -> list[LabeledImage]:
+    """Kaggle TRAIN (split into train/val by smear field), TEST and TEST_SIMPLE.
+
+    ``group`` is ``kaggle/<FOLDER>/<class>/<field>``: the field's name is its first copy's
+    file stem (see :mod:`hematovision.fields`). ``field_table`` (``relpath -> field``)
+    defaults to the committed table.
+    """
+    from .fields import read_table
+
+    table = read_table() if field_table is None else field_table
     base = Path(root) / KAGGLE_DIR
     out: list[LabeledImage] = []
+    missing = 0
     for folder, split_name in (("TRAIN", None), ("TEST", "test"), ("TEST_SIMPLE", "test_simple")):
         d = base / folder
         if not d.is_dir():
@@ -103,14 +119,30 @@ def kaggle_images(root: Path) -> list[LabeledImage]:
         for label, _, f in iter_class_folders(d):
             if label is None:
                 continue
-            cell = kaggle_cell(f)
-            group = f"kaggle/{folder}/{label}/{cell}"
-            split = split_name
-            if split is None:
-                digest = hashlib.sha256(f"{label}/{cell}".encode()).hexdigest()
-                split = "val" if _fraction(digest) < KAGGLE_VAL_FRACTION else "train"
-            out.append(LabeledImage(f, f.relative_to(root).as_posix(), label, "kaggle", split, group))
-    return out
+            rel = f.relative_to(root).as_posix()
+            field = table.get(rel)
+            if field is None:
+                missing += 1
+                field = f"_{kaggle_cell(f)}_"
+            out.append(LabeledImage(f, rel, label, "kaggle", split_name or "train", f"kaggle/{folder}/{label}/{field}"))
+    if missing:
+        log.warning("%d Kaggle files are not in the field table: grouped by the N of their names, "
+                    "which can put copies of one cell on both sides of the split (python -m hematovision fields)", missing)
+    return _validation_fields(out)
+
+
+def _validation_fields(images: list[LabeledImage]) -> list[LabeledImage]:
+    """Move whole TRAIN fields to validation: per class, the ``round(KAGGLE_VAL_FRACTION * n)``
+    fields (at least one) with the smallest ``sha256("<class>/<field>")``."""
+    by_class: dict[str, set[str]] = {}
+    for i in images:
+        if i.split == "train":
+            by_class.setdefault(i.label, set()).add(i.group)
+    val: set[str] = set()
+    for label, groups in by_class.items():
+        ranked = sorted(groups, key=lambda g: hashlib.sha256(f"{label}/{g.rsplit('/', 1)[1]}".encode()).hexdigest())
+        val.update(ranked[:max(1, round(KAGGLE_VAL_FRACTION * len(ranked)))] if len(ranked) > 1 else [])
+    return [replace(i, split="val") if i.group in val else i for i in images]
 
 
 def pbc_images(root: Path) -> list[LabeledImage]:

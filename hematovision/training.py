@@ -3,7 +3,8 @@
 The recipe, and why:
 
 1. **Split** both sources (see :mod:`hematovision.datasets`): Kaggle validation by
-   whole original cell, PBC by content hash after de-duplication. The split is
+   whole smear field (found by image matching, :mod:`hematovision.fields`), PBC by
+   content hash after de-duplication. The split is
    written as a manifest beside the model.
 2. **Cache the frozen part.** MobileNetV2 up to ``block_12_add`` stays at its
    ImageNet weights, so its output is computed once per augmented view and
@@ -132,6 +133,12 @@ def _input_key(cfg: TrainConfig) -> list:
     norm = [cfg.input_norm] if cfg.input_norm != "none" else []
     framing = [] if cfg.framing == "full" else [f"framing={cfg.framing}", fr.FRAMING_REVISION, fr.CELL_SCALE, fr.MIN_SIDE_FRACTION, fr.WORK_SIDE, fr.MIN_CONTRAST]
     return norm + framing
+
+
+def list_key(images: list[ds.LabeledImage]) -> str:
+    """Which images, in which order: the cached train and validation features are arrays in
+    list order, so a changed split must never read another split's cache."""
+    return _key([i.relpath for i in images])
 
 
 # --------------------------------------------------------------------------- cache
@@ -274,7 +281,7 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
 
     all_items = training_items(all_train, cfg)
-    x_all = cache_features(bottom, all_items, cache_root / view_cache_key(cfg) / "train", cfg, desc="train views")
+    x_all = cache_features(bottom, all_items, cache_root / view_cache_key(cfg) / f"train-{list_key(all_train)}", cfg, desc="train views")
     keep = [j for j, (img, _) in enumerate(all_items) if img.source in cfg.train_on]
     items = [all_items[j] for j in keep]
     x_train = x_all if len(keep) == len(all_items) else x_all[keep]
@@ -287,7 +294,7 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     w_img = balanced_weights(train)
     w_items = np.array([w_img[pos[id(img)]] for img, _ in items], dtype=np.float32)
 
-    x_val_all = cache_features(bottom, [(i, -1) for i in all_val], cache_root / clean_cache_key(cfg) / "val", cfg, desc="val")
+    x_val_all = cache_features(bottom, [(i, -1) for i in all_val], cache_root / clean_cache_key(cfg) / f"val-{list_key(all_val)}", cfg, desc="val")
     x_val = x_val_all[[k for k, i in enumerate(all_val) if i.source in cfg.train_on]]
     y_val = np.array([cls_index[i.label] for i in val])
     w_val = balanced_weights(val)
