@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--work", help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with the same one to resume")
     t.add_argument("--input-size", type=int, default=192, help="square input side in pixels (default 192; see docs/performance.md for why not 224)")
     t.add_argument("--max-epochs", type=int, default=14)
+    t.add_argument("--patience", type=int, default=3, help="fine-tuning epochs without a better validation loss before stopping (default 3; the best epoch is kept)")
     t.add_argument("--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards")
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
@@ -115,7 +116,7 @@ def cmd_fields(args) -> int:
     for folder, label in sorted(images):
         print(f"{folder}/{label}: {images[folder, label]} images, {groups[folder, label]} fields")
     if args.check:
-        committed = fields.read_table()
+        committed = fields.read_table(fields.TABLE)
         diff = sorted(r for r in set(rows) ^ set(committed.items()))
         if diff:
             print(f"the field table differs from {fields.TABLE} in {len(diff)} rows, e.g. {diff[:3]}", file=sys.stderr)
@@ -244,6 +245,7 @@ def cmd_train(args) -> int:
                       limit_per_split=args.limit_per_class, sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
     cfg.input_norm = args.input_norm
     cfg.framing = args.framing
+    cfg.patience = args.patience
     if args.augment:
         from .training import AUGMENT_RECIPES
 

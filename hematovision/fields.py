@@ -224,8 +224,9 @@ def _folder_fields(root: Path, files: list[Path]) -> list[tuple[str, str]]:
 def build_table(root: Path, folders: Sequence[str] = ("TRAIN", "TEST", "TEST_SIMPLE"), workers: int = 2, progress: bool = True) -> list[tuple[str, str]]:
     """``(relpath, field)`` for every Kaggle image under the data ``root``, matched within each
     class folder (copies of one field never cross a class or a split folder), one process per
-    folder. About 10 minutes for the whole set on two cores."""
-    from concurrent.futures import ProcessPoolExecutor
+    folder. About 25 minutes for the whole set on two cores."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
 
@@ -239,11 +240,17 @@ def build_table(root: Path, folders: Sequence[str] = ("TRAIN", "TEST", "TEST_SIM
                 if label is not None:
                     jobs.setdefault(f"{folder}/{label}", []).append(f)
     rows: list[tuple[str, str]] = []
-    # Largest folders first, so two workers finish together.
-    order = sorted(jobs, key=lambda k: -len(jobs[k]))
-    with ProcessPoolExecutor(max(1, workers)) as pool, tqdm(total=sum(map(len, jobs.values())), desc="fields", unit="img", disable=not progress) as bar:
-        futures = {k: pool.submit(_folder_fields, Path(root), jobs[k]) for k in order}
-        for k in order:
-            rows += futures[k].result()
-            bar.update(len(jobs[k]))
+    order = sorted(jobs, key=lambda k: -len(jobs[k]))  # largest folders first, so the workers finish together
+    with tqdm(total=sum(map(len, jobs.values())), desc="fields", unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            for k in order:
+                rows += _folder_fields(Path(root), jobs[k])
+                bar.update(len(jobs[k]))
+        else:
+            # Spawned, not forked: a fork of a process whose OpenCV or TensorFlow threads hold a lock can hang.
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_folder_fields, Path(root), jobs[k]): k for k in order}
+                for fut in as_completed(futures):
+                    rows += fut.result()
+                    bar.update(len(jobs[futures[fut]]))
     return sorted(rows)

@@ -110,3 +110,19 @@ def test_committed_table_covers_whole_folders():
     assert table and all(rel.startswith(ds.KAGGLE_DIR.as_posix()) for rel in table)
     folders = {rel.rsplit("/", 1)[0] for rel in table}
     assert {f.split("/")[-2] for f in folders} == {"TRAIN", "TEST", "TEST_SIMPLE"}
+
+
+def test_fields_command_writes_and_checks(tmp_path, capsys, monkeypatch):
+    from hematovision import cli
+
+    for k in range(2):
+        for c in range(3):
+            _write(tmp_path, "TRAIN", "LYMPHOCYTE", f"_{c}_{k * 10 + c}.jpeg", _copy(_field(300 + k), 50 * c, False))
+    out = tmp_path / "fields.csv"
+    assert cli.main(["fields", "--data", str(tmp_path), "--out", str(out), "--workers", "1"]) == 0
+    assert "TRAIN/LYMPHOCYTE: 6 images, 2 fields" in capsys.readouterr().out
+    monkeypatch.setattr(fields, "TABLE", out)
+    assert cli.main(["fields", "--data", str(tmp_path), "--check", "--workers", "1"]) == 0
+    fields.write_table([(r, "other") for r in fields.read_table(out)], out)
+    assert cli.main(["fields", "--data", str(tmp_path), "--check", "--workers", "1"]) == 1
+    assert cli.main(["fields", "--data", str(tmp_path / "missing")]) == 2
