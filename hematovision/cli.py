@@ -108,13 +108,14 @@ def cmd_fields(args) -> int:
     rows = fields.build_table(root, workers=args.workers)
     if not rows:
         raise UsageError(f"no Kaggle images under {root}")
-    images, groups = Counter(), Counter()
-    for key in {(*rel.split("/")[-3:-1], field) for rel, field in rows}:
-        groups[key[:2]] += 1
-    for rel, _ in rows:
-        images[tuple(rel.split("/")[-3:-1])] += 1
+    images: Counter = Counter()
+    field_sets: dict[tuple[str, str], set[str]] = {}
+    for rel, field in rows:
+        key = tuple(rel.split("/")[-3:-1])  # (split folder, class folder)
+        images[key] += 1
+        field_sets.setdefault(key, set()).add(field)
     for folder, label in sorted(images):
-        print(f"{folder}/{label}: {images[folder, label]} images, {groups[folder, label]} fields")
+        print(f"{folder}/{label}: {images[folder, label]} images, {len(field_sets[folder, label])} fields")
     if args.check:
         committed = fields.read_table(fields.TABLE)
         diff = sorted(r for r in set(rows) ^ set(committed.items()))
