@@ -217,7 +217,8 @@ def render_card(card: ModelCard) -> str:
         lines += ["", "### Split rules", "", t.get("split_rules", ""), ""]
         if "validation_metrics" in t:
             vm = t["validation_metrics"]
-            lines += ["## Validation", "", f"Accuracy {vm.get('val_accuracy', float('nan')):.2%}; NLL {vm.get('val_nll_before', float('nan')):.4f} before and {vm.get('val_nll_after', float('nan')):.4f} after temperature scaling.", ""]
+            lines += ["## Validation", "", f"Accuracy {vm.get('val_accuracy', float('nan')):.2%}; NLL {vm.get('val_nll_before', float('nan')):.4f} before and {vm.get('val_nll_after', float('nan')):.4f} after temperature scaling."
+                      + (f" Measured on {vm['from']}." if vm.get("from") else ""), ""]
         lines += ["## Training run", "", f"- Machine: {t.get('machine', '')}", f"- Wall time (s): `{json.dumps(t.get('wall_time_seconds', {}))}`", ""]
         lines += ["### Hyperparameters", "", "```json", json.dumps(t.get("hyperparameters", {}), indent=2), "```", ""]
     if "leave_one_source_out" in t:

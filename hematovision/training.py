@@ -21,6 +21,11 @@ The recipe, and why:
 5. **Calibrate**: temperature scaling fitted on the validation logits, and the
    review threshold chosen on validation for the target accuracy of accepted
    predictions (:mod:`hematovision.calibration`).
+5b. **Refit** (optional, ``train --refit-from``): Kaggle TRAIN holds only ~290
+   distinct cells, so holding a fifth of them out costs the model real data. A
+   refit trains the same recipe from scratch on train *and* validation images for
+   the number of fine-tuning epochs the early-stopped run chose, and takes that
+   run's temperature and threshold (it has no held-out data of its own to fit them on).
 6. **Ship**: rebuild the network with the temperature inside, save it with its
    model card, then evaluate it on the test sets it never saw
    (:mod:`hematovision.evaluation`).
@@ -36,7 +41,7 @@ import time
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +79,7 @@ class TrainConfig:
     input_norm: str = "none"  # or "channel": per-image colour standardisation inside the model (model.INPUT_NORMS)
     framing: str = "cell"  # "cell": a square around the located nucleus; "full": the whole image (framing.FRAMINGS)
     limit_per_split: int = 0  # >0: small smoke runs for tests
+    refit_finetune_epochs: int = 0  # >0: fit on train *and* validation images for exactly this many fine-tuning epochs (see refit_config)
 
 
 def robust_augment() -> dict:
@@ -273,6 +279,9 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     all_val = _limit(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
     train = [i for i in all_train if i.source in cfg.train_on]
     val = [i for i in all_val if i.source in cfg.train_on]
+    refit = cfg.refit_finetune_epochs > 0
+    if refit:  # the validation images become training images; their views are cached apart, so the train cache is shared
+        all_train, train = all_train + all_val, train + val
     log.info("train %d images, val %d images (on %s)", len(train), len(val), ",".join(cfg.train_on))
     cache_root = Path(cache_root) if cache_root else work / "cache"
 
@@ -281,7 +290,15 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
 
     all_items = training_items(all_train, cfg)
-    x_all = cache_features(bottom, all_items, cache_root / view_cache_key(cfg) / f"train-{list_key(all_train)}", cfg, desc="train views")
+    if refit:
+        n_tr = len(all_train) - len(all_val)
+        parts = [(all_train[:n_tr], "train views"), (all_val, "validation views")]
+        x_all = np.concatenate([cache_features(bottom, training_items(imgs, cfg), cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=d)
+                                for imgs, d in parts])
+        # training_items orders by view, then image: put the two caches' rows in that order
+        all_items = [it for imgs, _ in parts for it in training_items(imgs, cfg)]
+    else:
+        x_all = cache_features(bottom, all_items, cache_root / view_cache_key(cfg) / f"train-{list_key(all_train)}", cfg, desc="train views")
     keep = [j for j, (img, _) in enumerate(all_items) if img.source in cfg.train_on]
     items = [all_items[j] for j in keep]
     x_train = x_all if len(keep) == len(all_items) else x_all[keep]
@@ -327,8 +344,9 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
             perm = rng.permutation(len(xe))
             h = top.fit(xe[perm].astype(np.float32), keras.utils.to_categorical(ye[perm], len(TRAINING_CLASSES)), sample_weight=we[perm],
                         batch_size=cfg.batch_size, epochs=1, verbose=0)
-            vl, va = top.evaluate(x_val.astype(np.float32), yv, sample_weight=w_val, batch_size=256, verbose=0)
-            rec = {"phase": phase, "epoch": e, "loss": float(h.history["loss"][0]), "acc": float(h.history["accuracy"][0]), "val_loss": float(vl), "val_acc": float(va), "t": round(time.time() - t0, 1)}
+            # a refit trains on the validation images: scoring them would say nothing
+            vl, va = (None, None) if refit else (float(v) for v in top.evaluate(x_val.astype(np.float32), yv, sample_weight=w_val, batch_size=256, verbose=0))
+            rec = {"phase": phase, "epoch": e, "loss": float(h.history["loss"][0]), "acc": float(h.history["accuracy"][0]), "val_loss": vl, "val_acc": va, "t": round(time.time() - t0, 1)}
             state.history.append(rec)
             log.info("%s", rec)
             state.epoch += 1
@@ -346,15 +364,42 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
         state_file.write_text(json.dumps(asdict(state)))
 
     run_phase("head", cfg.head_epochs, cfg.lr_head, 99, early_stop=False)
-    run_phase("finetune", cfg.max_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=True)
-    if best.exists():
+    if refit:  # nothing held out to stop on: the chosen number of epochs, and the last weights
+        run_phase("finetune", cfg.refit_finetune_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=False)
+    else:
+        run_phase("finetune", cfg.max_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=True)
+    if best.exists() and not refit:
         net.load_weights(str(best))
     return {"network": net, "bottom": bottom, "top": top, "images": images, "train": train, "val": val, "state": state,
             "cache_seconds": cache_s, "fit_seconds": time.time() - t0, "cache_root": cache_root}
 
 
-def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = None, name: str | None = None) -> Path:
-    """Calibrate on validation, save the model with temperature inside, and its card and manifest."""
+def refit_config(selected_dir: Path, cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` set to refit the early-stopped model in ``selected_dir`` on train and validation:
+    as many fine-tuning epochs as that run kept (its best epoch by validation loss, plus one)."""
+    from . import persistence
+
+    card = persistence.load_card(Path(selected_dir))
+    hist = [h for h in card.training.get("history", []) if h["phase"] == "finetune" and h.get("val_loss") is not None]
+    if not hist:
+        raise ValueError(f"{selected_dir}: its card records no early-stopped fine-tuning epochs to refit with (is it a refit itself?)")
+    # The calibration is borrowed, so the recipe must be the same one; only the stopping rule may differ.
+    free = {"max_epochs", "patience", "refit_finetune_epochs"}
+    theirs = card.training.get("hyperparameters", {})
+    ours = json.loads(json.dumps(asdict(cfg)))
+    differ = sorted(k for k in ours if k not in free and k in theirs and theirs[k] != ours[k])
+    if differ:
+        raise ValueError(f"{selected_dir} was trained with another recipe ({', '.join(differ)} differ); refit it with the same settings")
+    best = min(hist, key=lambda h: h["val_loss"])["epoch"]
+    return replace(cfg, refit_finetune_epochs=int(best) + 1)
+
+
+def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = None, name: str | None = None, calibrated_by: Path | None = None) -> Path:
+    """Calibrate on validation, save the model with temperature inside, and its card and manifest.
+
+    ``calibrated_by``: a refit has no held-out images, so it takes the temperature, threshold and
+    validation figures of the early-stopped run it refits (that model directory), and says so.
+    """
     import keras
 
     from . import calibration, persistence
@@ -363,12 +408,20 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
 
     root = root or data_root()
     net, val = fitted["network"], fitted["val"]
-    cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
-    logits = predict_logits_keras(net, [v.path for v in val], cfg.input_size, cfg.framing, desc="validation logits")
-    y = np.array([cls_index[v.label] for v in val])
-    temperature = calibration.fit_temperature(logits, y)
-    probs = calibration.softmax(logits / temperature)
-    thr = calibration.choose_threshold(probs, y, cfg.threshold_target_accuracy)
+    if calibrated_by is not None:
+        parent = persistence.load_card(Path(calibrated_by))
+        temperature = parent.temperature
+        thr = calibration.ThresholdChoice(parent.default_threshold, parent.threshold["val_accuracy_accepted"], parent.threshold["val_coverage"])
+        val_metrics = {**parent.training["validation_metrics"],
+                       "from": f"{parent.version}: the same recipe early-stopped on the validation split; this refit trained on those images too"}
+    else:
+        cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
+        logits = predict_logits_keras(net, [v.path for v in val], cfg.input_size, cfg.framing, desc="validation logits")
+        y = np.array([cls_index[v.label] for v in val])
+        temperature = calibration.fit_temperature(logits, y)
+        probs = calibration.softmax(logits / temperature)
+        thr = calibration.choose_threshold(probs, y, cfg.threshold_target_accuracy)
+        val_metrics = {"val_accuracy": float((probs.argmax(1) == y).mean()), "val_nll_before": calibration.nll(logits, y), "val_nll_after": calibration.nll(logits / temperature, y)}
 
     final = build_network(cfg.input_size, len(TRAINING_CLASSES), temperature=temperature, dropout=cfg.dropout, input_norm=cfg.input_norm)
     transfer_weights(net, final)
@@ -387,7 +440,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
             "data_root": "<HEMATOVISION_DATA>",
             "counts": ds.split_counts(fitted["images"]),
             "split_rules": ds.__doc__.split("Split rules")[1].split("Both rules")[0].strip(),
-            "validation_metrics": {"val_accuracy": float((probs.argmax(1) == y).mean()), "val_nll_before": calibration.nll(logits, y), "val_nll_after": calibration.nll(logits / temperature, y)},
+            "validation_metrics": val_metrics,
             "hyperparameters": asdict(cfg),
             "history": fitted["state"].history,
             "wall_time_seconds": {"feature_cache": round(fitted["cache_seconds"], 1), "total_fit": round(fitted["fit_seconds"], 1)},
@@ -400,13 +453,19 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
 
 
 def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True, cache_root: Path | None = None,
-                  name: str | None = None) -> Path:
-    """``python -m hematovision train``: fit, export, copy the split manifest, evaluate."""
+                  name: str | None = None, refit_from: Path | None = None) -> Path:
+    """``python -m hematovision train``: fit, export, copy the split manifest, evaluate.
+
+    ``refit_from``: an early-stopped model of the same recipe; train on train and validation
+    images for its number of epochs and ship with its calibration (step 5b above)."""
     import shutil
 
     t0 = time.time()
+    if refit_from is not None:
+        cfg = refit_config(refit_from, cfg)
+        log.info("refit on train and validation: %d fine-tuning epochs, calibration from %s", cfg.refit_finetune_epochs, refit_from)
     fitted = fit(work, cfg, root, cache_root=cache_root)
-    out = export(fitted, out_dir, cfg, root, name=name)
+    out = export(fitted, out_dir, cfg, root, name=name, calibrated_by=refit_from)
     shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
     from . import persistence
 

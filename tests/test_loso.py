@@ -56,3 +56,20 @@ def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):
     assert [(p.held_out, p.per_class) for p in points] == [("kaggle", 0), ("kaggle", 1), ("kaggle", 2), ("pbc", 0), ("pbc", 1), ("pbc", 2)]
     assert all(0 <= p.mean_accuracy <= 1 for p in points)
     shutil.rmtree(work)
+
+
+def test_draw_takes_one_image_per_cell_then_further_copies():
+    """A lab labels distinct cells: a draw spans as many cells as it can before repeating one,
+    and a class with fewer cells than asked (Kaggle TRAIN has 15 monocyte fields) still gets n images."""
+    import numpy as np
+    from pathlib import Path
+
+    from hematovision.datasets import LabeledImage
+
+    pool = [LabeledImage(Path(f"/x/{g}_{k}.jpg"), f"{g}_{k}.jpg", "monocyte", "kaggle", "train", f"cell{g}") for g in range(4) for k in range(3)]
+    five = loso._draw(pool, 5, np.random.default_rng(0))
+    assert len(five) == 5 and len(set(five)) == 5
+    assert loso.distinct_cells(five[:4]) == 4 and loso.distinct_cells(five) == 4
+    assert loso._draw(pool, 5, np.random.default_rng(0)) == five  # deterministic under a seed
+    assert len(loso._draw(pool, 50, np.random.default_rng(1))) == 12  # every image once, no more
+    assert loso.distinct_cells(loso._draw(pool, 3, np.random.default_rng(2))) == 3

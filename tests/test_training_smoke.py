@@ -30,3 +30,31 @@ def test_train_command_end_to_end_and_resume(tmp_path, data_root):
     cached = sorted(p.stat().st_mtime for p in (work / "cache").rglob("*.npy"))
     train_command(tmp_path / "model2", work, cfg, data_root, evaluate=False)
     assert sorted(p.stat().st_mtime for p in (work / "cache").rglob("*.npy")) == cached
+
+
+def test_refit_trains_on_validation_too_and_borrows_the_calibration(tmp_path, data_root):
+    """A refit adds the validation images to training for the epochs the early-stopped run kept,
+    and ships with that run's temperature and threshold; another recipe is refused."""
+    from dataclasses import replace
+
+    from hematovision.config import weights_path
+    from hematovision.training import refit_config
+
+    if not weights_path(data_root).exists():
+        pytest.skip("ImageNet weights not found beside the data root")
+    cfg = TrainConfig(input_size=48, limit_per_split=2, head_epochs=1, max_epochs=2, patience=5, views_per_image={"kaggle": 1, "pbc": 1}, batch_size=8)
+    cache = tmp_path / "cache"
+    selected = train_command(tmp_path / "selected", tmp_path / "w1", cfg, data_root, evaluate=False, cache_root=cache)
+    sel = persistence.load_card(selected)
+    kept = 1 + min((h for h in sel.training["history"] if h["phase"] == "finetune"), key=lambda h: h["val_loss"])["epoch"]
+    refit = train_command(tmp_path / "refit", tmp_path / "w2", cfg, data_root, evaluate=False, cache_root=cache, refit_from=selected)
+    card = persistence.load_card(refit)
+    ft = [h for h in card.training["history"] if h["phase"] == "finetune"]
+    assert card.training["hyperparameters"]["refit_finetune_epochs"] == kept == len(ft)
+    assert card.temperature == sel.temperature and card.default_threshold == sel.default_threshold
+    assert sel.version in card.training["validation_metrics"]["from"]
+    assert card.model_sha256 != sel.model_sha256
+    assert len(list(cache.glob("views-*/train-*"))) == 2  # augmented views of the train list, then of the validation list
+    assert all(h["val_loss"] is None for h in ft)  # no held-out score for images it trains on
+    with pytest.raises(ValueError, match="input_size"):
+        refit_config(selected, replace(cfg, input_size=64))
