@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--work", help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with the same one to resume")
     t.add_argument("--input-size", type=int, default=192, help="square input side in pixels (default 192; see docs/performance.md for why not 224)")
     t.add_argument("--max-epochs", type=int, default=14)
+    t.add_argument("--refit", action="store_true", help="the shipped recipe: an early-stopped run on the validation split chooses the epochs and calibrates; then the same recipe is refitted on train and validation images (see docs/kaggle-fields.md)")
     t.add_argument("--refit-from", metavar="MODEL_DIR", help="refit: train the same recipe on train and validation images for the fine-tuning epochs this early-stopped model kept, and ship with its temperature and threshold")
     t.add_argument("--patience", type=int, default=3, help="fine-tuning epochs without a better validation loss before stopping (default 3; the best epoch is kept)")
     t.add_argument("--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards")
@@ -263,7 +264,7 @@ def cmd_train(args) -> int:
             refit_config(refit_from, cfg)
         except ValueError as exc:
             raise UsageError(f"--refit-from: {exc}") from exc
-    train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name, refit_from=refit_from)
+    train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name, refit_from=refit_from, refit=args.refit)
     import shlex
 
     from . import persistence

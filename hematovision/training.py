@@ -414,6 +414,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         thr = calibration.ThresholdChoice(parent.default_threshold, parent.threshold["val_accuracy_accepted"], parent.threshold["val_coverage"])
         val_metrics = {**parent.training["validation_metrics"],
                        "from": f"{parent.version}: the same recipe early-stopped on the validation split; this refit trained on those images too"}
+        selection = {"version": parent.version, "history": parent.training.get("history", []), "wall_time_seconds": parent.training.get("wall_time_seconds", {})}
     else:
         cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
         logits = predict_logits_keras(net, [v.path for v in val], cfg.input_size, cfg.framing, desc="validation logits")
@@ -422,6 +423,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         probs = calibration.softmax(logits / temperature)
         thr = calibration.choose_threshold(probs, y, cfg.threshold_target_accuracy)
         val_metrics = {"val_accuracy": float((probs.argmax(1) == y).mean()), "val_nll_before": calibration.nll(logits, y), "val_nll_after": calibration.nll(logits / temperature, y)}
+        selection = None
 
     final = build_network(cfg.input_size, len(TRAINING_CLASSES), temperature=temperature, dropout=cfg.dropout, input_norm=cfg.input_norm)
     transfer_weights(net, final)
@@ -446,6 +448,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
             "wall_time_seconds": {"feature_cache": round(fitted["cache_seconds"], 1), "total_fit": round(fitted["fit_seconds"], 1)},
             "machine": persistence.machine_description(),
             "imagenet_weights": "mobilenet_v2_1.0_no_top.weights.h5 (sha256 6714965a…)",
+            **({"selection_run": selection} if selection else {}),
         },
     )
     persistence.save_model(final, card, out_dir)
@@ -453,14 +456,21 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
 
 
 def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True, cache_root: Path | None = None,
-                  name: str | None = None, refit_from: Path | None = None) -> Path:
+                  name: str | None = None, refit_from: Path | None = None, refit: bool = False) -> Path:
     """``python -m hematovision train``: fit, export, copy the split manifest, evaluate.
 
     ``refit_from``: an early-stopped model of the same recipe; train on train and validation
-    images for its number of epochs and ship with its calibration (step 5b above)."""
+    images for its number of epochs and ship with its calibration (step 5b above).
+    ``refit``: both steps in one run: the early-stopped model goes to ``work/selection-model``,
+    the refit to ``out_dir``."""
     import shutil
 
     t0 = time.time()
+    if refit and refit_from is None:
+        log.info("selection run: early-stopped on the validation split, in %s", work / "selection")
+        selected = fit(work / "selection", cfg, root, cache_root=cache_root)
+        refit_from = export(selected, work / "selection-model", cfg, root, name=f"{name or out_dir.name}-selection")
+        work = work / "refit"
     if refit_from is not None:
         cfg = refit_config(refit_from, cfg)
         log.info("refit on train and validation: %d fine-tuning epochs, calibration from %s", cfg.refit_finetune_epochs, refit_from)

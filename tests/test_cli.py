@@ -107,3 +107,17 @@ def test_train_records_its_command_line_in_the_card(tmp_path, monkeypatch):
     out = tmp_path / "m"
     assert cli.main(["train", "--out", str(out), "--max-epochs", "3", "--framing", "full", "--data", str(tmp_path)]) == 0
     assert persistence.load_card(out).training["command"] == f"python -m hematovision train --out {out} --max-epochs 3 --framing full --data {tmp_path}"
+
+
+def test_train_refit_from_refuses_a_folder_without_a_model_or_of_another_recipe(tmp_path, capsys):
+    """``--refit-from`` borrows a model's calibration and epoch count: a missing card, or a model
+    trained at another input size, is a one-line usage error before any training starts."""
+    from conftest import make_tiny_model_dir
+    from hematovision import cli
+
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--data", str(tmp_path), "--refit-from", str(tmp_path / "none")]) != 0
+    assert "--refit-from: no model card" in capsys.readouterr().err
+    other = make_tiny_model_dir(tmp_path / "tiny")  # a tiny model: no fine-tuning history, another input size
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--data", str(tmp_path), "--refit-from", str(other)]) != 0
+    assert "--refit-from:" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -43,12 +43,13 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(tmp_path, da
     if not weights_path(data_root).exists():
         pytest.skip("ImageNet weights not found beside the data root")
     cfg = TrainConfig(input_size=48, limit_per_split=2, head_epochs=1, max_epochs=2, patience=5, views_per_image={"kaggle": 1, "pbc": 1}, batch_size=8)
-    cache = tmp_path / "cache"
-    selected = train_command(tmp_path / "selected", tmp_path / "w1", cfg, data_root, evaluate=False, cache_root=cache)
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    refit = train_command(tmp_path / "refit", work, cfg, data_root, evaluate=False, cache_root=cache, refit=True)  # both steps, one command
+    selected = work / "selection-model"
     sel = persistence.load_card(selected)
     kept = 1 + min((h for h in sel.training["history"] if h["phase"] == "finetune"), key=lambda h: h["val_loss"])["epoch"]
-    refit = train_command(tmp_path / "refit", tmp_path / "w2", cfg, data_root, evaluate=False, cache_root=cache, refit_from=selected)
     card = persistence.load_card(refit)
+    assert card.training["selection_run"]["version"] == sel.version and card.training["selection_run"]["history"] == sel.training["history"]
     ft = [h for h in card.training["history"] if h["phase"] == "finetune"]
     assert card.training["hyperparameters"]["refit_finetune_epochs"] == kept == len(ft)
     assert card.temperature == sel.temperature and card.default_threshold == sel.default_threshold
