@@ -215,6 +215,8 @@ def render_card(card: ModelCard) -> str:
                 row = [str(counts.get(c, 0)) for c in card.classes]
                 lines.append(f"| {src} | {split} | " + " | ".join(row) + f" | {sum(counts.values())} |")
         lines += ["", "### Split rules", "", t.get("split_rules", ""), ""]
+        if t.get("fitted_on"):
+            lines += [f"Fitted on: {t['fitted_on']}.", ""]
         if "validation_metrics" in t:
             vm = t["validation_metrics"]
             lines += ["## Validation", "", f"Accuracy {vm.get('val_accuracy', float('nan')):.2%}; NLL {vm.get('val_nll_before', float('nan')):.4f} before and {vm.get('val_nll_after', float('nan')):.4f} after temperature scaling."

@@ -442,6 +442,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
             "data_root": "<HEMATOVISION_DATA>",
             "counts": ds.split_counts(fitted["images"]),
             "split_rules": ds.__doc__.split("Split rules")[1].split("Both rules")[0].strip(),
+            "fitted_on": "train and val splits (refit; temperature, threshold and epochs from the selection run)" if calibrated_by is not None else "train split (early-stopped on val)",
             "validation_metrics": val_metrics,
             "hyperparameters": asdict(cfg),
             "history": fitted["state"].history,

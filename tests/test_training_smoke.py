@@ -54,6 +54,8 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(tmp_path, da
     assert card.training["hyperparameters"]["refit_finetune_epochs"] == kept == len(ft)
     assert card.temperature == sel.temperature and card.default_threshold == sel.default_threshold
     assert sel.version in card.training["validation_metrics"]["from"]
+    assert card.training["fitted_on"].startswith("train and val") and sel.training["fitted_on"].startswith("train split")
+    assert "Fitted on: train and val" in (refit / "MODEL_CARD.md").read_text()
     assert card.model_sha256 != sel.model_sha256
     assert len(list(cache.glob("views-*/train-*"))) == 2  # augmented views of the train list, then of the validation list
     assert all(h["val_loss"] is None for h in ft)  # no held-out score for images it trains on
