@@ -21,11 +21,12 @@ The recipe, and why:
 5. **Calibrate**: temperature scaling fitted on the validation logits, and the
    review threshold chosen on validation for the target accuracy of accepted
    predictions (:mod:`hematovision.calibration`).
-5b. **Refit** (optional, ``train --refit-from``): Kaggle TRAIN holds only ~290
-   distinct cells, so holding a fifth of them out costs the model real data. A
-   refit trains the same recipe from scratch on train *and* validation images for
-   the number of fine-tuning epochs the early-stopped run chose, and takes that
-   run's temperature and threshold (it has no held-out data of its own to fit them on).
+5b. **Refit** (``train --refit``, the shipped recipe; or ``--refit-from`` an existing
+   early-stopped model): Kaggle TRAIN holds only ~290 distinct cells, so holding a
+   fifth of them out costs the model real data. A refit trains the same recipe from
+   scratch on train *and* validation images for the number of fine-tuning epochs the
+   early-stopped run chose, and takes that run's temperature and threshold (it has
+   no held-out data of its own to fit them on).
 6. **Ship**: rebuild the network with the temperature inside, save it with its
    model card, then evaluate it on the test sets it never saw
    (:mod:`hematovision.evaluation`).
