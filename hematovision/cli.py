@@ -255,11 +255,12 @@ def cmd_train(args) -> int:
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
-    if refit_from is not None and not (refit_from / "model_card.json").is_file():
-        raise UsageError(f"--refit-from: no model card in {refit_from}")
     if refit_from is not None:
+        from . import persistence
         from .training import refit_config
 
+        if not (refit_from / persistence.CARD_FILE).is_file():
+            raise UsageError(f"--refit-from: no model card in {refit_from}")
         try:
             refit_config(refit_from, cfg)
         except ValueError as exc:

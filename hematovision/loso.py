@@ -227,7 +227,8 @@ def _draw(pool: list[ds.LabeledImage], n: int, rng: np.random.Generator) -> list
     by_group: dict[str, list[ds.LabeledImage]] = {}
     for i in pool:
         by_group.setdefault(i.group, []).append(i)
-    order = [sorted(by_group)[g] for g in rng.permutation(len(by_group))]
+    groups = sorted(by_group)
+    order = [groups[g] for g in rng.permutation(len(groups))]
     copies = {g: [by_group[g][k] for k in rng.permutation(len(by_group[g]))] for g in order}
     picked: list[ds.LabeledImage] = []
     rnd = 0

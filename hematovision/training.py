@@ -281,8 +281,8 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     train = [i for i in all_train if i.source in cfg.train_on]
     val = [i for i in all_val if i.source in cfg.train_on]
     refit = cfg.refit_finetune_epochs > 0
-    if refit:  # the validation images become training images; their views are cached apart, so the train cache is shared
-        all_train, train = all_train + all_val, train + val
+    if refit:  # the validation images become training images too
+        train = train + val
     log.info("train %d images, val %d images (on %s)", len(train), len(val), ",".join(cfg.train_on))
     cache_root = Path(cache_root) if cache_root else work / "cache"
 
@@ -290,16 +290,14 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     bottom, top = split_models(net)
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
 
-    all_items = training_items(all_train, cfg)
-    if refit:
-        n_tr = len(all_train) - len(all_val)
-        parts = [(all_train[:n_tr], "train views"), (all_val, "validation views")]
-        x_all = np.concatenate([cache_features(bottom, training_items(imgs, cfg), cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=d)
-                                for imgs, d in parts])
-        # training_items orders by view, then image: put the two caches' rows in that order
-        all_items = [it for imgs, _ in parts for it in training_items(imgs, cfg)]
-    else:
-        x_all = cache_features(bottom, all_items, cache_root / view_cache_key(cfg) / f"train-{list_key(all_train)}", cfg, desc="train views")
+    # A refit's validation views are cached apart from the train list's, so the selection run's cache is reused.
+    all_items, parts = [], []
+    for imgs, desc in [(all_train, "train views")] + ([(all_val, "validation views")] if refit else []):
+        its = training_items(imgs, cfg)
+        parts.append(cache_features(bottom, its, cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=desc))
+        all_items += its
+    x_all = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    del parts
     keep = [j for j, (img, _) in enumerate(all_items) if img.source in cfg.train_on]
     items = [all_items[j] for j in keep]
     x_train = x_all if len(keep) == len(all_items) else x_all[keep]
@@ -365,10 +363,8 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
         state_file.write_text(json.dumps(asdict(state)))
 
     run_phase("head", cfg.head_epochs, cfg.lr_head, 99, early_stop=False)
-    if refit:  # nothing held out to stop on: the chosen number of epochs, and the last weights
-        run_phase("finetune", cfg.refit_finetune_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=False)
-    else:
-        run_phase("finetune", cfg.max_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=True)
+    # A refit has nothing held out to stop on: the chosen number of epochs, and the last weights.
+    run_phase("finetune", cfg.refit_finetune_epochs or cfg.max_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=not refit)
     if best.exists() and not refit:
         net.load_weights(str(best))
     return {"network": net, "bottom": bottom, "top": top, "images": images, "train": train, "val": val, "state": state,
