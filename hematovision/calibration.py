@@ -81,6 +81,43 @@ def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> tuple[flo
     return float(ece), bins
 
 
+def ece_of(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE from confidences and right/wrong flags, binned exactly as :func:`reliability`
+    (vectorised: the resampling below calls it thousands of times)."""
+    if len(conf) == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    k = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    gap = np.bincount(k, weights=np.asarray(correct, np.float64) - conf, minlength=n_bins)
+    return float(np.abs(gap).sum() / len(conf))
+
+
+@dataclass(frozen=True)
+class EceFloor:
+    """What a perfectly calibrated model would read as ECE on one set (see :func:`ece_floor`)."""
+
+    median: float
+    p95: float
+    n_sims: int
+
+
+def ece_floor(probs: np.ndarray, groups: list[str] | None = None, n_sims: int = 500, seed: int = 0, n_bins: int = 15) -> EceFloor:
+    """The ECE that sampling noise alone gives a *perfectly calibrated* model with these
+    confidences, on a set of this size and grouping.
+
+    Why: ECE is a biased, noisy estimate; on 71 images, or on 2,487 copies of 79 cells, a
+    model whose confidences are exactly right still reads several percent. Each simulation
+    lets every cell draw one uniform number ``u`` shared by its copies (copies of one cell
+    are right or wrong together), and a copy counts as right when ``u`` < its confidence:
+    correct with exactly its stated probability. ``groups=None``: every image its own cell.
+    """
+    conf = np.asarray(probs, np.float64).max(axis=1)
+    _, gi = np.unique(np.asarray(groups if groups is not None else np.arange(len(conf)).astype(str)), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    sims = np.array([ece_of(conf, rng.random(gi.max() + 1)[gi] < conf, n_bins) for _ in range(n_sims)]) if len(conf) else np.array([np.nan])
+    return EceFloor(float(np.median(sims)), float(np.percentile(sims, 95)), n_sims)
+
+
 @dataclass(frozen=True)
 class ThresholdChoice:
     threshold: float

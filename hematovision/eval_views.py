@@ -50,9 +50,22 @@ def headline(set_report: dict) -> list[dict]:
         {"label": "Macro-F1", "value": "n/a" if f1 is None else f"{f1:.3f}", "help": "Mean F1 over the classes, each class counted equally.", "caption": ""},
         {"label": "Images", "value": f"{set_report.get('n_images', 0):,}", "help": "Images evaluated in this set.", "caption": ""},
         {"label": "ECE after calibration", "value": "n/a" if after is None else f"{after:.3f}",
-         "help": "Expected calibration error (15 bins): the mean gap between confidence and accuracy. Lower is better.",
+         "help": "Expected calibration error (15 bins): the mean gap between confidence and accuracy. Lower is better. " + ece_resolution(set_report),
          "caption": "before calibration: " + ("n/a" if before is None else f"{before:.3f}")},
     ]
+
+
+def ece_resolution(set_report: dict) -> str:
+    """How finely this set can measure ECE: its interval (resampling cells) and the noise floor a perfectly
+    calibrated model would read here. Empty for reports written before these were recorded."""
+    parts = []
+    ci, floor = set_report.get("ece_after_calibration_ci95"), set_report.get("ece_floor")
+    if ci and None not in ci:
+        parts.append(f"95% CI {ci[0]:.3f} – {ci[1]:.3f}, resampling cells.")
+    if floor and floor.get("median") is not None:
+        parts.append(f"A perfectly calibrated model with these confidences would read about {floor['median']:.3f} on this set "
+                     f"(95th percentile {floor['p95']:.3f}) from sampling noise alone.")
+    return " ".join(parts)
 
 
 def confusion_figure(set_report: dict, normalise: bool = False) -> go.Figure:
@@ -158,8 +171,10 @@ def per_cell_summary(set_report: dict) -> str | None:
         return None
     pc = set_report["per_cell"]
     lo, hi = pc["accuracy_ci95"]
+    by_cell = pc.get("image_accuracy_ci95_by_cell")
+    spread = f" (95% CI {by_cell[0]:.1%} – {by_cell[1]:.1%} when whole cells are resampled)" if by_cell and None not in by_cell else ""
     return (f"Per original cell: {pc['correct']} of {pc['n_cells']} correct = {pc['accuracy']:.1%} "
-            f"(95% CI {lo:.1%} – {hi:.1%}), against {_pct(set_report.get('accuracy'))} per image over {set_report.get('n_images', 0):,} images.")
+            f"(95% CI {lo:.1%} – {hi:.1%}), against {_pct(set_report.get('accuracy'))} per image{spread} over {set_report.get('n_images', 0):,} images.")
 
 
 def misclassified(predictions: pd.DataFrame | None, set_key: str | None = None, cap: int = GALLERY_CAP) -> pd.DataFrame:

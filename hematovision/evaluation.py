@@ -34,6 +34,8 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[st
     pc = m.per_class(cm)
     correct = int((y_pred == y_true).sum())
     raw = cal.uncalibrate(probs, temperature)
+    conf, right = probs.max(axis=1), y_pred == y_true
+    cells = list(groups) if groups is not None else [str(i) for i in range(len(y_true))]  # the unit that is resampled
     ece_before, bins_before = cal.reliability(raw, y_true)
     ece_after, bins_after = cal.reliability(probs, y_true)
     roc = {}
@@ -51,6 +53,8 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[st
         "confusion_matrix": cm.tolist(),
         "ece_before_calibration": ece_before,
         "ece_after_calibration": ece_after,
+        "ece_after_calibration_ci95": list(m.cluster_bootstrap(lambda i: cal.ece_of(conf[i], right[i]), cells)),
+        "ece_floor": cal.ece_floor(probs, cells).__dict__,
         "reliability_before": [b.__dict__ for b in bins_before],
         "reliability_after": [b.__dict__ for b in bins_after],
         "risk_coverage": cal.risk_coverage(probs, y_true),
@@ -64,6 +68,7 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[st
             "correct": ok,
             "accuracy": ok / len(keys) if keys else None,
             "accuracy_ci95": list(m.wilson_interval(ok, len(keys))),
+            "image_accuracy_ci95_by_cell": list(m.cluster_bootstrap(lambda i: float(right[i].mean()), cells)),
             "rule": "one vote per original cell: the class with the highest mean probability over its augmented copies",
             "confusion_matrix": m.confusion_matrix(gt, gp, n_cls).tolist(),
         }

@@ -70,7 +70,8 @@ def _pct(v) -> str:
 
 rows = []
 for key, s in ev.get("sets", {}).items():
-    ci = s.get("accuracy_ci95") or [None, None]
+    # Copies of one cell are not independent: where cells repeat, the interval resamples whole cells.
+    ci = (s.get("per_cell") or {}).get("image_accuracy_ci95_by_cell") or s.get("accuracy_ci95") or [None, None]
     rows.append({
         "Test set": s.get("name", key),
         "Images": s.get("n_images"),
@@ -79,11 +80,14 @@ for key, s in ev.get("sets", {}).items():
         "Macro F1": f"{s['macro_f1']:.3f}" if s.get("macro_f1") is not None else "–",
         "ECE before calibration": f"{s['ece_before_calibration']:.3f}" if s.get("ece_before_calibration") is not None else "–",
         "ECE after calibration": f"{s['ece_after_calibration']:.3f}" if s.get("ece_after_calibration") is not None else "–",
+        "ECE noise floor": f"{s['ece_floor']['median']:.3f}" if (s.get("ece_floor") or {}).get("median") is not None else "–",
         "Per-cell accuracy": _pct(s["per_cell"].get("accuracy")) if s.get("per_cell") else "–",
     })
 if rows:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"Test set": st.column_config.TextColumn("Test set")})
     st.caption("Held-out test sets, never used for training or threshold choice. ECE (expected calibration error) "
-               "measures how far confidence is from accuracy; lower is better. Kaggle TEST images are augmented "
-               "copies of cells, so the per-cell figure counts each cell once. Details on the *Model evaluation* page.")
+               "measures how far confidence is from accuracy; lower is better; its noise floor is what a perfectly "
+               "calibrated model would read on a set of that size. Kaggle TEST images are augmented copies of cells, so "
+               "its interval resamples whole cells and the per-cell figure counts each cell once. Details on the "
+               "*Model evaluation* page.")

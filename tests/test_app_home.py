@@ -19,7 +19,9 @@ EVALUATION = {
     "sets": {
         "kaggle_test": {"name": "Kaggle TEST", "n_images": 2487, "accuracy": 0.871, "accuracy_ci95": [0.857, 0.884], "macro_f1": 0.87,
                         "ece_before_calibration": 0.081, "ece_after_calibration": 0.021, "risk_coverage": [],
-                        "per_cell": {"n_cells": 71, "correct": 60, "accuracy": 0.845, "accuracy_ci95": [0.74, 0.91]}},
+                        "ece_floor": {"median": 0.039, "p95": 0.072, "n_sims": 500},
+                        "per_cell": {"n_cells": 71, "correct": 60, "accuracy": 0.845, "accuracy_ci95": [0.74, 0.91],
+                                     "image_accuracy_ci95_by_cell": [0.71, 0.93]}},
         "pbc_test": {"name": "PBC test", "n_images": 1200, "accuracy": 0.962, "accuracy_ci95": [0.95, 0.97], "macro_f1": 0.96,
                      "ece_before_calibration": 0.05, "ece_after_calibration": 0.012, "risk_coverage": []},
     },
@@ -58,6 +60,9 @@ def test_home_with_evaluation(tmp_path, tiny_model_dir, monkeypatch):
     assert list(table["Test set"]) == ["Kaggle TEST", "PBC test"]
     assert table.loc[0, "Accuracy"] == "87.1%" and table.loc[0, "ECE after calibration"] == "0.021"
     assert table.loc[0, "Per-cell accuracy"] == "84.5%" and table.loc[1, "Per-cell accuracy"] == "–"
+    # Copies of a cell: the interval resamples whole cells; one image per cell: Wilson's.
+    assert table.loc[0, "95% CI"] == "71.0% – 93.0%" and table.loc[1, "95% CI"] == "95.0% – 97.0%"
+    assert table.loc[0, "ECE noise floor"] == "0.039" and table.loc[1, "ECE noise floor"] == "–"
     assert "framed on its white cell" not in text  # the tiny model sees the whole image
 
 

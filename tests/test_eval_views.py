@@ -80,6 +80,12 @@ def test_headline_reads_report(rep):
     assert h["Images"]["value"] == f"{rep['n_images']:,}"
     assert h["ECE after calibration"]["value"] == f"{rep['ece_after_calibration']:.3f}"
     assert f"{rep['ece_before_calibration']:.3f}" in h["ECE after calibration"]["caption"]
+    lo, hi = rep["ece_after_calibration_ci95"]
+    assert f"{lo:.3f} – {hi:.3f}" in h["ECE after calibration"]["help"]
+    assert f"about {rep['ece_floor']['median']:.3f}" in h["ECE after calibration"]["help"]
+    # A report from before these were recorded still renders.
+    old = {k: v for k, v in rep.items() if k not in ("ece_after_calibration_ci95", "ece_floor")}
+    assert ev.ece_resolution(old) == "" and "sampling noise" not in {m["label"]: m for m in ev.headline(old)}["ECE after calibration"]["help"]
 
 
 def test_confusion_figure_counts_and_rows(rep):
@@ -139,6 +145,8 @@ def test_per_cell_summary(rep):
     text = ev.per_cell_summary(rep)
     pc = rep["per_cell"]
     assert f"{pc['correct']} of {pc['n_cells']}" in text and f"{pc['accuracy']:.1%}" in text
+    lo, hi = pc["image_accuracy_ci95_by_cell"]
+    assert f"{lo:.1%} – {hi:.1%} when whole cells are resampled" in text
     assert ev.per_cell_summary({"accuracy": 0.5}) is None
     assert "about 10 augmented copies" in ev.per_cell_note(rep) and f"only {pc['n_cells']} original cells" in ev.per_cell_note(rep)
     # One image per cell (Kaggle TEST_SIMPLE): nothing to say.

@@ -187,3 +187,39 @@ def test_risk_coverage_and_threshold_for_accuracy():
     ok = [q for q in pts if q["accuracy_accepted"] is not None and q["accuracy_accepted"] >= 0.95]
     assert t == min(q["threshold"] for q in ok)
     assert cal.threshold_for_accuracy(pts, 1.01) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_ece_equals_the_binned_one(seed):
+    y, _, p = random_case(seed)
+    assert cal.ece_of(p.max(1), p.argmax(1) == y) == pytest.approx(cal.reliability(p, y)[0], abs=1e-12)
+
+
+def test_ece_floor_shrinks_with_independent_images_and_grows_with_copies():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.55, 1.0, 2400)
+    p = np.stack([conf, 1 - conf], axis=1)
+    big = cal.ece_floor(p)
+    small = cal.ece_floor(p[:70])
+    copies = cal.ece_floor(p, groups=[str(i // 30) for i in range(2400)])  # 80 cells of 30 copies
+    assert big.median < 0.03 < small.median  # 2,400 independent images vs 70
+    assert copies.median > 1.5 * big.median  # copies of few cells measure like fewer images
+    assert big.p95 >= big.median and big.n_sims == 500
+    assert cal.ece_floor(p, seed=3) == cal.ece_floor(p, seed=3)
+
+
+def test_cluster_bootstrap_widens_with_copies_and_is_seeded():
+    rng = np.random.default_rng(1)
+    right = rng.random(80) < 0.8
+    stat = lambda i, r=right: float(r[i].mean())  # noqa: E731
+    lo, hi = m.cluster_bootstrap(stat, [str(i) for i in range(80)])
+    assert lo < right.mean() < hi
+    w_lo, w_hi = m.wilson_interval(int(right.sum()), 80)
+    assert abs((hi - lo) - (w_hi - w_lo)) < 0.05  # independent images: close to Wilson
+    # The same 80 outcomes as 30 copies each: resampling cells gives about the same width,
+    # where an image-level interval would pretend to 2,400 independent images.
+    many = np.repeat(right, 30)
+    c_lo, c_hi = m.cluster_bootstrap(lambda i: float(many[i].mean()), [str(i // 30) for i in range(2400)])
+    assert (c_hi - c_lo) > 0.7 * (hi - lo)
+    assert m.cluster_bootstrap(stat, [str(i) for i in range(80)], seed=5) == m.cluster_bootstrap(stat, [str(i) for i in range(80)], seed=5)
+    assert m.cluster_bootstrap(lambda i: 1.0, ["a", "b"]) == (1.0, 1.0)
