@@ -51,8 +51,13 @@ def headline(set_report: dict) -> list[dict]:
         {"label": "Images", "value": f"{set_report.get('n_images', 0):,}", "help": "Images evaluated in this set.", "caption": ""},
         {"label": "ECE after calibration", "value": "n/a" if after is None else f"{after:.3f}",
          "help": "Expected calibration error (15 bins): the mean gap between confidence and accuracy. Lower is better. " + ece_resolution(set_report),
-         "caption": "before calibration: " + ("n/a" if before is None else f"{before:.3f}")},
+         "caption": "before calibration: " + ("n/a" if before is None else f"{before:.3f}") + _floor_text(set_report)},
     ]
+
+
+def _floor_text(set_report: dict) -> str:
+    floor = (set_report.get("ece_floor") or {}).get("median")
+    return "" if floor is None else f" · noise floor: {floor:.3f}"
 
 
 def ece_resolution(set_report: dict) -> str:

@@ -83,6 +83,7 @@ def test_headline_reads_report(rep):
     lo, hi = rep["ece_after_calibration_ci95"]
     assert f"{lo:.3f} – {hi:.3f}" in h["ECE after calibration"]["help"]
     assert f"about {rep['ece_floor']['median']:.3f}" in h["ECE after calibration"]["help"]
+    assert h["ECE after calibration"]["caption"].endswith(f"noise floor: {rep['ece_floor']['median']:.3f}")
     # A report from before these were recorded still renders.
     old = {k: v for k, v in rep.items() if k not in ("ece_after_calibration_ci95", "ece_floor")}
     assert ev.ece_resolution(old) == "" and "sampling noise" not in {m["label"]: m for m in ev.headline(old)}["ECE after calibration"]["help"]
