@@ -96,8 +96,15 @@ def cluster_bootstrap(stat: Callable[[np.ndarray], float], groups: list[str], n_
     _, gi = np.unique(np.asarray(groups), return_inverse=True)
     if len(gi) == 0:
         return (float("nan"), float("nan"))
-    members = [np.flatnonzero(gi == k) for k in range(gi.max() + 1)]
+    order = np.argsort(gi, kind="stable")  # images grouped by cell: cell k is order[start[k]:start[k] + size[k]]
+    size = np.bincount(gi)
+    start = np.cumsum(size) - size
     rng = np.random.default_rng(seed)
-    vals = [stat(np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])) for _ in range(n_boot)]
-    lo, hi = np.percentile(vals, [2.5, 97.5])
+
+    def resample() -> np.ndarray:
+        pick = rng.integers(0, len(size), len(size))
+        n = size[pick]
+        return order[np.repeat(start[pick] - (np.cumsum(n) - n), n) + np.arange(n.sum())]
+
+    lo, hi = np.percentile([stat(resample()) for _ in range(n_boot)], [2.5, 97.5])
     return (float(lo), float(hi))
