@@ -102,7 +102,7 @@ def pooled_features(features, images: Sequence[np.ndarray], input_size: int, vie
             else:
                 rng = np.random.default_rng([seed, k, v, zlib.crc32(rgb[::17, ::17].tobytes())])
                 view = aug.augment(rgb, rng, cfg)
-                jitter = Jitter.draw(rng) if framing == "cell" else None
+                jitter = Jitter.draw(rng) if framing != "full" else None
             batch.append(model_input(view, input_size, framing, jitter))
             if len(batch) >= batch_size:
                 flush()

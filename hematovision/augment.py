@@ -35,10 +35,14 @@ class AugmentConfig:
     blur_prob: float = 0.25
     jpeg_prob: float = 0.25
     border: str = "reflect"  # or "black", as in fields already rotated with black corners
+    stain_angle: float = 0.0  # degrees: each stain's colour vector turned by up to this (stain-vector randomisation)
+    cast: float = 0.0  # per-channel gains in [1 - cast, 1 + cast]: a lamp's or a ground's colour cast
+    gamma: float = 0.0  # gamma in [1 / (1 + gamma), 1 + gamma], log-uniform
+    grey_prob: float = 0.0  # share of views turned to greyscale (a monochrome camera; no hue to lean on)
 
     @classmethod
     def none(cls) -> "AugmentConfig":
-        return cls(False, (1.0, 1.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "reflect")
+        return cls(False, (1.0, 1.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "reflect", 0.0, 0.0, 0.0, 0.0)
 
 
 def geometric(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -66,6 +70,50 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, scale: float, shift:
     od2 = (hed * alpha + beta) @ _RGB_FROM_HED.astype(np.float32)
     out = 256.0 * np.exp(-od2) - 1.0
     return np.clip(out, 0, 255).reshape(rgb.shape).astype(np.uint8)
+
+
+def _turn(vector: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
+    """``vector`` (a unit stain colour in optical density) turned by ``degrees`` about a random axis,
+    kept in the positive octant (a dye absorbs, it never emits)."""
+    axis = rng.normal(size=3)
+    axis -= axis @ vector * vector
+    axis /= np.linalg.norm(axis) + 1e-12
+    t = np.deg2rad(degrees)
+    out = np.clip(np.cos(t) * vector + np.sin(t) * axis, 0.02, None)
+    return out / np.linalg.norm(out)
+
+
+def stain_vectors(rgb: np.ndarray, rgb_from_hed: np.ndarray) -> np.ndarray:
+    """Re-stain: the image's haematoxylin, eosin and residual densities recomposed with other stain
+    colour vectors (rows of ``rgb_from_hed``), as another laboratory's dyes would show the same cell."""
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    hed = od.reshape(-1, 3) @ _HED_FROM_RGB.astype(np.float32)
+    out = 256.0 * np.exp(-(np.clip(hed, 0, None) @ rgb_from_hed.astype(np.float32))) - 1.0
+    return np.clip(out, 0, 255).reshape(rgb.shape).astype(np.uint8)
+
+
+def random_stain(rgb: np.ndarray, rng: np.random.Generator, max_degrees: float) -> np.ndarray:
+    """Stain-vector randomisation: each of the three stain colours turned by up to ``max_degrees``."""
+    if max_degrees <= 0:
+        return rgb
+    ref = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+    turned = np.stack([_turn(v, float(rng.uniform(0, max_degrees)), rng) for v in ref])
+    return stain_vectors(rgb, turned)
+
+
+def light_and_camera(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """A colour cast (per-channel gains), a gamma, and sometimes a monochrome camera."""
+    out = rgb
+    if cfg.cast or cfg.gamma:
+        f = out.astype(np.float32) / 255.0
+        if cfg.cast:
+            f = f * rng.uniform(1 - cfg.cast, 1 + cfg.cast, size=3).astype(np.float32)
+        if cfg.gamma:
+            f = np.clip(f, 0, 1) ** float(np.exp(rng.uniform(-np.log1p(cfg.gamma), np.log1p(cfg.gamma))))
+        out = np.clip(f * 255.0, 0, 255).astype(np.uint8)
+    if cfg.grey_prob and rng.random() < cfg.grey_prob:
+        out = np.repeat(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
+    return out
 
 
 def colour_jitter(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -102,5 +150,9 @@ def augment(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = Augm
     """One random training view of ``rgb`` (same shape and dtype)."""
     out = geometric(rgb, rng, cfg)
     out = stain_jitter(out, rng, cfg.hed_scale, cfg.hed_shift)
+    if cfg.stain_angle:  # only recipes that ask for it draw from rng here, so older recipes keep their views
+        out = random_stain(out, rng, cfg.stain_angle)
     out = colour_jitter(out, rng, cfg)
+    if cfg.cast or cfg.gamma or cfg.grey_prob:
+        out = light_and_camera(out, rng, cfg)
     return camera_noise(out, rng, cfg)

@@ -56,9 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
-    t.add_argument("--augment", choices=["robust", "strong", "baseline"], help="augmentation recipe (default: strong, the shipped recipe; see docs/generalisation.md)")
+    t.add_argument("--augment", choices=["robust", "strong", "baseline", "stain_invariant"],
+                   help="augmentation recipe (default: strong; the shipped model uses stain_invariant; see docs/generalisation.md)")
+    t.add_argument("--views", help="augmented views cached per training image and source, e.g. kaggle=2,pbc=4 (default kaggle=2,pbc=2)")
     t.add_argument("--input-norm", choices=INPUT_NORMS, default="none", help="per-image colour layer inside the model: channel standardisation or background white balance (default: none; both measured worse, docs/generalisation.md)")
-    t.add_argument("--framing", choices=["cell", "full"], default="cell", help="cell: a square around the located nucleus (default); full: the whole image")
+    t.add_argument("--framing", choices=["cell", "cell_any_stain", "full"], default="cell",
+                   help="cell: a square around the nucleus located by B - G (default); cell_any_stain: the same, falling back to the "
+                        "densest stain where B - G finds none; full: the whole image")
     t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
     t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and strong_cell) and record it in the new model")
 
@@ -68,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--cache", default=".cache/features", help="feature cache shared with training runs (default: .cache/features)")
     lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust, strong, strong_norm, strong_cell (see docs/generalisation.md)")
     lo.add_argument("--max-epochs", type=int, default=14)
+    lo.add_argument("--views", help="augmented views per training image and source, e.g. kaggle=2,pbc=4 (as the trained model's, to share its cache)")
     lo.add_argument("--input-size", type=int, default=192)
     lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
     lo.add_argument("--adaptation", default="5,10,20,50", help="labeled images per class for the adaptation curve on the last variant's models ('' to skip)")
@@ -89,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
     x.add_argument("--data", help="data root for check images (default: $HEMATOVISION_DATA or ../shared/data; generated images if absent)")
     x.add_argument("--check-images", type=int, default=16, help="real test images per test set to compare Keras and LiteRT on")
+
+    ss = sub.add_parser("stain-suite", help="accuracy and per-class recall of a model under severe stain and camera shifts of the test images "
+                        "(the validation that predicts other laboratories; docs/generalisation.md)")
+    ss.add_argument("--model", action="append", required=True, help="model directory (repeat to compare; the first one's split manifest picks the images)")
+    ss.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    ss.add_argument("--kaggle-stride", type=int, default=0, help="use every N-th Kaggle TEST image (default: shift_suite.KAGGLE_STRIDE)")
+    ss.add_argument("--out", help="write the reports (a JSON list, one per model) here")
+    ss.add_argument("--record", action="store_true", help="also write each model's report into its evaluation.json and model card")
 
     f = sub.add_parser("fields", help="find which Kaggle images are copies of one smear field (the unit the validation split keeps whole) and write or check the field table")
     f.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
@@ -235,6 +248,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _views(text: str | None, default: dict) -> dict:
+    """``--views kaggle=2,pbc=4`` over the default views per image and source."""
+    if not text:
+        return default
+    try:
+        return {**default, **{k.strip(): int(v) for k, v in (p.split("=") for p in text.split(","))}}
+    except ValueError as exc:
+        raise UsageError(f"--views: expected SOURCE=N,... (e.g. kaggle=2,pbc=4), got {text!r}") from exc
+
+
 def cmd_train(args) -> int:
     from .config import data_root
     from .training import TrainConfig, train_command
@@ -253,6 +276,7 @@ def cmd_train(args) -> int:
         from .training import AUGMENT_RECIPES
 
         cfg.augment = AUGMENT_RECIPES[args.augment]()
+    cfg.views_per_image = _views(args.views, cfg.views_per_image)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
     if refit_from is not None:
@@ -351,6 +375,7 @@ def cmd_loso(args) -> int:
     cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, limit_per_split=args.limit_per_class)
     if args.seed is not None:
         cfg.seed = args.seed
+    cfg.views_per_image = _views(args.views, cfg.views_per_image)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = loso.run_loso(Path(args.work), cfg, root, cache_root=Path(args.cache), variants=variants)
     print(loso.table(results))
@@ -366,11 +391,30 @@ def cmd_loso(args) -> int:
     return 0
 
 
+def cmd_stain_suite(args) -> int:
+    from . import shift_suite
+    from .config import data_root
+
+    root = data_root(args.data)
+    if not root.is_dir():
+        raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
+    stride = args.kaggle_stride or shift_suite.KAGGLE_STRIDE
+    reports = [shift_suite.run_suite(Path(m), root, stride, manifest_from=Path(args.model[0])) for m in args.model]
+    print(shift_suite.table(reports))
+    if args.out:
+        Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")
+    if args.record:
+        for m, r in zip(args.model, reports):
+            shift_suite.record_in_model(Path(m), r)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in what a command writes (the model card)
     try:
-        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert, "fields": cmd_fields}[args.command](args)
+        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert, "fields": cmd_fields,
+                "stain-suite": cmd_stain_suite}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ class GradCam:
 
         rgb = np.asarray(rgb)
         x = model_input(rgb, self.input_size, self.framing) if self.input_size else rgb
-        if self.framing == "cell" and self.input_size:
+        if self.framing != "full" and self.input_size:
             rgb = x  # the map explains the framed cell, so it is drawn over that
         h, w = rgb.shape[:2]
         x = tf.convert_to_tensor(x[None].astype(np.float32))

@@ -56,6 +56,8 @@ VARIANTS["strong_norm"] = _variant("strong", input_norm="channel", framing="full
 VARIANTS["strong_cell"] = _variant("strong", framing="cell")
 #: ``strong_cell`` plus a white balance on the smear's background inside the model (``model.BackgroundBalance``).
 VARIANTS["strong_cell_bg"] = _variant("strong", framing="cell", input_norm="background")
+#: Hue taken away as a cue: strong colour, stain-vector, cast, gamma and greyscale augmentation, any-stain framing.
+VARIANTS["stain_invariant"] = _variant("stain_invariant", framing="cell_any_stain")
 
 
 @dataclass

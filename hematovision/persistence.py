@@ -32,12 +32,14 @@ PREDICTIONS_FILE = "test_predictions.csv"
 MANIFEST_FILE = "split_manifest.csv"
 def preprocessing_text(framing: str = "full", input_norm: str = "none") -> str:
     """What happens to a user's pixels before the network, in words, for the model card."""
-    first = ("RGB uint8 pixels -> a square around the located nucleus, side 2x the nucleus box, resized to input_size "
-             "(hematovision.framing, shared by training and serving) -> inside the Keras model: " if framing == "cell"
+    cell = framing in ("cell", "cell_any_stain")
+    how = (" (B - G; where that finds none, the densest stain over the image's own background)" if framing == "cell_any_stain" else "")
+    first = (f"RGB uint8 pixels -> a square around the located nucleus{how}, side 2x the nucleus box, resized to input_size "
+             "(hematovision.framing, shared by training and serving) -> inside the Keras model: " if cell
              else "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> ")
     norm = {"channel": "per image and channel to mean 128, standard deviation 48 (ChannelStandardise) -> ",
             "background": "per image, each channel scaled so the background becomes 230 (BackgroundBalance) -> "}.get(input_norm, "")
-    return first + norm + "x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input)" + ("" if framing == "cell" else "; all inside the Keras model")
+    return first + norm + "x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input)" + ("" if cell else "; all inside the Keras model")
 
 
 class ModelError(RuntimeError):
@@ -124,7 +126,7 @@ def load_card(model_dir: Path) -> ModelCard:
 
     if card.framing not in FRAMINGS:
         raise ModelError(f"model card {path} asks for framing {card.framing!r}, which this version does not know ({', '.join(FRAMINGS)}); update HematoVision")
-    if card.framing == "cell" and card.framing_revision != FRAMING_REVISION:
+    if card.framing in ("cell", "cell_any_stain") and card.framing_revision != FRAMING_REVISION:
         raise ModelError(f"model card {path}: the model was trained with cell framing revision {card.framing_revision}, this HematoVision frames "
                          f"with revision {FRAMING_REVISION}; serving it would feed it differently framed cells: retrain it, or use the matching HematoVision")
     return card

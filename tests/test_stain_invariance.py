@@ -1,0 +1,145 @@
+"""The stain-invariance work: any-stain framing, stain-vector and camera augmentation, the stain-shift suite."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_model_dir
+from hematovision import augment as aug
+from hematovision import framing, shift_suite, shifts
+from test_framing import smear
+
+BROWN_ON_YELLOW = dict(background=(236, 222, 150), red=(214, 150, 110), nucleus=(150, 70, 40))
+
+
+def _recoloured(background, red, nucleus, h=240, w=320, at=(250, 60, 20)):
+    """A field like :func:`test_framing.smear` in another stain: a nucleus at ``at`` (x, y, r) and two red cells."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = background
+    yy, xx = np.mgrid[:h, :w]
+    for (x, y, r) in ((80, 150, 30), (160, 90, 28)):
+        img[(yy - y) ** 2 + (xx - x) ** 2 < r ** 2] = red
+    x, y, r = at
+    img[(yy - y) ** 2 + (xx - x) ** 2 < r ** 2] = nucleus
+    return img
+
+
+def test_a_brown_nucleus_on_a_yellow_ground_is_missed_by_b_minus_g_and_found_by_density():
+    img = _recoloured(**BROWN_ON_YELLOW)
+    assert framing.locate_cell(img) is None  # the Romanowsky rule sees nothing blue here
+    box = framing.locate_cell_density(img)
+    assert box is not None and abs(box.cx - 250) < 6 and abs(box.cy - 60) < 6 and 30 < box.extent < 50
+    # so the two framings differ exactly where B - G gives up
+    assert not np.array_equal(framing.model_input(img, 64, "cell"), framing.model_input(img, 64, "cell_any_stain"))
+
+
+def test_any_stain_framing_equals_cell_framing_where_b_minus_g_finds_the_nucleus():
+    img = smear()
+    np.testing.assert_array_equal(framing.model_input(img, 64, "cell"), framing.model_input(img, 64, "cell_any_stain"))
+
+
+def test_density_locator_ignores_black_fill_and_blank_images():
+    img = _recoloured(**BROWN_ON_YELLOW)
+    img[:, :40] = 0  # a rotated field's black corner
+    box = framing.locate_cell_density(img)
+    assert box is not None and abs(box.cx - 250) < 6
+    assert framing.locate_cell_density(np.full((100, 100, 3), 200, np.uint8)) is None
+
+
+def test_greyscale_cell_is_framed_the_same_as_its_colour_original():
+    img = _recoloured(**BROWN_ON_YELLOW)
+    grey = shifts.greyscale(img)
+    a, b = framing.locate_cell_density(img), framing.locate_cell_density(grey)
+    assert abs(a.cx - b.cx) < 3 and abs(a.cy - b.cy) < 3
+
+
+def test_new_augmentations_are_seeded_and_change_colour_not_shape():
+    img = smear(h=96, w=96, nucleus=((48, 48, 15),), red_cells=((15, 15, 10),))
+    cfg = aug.AugmentConfig(rotate=False, zoom=(1.0, 1.0), shift=0.0, stain_angle=25.0, cast=0.2, gamma=0.6, grey_prob=0.0)
+    a = aug.augment(img, np.random.default_rng(3), cfg)
+    b = aug.augment(img, np.random.default_rng(3), cfg)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == img.shape and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - img).mean() > 2  # the colours moved
+
+
+def test_grey_prob_one_gives_grey_views_and_zero_never():
+    img = smear(h=64, w=64, nucleus=((32, 32, 10),), red_cells=())
+    grey = aug.light_and_camera(img, np.random.default_rng(0), aug.AugmentConfig(grey_prob=1.0))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    colour = aug.light_and_camera(img, np.random.default_rng(0), aug.AugmentConfig(grey_prob=0.0))
+    np.testing.assert_array_equal(colour, img)
+
+
+def test_turned_stain_vectors_stay_unit_positive_and_within_the_angle():
+    rng = np.random.default_rng(1)
+    v = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
+    for deg in (5.0, 25.0):
+        t = aug._turn(v, deg, rng)
+        assert abs(np.linalg.norm(t) - 1) < 1e-9 and (t > 0).all()
+        assert np.degrees(np.arccos(np.clip(t @ v, -1, 1))) <= deg + 1e-6
+
+
+def test_restain_with_the_reference_stains_is_close_to_identity_and_other_stains_move_the_hue():
+    img = smear(h=80, w=80, nucleus=((40, 40, 15),), red_cells=((12, 12, 8),))
+    same = shifts.restain(img, shifts._REF_STAINS)
+    assert np.abs(same.astype(int) - img).mean() < 3
+    rapid = shifts.restain(img, shifts.RAPID_STAINS, 1.0, (0.0, 0.05, 0.35))
+    nucleus = rapid[40, 40].astype(int)
+    assert nucleus[0] > nucleus[2]  # the nucleus turns from blue-purple to reddish-brown
+    assert rapid[2, 2, 2] < rapid[2, 2, 0]  # and the ground yellow
+
+
+def test_held_out_families_lie_outside_the_training_ranges():
+    """The suite's held-out re-stainings are farther from the reference than training ever turns a stain."""
+    from hematovision.training import stain_invariant_augment
+
+    max_turn = stain_invariant_augment()["pbc"]["stain_angle"]
+    for stains in (shifts.RAPID_STAINS, shifts.PALE_BLUE_STAINS):
+        assert max(shifts.stain_angles(stains)[:2]) > max_turn and min(shifts.stain_angles(stains)[:2]) > max_turn
+    names = {f.name: f for f in shifts.SUITE}
+    assert names["hue_60"].held_out and not names["hue_20"].held_out and not names["greyscale"].held_out
+
+
+def test_every_family_keeps_dtype_and_is_deterministic():
+    img = smear(h=363, w=360, nucleus=((180, 181, 40),), red_cells=((40, 40, 30),))
+    for fam in shifts.SUITE:
+        a, b = fam.apply(img, 1), fam.apply(img, 1)
+        assert a.dtype == np.uint8 and a.ndim == 3, fam.name
+        np.testing.assert_array_equal(a, b)
+        if not fam.geometry:
+            assert a.shape == img.shape, fam.name
+
+
+def test_run_family_scores_per_class_recall(tiny_model_dir):
+    from hematovision.inference import Classifier
+
+    clf = Classifier.load(tiny_model_dir)
+    imgs = [smear(h=64, w=64, nucleus=((32, 32, 10),), red_cells=()) for _ in range(4)]
+    labels = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    r = shift_suite.run_family(clf, shifts.SUITE[0], imgs, labels, "synthetic")
+    pred = clf.predict_proba(imgs).argmax(1)
+    assert r.n == 4 and r.accuracy == pytest.approx(float((pred == np.arange(4)).mean()))
+    assert set(r.recall) == set(labels) and all(v in (0.0, 1.0) for v in r.recall.values())
+
+
+def test_views_flag_is_parsed_and_bad_values_get_one_line(capsys):
+    from hematovision.cli import UsageError, _views
+
+    assert _views("pbc=4", {"kaggle": 2, "pbc": 2}) == {"kaggle": 2, "pbc": 4}
+    assert _views(None, {"kaggle": 2}) == {"kaggle": 2}
+    with pytest.raises(UsageError, match="--views"):
+        _views("pbc:4", {"kaggle": 2})
+
+
+def test_suite_table_and_record(tmp_path):
+    model = make_tiny_model_dir(tmp_path / "m")
+    (model / "evaluation.json").write_text(json.dumps({"model_version": "x"}))
+    report = {"model_version": "tiny", "families": [], "mean_accuracy_held_out": 0.5, "results": [
+        {"family": "none", "test_set": "pbc_test", "held_out": False, "n": 4, "accuracy": 1.0, "ci95": [0.5, 1], "recall": {"eosinophil": 1.0}},
+        {"family": "hue_60", "test_set": "pbc_test", "held_out": True, "n": 4, "accuracy": 0.5, "ci95": [0.1, 0.9], "recall": {"eosinophil": 0.0}}]}
+    md = shift_suite.table([report])
+    assert "| hue_60 | yes | pbc_test | 4 | 50.0% (eosinophil 0%) |" in md and "**50.0%**" in md
+    shift_suite.record_in_model(model, report)
+    assert json.loads((model / "evaluation.json").read_text())["stain_shift_suite"]["mean_accuracy_held_out"] == 0.5
