@@ -74,7 +74,7 @@ def bench_classify(n: int) -> dict:
     from streamlit.delta_generator import DeltaGenerator
     from streamlit.testing.v1 import AppTest
 
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     seen: list[str] = []
     real_classify = Classifier.classify
@@ -182,7 +182,7 @@ def bench_evaluation(repeats: int) -> dict:
 def bench_browser(repeats: int) -> dict:
     from playwright.sync_api import expect, sync_playwright
 
-    from hematovision.devserver import dashboard, launch_chromium
+    from hematovision.app.devserver import dashboard, launch_chromium
 
     with dashboard(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")) as url:
         times = []
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     os.chdir(REPO)
     import json
 
-    from hematovision.persistence import machine_description
+    from hematovision.modeling.persistence import machine_description
 
     card = json.loads((REPO / "models" / "model_card.json").read_text())
     print(f"machine: {machine_description()}")

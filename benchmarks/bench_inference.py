@@ -43,7 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def prepare_images(dest: Path, n: int, data: str | None = None) -> str:
     """Write ``n`` images to ``dest``; returns a description of where they came from."""
-    from hematovision import datasets as ds
+    from hematovision.data import datasets as ds
     from hematovision.config import data_root
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def prepare_images(dest: Path, n: int, data: str | None = None) -> str:
         return f"real images from {root} (Kaggle TEST {sum(1 for f in mixed[:n] if f in kag)}, PBC {sum(1 for f in mixed[:n] if f in pb)} of the first {min(n, len(mixed))}; repeated past {len(mixed)})"
     from PIL import Image
 
-    from hematovision.litert import generated_images
+    from hematovision.serving.litert import generated_images
 
     gen = generated_images(64, seed=1)
     for k in range(n):
@@ -92,7 +92,7 @@ def _rss_mib() -> float:
 
 def worker_classify(model: str, folder: str, out: str, backend: str) -> dict:
     from hematovision import cli
-    from hematovision import inference
+    from hematovision.serving import classifier as inference
 
     if backend != "auto":  # force a backend through the same CLI code path
         orig = inference.Classifier.load.__func__
@@ -106,8 +106,8 @@ def worker_classify(model: str, folder: str, out: str, backend: str) -> dict:
 
 
 def worker_latency(model: str, folder: str, repeats: int) -> dict:
-    from hematovision.inference import Classifier
-    from hematovision.sources import iter_paths
+    from hematovision.serving.classifier import Classifier
+    from hematovision.imaging.sources import iter_paths
 
     clf = Classifier.load(model)
     files = sorted(Path(folder).iterdir())
@@ -124,9 +124,9 @@ def worker_latency(model: str, folder: str, repeats: int) -> dict:
 def worker_baseline(model: str, folder: str) -> dict:
     import numpy as np
 
-    from hematovision import persistence
-    from hematovision.framing import model_input
-    from hematovision.imaging import decode_image
+    from hematovision.modeling import persistence
+    from hematovision.imaging.framing import model_input
+    from hematovision.imaging.decode import decode_image
 
     card = persistence.load_card(Path(model))
     net = persistence.load_keras_model(Path(model), card)
@@ -144,7 +144,8 @@ def worker_batchcmp(model: str, tmp: str) -> dict:
     """Network-only images/s of the exported batch-1 flat-buffer vs a dynamic-batch one (why batch 1 is exported)."""
     import numpy as np
 
-    from hematovision import litert, persistence
+    from hematovision.serving import litert
+    from hematovision.modeling import persistence
 
     card = persistence.load_card(Path(model))
     net = persistence.load_keras_model(Path(model), card)
@@ -193,7 +194,7 @@ def cli_cold_start(model: str, image: Path, tmp: Path, repeats: int = 3) -> list
 
 def dashboard_cold_start(model: str, timeout: float = 90.0) -> float | None:
     """Seconds from launching ``streamlit run Home.py`` until its health check answers (``None`` if it never does)."""
-    from hematovision.devserver import dashboard
+    from hematovision.app.devserver import dashboard
 
     if shutil.which("streamlit", path=str(Path(sys.executable).parent)) is None:
         return None
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
             Path(a.write).write_text(markdown(res))
         return 0
     from hematovision.config import model_dir
-    from hematovision.persistence import load_card, machine_description
+    from hematovision.modeling.persistence import load_card, machine_description
 
     model = str(model_dir(a.model))
     card = load_card(Path(model))

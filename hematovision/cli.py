@@ -22,7 +22,7 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .model import INPUT_NORMS  # a constant; TensorFlow is imported only inside model's functions
+    from .modeling.network import INPUT_NORMS  # a constant; TensorFlow is imported only inside model's functions
 
     p = argparse.ArgumentParser(prog="python -m hematovision", description="HematoVision: white-blood-cell classification (research and education use, not diagnosis).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_fields(args) -> int:
     from collections import Counter
 
-    from . import fields
+    from .data import fields
     from .config import data_root
 
     root = data_root(args.data)
@@ -133,9 +133,9 @@ def cmd_fields(args) -> int:
 
 
 def cmd_export_litert(args) -> int:
-    from . import persistence
+    from .modeling import persistence
     from .config import model_dir
-    from .litert import check_images, export_litert
+    from .serving.litert import check_images, export_litert
 
     mdir = model_dir(args.model)
     try:
@@ -152,10 +152,10 @@ def cmd_export_litert(args) -> int:
 def cmd_classify(args) -> int:
     from tqdm import tqdm
 
-    from . import persistence
-    from .inference import Classifier
-    from .report import columns, neutralise
-    from .sources import iter_paths
+    from .modeling import persistence
+    from .serving.classifier import Classifier
+    from .reports.tables import columns, neutralise
+    from .imaging.sources import iter_paths
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1 (got {args.threshold})")
@@ -193,10 +193,10 @@ def cmd_classify(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import persistence
+    from .modeling import persistence
     from .config import model_dir
-    from .evaluation import evaluate_labeled, evaluate_model_on_test_sets, labeled_from_path, summary_lines
-    from .inference import Classifier
+    from .evaluation.evaluate import evaluate_labeled, evaluate_model_on_test_sets, labeled_from_path, summary_lines
+    from .serving.classifier import Classifier
 
     mdir = model_dir(args.model)
     try:
@@ -237,7 +237,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import data_root
-    from .training import TrainConfig, train_command
+    from .training.recipe import TrainConfig, train_command
 
     root = data_root(args.data)
     if not root.is_dir():
@@ -250,14 +250,14 @@ def cmd_train(args) -> int:
     cfg.framing = args.framing
     cfg.patience = args.patience
     if args.augment:
-        from .training import AUGMENT_RECIPES
+        from .training.recipe import AUGMENT_RECIPES
 
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
     if refit_from is not None:
-        from . import persistence
-        from .training import refit_config
+        from .modeling import persistence
+        from .training.recipe import refit_config
 
         if not (refit_from / persistence.CARD_FILE).is_file():
             raise UsageError(f"--refit-from: no model card in {refit_from}")
@@ -268,12 +268,12 @@ def cmd_train(args) -> int:
     train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name, refit_from=refit_from, refit=args.refit)
     import shlex
 
-    from . import persistence
+    from .modeling import persistence
 
     command = "python -m hematovision " + shlex.join(args.argv)
     persistence.update_card(out, lambda c: c.training.__setitem__("command", command))
     if args.loso:
-        from . import loso
+        from .training import loso
 
         results = loso.run_loso(work / "loso", cfg, root, cache_root=Path(args.cache), variants=("baseline", "strong_cell"))
         loso.record_in_model(out, loso.summary(results, cfg))
@@ -284,10 +284,10 @@ def cmd_train(args) -> int:
 def cmd_adapt(args) -> int:
     from tqdm import tqdm
 
-    from . import persistence
-    from .adapt import AdaptConfig, adapt_labeled
+    from .modeling import persistence
+    from .training.adapt import AdaptConfig, adapt_labeled
     from .config import model_dir
-    from .evaluation import labeled_from_path
+    from .evaluation.evaluate import labeled_from_path
 
     base = model_dir(args.model)
     try:
@@ -297,8 +297,8 @@ def cmd_adapt(args) -> int:
     if args.from_reviews == bool(args.path):
         raise UsageError("give either PATH (a folder or zip of class folders) or --from-reviews")
     if args.from_reviews:
-        from .adapt import labeled_from_reviews
-        from .review import ReviewDBError, ReviewStore, db_path
+        from .training.adapt import labeled_from_reviews
+        from .review.store import ReviewDBError, ReviewStore, db_path
 
         dbp = db_path(args.review_db)
         if not dbp.is_file():
@@ -335,9 +335,9 @@ def cmd_adapt(args) -> int:
 def cmd_loso(args) -> int:
     from dataclasses import asdict
 
-    from . import loso
+    from .training import loso
     from .config import data_root
-    from .training import TrainConfig
+    from .training.recipe import TrainConfig
 
     root = data_root(args.data)
     if not root.is_dir():

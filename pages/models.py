@@ -5,9 +5,10 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
-from hematovision import app_state, persistence, versions
-from hematovision.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
-from hematovision.evaluation import labeled_from_zip
+from hematovision.app import state as app_state
+from hematovision.modeling import persistence, versions
+from hematovision.training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
+from hematovision.evaluation.evaluate import labeled_from_zip
 
 st.title("Model versions")
 app_state.disclaimer()

@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from hematovision import DISCLAIMER, app_state
+from hematovision import DISCLAIMER
+from hematovision.app import state as app_state
 
 st.title("🩸 HematoVision")
 st.markdown(

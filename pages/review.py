@@ -9,8 +9,9 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from hematovision import app_state, batching, review
-from hematovision.imaging import decode_image
+from hematovision.app import state as app_state, batching
+from hematovision.review import store as review
+from hematovision.imaging.decode import decode_image
 
 st.title("🧑‍🔬 Review queue")
 app_state.disclaimer()

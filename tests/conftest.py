@@ -44,7 +44,7 @@ def build_tiny_network(input_size: int = 32, temperature: float = 1.5):
 
 
 def make_tiny_model_dir(path: Path, input_size: int = 32, temperature: float = 1.5, threshold: float = 0.3) -> Path:
-    from hematovision import persistence
+    from hematovision.modeling import persistence
 
     net = build_tiny_network(input_size, temperature)
     card = persistence.ModelCard(name="tiny-test-model", classes=list(CLASSES), input_size=input_size, temperature=temperature, default_threshold=threshold,

@@ -8,11 +8,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from hematovision.framing import FRAMING_REVISION
+from hematovision.imaging.framing import FRAMING_REVISION
 
 from conftest import CLASSES, make_tiny_model_dir
-from hematovision import persistence, versions
-from hematovision.adapt import AdaptConfig, adapt_head, adapt_model, fit_head
+from hematovision.modeling import persistence, versions
+from hematovision.training.adapt import AdaptConfig, adapt_head, adapt_model, fit_head
 from hematovision.cli import main
 
 
@@ -77,7 +77,7 @@ def test_adapt_model_saves_a_new_version_and_never_touches_the_parent(tmp_path):
     assert card.parent == parent.version and card.version != parent.version and card.name == "lab-a"
     assert card.training["adaptation"]["labeled_counts"] == {c: 6 for c in CLASSES}
     assert (base / "model.keras").read_bytes() == before
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     clf = Classifier.load(out, backend="keras")
     probs = clf.predict_proba(images)
@@ -130,8 +130,8 @@ def test_cli_adapt_from_a_zip_with_a_broken_member(tmp_path, capsys):
 
 
 def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only(tmp_path, capsys):
-    from hematovision.inference import Prediction
-    from hematovision.review import UNUSABLE, ReviewStore, thumbnail_png
+    from hematovision.serving.classifier import Prediction
+    from hematovision.review.store import UNUSABLE, ReviewStore, thumbnail_png
 
     base = make_tiny_model_dir(tmp_path / "base")
     store = ReviewStore(tmp_path / "reviews.sqlite3")
@@ -145,7 +145,7 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
     for p, lbl in zip(preds, labels):
         store.decide(p.sha256, "tiny@1", lbl, "tester")  # confirms the neutrophils, reclassifies the rest
     store.decide(preds[0].sha256, "tiny@1", UNUSABLE, "tester")  # the latest decision wins: left out
-    from hematovision.adapt import labeled_from_reviews
+    from hematovision.training.adapt import labeled_from_reviews
 
     labeled = labeled_from_reviews(store, CLASSES)
     assert len(labeled.inputs) == 11 and labeled.labels.count("eosinophil") == 2
@@ -159,8 +159,8 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
 
 def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
     """A ``cell`` parent's child frames cells too, and its features are those of the framed views."""
-    from hematovision.adapt import feature_model, pooled_features
-    from hematovision.framing import frame_cell
+    from hematovision.training.adapt import feature_model, pooled_features
+    from hematovision.imaging.framing import frame_cell
 
     base = make_tiny_model_dir(tmp_path / "base")
     persistence.update_card(base, lambda c: c.__dict__.update(framing="cell", framing_revision=FRAMING_REVISION))

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import image_bytes
-from hematovision.inference import Classifier
+from hematovision.serving.classifier import Classifier
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
@@ -103,7 +103,7 @@ def test_download_csv_has_cli_columns_threshold_and_version(calls):
     btn = at.get("download_button")[0]
     assert "4 rows" in btn.proto.label
     # the CSV itself comes from batching.csv_report; check what the page would serve
-    from hematovision import batching
+    from hematovision.app import batching
     frame = _results(at)
     text = batching.csv_report(frame.assign(error=frame["error"]), ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], 0.3, "v")
     out = pd.read_csv(io.StringIO(text), keep_default_na=False)
@@ -134,7 +134,7 @@ def test_missing_model_is_a_message_not_a_traceback(tmp_path, monkeypatch):
 
 
 def test_sample_images_button(calls, monkeypatch, tmp_path):
-    from hematovision import samples
+    from hematovision.app import samples
 
     at = _classify_page()
     if all((samples.data_root() / s.relpath).is_file() for s in samples.read_manifest()):

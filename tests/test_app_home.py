@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.framing import FRAMING_REVISION
+from hematovision.imaging.framing import FRAMING_REVISION
 from streamlit.testing.v1 import AppTest
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -67,7 +67,7 @@ def test_home_with_evaluation(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_home_says_when_the_model_frames_the_cell(tmp_path, tiny_model_dir, monkeypatch):
-    from hematovision import persistence
+    from hematovision.modeling import persistence
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -64,7 +64,7 @@ def test_adapt_from_zip_creates_a_version_in_use_and_keeps_the_shipped_one(model
     assert t["adapted from"][1].startswith("tiny-test-model@")
     # The Classify page now predicts with the adapted version, and says so on every row.
     from conftest import image_bytes
-    from hematovision import persistence
+    from hematovision.modeling import persistence
 
     at.switch_page("pages/classify.py").run()
     at.file_uploader[0].set_value([("cell.png", image_bytes("PNG", seed=4), "image/png")]).run()
@@ -100,8 +100,8 @@ def test_adapt_from_review_decisions_with_too_few_says_so(models_page):
 
 
 def test_sidebar_picker_switches_only_when_the_user_picks(monkeypatch, tmp_path, tiny_model_dir):
-    from hematovision import versions
-    from hematovision.adapt import AdaptConfig, adapt_model
+    from hematovision.modeling import versions
+    from hematovision.training.adapt import AdaptConfig, adapt_model
     from test_adapt import _blobs
 
     home = tmp_path / "home"

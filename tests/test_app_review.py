@@ -9,8 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import image_bytes
-from hematovision import review
-from hematovision.review import ReviewStore
+from hematovision.review import store as review
+from hematovision.review.store import ReviewStore
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HOME = str(Path(__file__).resolve().parent.parent / "Home.py")

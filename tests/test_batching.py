@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hematovision import batching
-from hematovision.inference import Prediction
+from hematovision.app import batching
+from hematovision.serving.classifier import Prediction
 
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
@@ -167,7 +167,7 @@ def test_batch_memoises_the_plan():
 
 
 def test_unreadable_zip_member_is_an_error_row():
-    from hematovision.sources import ImageInput
+    from hematovision.imaging.sources import ImageInput
 
     def boom():
         raise ValueError("file too large after decompression")

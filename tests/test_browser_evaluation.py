@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_tiny_model_dir
-from hematovision.devserver import CHROMIUM, dashboard, launch_chromium
+from hematovision.app.devserver import CHROMIUM, dashboard, launch_chromium
 from test_eval_views import labeled_zip, make_evaluation
 
 pytestmark = pytest.mark.browser

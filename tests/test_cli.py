@@ -97,7 +97,9 @@ def test_train_records_its_command_line_in_the_card(tmp_path, monkeypatch):
     """The card says how to reproduce the model: the exact ``train`` arguments (the fit itself is
     exercised by test_training_smoke; here it is replaced by a tiny model)."""
     from conftest import make_tiny_model_dir
-    from hematovision import cli, persistence, training
+    from hematovision import cli
+    from hematovision.modeling import persistence
+    from hematovision.training import recipe as training
 
     def fake_train(out, work, cfg, root, **kw):
         assert cfg.framing == "full" and cfg.max_epochs == 3

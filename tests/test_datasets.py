@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from conftest import image_bytes
-from hematovision import datasets as ds
+from hematovision.data import datasets as ds
 
 
 def _kaggle(root: Path, split: str, cls: str, cell: int, copy: int, seed: int):

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import CLASSES, image_bytes
-from hematovision import eval_views as ev
-from hematovision.evaluation import evaluate_predictions
+from hematovision.app import eval_views as ev
+from hematovision.evaluation.evaluate import evaluate_predictions
 
 
 def synthetic_set(n: int = 120, seed: int = 0, name: str = "Kaggle TEST", groups: bool = False) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hematovision import datasets as ds
-from hematovision import fields
+from hematovision.data import datasets as ds
+from hematovision.data import fields
 
 
 def _field(seed: int, size=(240, 320)) -> np.ndarray:

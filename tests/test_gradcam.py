@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import build_tiny_network, image_bytes
-from hematovision import gradcam
+from hematovision.serving import gradcam
 
 
 def _rgb(data: bytes) -> np.ndarray:
@@ -86,7 +86,7 @@ def test_overlay_is_an_rgb_image_of_the_same_size():
 
 
 def test_for_classifier_uses_the_network_that_predicted(tiny_model_dir):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     clf = Classifier.load(tiny_model_dir, backend="keras")
     img = _rgb(image_bytes("PNG", seed=5))
@@ -96,7 +96,7 @@ def test_for_classifier_uses_the_network_that_predicted(tiny_model_dir):
 
 def test_cell_framed_models_explain_the_framed_cell():
     """For a ``cell`` model the map lies over the square the network saw, and explains its prediction."""
-    from hematovision.framing import frame_cell
+    from hematovision.imaging.framing import frame_cell
     from test_framing import smear
 
     net = build_tiny_network(32)

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from hematovision.imaging import ImageError, ImageLimits, decode_image
-from hematovision.sources import ArchiveLimits, display_name, iter_paths, iter_uploads
+from hematovision.imaging.decode import ImageError, ImageLimits, decode_image
+from hematovision.imaging.sources import ArchiveLimits, display_name, iter_paths, iter_uploads
 
 REPO = Path(__file__).resolve().parents[1]
 IMG_LIMITS = ImageLimits(max_bytes=1_000_000)
@@ -278,7 +278,7 @@ def test_corpus_has_at_least_30_kinds(hostile_dir):
 
 
 def test_hostile_corpus_through_the_api(hostile_dir, tiny_model_dir):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     root, expected = hostile_dir
     before = sorted(p.name for p in root.parent.parent.iterdir())
@@ -366,7 +366,7 @@ def test_exif_rotation_and_multipage_note():
 
 
 def test_limits_come_from_the_environment():
-    code = ("from hematovision.imaging import DEFAULT_LIMITS as I; from hematovision.sources import DEFAULT_ARCHIVE_LIMITS as A; "
+    code = ("from hematovision.imaging.decode import DEFAULT_LIMITS as I; from hematovision.imaging.sources import DEFAULT_ARCHIVE_LIMITS as A; "
             "print(I.max_pixels, I.max_bytes, I.min_side, A.max_members, A.max_total_bytes, A.max_member_bytes)")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HEMATOVISION_MAX_PIXELS": "1_000", "HEMATOVISION_MIN_SIDE": "bogus",
            **{k: v for k, v in LIMIT_ENV.items()}}

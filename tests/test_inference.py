@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes
-from hematovision import persistence
-from hematovision.inference import Classifier, is_flagged
-from hematovision.report import apply_threshold, neutralise, predictions_frame, to_csv
-from hematovision.sources import ImageInput, from_bytes
+from hematovision.modeling import persistence
+from hematovision.serving.classifier import Classifier, is_flagged
+from hematovision.reports.tables import apply_threshold, neutralise, predictions_frame, to_csv
+from hematovision.imaging.sources import ImageInput, from_bytes
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_batch_in_order_with_error_rows(clf):
 
 
 def test_predict_proba_matches_classify(clf):
-    from hematovision.imaging import decode_image
+    from hematovision.imaging.decode import decode_image
 
     data = [image_bytes(seed=k, size=(50 + k, 40)) for k in range(5)]
     probs = clf.predict_proba([decode_image(d).rgb for d in data])

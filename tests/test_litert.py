@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes, make_tiny_model_dir
-from hematovision import persistence
-from hematovision.sources import from_bytes
+from hematovision.modeling import persistence
+from hematovision.imaging.sources import from_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def lite_dir(tmp_path_factory) -> Path:
-    from hematovision.litert import export_litert
+    from hematovision.serving.litert import export_litert
 
     d = make_tiny_model_dir(tmp_path_factory.mktemp("tiny_litert"))
     export_litert(d)
@@ -27,7 +27,7 @@ def lite_dir(tmp_path_factory) -> Path:
 
 
 def _images(n=12):
-    from hematovision.litert import generated_images
+    from hematovision.serving.litert import generated_images
 
     return generated_images(n, seed=3)
 
@@ -44,13 +44,13 @@ def test_export_writes_flatbuffer_and_records_it(lite_dir):
 
 
 def test_litert_probabilities_match_keras(lite_dir):
-    from hematovision.litert import check_litert
+    from hematovision.serving.litert import check_litert
 
     assert check_litert(lite_dir, _images()) <= 1e-4
 
 
 def test_classifier_picks_litert_and_agrees_with_keras(lite_dir):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     lite = Classifier.load(lite_dir, batch_size=5)
     keras_clf = Classifier.load(lite_dir, batch_size=5, backend="keras")
@@ -69,7 +69,7 @@ def test_classifier_picks_litert_and_agrees_with_keras(lite_dir):
 
 
 def test_runtime_runs_fixed_and_dynamic_batch_flatbuffers(lite_dir, tmp_path):
-    from hematovision import litert
+    from hematovision.serving import litert
 
     net = persistence.load_keras_model(lite_dir)
     x = np.random.default_rng(0).uniform(0, 255, (7, 32, 32, 3)).astype(np.float32)
@@ -84,7 +84,7 @@ def test_runtime_runs_fixed_and_dynamic_batch_flatbuffers(lite_dir, tmp_path):
 
 
 def test_parallel_interpreters_split_a_batch_without_changing_results(lite_dir, tmp_path):
-    from hematovision import litert
+    from hematovision.serving import litert
 
     net = persistence.load_keras_model(lite_dir)
     x = np.random.default_rng(1).uniform(0, 255, (9, 32, 32, 3)).astype(np.float32)
@@ -100,7 +100,7 @@ def test_parallel_interpreters_split_a_batch_without_changing_results(lite_dir, 
 
 def test_mismatching_flatbuffer_falls_back_to_keras(lite_dir, tmp_path, caplog):
     """Documented choice: a flat-buffer that does not match the card is ignored (warning logged), Keras serves."""
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     bad = tmp_path / "bad"
     shutil.copytree(lite_dir, bad)
@@ -118,7 +118,7 @@ def test_mismatching_flatbuffer_falls_back_to_keras(lite_dir, tmp_path, caplog):
 
 
 def test_flatbuffer_of_another_keras_model_is_not_used(lite_dir, tmp_path):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     other = tmp_path / "other"
     shutil.copytree(lite_dir, other)
@@ -127,7 +127,7 @@ def test_flatbuffer_of_another_keras_model_is_not_used(lite_dir, tmp_path):
 
 
 def test_litert_load_does_not_import_tensorflow(lite_dir):
-    code = "from hematovision.inference import Classifier; import numpy as np; c = Classifier.load(r'%s'); c.predict_proba([np.zeros((40, 40, 3), np.uint8)] * 4); import sys; print('tensorflow' in sys.modules, 'keras' in sys.modules, c.backend)" % lite_dir
+    code = "from hematovision.serving.classifier import Classifier; import numpy as np; c = Classifier.load(r'%s'); c.predict_proba([np.zeros((40, 40, 3), np.uint8)] * 4); import sys; print('tensorflow' in sys.modules, 'keras' in sys.modules, c.backend)" % lite_dir
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -6,8 +6,9 @@ import shutil
 import pytest
 
 from conftest import make_tiny_model_dir
-from hematovision import loso, persistence
-from hematovision.training import TrainConfig, clean_cache_key, view_cache_key
+from hematovision.training import loso
+from hematovision.modeling import persistence
+from hematovision.training.recipe import TrainConfig, clean_cache_key, view_cache_key
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,7 @@ def test_draw_takes_one_image_per_cell_then_further_copies():
     import numpy as np
     from pathlib import Path
 
-    from hematovision.datasets import LabeledImage
+    from hematovision.data.datasets import LabeledImage
 
     pool = [LabeledImage(Path(f"/x/{g}_{k}.jpg"), f"{g}_{k}.jpg", "monocyte", "kaggle", "train", f"cell{g}") for g in range(4) for k in range(3)]
     five = loso._draw(pool, 5, np.random.default_rng(0))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hematovision import calibration as cal
-from hematovision import metrics as m
+from hematovision.stats import calibration as cal
+from hematovision.stats import metrics as m
 
 N_CLS = 4
 

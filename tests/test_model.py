@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hematovision.model import LAST_CONV_LAYER, LOGITS_LAYER, TEMPERATURE_LAYER, build_network
+from hematovision.modeling.network import LAST_CONV_LAYER, LOGITS_LAYER, TEMPERATURE_LAYER, build_network
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_channel_standardisation_undoes_a_per_channel_colour_shift(normed):
 def test_background_balance_neutralises_the_cast_and_keeps_the_cell_relative_to_it(tmp_path):
     import keras
 
-    from hematovision.model import custom_objects
+    from hematovision.modeling.network import custom_objects
 
     net = build_network(32, 4, input_norm="background")
     layer = net.get_layer("background_balance")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hematovision import review
-from hematovision.inference import Prediction
-from hematovision.review import UNUSABLE, ReviewDBError, ReviewStore
+from hematovision.review import store as review
+from hematovision.serving.classifier import Prediction
+from hematovision.review.store import UNUSABLE, ReviewDBError, ReviewStore
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
@@ -66,7 +66,7 @@ def test_decisions_are_an_audit_trail_and_survive_a_restart(tmp_path):
         store.decide("zz", "m@1", "lymphocyte")
 
     # a "restart": a new process opens the same file
-    out = subprocess.run([sys.executable, "-c", "import sys; from hematovision.review import ReviewStore; "
+    out = subprocess.run([sys.executable, "-c", "import sys; from hematovision.review.store import ReviewStore; "
                           "s = ReviewStore(sys.argv[1]); print([(i.file, i.status, i.final_class) for i in s.items()])", str(path)],
                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[('a.png', 'reclassified', 'neutrophil'), ('b.png', 'unusable', 'unusable')]"
@@ -113,7 +113,7 @@ def test_newer_or_foreign_schema_is_refused_untouched(tmp_path):
 WRITER = """
     import sys, time
     from pathlib import Path
-    from hematovision.review import ReviewStore
+    from hematovision.review.store import ReviewStore
     db, tag, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     store = ReviewStore(db)
     while not go.exists():
@@ -166,7 +166,7 @@ def test_a_writer_waits_and_retries_past_a_held_lock(tmp_path, monkeypatch):
 KILLED = """
     import sys, time
     from pathlib import Path
-    from hematovision.review import ReviewStore
+    from hematovision.review.store import ReviewStore
     db, n, ready = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     store = ReviewStore(db)
     for k in range(n):
@@ -202,7 +202,7 @@ def test_writer_killed_mid_transaction_loses_only_that_transaction(tmp_path):
 
 STREAM = """
     import sys
-    from hematovision.review import ReviewStore
+    from hematovision.review.store import ReviewStore
     store = ReviewStore(sys.argv[1])
     k = 0
     while True:
@@ -265,7 +265,8 @@ def test_thumbnail_png_is_bounded():
 
 
 def test_reports_use_final_classes_and_queue_only_this_batchs_flagged():
-    from hematovision import batching, report
+    from hematovision.app import batching
+    from hematovision.reports import tables as report
 
     cache = batching.ResultCache()
     entries = [batching.Entry("a.png", "aa", data=b"A"), batching.Entry("b.png", "bb", data=b"B"),

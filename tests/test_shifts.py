@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from hematovision import shifts
+from hematovision.evaluation import shifts
 from test_framing import BACKGROUND, NUCLEUS, smear
 
 

@@ -4,7 +4,7 @@ import io
 import zipfile
 
 from conftest import image_bytes
-from hematovision.sources import iter_paths, iter_uploads
+from hematovision.imaging.sources import iter_paths, iter_uploads
 
 
 def _zip(members: dict) -> bytes:

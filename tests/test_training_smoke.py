@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from hematovision import persistence
-from hematovision.framing import FRAMING_REVISION
-from hematovision.inference import Classifier
-from hematovision.training import TrainConfig, train_command
+from hematovision.modeling import persistence
+from hematovision.imaging.framing import FRAMING_REVISION
+from hematovision.serving.classifier import Classifier
+from hematovision.training.recipe import TrainConfig, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(tmp_path, da
     from dataclasses import replace
 
     from hematovision.config import weights_path
-    from hematovision.training import refit_config
+    from hematovision.training.recipe import refit_config
 
     if not weights_path(data_root).exists():
         pytest.skip("ImageNet weights not found beside the data root")

@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import report
-from .inference import Prediction
-from .review import UNUSABLE
-from .sources import ImageInput, from_bytes, iter_uploads
+from ..reports import tables as report
+from ..serving.classifier import Prediction
+from ..review.store import UNUSABLE
+from ..imaging.sources import ImageInput, from_bytes, iter_uploads
 
 CacheKey = tuple[str, str]  # (sha256 of the bytes, model version)
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .config import REPO_ROOT
+from ..config import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 #: Headless, no sandbox (root in CI), and none of the background traffic this offline machine refuses.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .datasets import TEST_SETS
+from ..data.datasets import TEST_SETS
 
 GALLERY_CAP = 24
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
-from .config import TRAINING_CLASSES
+from ..config import TRAINING_CLASSES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 KAGGLE_DIR = Path("blood-cells/dataset2-master/images")

@@ -24,8 +24,8 @@ through a few members each, and fields of fewer than :data:`FRAGMENT` copies
 with every image, so a strongly rotated copy
 that matched no representative still joins its field.
 
-The result for the shipped data is committed as ``kaggle_fields.csv`` beside this
-module (``python -m hematovision fields`` rebuilds or checks it): splitting then
+The result for the shipped data is committed as ``hematovision/kaggle_fields.csv``
+(the package folder) (``python -m hematovision fields`` rebuilds or checks it): splitting then
 needs no image matching, and anyone can verify the table.
 """
 
@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 #: The committed field table for the Kaggle images under the data root.
-TABLE = Path(__file__).with_name("kaggle_fields.csv")
+TABLE = Path(__file__).resolve().parent.parent / "kaggle_fields.csv"
 MIN_INLIERS = 10
 MIN_NCC = 0.8
 MIN_OVERLAP = 0.3
@@ -212,7 +212,7 @@ def write_table(rows: Iterable[tuple[str, str]], path: Path = TABLE) -> None:
 
 
 def _folder_fields(root: Path, files: list[Path]) -> list[tuple[str, str]]:
-    from .imaging import read_rgb
+    from ..imaging.decode import read_rgb
 
     cv2.setNumThreads(1)  # one process per folder already uses the cores
 

@@ -16,12 +16,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import calibration as cal
-from . import datasets as ds
-from . import metrics as m
-from . import persistence
-from .config import data_root
-from .sources import ImageInput, display_name, from_bytes, iter_zip
+from ..stats import calibration as cal
+from ..data import datasets as ds
+from ..stats import metrics as m
+from ..modeling import persistence
+from ..config import data_root
+from ..imaging.sources import ImageInput, display_name, from_bytes, iter_zip
 
 
 def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[str], temperature: float, groups: list[str] | None = None, name: str = "") -> dict:
@@ -200,7 +200,7 @@ def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progr
     """Evaluate on Kaggle TEST, Kaggle TEST_SIMPLE and PBC test; write the results beside the model."""
     from tqdm import tqdm
 
-    from .inference import Classifier
+    from ..serving.classifier import Classifier
 
     root = data_root(root)
     model_dir = Path(model_dir)

@@ -17,7 +17,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .framing import background_colour
+from ..imaging.framing import background_colour
 
 
 def tight_crop(rgb: np.ndarray, side: int = 120, fraction: float = 0.55) -> np.ndarray:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .imaging import resize_for_model
+from .decode import resize_for_model
 
 #: ``full``: the whole image, squashed to a square (models before framing existed);
 #: ``cell``: a square around the located nucleus.

@@ -120,7 +120,7 @@ def load_card(model_dir: Path) -> ModelCard:
         card = ModelCard(**{k: v for k, v in data.items() if k in known})
     except (ValueError, TypeError) as exc:
         raise ModelError(f"model card {path} is unreadable ({exc}); restore it from git or retrain") from None
-    from .framing import FRAMING_REVISION, FRAMINGS
+    from ..imaging.framing import FRAMING_REVISION, FRAMINGS
 
     if card.framing not in FRAMINGS:
         raise ModelError(f"model card {path} asks for framing {card.framing!r}, which this version does not know ({', '.join(FRAMINGS)}); update HematoVision")
@@ -168,7 +168,7 @@ def load_keras_model(model_dir: Path, card: ModelCard | None = None):
     if card.model_sha256 and sha256_of(path) != card.model_sha256:
         raise ModelError(f"{path} does not match the sha256 in its model card (corrupt or replaced); restore it from git or retrain")
     try:
-        from .model import custom_objects
+        from .network import custom_objects
 
         return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # keras raises many kinds for a damaged file

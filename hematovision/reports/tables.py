@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .inference import Prediction
+from ..serving.classifier import Prediction
 
 BASE_COLUMNS = ["file", "predicted_class", "confidence"]
 TAIL_COLUMNS = ["flagged", "error"]

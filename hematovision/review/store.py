@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .config import user_data_dir
+from ..config import user_data_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from .inference import Prediction
+    from ..serving.classifier import Prediction
 
 DB_ENV = "HEMATOVISION_REVIEW_DB"
 DB_FILENAME = "reviews.sqlite3"
@@ -468,7 +468,7 @@ def next_index(items: Sequence[Item], after: int) -> int:
 def queue_with_images(store: ReviewStore, items: Sequence[tuple["Prediction", bytes]], classes: Sequence[str],
                       model_version: str, threshold: float | None = None) -> int:
     """Queue predictions with a bounded thumbnail made from each image's bytes (undecodable: no thumbnail)."""
-    from .imaging import decode_image
+    from ..imaging.decode import decode_image
 
     thumbs = {}
     for p, data in items:
@@ -481,6 +481,6 @@ def queue_with_images(store: ReviewStore, items: Sequence[tuple["Prediction", by
 
 def export_csv(store: ReviewStore) -> str:
     """All decisions as a spreadsheet-safe CSV (formula cells neutralised)."""
-    from .report import to_csv
+    from ..reports.tables import to_csv
 
     return to_csv(store.export_frame())

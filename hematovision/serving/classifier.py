@@ -20,11 +20,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import persistence
-from .config import model_dir as default_model_dir
-from .framing import model_input
-from .imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_rgb, thumbnail
-from .sources import ImageInput
+from ..modeling import persistence
+from ..config import model_dir as default_model_dir
+from ..imaging.framing import model_input
+from ..imaging.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_rgb, thumbnail
+from ..imaging.sources import ImageInput
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def _prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thu
 
 def predict_logits_keras(network, paths: Sequence[Path], input_size: int, framing: str, batch_size: int = 64, desc: str = "logits") -> np.ndarray:
     """Pre-softmax logits of a network for dataset files (training-time calibration)."""
-    from .model import LOGITS_LAYER
+    from ..modeling.network import LOGITS_LAYER
 
     return layer_outputs_keras(network, paths, input_size, framing, LOGITS_LAYER, batch_size, desc)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .framing import model_input
-from .model import LAST_CONV_LAYER, LOGITS_LAYER
+from ..imaging.framing import model_input
+from ..modeling.network import LAST_CONV_LAYER, LOGITS_LAYER
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
-from . import persistence
-from .imaging import env_int
-from .persistence import LITERT_FILE, ModelError
+from ..modeling import persistence
+from ..imaging.decode import env_int
+from ..modeling.persistence import LITERT_FILE, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def keras_probabilities(network, batch: np.ndarray, chunk: int = 32) -> np.ndarr
 
 
 def _as_batch(images: Sequence[np.ndarray] | np.ndarray, size: int, framing: str) -> np.ndarray:
-    from .framing import model_input
+    from ..imaging.framing import model_input
 
     return np.stack([model_input(np.asarray(im), size, framing) for im in images]).astype(np.float32)
 
@@ -253,9 +253,9 @@ def check_images(root: Path | None = None, per_set: int = 8, model_dir: Path | N
     Test sets come from ``model_dir``'s split manifest when it has one (Kaggle TEST and
     PBC test as that model was split), else Kaggle TEST plus a few PBC images of any split.
     """
-    from . import datasets as ds
-    from .config import data_root
-    from .imaging import read_rgb
+    from ..data import datasets as ds
+    from ..config import data_root
+    from ..imaging.decode import read_rgb
 
     root = data_root(root)
     imgs: list[np.ndarray] = []
@@ -289,7 +289,7 @@ def check_images(root: Path | None = None, per_set: int = 8, model_dir: Path | N
 
 def _pbc_sample(root: Path, n: int) -> list:
     """A few PBC images per class without hashing the whole set (the test split needs every hash)."""
-    from . import datasets as ds
+    from ..data import datasets as ds
 
     out = []
     for label, _, f in ds.iter_class_folders(Path(root) / ds.PBC_DIR):

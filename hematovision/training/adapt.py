@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import augment as aug
-from . import calibration
-from .framing import Jitter, model_input
-from .model import LOGITS_LAYER
+from ..imaging import augment as aug
+from ..stats import calibration
+from ..imaging.framing import Jitter, model_input
+from ..modeling.network import LOGITS_LAYER
 
 log = logging.getLogger("hematovision.adapt")
 
@@ -187,7 +187,7 @@ def adapted_network(base_network, result: AdaptResult):
     """
     import keras
 
-    from .model import TEMPERATURE_LAYER
+    from ..modeling.network import TEMPERATURE_LAYER
 
     clone = keras.models.clone_model(base_network)
     clone.set_weights(base_network.get_weights())
@@ -200,7 +200,7 @@ def adapted_network(base_network, result: AdaptResult):
 def decode_labeled(labeled) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:
     """Decode an :class:`evaluation.LabeledInputs` into ``(images, labels, skipped)``; a file
     that cannot be read is skipped with its reason, never fatal."""
-    from .imaging import ImageError, decode_image
+    from ..imaging.decode import ImageError, decode_image
 
     images, labels, skipped = [], [], list(labeled.skipped)
     for item, label in zip(labeled.inputs, labeled.labels):
@@ -218,8 +218,8 @@ def labeled_from_reviews(store, classes: Sequence[str]):
 
     The images are the queue's stored thumbnails (at most 256 px a side), which is also
     about the model's input size."""
-    from .evaluation import LabeledInputs
-    from .sources import ImageInput
+    from ..evaluation.evaluate import LabeledInputs
+    from ..imaging.sources import ImageInput
 
     latest: dict = {}
     for item in store.items():
@@ -256,7 +256,7 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     ``labels`` must be among the base model's classes. ``out_dir`` must not exist yet:
     a version is never overwritten. ``progress(done, total)`` is called per image.
     """
-    from . import persistence
+    from ..modeling import persistence
 
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     if out_dir.exists():
@@ -299,7 +299,7 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     persistence.save_model(net, new, tmp)
     if litert:
         try:
-            from .litert import export_litert
+            from ..serving.litert import export_litert
 
             export_litert(tmp, list(images[:16]), f"{min(16, len(images))} of the labeled images")
         except Exception as exc:  # serving falls back to model.keras
@@ -340,7 +340,7 @@ def adapt_labeled(base_dir: Path, labeled, name: str, out_dir: Path | None = Non
     ``out_dir`` defaults to :func:`versions.new_version_dir` (the per-user model folder).
     Raises ValueError / FileExistsError with a message for the user.
     """
-    from . import persistence, versions
+    from ..modeling import persistence, versions
 
     versions.check_name(name)
     out_dir = Path(out_dir) if out_dir else versions.new_version_dir(name)

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets as ds
-from . import metrics as m
-from .config import TRAINING_CLASSES, data_root
-from .training import AUGMENT_RECIPES, TrainConfig, _limit, cache_features, clean_cache_key, fit
+from ..data import datasets as ds
+from ..stats import metrics as m
+from ..config import TRAINING_CLASSES, data_root
+from .recipe import AUGMENT_RECIPES, TrainConfig, _limit, cache_features, clean_cache_key, fit
 
 log = logging.getLogger("hematovision.loso")
 
@@ -184,7 +184,7 @@ def table(results: list[LosoRun]) -> str:
 
 def record_in_model(model_dir: Path, block: dict) -> None:
     """Write the LOSO block into ``evaluation.json`` and the model card beside a model."""
-    from . import persistence
+    from ..modeling import persistence
 
     model_dir = Path(model_dir)
     ev = model_dir / persistence.EVALUATION_FILE
@@ -212,7 +212,7 @@ class AdaptationPoint:
 
 def _loso_network(run: LosoRun, cfg: TrainConfig):
     """The run's best network; ``cfg`` is the run's variant config."""
-    from .model import build_network
+    from ..modeling.network import build_network
 
     net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout, input_norm=cfg.input_norm)
     net.load_weights(str(Path(run.work_dir) / "best.weights.h5"))
@@ -248,8 +248,8 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
     """For each held-out source: adapt that LOSO model's head with ``per_class`` labeled images per class
     drawn from the held-out source's *train* split, score on its *test* split. ``per_class`` 0 = no adaptation."""
     from .adapt import POOL_LAYER, AdaptConfig, adapt_head, feature_model, head_weights, pooled_features
-    from .imaging import read_rgb
-    from .inference import layer_outputs_keras
+    from ..imaging.decode import read_rgb
+    from ..serving.classifier import layer_outputs_keras
 
     root = root or data_root()
     adapt_cfg = adapt_cfg or AdaptConfig()

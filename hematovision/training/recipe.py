@@ -47,11 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment as aug
-from . import datasets as ds
-from . import framing as fr
-from .config import TRAINING_CLASSES, data_root, weights_path
-from .imaging import read_rgb
+from ..imaging import augment as aug
+from ..data import datasets as ds
+from ..imaging import framing as fr
+from ..config import TRAINING_CLASSES, data_root, weights_path
+from ..imaging.decode import read_rgb
 
 log = logging.getLogger("hematovision.training")
 
@@ -120,7 +120,7 @@ def view_cache_key(cfg: TrainConfig) -> str:
     """Everything that decides the cached augmented training views, and nothing else:
     runs that differ only in what they fit on (``train_on``, epochs, learning rates)
     share one cache."""
-    from .model import SPLIT_LAYER
+    from ..modeling.network import SPLIT_LAYER
 
     return "views-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.views_per_image,
                             {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}]
@@ -129,7 +129,7 @@ def view_cache_key(cfg: TrainConfig) -> str:
 
 def clean_cache_key(cfg: TrainConfig) -> str:
     """Clean (un-augmented) views of validation and test images depend only on these."""
-    from .model import SPLIT_LAYER
+    from ..modeling.network import SPLIT_LAYER
 
     return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + _input_key(cfg))
 
@@ -263,7 +263,7 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     import keras
     import tensorflow as tf
 
-    from .model import build_network, set_trainable_top, split_models
+    from ..modeling.network import build_network, set_trainable_top, split_models
 
     root = root or data_root()
     weights = weights or weights_path(root)
@@ -374,7 +374,7 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
 def refit_config(selected_dir: Path, cfg: TrainConfig) -> TrainConfig:
     """``cfg`` set to refit the early-stopped model in ``selected_dir`` on train and validation:
     as many fine-tuning epochs as that run kept (its best epoch by validation loss, plus one)."""
-    from . import persistence
+    from ..modeling import persistence
 
     card = persistence.load_card(Path(selected_dir))
     hist = [h for h in card.training.get("history", []) if h["phase"] == "finetune" and h.get("val_loss") is not None]
@@ -399,9 +399,10 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     """
     import keras
 
-    from . import calibration, persistence
-    from .inference import predict_logits_keras
-    from .model import build_network, transfer_weights
+    from ..stats import calibration
+    from ..modeling import persistence
+    from ..serving.classifier import predict_logits_keras
+    from ..modeling.network import build_network, transfer_weights
 
     root = root or data_root()
     net, val = fitted["network"], fitted["val"]
@@ -475,11 +476,11 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
     fitted = fit(work, cfg, root, cache_root=cache_root)
     out = export(fitted, out_dir, cfg, root, name=name, calibrated_by=refit_from)
     shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
-    from . import persistence
+    from ..modeling import persistence
 
     persistence.update_card(out, lambda c: c.training["wall_time_seconds"].update(total_train_and_export=round(time.time() - t0, 1)))
     try:  # the fast serving copy; serving falls back to model.keras if this fails
-        from .litert import check_images, export_litert
+        from ..serving.litert import check_images, export_litert
 
         images, desc = check_images(root, model_dir=out)
         rec = export_litert(out, images, desc)
@@ -487,7 +488,7 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
     except Exception as exc:
         log.warning("LiteRT export failed (%s: %s); serving will use model.keras (retry: python -m hematovision export-litert --model %s)", type(exc).__name__, exc, out)
     if evaluate:
-        from .evaluation import evaluate_model_on_test_sets
+        from ..evaluation.evaluate import evaluate_model_on_test_sets
 
         evaluate_model_on_test_sets(out, root)
     log.info("done in %.0f s: %s (%s)", time.time() - t0, out, platform.node())
