@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     if a.browser or a.browser_only:
         b = bench_browser(max(3, a.eval_repeats // 2))
         t = b["times"]
-        print(f"\n== Evaluation page (Chromium, click 'Model evaluation' -> confusion matrix visible)")
+        print("\n== Evaluation page (Chromium, click 'Model evaluation' -> confusion matrix visible)")
         print(f"warm-up {b['warmup_s']:.2f} s; {len(t)} warm: median {statistics.median(t):.3f} s, max {max(t):.3f} s")
         print("all: " + ", ".join(f"{x:.3f}" for x in t))
     return 0

@@ -43,16 +43,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def prepare_images(dest: Path, n: int, data: str | None = None) -> str:
     """Write ``n`` images to ``dest``; returns a description of where they came from."""
-    from hematovision.data import datasets as ds
     from hematovision.config import data_root
+    from hematovision.data.layout import IMAGE_SUFFIXES, KAGGLE_DIR, PBC_DIR
 
     dest.mkdir(parents=True, exist_ok=True)
     root = data_root(data)
     files: list[Path] = []
-    if (root / ds.KAGGLE_DIR / "TEST").is_dir():
-        files += sorted(p for p in (root / ds.KAGGLE_DIR / "TEST").rglob("*") if p.suffix.lower() in ds.IMAGE_SUFFIXES)
-    if (root / ds.PBC_DIR).is_dir():
-        pbc = sorted(p for p in (root / ds.PBC_DIR).rglob("*") if p.suffix.lower() in ds.IMAGE_SUFFIXES)
+    if (root / KAGGLE_DIR / "TEST").is_dir():
+        files += sorted(p for p in (root / KAGGLE_DIR / "TEST").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if (root / PBC_DIR).is_dir():
+        pbc = sorted(p for p in (root / PBC_DIR).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         files += pbc[:: max(1, len(pbc) // max(n, 1))][:max(n // 2, 1)]  # spread over the classes
     if files:
         # interleave the two sources so any prefix has both
@@ -106,8 +106,8 @@ def worker_classify(model: str, folder: str, out: str, backend: str) -> dict:
 
 
 def worker_latency(model: str, folder: str, repeats: int) -> dict:
-    from hematovision.serving.classifier import Classifier
     from hematovision.imaging.sources import iter_paths
+    from hematovision.serving.classifier import Classifier
 
     clf = Classifier.load(model)
     files = sorted(Path(folder).iterdir())
@@ -124,9 +124,9 @@ def worker_latency(model: str, folder: str, repeats: int) -> dict:
 def worker_baseline(model: str, folder: str) -> dict:
     import numpy as np
 
-    from hematovision.modeling import persistence
-    from hematovision.imaging.framing import model_input
     from hematovision.imaging.decode import decode_image
+    from hematovision.imaging.framing import model_input
+    from hematovision.modeling import persistence
 
     card = persistence.load_card(Path(model))
     net = persistence.load_keras_model(Path(model), card)
@@ -144,8 +144,8 @@ def worker_batchcmp(model: str, tmp: str) -> dict:
     """Network-only images/s of the exported batch-1 flat-buffer vs a dynamic-batch one (why batch 1 is exported)."""
     import numpy as np
 
-    from hematovision.serving import litert
     from hematovision.modeling import persistence
+    from hematovision.serving import litert
 
     card = persistence.load_card(Path(model))
     net = persistence.load_keras_model(Path(model), card)

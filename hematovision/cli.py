@@ -11,8 +11,28 @@ import csv
 import json
 import logging
 import os
+import shlex
 import sys
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import data_root, model_dir
+from .data import fields
+from .data.labeled import labeled_from_path
+from .evaluation.evaluate import evaluate_labeled, evaluate_model_on_test_sets, summary_lines
+from .imaging.sources import iter_paths
+from .modeling import persistence
+from .modeling.network import INPUT_NORMS
+from .reports.tables import columns, neutralise
+from .review.store import ReviewDBError, ReviewStore, db_path
+from .serving.classifier import Classifier
+from .serving.litert import check_images, export_litert
+from .training import loso, recipe
+from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
+from .training.recipe import AUGMENT_RECIPES, TrainConfig, refit_config
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
@@ -22,8 +42,6 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .modeling.network import INPUT_NORMS  # a constant; TensorFlow is imported only inside model's functions
-
     p = argparse.ArgumentParser(prog="python -m hematovision", description="HematoVision: white-blood-cell classification (research and education use, not diagnosis).")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -99,11 +117,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_fields(args) -> int:
-    from collections import Counter
-
-    from .data import fields
-    from .config import data_root
-
     root = data_root(args.data)
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
@@ -133,10 +146,6 @@ def cmd_fields(args) -> int:
 
 
 def cmd_export_litert(args) -> int:
-    from .modeling import persistence
-    from .config import model_dir
-    from .serving.litert import check_images, export_litert
-
     mdir = model_dir(args.model)
     try:
         persistence.load_card(mdir)
@@ -150,13 +159,6 @@ def cmd_export_litert(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from tqdm import tqdm
-
-    from .modeling import persistence
-    from .serving.classifier import Classifier
-    from .reports.tables import columns, neutralise
-    from .imaging.sources import iter_paths
-
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1 (got {args.threshold})")
     if args.batch_size < 1:
@@ -193,11 +195,6 @@ def cmd_classify(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .modeling import persistence
-    from .config import model_dir
-    from .evaluation.evaluate import evaluate_labeled, evaluate_model_on_test_sets, labeled_from_path, summary_lines
-    from .serving.classifier import Classifier
-
     mdir = model_dir(args.model)
     try:
         persistence.load_card(mdir)
@@ -211,7 +208,6 @@ def cmd_evaluate(args) -> int:
             print(line)
         print(f"written: {mdir / persistence.EVALUATION_FILE}, {mdir / persistence.PREDICTIONS_FILE}")
         return 0
-    from tqdm import tqdm
 
     path = Path(args.path)
     clf = Classifier.load(mdir)
@@ -236,9 +232,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import data_root
-    from .training.recipe import TrainConfig, train_command
-
     root = data_root(args.data)
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
@@ -250,31 +243,21 @@ def cmd_train(args) -> int:
     cfg.framing = args.framing
     cfg.patience = args.patience
     if args.augment:
-        from .training.recipe import AUGMENT_RECIPES
-
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
     if refit_from is not None:
-        from .modeling import persistence
-        from .training.recipe import refit_config
-
         if not (refit_from / persistence.CARD_FILE).is_file():
             raise UsageError(f"--refit-from: no model card in {refit_from}")
         try:
             refit_config(refit_from, cfg)
         except ValueError as exc:
             raise UsageError(f"--refit-from: {exc}") from exc
-    train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name, refit_from=refit_from, refit=args.refit)
-    import shlex
-
-    from .modeling import persistence
+    recipe.train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name, refit_from=refit_from, refit=args.refit)
 
     command = "python -m hematovision " + shlex.join(args.argv)
     persistence.update_card(out, lambda c: c.training.__setitem__("command", command))
     if args.loso:
-        from .training import loso
-
         results = loso.run_loso(work / "loso", cfg, root, cache_root=Path(args.cache), variants=("baseline", "strong_cell"))
         loso.record_in_model(out, loso.summary(results, cfg))
         print(loso.table(results))
@@ -282,13 +265,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    from tqdm import tqdm
-
-    from .modeling import persistence
-    from .training.adapt import AdaptConfig, adapt_labeled
-    from .config import model_dir
-    from .evaluation.evaluate import labeled_from_path
-
     base = model_dir(args.model)
     try:
         card = persistence.load_card(base)
@@ -297,9 +273,6 @@ def cmd_adapt(args) -> int:
     if args.from_reviews == bool(args.path):
         raise UsageError("give either PATH (a folder or zip of class folders) or --from-reviews")
     if args.from_reviews:
-        from .training.adapt import labeled_from_reviews
-        from .review.store import ReviewDBError, ReviewStore, db_path
-
         dbp = db_path(args.review_db)
         if not dbp.is_file():
             raise UsageError(f"no review database at {dbp}: review some images first, or pass --review-db")
@@ -333,12 +306,6 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_loso(args) -> int:
-    from dataclasses import asdict
-
-    from .training import loso
-    from .config import data_root
-    from .training.recipe import TrainConfig
-
     root = data_root(args.data)
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")

@@ -8,10 +8,11 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from hematovision.app import state as app_state, batching, samples
+from hematovision.app import batching, samples
+from hematovision.app import state as app_state
+from hematovision.imaging.decode import decode_image
 from hematovision.reports import tables as report
 from hematovision.review import store as review
-from hematovision.imaging.decode import decode_image
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
 

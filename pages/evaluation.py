@@ -11,12 +11,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from hematovision.app import eval_views as ev
 from hematovision.app import state as app_state
+from hematovision.config import data_root
+from hematovision.data.labeled import labeled_from_csv, labeled_from_zip
+from hematovision.evaluation.evaluate import evaluate_labeled
 from hematovision.modeling import persistence
 from hematovision.stats import calibration as cal
-from hematovision.app import eval_views as ev
-from hematovision.config import data_root
-from hematovision.evaluation.evaluate import evaluate_labeled, labeled_from_csv, labeled_from_zip
 
 USER_SETS = "eval_user_sets"  # {key: {"report": dict, "frame": DataFrame}} added this session
 SET_KEY = "eval_set"

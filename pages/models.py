@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from hematovision.app import state as app_state
+from hematovision.data.labeled import labeled_from_zip
 from hematovision.modeling import persistence, versions
 from hematovision.training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
-from hematovision.evaluation.evaluate import labeled_from_zip
 
 st.title("Model versions")
 app_state.disclaimer()

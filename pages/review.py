@@ -9,9 +9,10 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from hematovision.app import state as app_state, batching
-from hematovision.review import store as review
+from hematovision.app import batching
+from hematovision.app import state as app_state
 from hematovision.imaging.decode import decode_image
+from hematovision.review import store as review
 
 st.title("🧑‍🔬 Review queue")
 app_state.disclaimer()

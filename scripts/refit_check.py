@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hematovision.data import datasets as ds  # noqa: E402
-from hematovision.training import recipe as tr  # noqa: E402
 from hematovision.config import TRAINING_CLASSES  # noqa: E402
-from hematovision.serving.classifier import predict_logits_keras  # noqa: E402
+from hematovision.data import datasets as ds  # noqa: E402
+from hematovision.modeling.features import predict_logits_keras  # noqa: E402
+from hematovision.training import recipe as tr  # noqa: E402
 
 
 def with_inner_test(discover, fold: int, share: float = 0.2):

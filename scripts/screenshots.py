@@ -27,8 +27,9 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hematovision.config import TRAINING_CLASSES, data_root  # noqa: E402
 from hematovision.app.devserver import dashboard, launch_chromium  # noqa: E402
+from hematovision.config import TRAINING_CLASSES, data_root  # noqa: E402
+
 SHOTS = ROOT / "docs" / "screenshots"
 
 

@@ -16,13 +16,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hematovision.data import datasets as ds  # noqa: E402
-from hematovision.stats import metrics
-from hematovision.modeling import persistence  # noqa: E402
 from hematovision.config import data_root  # noqa: E402
-from hematovision.imaging.decode import read_rgb  # noqa: E402
-from hematovision.serving.classifier import Classifier  # noqa: E402
+from hematovision.data import datasets as ds  # noqa: E402
 from hematovision.evaluation.shifts import SHIFTS  # noqa: E402
+from hematovision.imaging.decode import read_rgb  # noqa: E402
+from hematovision.modeling import persistence  # noqa: E402
+from hematovision.serving.classifier import Classifier  # noqa: E402
+from hematovision.stats import metrics
 
 
 def main() -> int:

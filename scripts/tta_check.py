@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hematovision.stats import calibration  # noqa: E402
-from hematovision.data import datasets as ds  # noqa: E402
 from hematovision.config import data_root  # noqa: E402
-from hematovision.imaging.framing import model_input  # noqa: E402
+from hematovision.data import datasets as ds  # noqa: E402
 from hematovision.imaging.decode import read_rgb  # noqa: E402
+from hematovision.imaging.framing import model_input  # noqa: E402
 from hematovision.serving.classifier import Classifier  # noqa: E402
+from hematovision.stats import calibration  # noqa: E402
 
 
 def dihedral(batch: np.ndarray, k: int) -> np.ndarray:

@@ -8,12 +8,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from hematovision.imaging.framing import FRAMING_REVISION
-
 from conftest import CLASSES, make_tiny_model_dir
+from hematovision.cli import main
+from hematovision.imaging.framing import FRAMING_REVISION
 from hematovision.modeling import persistence, versions
 from hematovision.training.adapt import AdaptConfig, adapt_head, adapt_model, fit_head
-from hematovision.cli import main
 
 
 def _blobs(n: int, seed: int = 0, size: int = 40):
@@ -52,7 +51,7 @@ def test_adapt_head_is_deterministic_and_calibrated_on_crossfitted_logits():
     b = adapt_head(feats, y, w0, b0, CLASSES, AdaptConfig(steps=100))
     assert np.array_equal(a.weights, b.weights) and a.temperature == b.temperature
     assert a.temperature > 0 and 0.5 < a.crossfit_accuracy <= 1.0
-    assert a.counts == {c: 10 for c in CLASSES} and 0 <= a.threshold.threshold <= 1
+    assert a.counts == dict.fromkeys(CLASSES, 10) and 0 <= a.threshold.threshold <= 1
 
 
 def test_perfectly_separated_labels_do_not_calibrate_to_certainty():
@@ -75,7 +74,7 @@ def test_adapt_model_saves_a_new_version_and_never_touches_the_parent(tmp_path):
     card = persistence.load_card(out)
     parent = persistence.load_card(base)
     assert card.parent == parent.version and card.version != parent.version and card.name == "lab-a"
-    assert card.training["adaptation"]["labeled_counts"] == {c: 6 for c in CLASSES}
+    assert card.training["adaptation"]["labeled_counts"] == dict.fromkeys(CLASSES, 6)
     assert (base / "model.keras").read_bytes() == before
     from hematovision.serving.classifier import Classifier
 
@@ -130,8 +129,8 @@ def test_cli_adapt_from_a_zip_with_a_broken_member(tmp_path, capsys):
 
 
 def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only(tmp_path, capsys):
-    from hematovision.serving.classifier import Prediction
     from hematovision.review.store import UNUSABLE, ReviewStore, thumbnail_png
+    from hematovision.serving.classifier import Prediction
 
     base = make_tiny_model_dir(tmp_path / "base")
     store = ReviewStore(tmp_path / "reviews.sqlite3")
@@ -159,8 +158,8 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
 
 def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
     """A ``cell`` parent's child frames cells too, and its features are those of the framed views."""
-    from hematovision.training.adapt import feature_model, pooled_features
     from hematovision.imaging.framing import frame_cell
+    from hematovision.training.adapt import feature_model, pooled_features
 
     base = make_tiny_model_dir(tmp_path / "base")
     persistence.update_card(base, lambda c: c.__dict__.update(framing="cell", framing_revision=FRAMING_REVISION))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-
-import pytest
-
 from pathlib import Path
 
-from conftest import make_tiny_model_dir
+import pytest
 from test_eval_views import labeled_zip, make_evaluation
+
+from conftest import make_tiny_model_dir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from hematovision.imaging.framing import FRAMING_REVISION
-from streamlit.testing.v1 import AppTest
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HOME = str(Path(__file__).resolve().parent.parent / "Home.py")

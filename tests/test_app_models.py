@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import pytest
 from streamlit.testing.v1 import AppTest
-
 from test_adapt import _blobs
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -100,9 +99,10 @@ def test_adapt_from_review_decisions_with_too_few_says_so(models_page):
 
 
 def test_sidebar_picker_switches_only_when_the_user_picks(monkeypatch, tmp_path, tiny_model_dir):
+    from test_adapt import _blobs
+
     from hematovision.modeling import versions
     from hematovision.training.adapt import AdaptConfig, adapt_model
-    from test_adapt import _blobs
 
     home = tmp_path / "home"
     monkeypatch.setenv("HEMATOVISION_HOME", str(home))

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
+from test_eval_views import labeled_zip, make_evaluation
 
 from conftest import make_tiny_model_dir
 from hematovision.app.devserver import CHROMIUM, dashboard, launch_chromium
-from test_eval_views import labeled_zip, make_evaluation
 
 pytestmark = pytest.mark.browser
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from conftest import image_bytes
-from hematovision.review import store as review
 from hematovision.app.devserver import CHROMIUM, dashboard, launch_chromium
+from hematovision.review import store as review
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots"))

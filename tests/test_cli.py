@@ -99,13 +99,13 @@ def test_train_records_its_command_line_in_the_card(tmp_path, monkeypatch):
     from conftest import make_tiny_model_dir
     from hematovision import cli
     from hematovision.modeling import persistence
-    from hematovision.training import recipe as training
+    from hematovision.training import recipe
 
     def fake_train(out, work, cfg, root, **kw):
         assert cfg.framing == "full" and cfg.max_epochs == 3
         return make_tiny_model_dir(out)
 
-    monkeypatch.setattr(training, "train_command", fake_train)
+    monkeypatch.setattr(recipe, "train_command", fake_train)  # cli calls recipe.train_command
     out = tmp_path / "m"
     assert cli.main(["train", "--out", str(out), "--max-epochs", "3", "--framing", "full", "--data", str(tmp_path)]) == 0
     assert persistence.load_card(out).training["command"] == f"python -m hematovision train --out {out} --max-epochs 3 --framing full --data {tmp_path}"

@@ -8,6 +8,7 @@ import pytest
 
 from hematovision.data import datasets as ds
 from hematovision.data import fields
+from hematovision.data.layout import KAGGLE_DIR
 
 
 def _field(seed: int, size=(240, 320)) -> np.ndarray:
@@ -59,7 +60,7 @@ def test_field_names_are_stable_first_members():
 
 
 def _write(root, split, cls, name, img):
-    d = root / ds.KAGGLE_DIR / split / cls
+    d = root / KAGGLE_DIR / split / cls
     d.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(d / name), img[..., ::-1])
     return (d / name).relative_to(root).as_posix()
@@ -107,7 +108,7 @@ def test_missing_table_falls_back_to_file_numbers(tmp_path, caplog):
 @pytest.mark.skipif(not fields.TABLE.is_file(), reason="no committed field table")
 def test_committed_table_covers_whole_folders():
     table = fields.read_table()
-    assert table and all(rel.startswith(ds.KAGGLE_DIR.as_posix()) for rel in table)
+    assert table and all(rel.startswith(KAGGLE_DIR.as_posix()) for rel in table)
     folders = {rel.rsplit("/", 1)[0] for rel in table}
     assert {f.split("/")[-2] for f in folders} == {"TRAIN", "TEST", "TEST_SIMPLE"}
 

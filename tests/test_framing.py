@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from hematovision.imaging.framing import FRAMING_REVISION
-
 from conftest import make_tiny_model_dir
 from hematovision.imaging import framing
-from hematovision.modeling import persistence
 from hematovision.imaging.decode import resize_for_model
+from hematovision.imaging.framing import FRAMING_REVISION
+from hematovision.modeling import persistence
 
 BACKGROUND = (232, 226, 236)
 RED_CELL = (222, 160, 178)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes
-from hematovision.modeling import persistence
-from hematovision.serving.classifier import Classifier, is_flagged
-from hematovision.reports.tables import apply_threshold, neutralise, predictions_frame, to_csv
 from hematovision.imaging.sources import ImageInput, from_bytes
+from hematovision.modeling import persistence
+from hematovision.reports.tables import apply_threshold, neutralise, predictions_frame, to_csv
+from hematovision.serving.classifier import Classifier, is_flagged
 
 
 @pytest.fixture(scope="module")

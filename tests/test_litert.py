@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes, make_tiny_model_dir
-from hematovision.modeling import persistence
 from hematovision.imaging.sources import from_bytes
+from hematovision.modeling import persistence
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from conftest import make_tiny_model_dir
-from hematovision.training import loso
 from hematovision.modeling import persistence
+from hematovision.training import loso
 from hematovision.training.recipe import TrainConfig, clean_cache_key, view_cache_key
 
 pytestmark = pytest.mark.slow
@@ -62,8 +62,9 @@ def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):
 def test_draw_takes_one_image_per_cell_then_further_copies():
     """A lab labels distinct cells: a draw spans as many cells as it can before repeating one,
     and a class with fewer cells than asked (Kaggle TRAIN has 15 monocyte fields) still gets n images."""
-    import numpy as np
     from pathlib import Path
+
+    import numpy as np
 
     from hematovision.data.datasets import LabeledImage
 

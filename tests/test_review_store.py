@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hematovision.review import store as review
-from hematovision.serving.classifier import Prediction
 from hematovision.review.store import UNUSABLE, ReviewDBError, ReviewStore
+from hematovision.serving.classifier import Prediction
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
@@ -255,9 +255,10 @@ def test_select_progress_and_next():
 
 
 def test_thumbnail_png_is_bounded():
+    import io
+
     import numpy as np
     from PIL import Image
-    import io
 
     png = review.thumbnail_png(np.zeros((600, 300, 3), np.uint8))
     assert Image.open(io.BytesIO(png)).size == (128, 256)
@@ -290,8 +291,9 @@ def test_reports_use_final_classes_and_queue_only_this_batchs_flagged():
     diff = s.differential.set_index("class")
     assert diff["count"].to_dict() == {"eosinophil": 0, "lymphocyte": 0, "monocyte": 1, "neutrophil": 2}
     assert diff["percent"].sum() == pytest.approx(100.0)  # of the 3 white cells; the unusable one is out
-    import pandas as pd
     import io
+
+    import pandas as pd
 
     out = pd.read_csv(io.StringIO(batching.csv_report(frame, CLASSES, 0.9, "v")), keep_default_na=False)
     assert out["final_class"].tolist() == ["neutrophil", "monocyte", UNUSABLE, "neutrophil", ""]
@@ -299,8 +301,10 @@ def test_reports_use_final_classes_and_queue_only_this_batchs_flagged():
 
 
 def test_queue_with_images_stores_a_bounded_thumbnail(tmp_path):
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     from conftest import image_bytes
 
     store = ReviewStore(tmp_path / "r.db")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from hematovision.modeling import persistence
 from hematovision.imaging.framing import FRAMING_REVISION
+from hematovision.modeling import persistence
 from hematovision.serving.classifier import Classifier
 from hematovision.training.recipe import TrainConfig, train_command
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..reports import tables as report
-from ..serving.classifier import Prediction
-from ..review.store import UNUSABLE
 from ..imaging.sources import ImageInput, from_bytes, iter_uploads
+from ..reports import tables as report
+from ..review.store import UNUSABLE
+from ..serving.classifier import Prediction
 
 CacheKey = tuple[str, str]  # (sha256 of the bytes, model version)
 

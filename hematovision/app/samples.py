@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import REPO_ROOT, TRAINING_CLASSES, data_root
+from ..data.datasets import kaggle_images, pbc_images, select
 
 MANIFEST = REPO_ROOT / "sample_data" / "manifest.csv"
 HOW_TO_GET_DATA = (
@@ -56,8 +57,6 @@ def build_manifest(root: Path, per_class: int = 4, path: Path = MANIFEST) -> lis
 
     Only held-out test files are used, so the samples never show the model an image it trained on.
     """
-    from ..data.datasets import kaggle_images, pbc_images, select
-
     chosen: list[Sample] = []
     for source, images in (("kaggle", select(kaggle_images(root), split="test")), ("pbc", select(pbc_images(root), split="test"))):
         for cls in TRAINING_CLASSES:

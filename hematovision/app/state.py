@@ -12,8 +12,13 @@ from pathlib import Path
 import streamlit as st
 
 from .. import DISCLAIMER
-from ..modeling import persistence
 from ..config import model_dir
+from ..modeling import persistence, versions
+from ..review import store as review
+from ..review.store import ReviewDBError, ReviewStore, db_path
+from ..serving.classifier import Classifier
+from ..serving.gradcam import for_classifier, overlay
+from . import batching
 
 THRESHOLD_KEY = "threshold"
 #: Widget values that must survive a switch to another page and back (Streamlit drops
@@ -38,8 +43,6 @@ def init_state(defaults: dict) -> None:
 
 @st.cache_resource(show_spinner="Loading the model…")
 def _load_classifier(path: str, sha: str):
-    from ..serving.classifier import Classifier
-
     return Classifier.load(path)
 
 
@@ -69,8 +72,6 @@ def model_sidebar() -> None:
     to the version actually in use on every run, so a switch made elsewhere (Model
     versions page) shows here too, and a missing shipped model is never silently replaced.
     """
-    from ..modeling import versions
-
     found = versions.list_versions()
     if all(v.shipped for v in found):
         return
@@ -160,15 +161,11 @@ def disclaimer() -> None:
 
 @st.cache_resource(show_spinner=False)
 def _review_store(path: str):
-    from ..review.store import ReviewStore
-
     return ReviewStore(path)
 
 
 def review_store():
     """The review database (:func:`review.db_path`), or ``None`` after drawing what went wrong."""
-    from ..review.store import ReviewDBError, db_path
-
     path = db_path()
     try:
         store = _review_store(str(path))
@@ -184,9 +181,6 @@ def review_store():
 def queue_batch_for_review(store, clf, threshold: float) -> int:
     """Put this session's flagged predictions (at ``threshold``) into the review queue, each once
     per session; the image bytes give the stored thumbnail. Returns how many were queued now."""
-    from . import batching
-    from ..review import store as review
-
     cache = st.session_state.get("hv_cache")
     batch = st.session_state.get("hv_batch")
     if cache is None or not batch:
@@ -202,15 +196,11 @@ def queue_batch_for_review(store, clf, threshold: float) -> int:
 
 @st.cache_resource(show_spinner="Loading the Keras model for Grad-CAM…")
 def _gradcam(path: str, sha: str, _clf):
-    from ..serving.gradcam import for_classifier
-
     return for_classifier(_clf)
 
 
 @st.cache_data(show_spinner="Computing the Grad-CAM heat map…", max_entries=128)
 def _overlay(sha256: str, model_version: str, source: str, _clf, _rgb):
-    from ..serving.gradcam import overlay
-
     explain = _gradcam(str(_clf.model_dir), _clf.card.model_sha256, _clf)
     hm = explain(_rgb)
     return overlay(hm.image, hm.heat), _clf.classes_[hm.class_index]

@@ -1,21 +1,9 @@
 """Labeled datasets and the recorded train/validation/test split.
 
-Split rules (also written into the model card and the manifest):
-
-* **Kaggle blood-cells** (``blood-cells/dataset2-master/images``): ``TEST`` and
-  ``TEST_SIMPLE`` are test only. ``TRAIN`` holds ~36 augmented copies (rotations,
-  flips, shifts) of each original cell in its smear field. The ``N`` of a file
-  name ``_N_XXXX.jpeg`` does *not* name that cell (each ``N`` holds copies of many
-  fields), so copies are grouped by the field they show, found by image matching
-  (:mod:`hematovision.fields`, committed as ``kaggle_fields.csv``). Validation takes
-  whole fields, stratified by class: within each class the fields are ranked by
-  ``sha256("<class>/<field>")`` and the first ``round(KAGGLE_VAL_FRACTION * n)``
-  (at least one) go to validation. A file missing from the field table (another
-  copy of the data set) falls back to a group of its own ``N``, with a warning.
-* **PBC** (``pbc/<class>/*.jpg``): files are de-duplicated by content sha256 (the
-  first path in sorted order is kept); each unique image goes to train,
-  validation or test by the fraction read from the first 8 hex digits of its
-  content hash: ``< 0.70`` train, ``< 0.85`` validation, else test.
+The split rules are :data:`SPLIT_RULES` below, written from the constants that apply them
+into every model card (``training.split_rules``). In short: Kaggle ``TEST`` and ``TEST_SIMPLE``
+are test only and ``TRAIN`` is split into train and validation by whole smear field; PBC is
+de-duplicated by content and split by content hash.
 
 Both rules are pure functions of names and bytes, so anyone can re-derive the
 split; :func:`write_manifest` records every file with its hash and split.
@@ -28,18 +16,33 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
 
-from ..config import TRAINING_CLASSES
+from .fields import read_table
+from .layout import KAGGLE_DIR, PBC_DIR, iter_class_folders
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-KAGGLE_DIR = Path("blood-cells/dataset2-master/images")
-PBC_DIR = Path("pbc")
 KAGGLE_VAL_FRACTION = 0.20
 PBC_TRAIN_FRACTION = 0.70
 PBC_VAL_FRACTION = 0.15
+
+#: The split rules in words, for the model card (``training.split_rules``); the numbers are the constants above.
+SPLIT_RULES = f"""\
+* **Kaggle blood-cells** (``{KAGGLE_DIR.as_posix()}``): ``TEST`` and
+  ``TEST_SIMPLE`` are test only. ``TRAIN`` holds ~36 augmented copies (rotations,
+  flips, shifts) of each original cell in its smear field. The ``N`` of a file
+  name ``_N_XXXX.jpeg`` does *not* name that cell (each ``N`` holds copies of many
+  fields), so copies are grouped by the field they show, found by image matching
+  (:mod:`hematovision.data.fields`, committed as ``kaggle_fields.csv``). Validation takes
+  whole fields, stratified by class: within each class the fields are ranked by
+  ``sha256("<class>/<field>")`` and the first ``round({KAGGLE_VAL_FRACTION:.2f} * n)``
+  (at least one) go to validation. A file missing from the field table (another
+  copy of the data set) falls back to a group of its own ``N``, with a warning.
+* **PBC** (``{PBC_DIR.as_posix()}/<class>/*.jpg``): files are de-duplicated by content sha256 (the
+  first path in sorted order is kept); each unique image goes to train,
+  validation or test by the fraction read from the first 8 hex digits of its
+  content hash: ``< {PBC_TRAIN_FRACTION:.2f}`` train, ``< {PBC_TRAIN_FRACTION + PBC_VAL_FRACTION:.2f}`` validation, else test."""
 
 #: Test sets reported in evaluation.json, by key.
 TEST_SETS = {
@@ -74,24 +77,6 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def normalise_label(name: str, classes: Iterable[str] = TRAINING_CLASSES) -> str | None:
-    """Map a folder or CSV label to a class name, case-insensitive; ``None`` if unknown."""
-    key = name.strip().lower()
-    for cls in classes:
-        if key == cls or (key.endswith("s") and key[:-1] == cls):
-            return cls
-    return None
-
-
-def iter_class_folders(root: Path) -> Iterable[tuple[str | None, str, Path]]:
-    """Yield ``(class or None, folder name, file)`` for image files under ``root/<class>/``."""
-    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        label = normalise_label(folder.name)
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                yield label, folder.name, f
-
-
 def kaggle_cell(path: Path) -> str:
     m = _KAGGLE_CELL.match(path.name)
     if not m:
@@ -106,8 +91,6 @@ def kaggle_images(root: Path, field_table: dict[str, str] | None = None) -> list
     file stem (see :mod:`hematovision.fields`). ``field_table`` (``relpath -> field``)
     defaults to the committed table.
     """
-    from .fields import read_table
-
     table = read_table() if field_table is None else field_table
     base = Path(root) / KAGGLE_DIR
     out: list[LabeledImage] = []

@@ -32,13 +32,19 @@ needs no image matching, and anyone can verify the table.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
+
+from ..imaging.decode import read_rgb
+from .layout import KAGGLE_DIR, iter_class_folders
 
 #: The committed field table for the Kaggle images under the data root.
 TABLE = Path(__file__).resolve().parent.parent / "kaggle_fields.csv"
@@ -212,8 +218,6 @@ def write_table(rows: Iterable[tuple[str, str]], path: Path = TABLE) -> None:
 
 
 def _folder_fields(root: Path, files: list[Path]) -> list[tuple[str, str]]:
-    from ..imaging.decode import read_rgb
-
     cv2.setNumThreads(1)  # one process per folder already uses the cores
 
     indices = group_fields([describe(read_rgb(f)) for f in files])
@@ -225,13 +229,6 @@ def build_table(root: Path, folders: Sequence[str] = ("TRAIN", "TEST", "TEST_SIM
     """``(relpath, field)`` for every Kaggle image under the data ``root``, matched within each
     class folder (copies of one field never cross a class or a split folder), one process per
     folder. About 25 minutes for the whole set on two cores."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm import tqdm
-
-    from .datasets import KAGGLE_DIR, iter_class_folders
-
     jobs: dict[str, list[Path]] = {}
     for folder in folders:
         base = Path(root) / KAGGLE_DIR / folder

@@ -7,21 +7,22 @@ the dashboard use, so the figures describe the product as shipped.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from ..stats import calibration as cal
-from ..data import datasets as ds
-from ..stats import metrics as m
-from ..modeling import persistence
 from ..config import data_root
-from ..imaging.sources import ImageInput, display_name, from_bytes, iter_zip
+from ..data import datasets as ds
+from ..data.labeled import LabeledInputs
+from ..imaging.sources import ImageInput
+from ..modeling import persistence
+from ..serving.classifier import Classifier
+from ..stats import calibration as cal
+from ..stats import metrics as m
 
 
 def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[str], temperature: float, groups: list[str] | None = None, name: str = "") -> dict:
@@ -86,94 +87,6 @@ def _clean(obj):
     return obj
 
 
-@dataclass
-class LabeledInputs:
-    """Images with true labels, and the ones that could not be labeled (never fatal)."""
-
-    inputs: list[ImageInput] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
-
-
-def labeled_from_folder(path: Path, classes: list[str]) -> LabeledInputs:
-    """A folder of class folders (``root/<class>/**/image``)."""
-    out = LabeledInputs()
-    for label, folder, f in ds.iter_class_folders(Path(path)):
-        name = f.relative_to(path).as_posix()
-        if label is None or label not in classes:
-            out.skipped.append((name, f"unknown class folder '{folder}' (known: {', '.join(classes)})"))
-            continue
-        out.inputs.append(ImageInput(name, (lambda p=f: p.read_bytes())))
-        out.labels.append(label)
-        out.groups.append(name)
-    return out
-
-
-def labeled_from_path(path: Path, classes: list[str]) -> LabeledInputs:
-    """A folder of class folders, or a zip of them; FileNotFoundError when it is neither."""
-    path = Path(path)
-    if path.is_dir():
-        return labeled_from_folder(path, classes)
-    if path.is_file():
-        return labeled_from_zip(path.name, path.read_bytes(), classes)
-    raise FileNotFoundError(f"no such folder or zip: {path}")
-
-
-def labeled_from_zip(name: str, data: bytes, classes: list[str]) -> LabeledInputs:
-    """A zip of class folders: the folder holding each image names its class.
-
-    Members come through :func:`sources.iter_zip`, so the archive limits and
-    member checks of the classify path apply here too; a member's input name
-    is its path inside the archive.
-    """
-    out = LabeledInputs()
-    prefix = display_name(name) + "/"
-    for item in iter_zip(name, data):
-        if not item.name.startswith(prefix):  # the archive itself is unusable
-            out.skipped.append((name, item.error))
-            continue
-        member = item.name[len(prefix):]
-        parts = member.split("/")
-        label = ds.normalise_label(parts[-2], classes) if len(parts) >= 2 else None
-        if label is None:
-            where = parts[-2] if len(parts) >= 2 else "(no folder)"
-            out.skipped.append((member, f"unknown class folder '{where}' (known: {', '.join(classes)})"))
-        elif item.error:
-            out.skipped.append((member, item.error))
-        else:
-            out.inputs.append(ImageInput(member, item.read))
-            out.labels.append(label)
-            out.groups.append(member)
-    return out
-
-
-def labeled_from_csv(images: list[tuple[str, bytes]], labels_csv: bytes, classes: list[str]) -> LabeledInputs:
-    """Uploaded images plus a CSV with columns ``file`` and ``label`` (or ``class``)."""
-    out = LabeledInputs()
-    try:
-        table = pd.read_csv(io.BytesIO(labels_csv), dtype=str)
-    except Exception as exc:
-        out.skipped.append(("labels.csv", f"unreadable CSV ({type(exc).__name__})"))
-        return out
-    cols = {c.lower().strip(): c for c in table.columns}
-    fcol, lcol = cols.get("file") or cols.get("filename"), cols.get("label") or cols.get("class")
-    if not fcol or not lcol:
-        out.skipped.append(("labels.csv", "the CSV needs columns 'file' and 'label'"))
-        return out
-    by_name = {Path(str(r[fcol])).name: str(r[lcol]) for _, r in table.iterrows()}
-    for name, data in images:
-        raw = by_name.get(Path(name).name)
-        label = ds.normalise_label(raw, classes) if raw else None
-        if label is None:
-            out.skipped.append((name, "no label in the CSV" if raw is None else f"unknown class '{raw}'"))
-            continue
-        out.inputs.append(from_bytes(name, data))
-        out.labels.append(label)
-        out.groups.append(name)
-    return out
-
-
 def evaluate_labeled(classifier, labeled: LabeledInputs, name: str, progress: Callable[[int], None] | None = None, per_cell: bool = False) -> tuple[dict, pd.DataFrame]:
     """Classify labeled inputs and compute every figure; unreadable images are listed, not fatal."""
     classes = classifier.classes_
@@ -198,10 +111,6 @@ def evaluate_labeled(classifier, labeled: LabeledInputs, name: str, progress: Ca
 
 def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progress_factory=None) -> dict:
     """Evaluate on Kaggle TEST, Kaggle TEST_SIMPLE and PBC test; write the results beside the model."""
-    from tqdm import tqdm
-
-    from ..serving.classifier import Classifier
-
     root = data_root(root)
     model_dir = Path(model_dir)
     clf = Classifier.load(model_dir, batch_size=64)
@@ -209,7 +118,7 @@ def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progr
     images = ds.read_manifest(manifest, root) if manifest.exists() else ds.discover(root)
     report = {
         "model_version": clf.version,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "classes": clf.classes_,
         "temperature": clf.card.temperature,
         "default_threshold": clf.default_threshold,

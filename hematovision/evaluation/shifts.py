@@ -11,8 +11,8 @@ test, not a substitute for real images from other labs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np

@@ -37,7 +37,7 @@ class AugmentConfig:
     border: str = "reflect"  # or "black", as in fields already rotated with black corners
 
     @classmethod
-    def none(cls) -> "AugmentConfig":
+    def none(cls) -> AugmentConfig:
         return cls(False, (1.0, 1.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "reflect")
 
 

@@ -55,7 +55,7 @@ class ImageLimits:
     min_side: int = 32
 
     @classmethod
-    def from_env(cls) -> "ImageLimits":
+    def from_env(cls) -> ImageLimits:
         d = cls()
         return cls(
             max_bytes=env_int("HEMATOVISION_MAX_BYTES", d.max_bytes, 1),

@@ -69,7 +69,7 @@ class Jitter:
     dy: float = 0.0
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, scale: float = 0.15, shift: float = 0.06) -> "Jitter":
+    def draw(cls, rng: np.random.Generator, scale: float = 0.15, shift: float = 0.06) -> Jitter:
         return cls(float(np.exp(rng.uniform(-scale, scale))), float(rng.uniform(-shift, shift)), float(rng.uniform(-shift, shift)))
 
 

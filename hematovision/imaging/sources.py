@@ -12,9 +12,9 @@ import io
 import os
 import stat
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from .decode import DEFAULT_LIMITS, ImageError, ImageLimits, env_int, human_bytes, sniff_format, too_large_reason
 
@@ -40,7 +40,7 @@ class ArchiveLimits:
     max_member_bytes: int = 50 * 1024 * 1024
 
     @classmethod
-    def from_env(cls) -> "ArchiveLimits":
+    def from_env(cls) -> ArchiveLimits:
         d = cls()
         return cls(
             max_members=env_int("HEMATOVISION_ZIP_MAX_MEMBERS", d.max_members, 1),

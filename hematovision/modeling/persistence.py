@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.metadata as md
 import json
+import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+
+from ..imaging.framing import FRAMING_REVISION, FRAMINGS
+from .network import custom_objects
 
 MODEL_FILE = "model.keras"
 LITERT_FILE = "model.tflite"
@@ -79,8 +84,6 @@ def sha256_of(path: Path) -> str:
 
 
 def library_versions() -> dict:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn", "pillow"):
         try:
@@ -91,8 +94,6 @@ def library_versions() -> dict:
 
 
 def machine_description() -> str:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -120,7 +121,6 @@ def load_card(model_dir: Path) -> ModelCard:
         card = ModelCard(**{k: v for k, v in data.items() if k in known})
     except (ValueError, TypeError) as exc:
         raise ModelError(f"model card {path} is unreadable ({exc}); restore it from git or retrain") from None
-    from ..imaging.framing import FRAMING_REVISION, FRAMINGS
 
     if card.framing not in FRAMINGS:
         raise ModelError(f"model card {path} asks for framing {card.framing!r}, which this version does not know ({', '.join(FRAMINGS)}); update HematoVision")
@@ -151,7 +151,7 @@ def save_model(network, card: ModelCard, model_dir: Path) -> ModelCard:
     network.save(path)
     card.model_sha256 = sha256_of(path)
     card.libraries = library_versions()
-    card.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    card.created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     write_card(card, model_dir)
     return card
 
@@ -168,8 +168,6 @@ def load_keras_model(model_dir: Path, card: ModelCard | None = None):
     if card.model_sha256 and sha256_of(path) != card.model_sha256:
         raise ModelError(f"{path} does not match the sha256 in its model card (corrupt or replaced); restore it from git or retrain")
     try:
-        from .network import custom_objects
-
         return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # keras raises many kinds for a damaged file
         raise ModelError(f"cannot load {path} ({type(exc).__name__}: {exc}); restore it from git or retrain") from None

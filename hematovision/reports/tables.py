@@ -7,7 +7,7 @@ prefixed with a quote (OWASP's advice against CSV injection).
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 

@@ -27,19 +27,21 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import user_data_dir
+from ..imaging.decode import decode_image
+from ..reports.tables import to_csv
+from ..serving.classifier import Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-    from ..serving.classifier import Prediction
 
 DB_ENV = "HEMATOVISION_REVIEW_DB"
 DB_FILENAME = "reviews.sqlite3"
@@ -152,7 +154,7 @@ def db_path(override: str | os.PathLike | None = None) -> Path:
 
 
 def now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def thumbnail_png(rgb: np.ndarray, side: int = THUMB_SIDE) -> bytes:
@@ -286,7 +288,7 @@ class ReviewStore:
 
     # ------------------------------------------------------------------ writes
 
-    def queue(self, preds: Iterable["Prediction"], classes: Sequence[str], model_version: str,
+    def queue(self, preds: Iterable[Prediction], classes: Sequence[str], model_version: str,
               thumbnails: dict[str, bytes] | None = None, threshold: float | None = None) -> int:
         """Put classified predictions up for review (insert or refresh), in one transaction; returns how many.
 
@@ -394,7 +396,7 @@ class ReviewStore:
         """``PRAGMA integrity_check``: ``"ok"`` for a sound file."""
         return self._read("PRAGMA integrity_check")[0][0]
 
-    def export_frame(self) -> "pd.DataFrame":
+    def export_frame(self) -> pd.DataFrame:
         """Every decision (the audit trail), oldest first, with the item's file and confidence and
         ``current`` (whether it is the latest for its image and model) and ``final_class``."""
         import pandas as pd
@@ -465,11 +467,9 @@ def next_index(items: Sequence[Item], after: int) -> int:
     return min(after + 1, n - 1)
 
 
-def queue_with_images(store: ReviewStore, items: Sequence[tuple["Prediction", bytes]], classes: Sequence[str],
+def queue_with_images(store: ReviewStore, items: Sequence[tuple[Prediction, bytes]], classes: Sequence[str],
                       model_version: str, threshold: float | None = None) -> int:
     """Queue predictions with a bounded thumbnail made from each image's bytes (undecodable: no thumbnail)."""
-    from ..imaging.decode import decode_image
-
     thumbs = {}
     for p, data in items:
         try:
@@ -481,6 +481,4 @@ def queue_with_images(store: ReviewStore, items: Sequence[tuple["Prediction", by
 
 def export_csv(store: ReviewStore) -> str:
     """All decisions as a spreadsheet-safe CSV (formula cells neutralised)."""
-    from ..reports.tables import to_csv
-
     return to_csv(store.export_frame())

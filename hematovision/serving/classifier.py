@@ -13,18 +13,19 @@ import hashlib
 import logging
 import math
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..modeling import persistence
 from ..config import model_dir as default_model_dir
+from ..imaging.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, thumbnail
 from ..imaging.framing import model_input
-from ..imaging.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_rgb, thumbnail
 from ..imaging.sources import ImageInput
+from ..modeling import persistence
+from . import litert
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class Classifier:
         self._fn = None
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, batch_size: int = 32, backend: str = "auto") -> "Classifier":
+    def load(cls, model_dir: str | Path | None = None, batch_size: int = 32, backend: str = "auto") -> Classifier:
         """Load a model directory; raises :class:`persistence.ModelError` with a plain reason.
 
         ``backend``: ``"auto"`` (LiteRT when usable, else Keras), ``"litert"`` (error if not usable) or ``"keras"``.
@@ -97,8 +98,6 @@ class Classifier:
         path = default_model_dir(model_dir)
         card = persistence.load_card(path)
         if backend != "keras":
-            from . import litert
-
             ok, why = litert.usable(path, card)
             if ok:
                 try:
@@ -241,26 +240,3 @@ def _prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thu
     except Exception as exc:  # defensive: the reader must never take the batch down
         return _Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
     return _Prepared(item, sha, model_input(dec.rgb, size, framing), thumbnail(dec.rgb) if thumbnails else None, note=dec.note)
-
-
-def predict_logits_keras(network, paths: Sequence[Path], input_size: int, framing: str, batch_size: int = 64, desc: str = "logits") -> np.ndarray:
-    """Pre-softmax logits of a network for dataset files (training-time calibration)."""
-    from ..modeling.network import LOGITS_LAYER
-
-    return layer_outputs_keras(network, paths, input_size, framing, LOGITS_LAYER, batch_size, desc)
-
-
-def layer_outputs_keras(network, paths: Sequence[Path], input_size: int, framing: str, layer: str, batch_size: int = 64, desc: str = "features") -> np.ndarray:
-    """One layer's outputs for trusted dataset files (float64), decoding in threads beside the forward pass."""
-    import keras
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    sub = keras.Model(network.input, network.get_layer(layer).output)
-    fn = tf.function(lambda x: sub(x, training=False), input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)])
-    out = []
-    with ThreadPoolExecutor(2) as pool:
-        for b in tqdm(range(0, len(paths), batch_size), desc=desc, mininterval=5):
-            imgs = list(pool.map(lambda p: model_input(read_rgb(p), input_size, framing), paths[b:b + batch_size]))
-            out.append(np.asarray(fn(np.stack(imgs).astype(np.float32)), dtype=np.float64))
-    return np.concatenate(out)

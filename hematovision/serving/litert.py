@@ -37,13 +37,17 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from ..config import data_root
+from ..data import datasets as ds
+from ..data import layout
+from ..imaging.decode import env_int, read_rgb
+from ..imaging.framing import model_input
 from ..modeling import persistence
-from ..imaging.decode import env_int
 from ..modeling.persistence import LITERT_FILE, ModelError
 
 log = logging.getLogger(__name__)
@@ -214,8 +218,6 @@ def keras_probabilities(network, batch: np.ndarray, chunk: int = 32) -> np.ndarr
 
 
 def _as_batch(images: Sequence[np.ndarray] | np.ndarray, size: int, framing: str) -> np.ndarray:
-    from ..imaging.framing import model_input
-
     return np.stack([model_input(np.asarray(im), size, framing) for im in images]).astype(np.float32)
 
 
@@ -253,10 +255,6 @@ def check_images(root: Path | None = None, per_set: int = 8, model_dir: Path | N
     Test sets come from ``model_dir``'s split manifest when it has one (Kaggle TEST and
     PBC test as that model was split), else Kaggle TEST plus a few PBC images of any split.
     """
-    from ..data import datasets as ds
-    from ..config import data_root
-    from ..imaging.decode import read_rgb
-
     root = data_root(root)
     imgs: list[np.ndarray] = []
     names = []
@@ -289,10 +287,8 @@ def check_images(root: Path | None = None, per_set: int = 8, model_dir: Path | N
 
 def _pbc_sample(root: Path, n: int) -> list:
     """A few PBC images per class without hashing the whole set (the test split needs every hash)."""
-    from ..data import datasets as ds
-
     out = []
-    for label, _, f in ds.iter_class_folders(Path(root) / ds.PBC_DIR):
+    for label, _, f in layout.iter_class_folders(Path(root) / layout.PBC_DIR):
         if label is None:
             continue
         if sum(1 for o in out if o.label == label) < max(1, n // 4):
@@ -338,7 +334,7 @@ def export_litert(model_dir: str | Path, images: Sequence[np.ndarray] | None = N
         "tolerance": tolerance,
         "n_check_images": len(images),
         "check_images": images_desc or f"{len(images)} images",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "libraries": libs,
     }
     persistence.update_card(model_dir, lambda c: setattr(c, "litert", record))

@@ -22,18 +22,24 @@ over the model it came from.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
+from ..data.labeled import LabeledInputs
 from ..imaging import augment as aug
-from ..stats import calibration
+from ..imaging.decode import ImageError, decode_image
 from ..imaging.framing import Jitter, model_input
-from ..modeling.network import LOGITS_LAYER
+from ..imaging.sources import ImageInput
+from ..modeling import persistence, versions
+from ..modeling.network import LOGITS_LAYER, TEMPERATURE_LAYER
+from ..serving.litert import export_litert
+from ..stats import calibration
 
 log = logging.getLogger("hematovision.adapt")
 
@@ -187,8 +193,6 @@ def adapted_network(base_network, result: AdaptResult):
     """
     import keras
 
-    from ..modeling.network import TEMPERATURE_LAYER
-
     clone = keras.models.clone_model(base_network)
     clone.set_weights(base_network.get_weights())
     clone.get_layer(LOGITS_LAYER).set_weights([result.weights.astype(np.float32), result.bias.astype(np.float32)])
@@ -198,10 +202,8 @@ def adapted_network(base_network, result: AdaptResult):
 
 
 def decode_labeled(labeled) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:
-    """Decode an :class:`evaluation.LabeledInputs` into ``(images, labels, skipped)``; a file
+    """Decode an :class:`~hematovision.data.labeled.LabeledInputs` into ``(images, labels, skipped)``; a file
     that cannot be read is skipped with its reason, never fatal."""
-    from ..imaging.decode import ImageError, decode_image
-
     images, labels, skipped = [], [], list(labeled.skipped)
     for item, label in zip(labeled.inputs, labeled.labels):
         try:
@@ -218,9 +220,6 @@ def labeled_from_reviews(store, classes: Sequence[str]):
 
     The images are the queue's stored thumbnails (at most 256 px a side), which is also
     about the model's input size."""
-    from ..evaluation.evaluate import LabeledInputs
-    from ..imaging.sources import ImageInput
-
     latest: dict = {}
     for item in store.items():
         d = item.decision
@@ -256,8 +255,6 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     ``labels`` must be among the base model's classes. ``out_dir`` must not exist yet:
     a version is never overwritten. ``progress(done, total)`` is called per image.
     """
-    from ..modeling import persistence
-
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists: adapted versions are never overwritten; choose another name")
@@ -293,14 +290,10 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     )
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     persistence.save_model(net, new, tmp)
     if litert:
         try:
-            from ..serving.litert import export_litert
-
             export_litert(tmp, list(images[:16]), f"{min(16, len(images))} of the labeled images")
         except Exception as exc:  # serving falls back to model.keras
             log.warning("LiteRT export of the adapted model failed (%s); it will be served from model.keras", exc)
@@ -335,13 +328,11 @@ class AdaptOutcome:
 
 def adapt_labeled(base_dir: Path, labeled, name: str, out_dir: Path | None = None, cfg: AdaptConfig = AdaptConfig(), source: str = "",
                   progress: Callable[[int, int], None] | None = None) -> AdaptOutcome:
-    """Decode labeled inputs (:class:`evaluation.LabeledInputs`), adapt, save as version ``name``.
+    """Decode labeled inputs (:class:`~hematovision.data.labeled.LabeledInputs`), adapt, save as version ``name``.
 
     ``out_dir`` defaults to :func:`versions.new_version_dir` (the per-user model folder).
     Raises ValueError / FileExistsError with a message for the user.
     """
-    from ..modeling import persistence, versions
-
     versions.check_name(name)
     out_dir = Path(out_dir) if out_dir else versions.new_version_dir(name)
     if out_dir.exists():

@@ -33,10 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import datasets as ds
-from ..stats import metrics as m
 from ..config import TRAINING_CLASSES, data_root
-from .recipe import AUGMENT_RECIPES, TrainConfig, _limit, cache_features, clean_cache_key, fit
+from ..data import datasets as ds
+from ..imaging.decode import read_rgb
+from ..modeling import persistence
+from ..modeling.features import layer_outputs_keras
+from ..modeling.network import build_network
+from ..stats import metrics as m
+from .adapt import POOL_LAYER, AdaptConfig, adapt_head, feature_model, head_weights, pooled_features
+from .recipe import AUGMENT_RECIPES, TrainConfig, cache_features, clean_cache_key, fit, limit_images
 
 log = logging.getLogger("hematovision.loso")
 
@@ -79,7 +84,7 @@ class LosoRun:
 
 def _test_subset(images: list[ds.LabeledImage], key: str, cfg: TrainConfig) -> list[ds.LabeledImage]:
     """A test set, cut to ``cfg.limit_per_split`` per class for smoke runs, as training cuts its splits."""
-    return _limit(ds.test_set(images, key), cfg.limit_per_split, cfg.seed)
+    return limit_images(ds.test_set(images, key), cfg.limit_per_split, cfg.seed)
 
 
 def _test_features(bottom, cfg: TrainConfig, images: list[ds.LabeledImage], cache_root: Path) -> dict:
@@ -184,8 +189,6 @@ def table(results: list[LosoRun]) -> str:
 
 def record_in_model(model_dir: Path, block: dict) -> None:
     """Write the LOSO block into ``evaluation.json`` and the model card beside a model."""
-    from ..modeling import persistence
-
     model_dir = Path(model_dir)
     ev = model_dir / persistence.EVALUATION_FILE
     if ev.exists():
@@ -212,8 +215,6 @@ class AdaptationPoint:
 
 def _loso_network(run: LosoRun, cfg: TrainConfig):
     """The run's best network; ``cfg`` is the run's variant config."""
-    from ..modeling.network import build_network
-
     net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout, input_norm=cfg.input_norm)
     net.load_weights(str(Path(run.work_dir) / "best.weights.h5"))
     return net
@@ -247,10 +248,6 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
                      draws: int = 3, variant: str = "robust", adapt_cfg=None) -> list[AdaptationPoint]:
     """For each held-out source: adapt that LOSO model's head with ``per_class`` labeled images per class
     drawn from the held-out source's *train* split, score on its *test* split. ``per_class`` 0 = no adaptation."""
-    from .adapt import POOL_LAYER, AdaptConfig, adapt_head, feature_model, head_weights, pooled_features
-    from ..imaging.decode import read_rgb
-    from ..serving.classifier import layer_outputs_keras
-
     root = root or data_root()
     adapt_cfg = adapt_cfg or AdaptConfig()
     images = ds.discover(root)

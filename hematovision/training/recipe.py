@@ -34,10 +34,12 @@ The recipe, and why:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import platform
+import shutil
 import time
 import zlib
 from collections import Counter
@@ -46,12 +48,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from ..imaging import augment as aug
-from ..data import datasets as ds
-from ..imaging import framing as fr
 from ..config import TRAINING_CLASSES, data_root, weights_path
+from ..data import datasets as ds
+from ..evaluation.evaluate import evaluate_model_on_test_sets
+from ..imaging import augment as aug
+from ..imaging import framing as fr
 from ..imaging.decode import read_rgb
+from ..modeling import persistence
+from ..modeling.features import predict_logits_keras
+from ..modeling.network import SPLIT_LAYER, build_network, set_trainable_top, split_models, transfer_weights
+from ..serving.litert import check_images, export_litert
+from ..stats import calibration
 
 log = logging.getLogger("hematovision.training")
 
@@ -111,8 +120,6 @@ AUGMENT_RECIPES = {"baseline": baseline_augment, "robust": robust_augment, "stro
 
 
 def _key(obj) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
@@ -120,8 +127,6 @@ def view_cache_key(cfg: TrainConfig) -> str:
     """Everything that decides the cached augmented training views, and nothing else:
     runs that differ only in what they fit on (``train_on``, epochs, learning rates)
     share one cache."""
-    from ..modeling.network import SPLIT_LAYER
-
     return "views-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.views_per_image,
                             {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}]
                            + _input_key(cfg))
@@ -129,8 +134,6 @@ def view_cache_key(cfg: TrainConfig) -> str:
 
 def clean_cache_key(cfg: TrainConfig) -> str:
     """Clean (un-augmented) views of validation and test images depend only on these."""
-    from ..modeling.network import SPLIT_LAYER
-
     return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + _input_key(cfg))
 
 
@@ -170,7 +173,6 @@ def cache_features(bottom, items: list[tuple[ds.LabeledImage, int]], path: Path,
     Decoding and augmentation run in threads beside the TensorFlow forward pass.
     """
     import tensorflow as tf
-    from tqdm import tqdm
 
     path.mkdir(parents=True, exist_ok=True)
     fwd = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
@@ -217,7 +219,8 @@ def balanced_weights(images: list[ds.LabeledImage]) -> np.ndarray:
     return w
 
 
-def _limit(images: list[ds.LabeledImage], n: int, seed: int) -> list[ds.LabeledImage]:
+def limit_images(images: list[ds.LabeledImage], n: int, seed: int) -> list[ds.LabeledImage]:
+    """At most ``n`` images per (source, class), drawn with ``seed``, in list order (``n <= 0``: all); for smoke runs."""
     if n <= 0:
         return images
     rng = np.random.default_rng(seed)
@@ -261,9 +264,6 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     never reads a stale cache, and leave-one-source-out runs reuse the main run's.
     """
     import keras
-    import tensorflow as tf
-
-    from ..modeling.network import build_network, set_trainable_top, split_models
 
     root = root or data_root()
     weights = weights or weights_path(root)
@@ -276,8 +276,8 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     if not images:
         raise FileNotFoundError(f"no labeled images under {root}: set --data or {ds.__name__}")
     ds.write_manifest(images, work / "split_manifest.csv")
-    all_train = _limit(ds.select(images, split="train"), cfg.limit_per_split, cfg.seed)
-    all_val = _limit(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
+    all_train = limit_images(ds.select(images, split="train"), cfg.limit_per_split, cfg.seed)
+    all_val = limit_images(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
     train = [i for i in all_train if i.source in cfg.train_on]
     val = [i for i in all_val if i.source in cfg.train_on]
     refit = cfg.refit_finetune_epochs > 0
@@ -374,8 +374,6 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
 def refit_config(selected_dir: Path, cfg: TrainConfig) -> TrainConfig:
     """``cfg`` set to refit the early-stopped model in ``selected_dir`` on train and validation:
     as many fine-tuning epochs as that run kept (its best epoch by validation loss, plus one)."""
-    from ..modeling import persistence
-
     card = persistence.load_card(Path(selected_dir))
     hist = [h for h in card.training.get("history", []) if h["phase"] == "finetune" and h.get("val_loss") is not None]
     if not hist:
@@ -397,12 +395,6 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     ``calibrated_by``: a refit has no held-out images, so it takes the temperature, threshold and
     validation figures of the early-stopped run it refits (that model directory), and says so.
     """
-    import keras
-
-    from ..stats import calibration
-    from ..modeling import persistence
-    from ..serving.classifier import predict_logits_keras
-    from ..modeling.network import build_network, transfer_weights
 
     root = root or data_root()
     net, val = fitted["network"], fitted["val"]
@@ -439,7 +431,7 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         training={
             "data_root": "<HEMATOVISION_DATA>",
             "counts": ds.split_counts(fitted["images"]),
-            "split_rules": ds.__doc__.split("Split rules")[1].split("Both rules")[0].strip(),
+            "split_rules": ds.SPLIT_RULES,
             "fitted_on": "train and val splits (refit; temperature, threshold and epochs from the selection run)" if calibrated_by is not None else "train split (early-stopped on val)",
             "validation_metrics": val_metrics,
             "hyperparameters": asdict(cfg),
@@ -462,8 +454,6 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
     images for its number of epochs and ship with its calibration (step 5b above).
     ``refit``: both steps in one run: the early-stopped model goes to ``work/selection-model``,
     the refit to ``out_dir``."""
-    import shutil
-
     t0 = time.time()
     if refit and refit_from is None:
         log.info("selection run: early-stopped on the validation split, in %s", work / "selection")
@@ -476,11 +466,9 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
     fitted = fit(work, cfg, root, cache_root=cache_root)
     out = export(fitted, out_dir, cfg, root, name=name, calibrated_by=refit_from)
     shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
-    from ..modeling import persistence
 
     persistence.update_card(out, lambda c: c.training["wall_time_seconds"].update(total_train_and_export=round(time.time() - t0, 1)))
     try:  # the fast serving copy; serving falls back to model.keras if this fails
-        from ..serving.litert import check_images, export_litert
 
         images, desc = check_images(root, model_dir=out)
         rec = export_litert(out, images, desc)
@@ -488,8 +476,6 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
     except Exception as exc:
         log.warning("LiteRT export failed (%s: %s); serving will use model.keras (retry: python -m hematovision export-litert --model %s)", type(exc).__name__, exc, out)
     if evaluate:
-        from ..evaluation.evaluate import evaluate_model_on_test_sets
-
         evaluate_model_on_test_sets(out, root)
     log.info("done in %.0f s: %s (%s)", time.time() - t0, out, platform.node())
     return out
