@@ -21,7 +21,10 @@ app_state.disclaimer()
 
 clf = app_state.get_classifier()
 if clf is None:
-    st.info("Train a model with `python -m hematovision train`, or set `HEMATOVISION_MODEL` to a model folder, then reload this page.")
+    st.info(
+        "Train a model with `python -m hematovision train`, or set `HEMATOVISION_MODEL` to a model folder, then "
+        "reload this page."
+    )
     st.stop()
 
 classes = list(clf.classes_)
@@ -41,7 +44,10 @@ st.file_uploader(
     help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified.",
 )
 c1, c2, _ = st.columns([1, 1, 3])
-if c1.button("Load sample images", help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv"):
+if c1.button(
+    "Load sample images",
+    help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv",
+):
     found, missing = samples.load_samples()
     if found:
         batch.set_samples(found)
@@ -58,7 +64,10 @@ if not batch:
     st.info("Upload images or load the sample images to start.")
     st.stop()
 if batch.uploaded and not st.session_state.get("hv_uploader"):
-    st.caption(f"Showing your last upload ({len(batch.uploaded)} files). Upload new files to replace it, or press *Clear results*.")
+    st.caption(
+        f"Showing your last upload ({len(batch.uploaded)} files). Upload new files to replace it, or press *Clear "
+        f"results*."
+    )
 
 entries = batch.entries()
 todo = len(batching.pending(entries, cache, clf.version))
@@ -86,8 +95,12 @@ m = st.columns(5)
 m[0].metric("Images", summary.n_images)
 m[1].metric("Classified", summary.n_classified)
 m[2].metric("Flagged for review", summary.n_flagged, help=f"Confidence below the threshold {threshold:.3f} (sidebar)")
-m[3].metric("Reviewed", summary.n_reviewed, help="Confirmed or corrected by a person (Review page or the detail view below). "
-            "Counts use the final class: the reviewed one where there is one.")
+m[3].metric(
+    "Reviewed",
+    summary.n_reviewed,
+    help="Confirmed or corrected by a person (Review page or the detail view below). "
+    "Counts use the final class: the reviewed one where there is one.",
+)
 m[4].metric("Errors", summary.n_errors)
 if summary.n_unusable:
     st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")
@@ -105,7 +118,9 @@ s2.plotly_chart(fig, width="stretch")
 st.subheader("Results")
 f1, f2, f3, f4 = st.columns([3, 1, 1, 2])
 # Defaults go into session state (not the widgets), so Home.py can keep them across page switches.
-app_state.init_state({"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)})
+app_state.init_state(
+    {"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)}
+)
 chosen = f1.multiselect("Predicted class", classes, key="hv_filter_classes")
 flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
 show_errors = f3.checkbox("Show errors", key="hv_show_errors")
@@ -120,11 +135,15 @@ col_cfg = {
     "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
     "flagged": st.column_config.CheckboxColumn("Flagged"),
     "error": st.column_config.TextColumn("Error"),
-    "final_class": st.column_config.TextColumn("Final class", help="The reviewed class where there is one, else the prediction"),
+    "final_class": st.column_config.TextColumn(
+        "Final class", help="The reviewed class where there is one, else the prediction"
+    ),
     "reviewed_class": st.column_config.TextColumn("Reviewed as"),
     "reviewer": st.column_config.TextColumn("Reviewer"),
     "reviewed_at": st.column_config.TextColumn("Reviewed at (UTC)"),
-    "model_version": st.column_config.TextColumn("Model version", help="The model version that made the prediction (Model versions page)"),
+    "model_version": st.column_config.TextColumn(
+        "Model version", help="The model version that made the prediction (Model versions page)"
+    ),
 }
 col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
 order = ["thumbnail", "file", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes], "flagged",
@@ -155,7 +174,11 @@ except Exception as exc:  # shown as text, never as a traceback
     d1.warning(f"Could not display this image ({type(exc).__name__}).")
 if rgb is not None:
     app_state.init_state({"hv_detail_gradcam": False})
-    show_cam = d1.toggle("Grad-CAM heat map", key="hv_detail_gradcam", help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.")
+    show_cam = d1.toggle(
+        "Grad-CAM heat map",
+        key="hv_detail_gradcam",
+        help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.",
+    )
     shown = [rgb]
     captions = [frame.at[pick, "file"]]
     if show_cam:
@@ -181,10 +204,18 @@ if frame.at[pick, "flagged"]:
 if store is not None:
     current = decisions.get(sha)
     with d2.form("hv_detail_review", clear_on_submit=True, border=True):
-        st.markdown("**Review this image**" + (f" — currently **{current.reviewed_class}** by {current.reviewer or 'anonymous'}" if current else ""))
+        st.markdown(
+            "**Review this image**"
+            + (f" — currently **{current.reviewed_class}** by {current.reviewer or 'anonymous'}" if current else "")
+        )
         choices = classes + [review.UNUSABLE]
-        verdict = st.selectbox("Reviewed class", choices, index=choices.index(frame.at[pick, "predicted_class"]),
-                               format_func=lambda c: "not a white cell / unusable" if c == review.UNUSABLE else c, key=f"hv_detail_class_{sha[:16]}")
+        verdict = st.selectbox(
+            "Reviewed class",
+            choices,
+            index=choices.index(frame.at[pick, "predicted_class"]),
+            format_func=lambda c: "not a white cell / unusable" if c == review.UNUSABLE else c,
+            key=f"hv_detail_class_{sha[:16]}",
+        )
         who = st.text_input("Reviewer", value=st.session_state.get("hv_reviewer", ""), key="hv_detail_reviewer")
         note = st.text_input("Note (optional)", key="hv_detail_note")
         if st.form_submit_button("Save review"):

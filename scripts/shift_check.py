@@ -37,7 +37,11 @@ def main() -> int:
     rgbs = [read_rgb(i.path) for i in images]
     models = [Classifier.load(m) for m in a.model]
     labels = [np.array([m.classes_.index(i.label) for i in images]) for m in models]
-    head = "| shift | what it simulates | " + " | ".join(f"`{m.version}` ({m.card.framing} framing)" for m in models) + " |"
+    head = (
+        "| shift | what it simulates | "
+        + " | ".join(f"`{m.version}` ({m.card.framing} framing)" for m in models)
+        + " |"
+    )
     lines = [head, "|---|---|" + "---|" * len(models)]
     for shift in SHIFTS:
         shifted = [shift.apply(x) for x in rgbs]
@@ -50,7 +54,10 @@ def main() -> int:
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     if a.write:
-        Path(a.write).write_text(f"PBC test ({len(images)} images), measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n{table}\n")
+        Path(a.write).write_text(
+            f"PBC test ({len(images)} images), measured "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n{table}\n"
+        )
     print(table)
     return 0
 

@@ -54,9 +54,15 @@ def main() -> int:
         print(f"view {k} done", file=sys.stderr)
     views = np.stack(logits)
     print(f"{clf.version} on {args.split} ({len(images)} images)\n")
-    print("| combination | forward passes | " + " | ".join(f"{s} accuracy | {s} NLL" for s in sorted(set(source))) + " |")
+    print(
+        "| combination | forward passes | " + " | ".join(f"{s} accuracy | {s} NLL" for s in sorted(set(source))) + " |"
+    )
     print("|---|---:|" + "---:|---:|" * len(set(source)))
-    for name, n, lg in [("plain", 1, views[0]), ("4 rotations", 4, views[:4].mean(0)), ("4 rotations x 2 mirrors", 8, views.mean(0))]:
+    for name, n, lg in [
+        ("plain", 1, views[0]),
+        ("4 rotations", 4, views[:4].mean(0)),
+        ("4 rotations x 2 mirrors", 8, views.mean(0)),
+    ]:
         t = calibration.fit_temperature(lg, y)
         cells = []
         for s in sorted(set(source)):

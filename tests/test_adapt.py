@@ -17,7 +17,12 @@ from hematovision.training.adapt import AdaptConfig, adapt_head, adapt_model, fi
 
 def _blobs(n: int, seed: int = 0, size: int = 40):
     """Per class a distinct colour of blob on a light field: separable, as a lab's own cells would be."""
-    colours = {"eosinophil": (200, 60, 60), "lymphocyte": (40, 40, 160), "monocyte": (40, 150, 40), "neutrophil": (120, 40, 140)}
+    colours = {
+        "eosinophil": (200, 60, 60),
+        "lymphocyte": (40, 40, 160),
+        "monocyte": (40, 150, 40),
+        "neutrophil": (120, 40, 140),
+    }
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for c in CLASSES:
@@ -81,7 +86,9 @@ def test_adapt_model_saves_a_new_version_and_never_touches_the_parent(tmp_path):
     clf = Classifier.load(out, backend="keras")
     probs = clf.predict_proba(images)
     assert probs.shape == (24, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    assert (probs.argmax(1) == np.array([CLASSES.index(c) for c in labels])).mean() >= 0.9  # it learned the lab's classes
+    assert (
+        probs.argmax(1) == np.array([CLASSES.index(c) for c in labels])
+    ).mean() >= 0.9  # it learned the lab's classes
     with pytest.raises(FileExistsError):
         adapt_model(base, images, labels, out, "lab-a", AdaptConfig(views=1, steps=10), litert=False)
     with pytest.raises(ValueError, match="not classes"):
@@ -94,7 +101,15 @@ def test_versions_list_shipped_first_then_adapted_and_skip_partial(tmp_path):
     home = tmp_path / "home"
     shipped = make_tiny_model_dir(tmp_path / "shipped")
     images, labels = _blobs(3)
-    adapt_model(shipped, images, labels, versions.new_version_dir("lab-b", home), "lab-b", AdaptConfig(views=1, steps=20, folds=3), litert=False)
+    adapt_model(
+        shipped,
+        images,
+        labels,
+        versions.new_version_dir("lab-b", home),
+        "lab-b",
+        AdaptConfig(views=1, steps=20, folds=3),
+        litert=False,
+    )
     (versions.adapted_root(home) / "half.partial").mkdir()
     found = versions.list_versions(shipped, home)
     assert [v.shipped for v in found] == [True, False]
@@ -136,7 +151,7 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
     store = ReviewStore(tmp_path / "reviews.sqlite3")
     images, labels = _blobs(3)
     preds, thumbs = [], {}
-    for k, (img, lbl) in enumerate(zip(images, labels)):
+    for k, img in enumerate(images):
         sha = f"{k:064x}"
         preds.append(Prediction(f"cell{k}.png", "neutrophil", 0.5, (0.1, 0.1, 0.3, 0.5), True, "", sha))
         thumbs[sha] = thumbnail_png(img)
@@ -148,11 +163,27 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
 
     labeled = labeled_from_reviews(store, CLASSES)
     assert len(labeled.inputs) == 11 and labeled.labels.count("eosinophil") == 2
-    rc = main(["adapt", "--from-reviews", "--review-db", str(store.path), "--name", "from-reviews", "--model", str(base), "--views", "1", "--quiet"])
+    rc = main(
+        [
+            "adapt",
+            "--from-reviews",
+            "--review-db",
+            str(store.path),
+            "--name",
+            "from-reviews",
+            "--model",
+            str(base),
+            "--views",
+            "1",
+            "--quiet",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "on 11 images" in out
-    assert ("flags every prediction" in err) == (persistence.load_card(versions.adapted_root() / "from-reviews").default_threshold >= 0.999)
+    assert ("flags every prediction" in err) == (
+        persistence.load_card(versions.adapted_root() / "from-reviews").default_threshold >= 0.999
+    )
     assert main(["adapt", "--name", "nothing", "--model", str(base)]) == 2  # neither PATH nor --from-reviews
 
 
@@ -168,6 +199,8 @@ def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
     assert persistence.load_card(out).framing == "cell"
     net = persistence.load_keras_model(base, persistence.load_card(base))
     feats = pooled_features(feature_model(net), images[:3], 32, 2, AdaptConfig().augment, 0, framing="cell")
-    clean = feature_model(net).predict(np.stack([frame_cell(im, 32) for im in images[:3]]).astype(np.float32), verbose=0)
+    clean = feature_model(net).predict(
+        np.stack([frame_cell(im, 32) for im in images[:3]]).astype(np.float32), verbose=0
+    )
     assert feats.shape[:2] == (3, 2)
     np.testing.assert_allclose(feats[:, 0], clean, atol=1e-5)  # view 0 is the clean, framed image

@@ -60,7 +60,9 @@ BATCH = [
 def test_broken_file_gives_one_error_row_and_threshold_does_not_rerun_inference(calls):
     at = _classify_page()
     assert at.file_uploader[0].accept_multiple_files
-    assert {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "zip"} <= {t.lstrip(".") for t in at.file_uploader[0].allowed_type}
+    assert {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "zip"} <= {
+        t.lstrip(".") for t in at.file_uploader[0].allowed_type
+    }
     _upload(at, BATCH)
     frame = _results(at)
     assert list(frame["file"]) == ["cell_a.png", "broken.jpg", "cell_b.jpg", "cell_c.bmp"]
@@ -104,8 +106,11 @@ def test_download_csv_has_cli_columns_threshold_and_version(calls):
     assert "4 rows" in btn.proto.label
     # the CSV itself comes from batching.csv_report; check what the page would serve
     from hematovision.app import batching
+
     frame = _results(at)
-    text = batching.csv_report(frame.assign(error=frame["error"]), ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], 0.3, "v")
+    text = batching.csv_report(
+        frame.assign(error=frame["error"]), ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], 0.3, "v"
+    )
     out = pd.read_csv(io.StringIO(text), keep_default_na=False)
     assert out.columns[-2:].tolist() == ["threshold", "model_version"] and len(out) == 4
 

@@ -108,13 +108,23 @@ def test_sidebar_picker_switches_only_when_the_user_picks(monkeypatch, tmp_path,
     monkeypatch.setenv("HEMATOVISION_HOME", str(home))
     monkeypatch.setenv("HEMATOVISION_MODEL", str(tiny_model_dir))
     images, labels = _blobs(3)
-    adapted = adapt_model(tiny_model_dir, images, labels, versions.new_version_dir("lab-s", home), "lab-s", AdaptConfig(views=1, steps=20, folds=3), litert=False)
+    adapted = adapt_model(
+        tiny_model_dir,
+        images,
+        labels,
+        versions.new_version_dir("lab-s", home),
+        "lab-s",
+        AdaptConfig(views=1, steps=20, folds=3),
+        litert=False,
+    )
     at = AppTest.from_file(HOME, default_timeout=60).run()
     pick = at.selectbox(key="hv_model_pick")
     assert pick.value == str(tiny_model_dir)
     pick.set_value(str(adapted)).run()
     assert at.session_state["hv_model_path"] == str(adapted)
-    assert at.session_state["hv_model_pick"] == str(adapted)  # (AppTest shows no sidebar after a rerun; its state is checked)
+    assert at.session_state["hv_model_pick"] == str(
+        adapted
+    )  # (AppTest shows no sidebar after a rerun; its state is checked)
     # The shipped model missing: the picker offers the adapted version but never switches to it unasked.
     monkeypatch.setenv("HEMATOVISION_MODEL", str(tmp_path / "missing"))
     at = AppTest.from_file(HOME, default_timeout=60).run()

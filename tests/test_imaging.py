@@ -89,4 +89,6 @@ def test_plain_jpeg_fast_path_matches_pillow_exactly_and_exif_rotation_still_app
     img.save(rot, format="JPEG", quality=85, exif=exif)
     out = decode_image(rot.getvalue()).rgb
     assert out.shape == (64, 48, 3)
-    assert np.array_equal(out, np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(rot.getvalue()))).convert("RGB")))
+    assert np.array_equal(
+        out, np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(rot.getvalue()))).convert("RGB"))
+    )

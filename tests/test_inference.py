@@ -32,7 +32,10 @@ def test_batch_in_order_with_error_rows(clf):
     for p in preds:
         if p.ok:
             assert len(p.probabilities) == 4 and sum(p.probabilities) == pytest.approx(1, abs=1e-5)
-            assert p.confidence == max(p.probabilities) and p.predicted_class == clf.classes_[int(np.argmax(p.probabilities))]
+            assert (
+                p.confidence == max(p.probabilities)
+                and p.predicted_class == clf.classes_[int(np.argmax(p.probabilities))]
+            )
             assert p.flagged == (p.confidence < 0.5) and p.thumbnail is not None
 
 

@@ -72,7 +72,10 @@ def test_random_bytes_never_raise_anything_but_image_error(data):
 
 
 @FUZZ
-@given(st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00"]), st.binary(max_size=2048))
+@given(
+    st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00"]),
+    st.binary(max_size=2048),
+)
 def test_magic_then_random_bytes(magic, rest):
     _decode_or_reason(magic + rest)
 

@@ -142,7 +142,9 @@ def assemble(entries: Sequence[Entry], cache: ResultCache, model_version: str) -
     return preds, thumbs
 
 
-def results_frame(preds: Sequence[Prediction], thumbs: Sequence[str], classes: Sequence[str], threshold: float) -> pd.DataFrame:
+def results_frame(
+    preds: Sequence[Prediction], thumbs: Sequence[str], classes: Sequence[str], threshold: float
+) -> pd.DataFrame:
     """The results table at this threshold: the CLI columns plus ``thumbnail``, ``sha256``, ``note``."""
     frame = report.apply_threshold(report.predictions_frame(preds, classes), threshold)
     frame.insert(0, "thumbnail", list(thumbs))
@@ -201,13 +203,18 @@ def summarise(frame: pd.DataFrame, classes: Sequence[str]) -> Summary:
     diff["percent"] = (100.0 * diff["count"] / n_cells) if n_cells else 0.0
     n_reviewed = int((good["reviewed_class"].fillna("") != "").sum()) if "reviewed_class" in good.columns else 0
     n_unusable = int((final == UNUSABLE).sum())
-    return Summary(diff, len(frame), len(good), int(good["flagged"].astype(bool).sum()), int(is_err.sum()), n_reviewed, n_unusable)
+    return Summary(
+        diff, len(frame), len(good), int(good["flagged"].astype(bool).sum()), int(is_err.sum()), n_reviewed, n_unusable
+    )
 
 
 def csv_report(frame: pd.DataFrame, classes: Sequence[str], threshold: float, model_version: str) -> str:
-    """The CLI's CSV columns, the review columns, then ``threshold`` and ``model_version``; formula cells neutralised."""
+    """The CLI's CSV columns, the review columns, then ``threshold`` and ``model_version``; formula cells
+    neutralised."""
     frame = report.ensure_review_columns(frame)
-    return report.to_csv(frame[report.columns(classes) + report.REVIEW_COLUMNS], threshold=float(threshold), model_version=model_version)
+    return report.to_csv(
+        frame[report.columns(classes) + report.REVIEW_COLUMNS], threshold=float(threshold), model_version=model_version
+    )
 
 
 def for_review(entries: Sequence[Entry], cache: ResultCache, model_version: str, threshold: float,

@@ -20,7 +20,14 @@ from ..config import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 #: Headless, no sandbox (root in CI), and none of the background traffic this offline machine refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -36,7 +43,7 @@ def dashboard(env: dict, log_path: Path | None = None, timeout: float = 60, poll
     Raises ``RuntimeError`` (with the end of the server log, if one is kept) when it does not start in time.
     """
     port = free_port()
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed when the server stops)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],

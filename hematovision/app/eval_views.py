@@ -46,12 +46,34 @@ def headline(set_report: dict) -> list[dict]:
     f1 = set_report.get("macro_f1")
     before, after = set_report.get("ece_before_calibration"), set_report.get("ece_after_calibration")
     return [
-        {"label": "Accuracy", "value": _pct(set_report.get("accuracy")), "help": f"{ci_text} (Wilson score interval)", "caption": ci_text},
-        {"label": "Macro-F1", "value": "n/a" if f1 is None else f"{f1:.3f}", "help": "Mean F1 over the classes, each class counted equally.", "caption": ""},
-        {"label": "Images", "value": f"{set_report.get('n_images', 0):,}", "help": "Images evaluated in this set.", "caption": ""},
-        {"label": "ECE after calibration", "value": "n/a" if after is None else f"{after:.3f}",
-         "help": "Expected calibration error (15 bins): the mean gap between confidence and accuracy. Lower is better. " + ece_resolution(set_report),
-         "caption": "before calibration: " + ("n/a" if before is None else f"{before:.3f}") + _floor_text(set_report)},
+        {
+            "label": "Accuracy",
+            "value": _pct(set_report.get("accuracy")),
+            "help": f"{ci_text} (Wilson score interval)",
+            "caption": ci_text,
+        },
+        {
+            "label": "Macro-F1",
+            "value": "n/a" if f1 is None else f"{f1:.3f}",
+            "help": "Mean F1 over the classes, each class counted equally.",
+            "caption": "",
+        },
+        {
+            "label": "Images",
+            "value": f"{set_report.get('n_images', 0):,}",
+            "help": "Images evaluated in this set.",
+            "caption": "",
+        },
+        {
+            "label": "ECE after calibration",
+            "value": "n/a" if after is None else f"{after:.3f}",
+            "help": "Expected calibration error (15 bins): the mean gap between confidence and accuracy. Lower is "
+                    "better. "
+            + ece_resolution(set_report),
+            "caption": "before calibration: "
+            + ("n/a" if before is None else f"{before:.3f}")
+            + _floor_text(set_report),
+        },
     ]
 
 
@@ -68,8 +90,10 @@ def ece_resolution(set_report: dict) -> str:
     if ci and None not in ci:
         parts.append(f"95% CI {ci[0]:.3f} – {ci[1]:.3f}, resampling cells.")
     if floor and floor.get("median") is not None:
-        parts.append(f"A perfectly calibrated model with these confidences would read about {floor['median']:.3f} on this set "
-                     f"(95th percentile {floor['p95']:.3f}) from sampling noise alone.")
+        parts.append(
+            f"A perfectly calibrated model with these confidences would read about {floor['median']:.3f} on this set "
+            f"(95th percentile {floor['p95']:.3f}) from sampling noise alone."
+        )
     return " ".join(parts)
 
 
@@ -85,16 +109,30 @@ def confusion_figure(set_report: dict, normalise: bool = False) -> go.Figure:
         z = [list(row) for row in cm]
         text = [[str(v) for v in row] for row in cm]
         title, cbar = "Confusion matrix (counts)", "images"
-    fig = go.Figure(go.Heatmap(z=z, x=classes, y=classes, text=text, texttemplate="%{text}", colorscale="Blues",
-                               colorbar={"title": cbar}, hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="Predicted class", yaxis_title="True class", yaxis_autorange="reversed", height=420)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=classes,
+            y=classes,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            colorbar={"title": cbar},
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title, xaxis_title="Predicted class", yaxis_title="True class", yaxis_autorange="reversed", height=420
+    )
     return fig
 
 
 def per_class_table(set_report: dict) -> pd.DataFrame:
     """Precision, recall, F1 and support per class, exactly as stored."""
-    rows = [{"class": c, "precision": v["precision"], "recall": v["recall"], "f1": v["f1"], "support": int(v["support"])}
-            for c, v in set_report.get("per_class", {}).items()]
+    rows = [
+        {"class": c, "precision": v["precision"], "recall": v["recall"], "f1": v["f1"], "support": int(v["support"])}
+        for c, v in set_report.get("per_class", {}).items()
+    ]
     return pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
 
 
@@ -103,29 +141,63 @@ def roc_figure(set_report: dict) -> go.Figure:
     fig = go.Figure()
     for c, r in set_report.get("roc", {}).items():
         auc = r.get("auc")
-        fig.add_trace(go.Scatter(x=r["fpr"], y=r["tpr"], mode="lines", name=f"{c} (AUC {'n/a' if auc is None else f'{auc:.3f}'})"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"}, hoverinfo="skip"))
-    fig.update_layout(title="ROC curves, one class vs the rest", xaxis_title="False positive rate", yaxis_title="True positive rate",
-                      xaxis_range=[0, 1], yaxis_range=[0, 1.02], height=420)
+        fig.add_trace(
+            go.Scatter(x=r["fpr"], y=r["tpr"], mode="lines", name=f"{c} (AUC {'n/a' if auc is None else f'{auc:.3f}'})")
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"}, hoverinfo="skip"
+        )
+    )
+    fig.update_layout(
+        title="ROC curves, one class vs the rest",
+        xaxis_title="False positive rate",
+        yaxis_title="True positive rate",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1.02],
+        height=420,
+    )
     return fig
 
 
 def reliability_figure(set_report: dict) -> go.Figure:
     """Reliability diagram: accuracy against mean confidence per bin, before and after calibration."""
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dot", "color": "grey"}, hoverinfo="skip"))
-    for key, label, ece_key in (("reliability_before", "before calibration", "ece_before_calibration"),
-                                ("reliability_after", "after calibration", "ece_after_calibration")):
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            name="perfect calibration",
+            line={"dash": "dot", "color": "grey"},
+            hoverinfo="skip",
+        )
+    )
+    for key, label, ece_key in (
+        ("reliability_before", "before calibration", "ece_before_calibration"),
+        ("reliability_after", "after calibration", "ece_after_calibration"),
+    ):
         bins = [b for b in set_report.get(key, []) if b.get("count")]
         ece = set_report.get(ece_key)
-        fig.add_trace(go.Scatter(
-            x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
-            name=f"{label} (ECE {'n/a' if ece is None else f'{ece:.3f}'})",
-            customdata=[[b["count"], b["lower"], b["upper"]] for b in bins],
-            hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata[0]} images in (%{customdata[1]:.2f}, %{customdata[2]:.2f}]<extra></extra>",
-        ))
-    fig.update_layout(title="Reliability diagram", xaxis_title="Mean confidence in bin", yaxis_title="Accuracy in bin",
-                      xaxis_range=[0, 1.02], yaxis_range=[0, 1.02], height=420)
+        fig.add_trace(
+            go.Scatter(
+                x=[b["confidence"] for b in bins],
+                y=[b["accuracy"] for b in bins],
+                mode="lines+markers",
+                name=f"{label} (ECE {'n/a' if ece is None else f'{ece:.3f}'})",
+                customdata=[[b["count"], b["lower"], b["upper"]] for b in bins],
+                hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata[0]} images in "
+                              "(%{customdata[1]:.2f}, %{customdata[2]:.2f}]<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title="Reliability diagram",
+        xaxis_title="Mean confidence in bin",
+        yaxis_title="Accuracy in bin",
+        xaxis_range=[0, 1.02],
+        yaxis_range=[0, 1.02],
+        height=420,
+    )
     return fig
 
 
@@ -138,19 +210,39 @@ def point_at_threshold(points: list[dict], threshold: float) -> dict | None:
 def risk_coverage_figure(set_report: dict, threshold: float | None = None) -> go.Figure:
     """Accuracy on accepted predictions against the share flagged for review, current threshold marked."""
     pts = [p for p in set_report.get("risk_coverage", []) if p.get("accuracy_accepted") is not None]
-    fig = go.Figure(go.Scatter(
-        x=[p["flagged_share"] for p in pts], y=[p["accuracy_accepted"] for p in pts], mode="lines+markers", name="thresholds",
-        customdata=[p["threshold"] for p in pts],
-        hovertemplate="threshold %{customdata:.3f}<br>flagged %{x:.1%}<br>accuracy on accepted %{y:.2%}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Scatter(
+            x=[p["flagged_share"] for p in pts],
+            y=[p["accuracy_accepted"] for p in pts],
+            mode="lines+markers",
+            name="thresholds",
+            customdata=[p["threshold"] for p in pts],
+            hovertemplate="threshold %{customdata:.3f}<br>flagged %{x:.1%}<br>accuracy on accepted "
+                          "%{y:.2%}<extra></extra>",
+        )
+    )
     if threshold is not None:
         cur = point_at_threshold(set_report.get("risk_coverage", []), threshold)
         if cur is not None and cur.get("accuracy_accepted") is not None:
-            fig.add_trace(go.Scatter(x=[cur["flagged_share"]], y=[cur["accuracy_accepted"]], mode="markers", name=f"current threshold {threshold:.3f}",
-                                     marker={"size": 14, "symbol": "star", "color": "crimson"},
-                                     hovertemplate="current threshold<br>flagged %{x:.1%}<br>accuracy on accepted %{y:.2%}<extra></extra>"))
-    fig.update_layout(title="Risk–coverage: accuracy on accepted vs share flagged", xaxis_title="Share flagged for review",
-                      yaxis_title="Accuracy on accepted", xaxis_tickformat=".0%", yaxis_tickformat=".1%", height=420)
+            fig.add_trace(
+                go.Scatter(
+                    x=[cur["flagged_share"]],
+                    y=[cur["accuracy_accepted"]],
+                    mode="markers",
+                    name=f"current threshold {threshold:.3f}",
+                    marker={"size": 14, "symbol": "star", "color": "crimson"},
+                    hovertemplate="current threshold<br>flagged %{x:.1%}<br>accuracy on accepted "
+                                  "%{y:.2%}<extra></extra>",
+                )
+            )
+    fig.update_layout(
+        title="Risk–coverage: accuracy on accepted vs share flagged",
+        xaxis_title="Share flagged for review",
+        yaxis_title="Accuracy on accepted",
+        xaxis_tickformat=".0%",
+        yaxis_tickformat=".1%",
+        height=420,
+    )
     return fig
 
 
@@ -164,10 +256,15 @@ def per_cell_note(set_report: dict) -> str:
     """Plain words on why the per-image figure overstates the evidence, with the set's own counts."""
     pc = set_report["per_cell"]
     copies = set_report["n_images"] / pc["n_cells"]
-    return (f"{set_report.get('name') or 'This set'} holds about {copies:.0f} augmented copies (rotations, flips, shifts) of each of only "
-            f"{pc['n_cells']} original cells, so its per-image figures count the same cell many times over and overstate the number "
-            "of independent cases. The per-cell figure gives each original cell one vote (the class with the highest mean probability "
-            "over its copies); its wider interval is the honest measure of how sure we can be.")
+    return (
+        f"{set_report.get('name') or 'This set'} holds about {copies:.0f} augmented copies (rotations, flips, shifts) "
+        f"of each of only "
+        f"{pc['n_cells']} original cells, so its per-image figures count the same cell many times over and overstate "
+        f"the number "
+        "of independent cases. The per-cell figure gives each original cell one vote (the class with the highest mean "
+        "probability "
+        "over its copies); its wider interval is the honest measure of how sure we can be."
+    )
 
 
 def per_cell_summary(set_report: dict) -> str | None:
@@ -177,9 +274,16 @@ def per_cell_summary(set_report: dict) -> str | None:
     pc = set_report["per_cell"]
     lo, hi = pc["accuracy_ci95"]
     by_cell = pc.get("image_accuracy_ci95_by_cell")
-    spread = f" (95% CI {by_cell[0]:.1%} – {by_cell[1]:.1%} when whole cells are resampled)" if by_cell and None not in by_cell else ""
-    return (f"Per original cell: {pc['correct']} of {pc['n_cells']} correct = {pc['accuracy']:.1%} "
-            f"(95% CI {lo:.1%} – {hi:.1%}), against {_pct(set_report.get('accuracy'))} per image{spread} over {set_report.get('n_images', 0):,} images.")
+    spread = (
+        f" (95% CI {by_cell[0]:.1%} – {by_cell[1]:.1%} when whole cells are resampled)"
+        if by_cell and None not in by_cell
+        else ""
+    )
+    return (
+        f"Per original cell: {pc['correct']} of {pc['n_cells']} correct = {pc['accuracy']:.1%} "
+        f"(95% CI {lo:.1%} – {hi:.1%}), against {_pct(set_report.get('accuracy'))} per image{spread} over "
+        f"{set_report.get('n_images', 0):,} images."
+    )
 
 
 def misclassified(predictions: pd.DataFrame | None, set_key: str | None = None, cap: int = GALLERY_CAP) -> pd.DataFrame:
@@ -203,7 +307,9 @@ def resolve_image(file: str, root: Path) -> Path | None:
 
 def skipped_table(set_report: dict) -> pd.DataFrame:
     """Files that were not evaluated, with the reason."""
-    return pd.DataFrame([{"file": s[0], "reason": s[1]} for s in set_report.get("skipped", [])], columns=["file", "reason"])
+    return pd.DataFrame(
+        [{"file": s[0], "reason": s[1]} for s in set_report.get("skipped", [])], columns=["file", "reason"]
+    )
 
 
 def report_json(set_report: dict) -> bytes:

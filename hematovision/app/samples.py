@@ -58,7 +58,10 @@ def build_manifest(root: Path, per_class: int = 4, path: Path = MANIFEST) -> lis
     Only held-out test files are used, so the samples never show the model an image it trained on.
     """
     chosen: list[Sample] = []
-    for source, images in (("kaggle", select(kaggle_images(root), split="test")), ("pbc", select(pbc_images(root), split="test"))):
+    for source, images in (
+        ("kaggle", select(kaggle_images(root), split="test")),
+        ("pbc", select(pbc_images(root), split="test")),
+    ):
         for cls in TRAINING_CLASSES:
             files = sorted((i for i in images if i.label == cls), key=lambda i: i.relpath)
             step = max(1, len(files) // per_class)

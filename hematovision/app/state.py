@@ -23,8 +23,19 @@ from . import batching
 THRESHOLD_KEY = "threshold"
 #: Widget values that must survive a switch to another page and back (Streamlit drops
 #: the state of widgets a run did not draw, unless it is re-assigned on every run).
-PERSISTENT_KEYS = ("hv_filter_classes", "hv_flagged_only", "hv_show_errors", "hv_conf_range", "hv_download_scope",
-                   "hv_reviewer", "hv_review_status", "hv_review_classes", "hv_review_version", "hv_review_gradcam", "hv_detail_gradcam")
+PERSISTENT_KEYS = (
+    "hv_filter_classes",
+    "hv_flagged_only",
+    "hv_show_errors",
+    "hv_conf_range",
+    "hv_download_scope",
+    "hv_reviewer",
+    "hv_review_status",
+    "hv_review_classes",
+    "hv_review_version",
+    "hv_review_gradcam",
+    "hv_detail_gradcam",
+)
 
 
 def keep_widget_state() -> None:
@@ -79,10 +90,16 @@ def model_sidebar() -> None:
     labels = {str(v.path): v.label for v in found}
     current = str(model_path())
     st.session_state[PICK_KEY] = current if current in paths else None
-    st.sidebar.selectbox("Model version", paths, key=PICK_KEY, format_func=labels.get, placeholder="Choose a model version",
-                         on_change=lambda: st.session_state.get(PICK_KEY) and use_model(Path(st.session_state[PICK_KEY])),
-                         help="The shipped model, or a version adapted to your laboratory (Model versions page). "
-                              "Every prediction records the version that made it.")
+    st.sidebar.selectbox(
+        "Model version",
+        paths,
+        key=PICK_KEY,
+        format_func=labels.get,
+        placeholder="Choose a model version",
+        on_change=lambda: st.session_state.get(PICK_KEY) and use_model(Path(st.session_state[PICK_KEY])),
+        help="The shipped model, or a version adapted to your laboratory (Model versions page). "
+        "Every prediction records the version that made it.",
+    )
 
 
 def get_classifier():
@@ -146,7 +163,10 @@ def threshold_sidebar() -> float:
             pts = [p for p in s.get("risk_coverage", []) if p["threshold"] <= t + 1e-9]
             if pts and pts[-1]["accuracy_accepted"] is not None:
                 p = pts[-1]
-                lines.append(f"- {s['name']}: {p['accuracy_accepted']:.1%} accurate when accepted, {p['flagged_share']:.0%} flagged")
+                lines.append(
+                    f"- {s['name']}: {p['accuracy_accepted']:.1%} accurate when accepted, {p['flagged_share']:.0%} "
+                    f"flagged"
+                )
         if lines:
             st.sidebar.caption("At this threshold, on held-out test sets:\n" + "\n".join(lines))
     return t

@@ -42,7 +42,8 @@ SPLIT_RULES = f"""\
 * **PBC** (``{PBC_DIR.as_posix()}/<class>/*.jpg``): files are de-duplicated by content sha256 (the
   first path in sorted order is kept); each unique image goes to train,
   validation or test by the fraction read from the first 8 hex digits of its
-  content hash: ``< {PBC_TRAIN_FRACTION:.2f}`` train, ``< {PBC_TRAIN_FRACTION + PBC_VAL_FRACTION:.2f}`` validation, else test."""
+  content hash: ``< {PBC_TRAIN_FRACTION:.2f}`` train, ``< {PBC_TRAIN_FRACTION + PBC_VAL_FRACTION:.2f}``
+  validation, else test."""
 
 #: Test sets reported in evaluation.json, by key.
 TEST_SETS = {
@@ -109,8 +110,11 @@ def kaggle_images(root: Path, field_table: dict[str, str] | None = None) -> list
                 field = f"_{kaggle_cell(f)}_"
             out.append(LabeledImage(f, rel, label, "kaggle", split_name or "train", f"kaggle/{folder}/{label}/{field}"))
     if missing:
-        log.warning("%d Kaggle files are not in the field table: grouped by the N of their names, "
-                    "which can put copies of one cell on both sides of the split (python -m hematovision fields)", missing)
+        log.warning(
+            "%d Kaggle files are not in the field table: grouped by the N of their names, "
+            "which can put copies of one cell on both sides of the split (python -m hematovision fields)",
+            missing,
+        )
     return _validation_fields(out)
 
 
@@ -143,7 +147,9 @@ def pbc_images(root: Path) -> list[LabeledImage]:
             continue
         seen.add(digest)
         frac = _fraction(digest)
-        split = "train" if frac < PBC_TRAIN_FRACTION else "val" if frac < PBC_TRAIN_FRACTION + PBC_VAL_FRACTION else "test"
+        split = (
+            "train" if frac < PBC_TRAIN_FRACTION else "val" if frac < PBC_TRAIN_FRACTION + PBC_VAL_FRACTION else "test"
+        )
         out.append(LabeledImage(f, f.relative_to(root).as_posix(), label, "pbc", split, f"pbc/{digest[:16]}", digest))
     return out
 
@@ -153,13 +159,19 @@ def discover(root: Path) -> list[LabeledImage]:
     return kaggle_images(root) + pbc_images(root)
 
 
-def select(images: Iterable[LabeledImage], *, source: str | None = None, split: str | None = None) -> list[LabeledImage]:
+def select(
+    images: Iterable[LabeledImage], *, source: str | None = None, split: str | None = None
+) -> list[LabeledImage]:
     return [i for i in images if (source is None or i.source == source) and (split is None or i.split == split)]
 
 
 def test_set(images: Iterable[LabeledImage], key: str) -> list[LabeledImage]:
     """The images of one named test set (see :data:`TEST_SETS`)."""
-    source, split = {"kaggle_test": ("kaggle", "test"), "kaggle_test_simple": ("kaggle", "test_simple"), "pbc_test": ("pbc", "test")}[key]
+    source, split = {
+        "kaggle_test": ("kaggle", "test"),
+        "kaggle_test_simple": ("kaggle", "test_simple"),
+        "pbc_test": ("pbc", "test"),
+    }[key]
     return select(images, source=source, split=split)
 
 
@@ -184,6 +196,8 @@ def write_manifest(images: Iterable[LabeledImage], path: Path) -> None:
 def read_manifest(path: Path, root: Path) -> list[LabeledImage]:
     with open(path, newline="") as fh:
         return [
-            LabeledImage(Path(root) / r["relpath"], r["relpath"], r["label"], r["source"], r["split"], r["group"], r["sha256"])
+            LabeledImage(
+                Path(root) / r["relpath"], r["relpath"], r["label"], r["source"], r["split"], r["group"], r["sha256"]
+            )
             for r in csv.DictReader(fh)
         ]

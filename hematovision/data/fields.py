@@ -117,7 +117,9 @@ def same_field(a: FieldImage, b: FieldImage) -> bool:
         gray, valid = (a.gray[:, ::-1], a.valid[:, ::-1]) if mirrored else (a.gray, a.valid)
         h, w = b.gray.shape
         warped = cv2.warpAffine(np.ascontiguousarray(gray).astype(np.float32), t, (w, h))
-        mask = cv2.warpAffine(np.ascontiguousarray(valid), t, (w, h), flags=cv2.INTER_NEAREST).astype(bool) & b.valid.astype(bool)
+        mask = cv2.warpAffine(np.ascontiguousarray(valid), t, (w, h), flags=cv2.INTER_NEAREST).astype(
+            bool
+        ) & b.valid.astype(bool)
         if mask.mean() >= MIN_OVERLAP and _ncc(warped[mask], b.gray[mask].astype(np.float32)) >= MIN_NCC:
             return True
     return False
@@ -135,7 +137,11 @@ def group_fields(images: Sequence[FieldImage], progress: Callable[[int], None] |
     labels: list[int] = []
     for i, img in enumerate(images):
         fields = list(reps)
-        order = np.argsort(np.abs(colours[[reps[f][0] for f in fields]] - colours[i]).sum(axis=1), kind="stable") if fields else []
+        order = (
+            np.argsort(np.abs(colours[[reps[f][0] for f in fields]] - colours[i]).sum(axis=1), kind="stable")
+            if fields
+            else []
+        )
         for k in order:
             f = fields[k]
             if any(same_field(img, images[j]) for j in reps[f]):
@@ -176,8 +182,10 @@ def join_pieces(images: Sequence[FieldImage], labels: Sequence[int], per_field: 
         members.setdefault(find(i), []).append(i)
     roots = list(members)
     for a_pos, a in enumerate(roots):
-        for b in roots[a_pos + 1:]:
-            if find(a) != find(b) and any(same_field(images[x], images[y]) for x in members[a][:per_field] for y in members[b][:per_field]):
+        for b in roots[a_pos + 1 :]:
+            if find(a) != find(b) and any(
+                same_field(images[x], images[y]) for x in members[a][:per_field] for y in members[b][:per_field]
+            ):
                 parent[find(a)] = find(b)
     sizes = Counter(find(i) for i in range(n))
     for i in range(n):
@@ -225,7 +233,9 @@ def _folder_fields(root: Path, files: list[Path]) -> list[tuple[str, str]]:
     return list(zip(rel, field_names(rel, indices)))
 
 
-def build_table(root: Path, folders: Sequence[str] = ("TRAIN", "TEST", "TEST_SIMPLE"), workers: int = 2, progress: bool = True) -> list[tuple[str, str]]:
+def build_table(
+    root: Path, folders: Sequence[str] = ("TRAIN", "TEST", "TEST_SIMPLE"), workers: int = 2, progress: bool = True
+) -> list[tuple[str, str]]:
     """``(relpath, field)`` for every Kaggle image under the data ``root``, matched within each
     class folder (copies of one field never cross a class or a split folder), one process per
     folder. About 25 minutes for the whole set on two cores."""

@@ -25,7 +25,14 @@ from ..stats import calibration as cal
 from ..stats import metrics as m
 
 
-def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[str], temperature: float, groups: list[str] | None = None, name: str = "") -> dict:
+def evaluate_predictions(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    temperature: float,
+    groups: list[str] | None = None,
+    name: str = "",
+) -> dict:
     """Every figure of one evaluated set, JSON-ready."""
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
@@ -50,7 +57,15 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, classes: list[st
         "accuracy": correct / len(y_true) if len(y_true) else None,
         "accuracy_ci95": list(m.wilson_interval(correct, len(y_true))),
         "macro_f1": m.macro_f1(cm),
-        "per_class": {c: {"precision": float(pc["precision"][k]), "recall": float(pc["recall"][k]), "f1": float(pc["f1"][k]), "support": int(pc["support"][k])} for k, c in enumerate(classes)},
+        "per_class": {
+            c: {
+                "precision": float(pc["precision"][k]),
+                "recall": float(pc["recall"][k]),
+                "f1": float(pc["f1"][k]),
+                "support": int(pc["support"][k]),
+            }
+            for k, c in enumerate(classes)
+        },
         "confusion_matrix": cm.tolist(),
         "ece_before_calibration": ece_before,
         "ece_after_calibration": ece_after,
@@ -87,7 +102,9 @@ def _clean(obj):
     return obj
 
 
-def evaluate_labeled(classifier, labeled: LabeledInputs, name: str, progress: Callable[[int], None] | None = None, per_cell: bool = False) -> tuple[dict, pd.DataFrame]:
+def evaluate_labeled(
+    classifier, labeled: LabeledInputs, name: str, progress: Callable[[int], None] | None = None, per_cell: bool = False
+) -> tuple[dict, pd.DataFrame]:
     """Classify labeled inputs and compute every figure; unreadable images are listed, not fatal."""
     classes = classifier.classes_
     preds = list(classifier.classify(labeled.inputs, progress=progress))
@@ -98,13 +115,26 @@ def evaluate_labeled(classifier, labeled: LabeledInputs, name: str, progress: Ca
             skipped.append((p.file, p.error))
             continue
         keep.append(k)
-        rows.append({"file": p.file, "group": group, "true_class": label, "predicted_class": p.predicted_class, "confidence": p.confidence, **{f"p_{c}": v for c, v in zip(classes, p.probabilities)}})
-    frame = pd.DataFrame(rows, columns=["file", "group", "true_class", "predicted_class", "confidence"] + [f"p_{c}" for c in classes])
+        rows.append(
+            {
+                "file": p.file,
+                "group": group,
+                "true_class": label,
+                "predicted_class": p.predicted_class,
+                "confidence": p.confidence,
+                **{f"p_{c}": v for c, v in zip(classes, p.probabilities)},
+            }
+        )
+    frame = pd.DataFrame(
+        rows, columns=["file", "group", "true_class", "predicted_class", "confidence"] + [f"p_{c}" for c in classes]
+    )
     if not rows:
         return {"name": name, "n_images": 0, "skipped": [list(s) for s in skipped]}, frame
     y = np.array([classes.index(r) for r in frame["true_class"]])
     probs = frame[[f"p_{c}" for c in classes]].to_numpy()
-    report = evaluate_predictions(y, probs, classes, classifier.card.temperature, list(frame["group"]) if per_cell else None, name)
+    report = evaluate_predictions(
+        y, probs, classes, classifier.card.temperature, list(frame["group"]) if per_cell else None, name
+    )
     report["skipped"] = [list(s) for s in skipped]
     return report, frame
 
@@ -122,7 +152,8 @@ def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progr
         "classes": clf.classes_,
         "temperature": clf.card.temperature,
         "default_threshold": clf.default_threshold,
-        "split": "see split_manifest.csv and model_card.json (training.split_rules); these images were never trained or tuned on",
+        "split": "see split_manifest.csv and model_card.json (training.split_rules); these images were never trained "
+                 "or tuned on",
         "sets": {},
     }
     frames = []
@@ -136,7 +167,9 @@ def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progr
             [i.group for i in subset],
         )
         with tqdm(total=len(subset), desc=title, mininterval=2) as bar:
-            rep, frame = evaluate_labeled(clf, labeled, title, progress=lambda n: bar.update(n - bar.n), per_cell=key.startswith("kaggle_test"))
+            rep, frame = evaluate_labeled(
+                clf, labeled, title, progress=lambda n: bar.update(n - bar.n), per_cell=key.startswith("kaggle_test")
+            )
         rep["source"] = subset[0].source
         report["sets"][key] = rep
         frame.insert(0, "set", key)
@@ -158,13 +191,17 @@ def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progr
 def summary_lines(report: dict) -> list[str]:
     """Headline figures, one line per set, for the CLI and the README."""
     out = []
-    for key, s in report.get("sets", {}).items():
+    for s in report.get("sets", {}).values():
         if not s.get("n_images"):
             continue
         lo, hi = s["accuracy_ci95"]
-        line = f"{s['name']}: {s['n_images']} images, accuracy {s['accuracy']:.2%} (95% CI {lo:.1%}-{hi:.1%}), macro-F1 {s['macro_f1']:.3f}, ECE {s['ece_before_calibration']:.3f} -> {s['ece_after_calibration']:.3f}"
+        line = (
+            f"{s['name']}: {s['n_images']} images, accuracy {s['accuracy']:.2%} (95% CI {lo:.1%}-{hi:.1%}), "
+            f"macro-F1 {s['macro_f1']:.3f}, ECE {s['ece_before_calibration']:.3f} -> {s['ece_after_calibration']:.3f}"
+        )
         if "per_cell" in s:
             pc = s["per_cell"]
-            line += f"; per cell {pc['correct']}/{pc['n_cells']} = {pc['accuracy']:.1%} (95% CI {pc['accuracy_ci95'][0]:.1%}-{pc['accuracy_ci95'][1]:.1%})"
+            lo, hi = pc["accuracy_ci95"]
+            line += f"; per cell {pc['correct']}/{pc['n_cells']} = {pc['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%})"
         out.append(line)
     return out

@@ -28,10 +28,14 @@ def tight_crop(rgb: np.ndarray, side: int = 120, fraction: float = 0.55) -> np.n
     return cv2.resize(rgb[y:y + s, x:x + s], (side, side), interpolation=cv2.INTER_AREA)
 
 
-def small_in_field(rgb: np.ndarray, field: tuple[int, int] = (320, 240), scale: float = 0.4, offset: tuple[float, float] = (0.7, 0.35)) -> np.ndarray:
+def small_in_field(
+    rgb: np.ndarray, field: tuple[int, int] = (320, 240), scale: float = 0.4, offset: tuple[float, float] = (0.7, 0.35)
+) -> np.ndarray:
     """The image shrunk by ``scale`` and placed off-centre in a ``field`` (w, h) of its background colour."""
     w, h = field
-    small = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA
+    )
     out = np.empty((h, w, 3), np.uint8)
     out[:] = np.array(background_colour(rgb), np.float64).round().astype(np.uint8)
     sh, sw = min(h, small.shape[0]), min(w, small.shape[1])
@@ -65,6 +69,10 @@ SHIFTS: tuple[Shift, ...] = (
     Shift("tight_120", "120-px crop of the centre 55%: the cell fills the image", tight_crop),
     Shift("small_in_field", "shrunk to 40% and placed off-centre in a 320x240 field", small_in_field),
     Shift("yellow_cast", "R x1.04, B x0.82: a warm lamp or rapid stain", colour_cast),
-    Shift("tight_120_yellow", "both of the above: the first other laboratory of issue #8", lambda x: colour_cast(tight_crop(x))),
+    Shift(
+        "tight_120_yellow",
+        "both of the above: the first other laboratory of issue #8",
+        lambda x: colour_cast(tight_crop(x)),
+    ),
     Shift("blur_jpeg", "Gaussian blur (sigma 1.2) and JPEG quality 50", blur_jpeg),
 )

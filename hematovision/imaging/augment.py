@@ -49,7 +49,13 @@ def geometric(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> 
     scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else lo
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
     m[:, 2] += rng.uniform(-cfg.shift, cfg.shift, size=2) * (w, h)
-    out = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT if cfg.border == "black" else cv2.BORDER_REFLECT_101)
+    out = cv2.warpAffine(
+        rgb,
+        m,
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT if cfg.border == "black" else cv2.BORDER_REFLECT_101,
+    )
     if cfg.rotate and rng.random() < 0.5:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)

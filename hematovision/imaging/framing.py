@@ -70,7 +70,11 @@ class Jitter:
 
     @classmethod
     def draw(cls, rng: np.random.Generator, scale: float = 0.15, shift: float = 0.06) -> Jitter:
-        return cls(float(np.exp(rng.uniform(-scale, scale))), float(rng.uniform(-shift, shift)), float(rng.uniform(-shift, shift)))
+        return cls(
+            float(np.exp(rng.uniform(-scale, scale))),
+            float(rng.uniform(-shift, shift)),
+            float(rng.uniform(-shift, shift)),
+        )
 
 
 def locate_cell(rgb: np.ndarray) -> CellBox | None:
@@ -123,13 +127,17 @@ def frame_cell(rgb: np.ndarray, size: int, jitter: Jitter | None = None) -> np.n
     sub, x0, y0 = rgb[ya:yb, xa:xb], x0 - xa, y0 - ya
     if sc < 0.5:  # a large photograph: area-shrink the region first, so the blur below stays cheap
         f = 2 * sc
-        sub = cv2.resize(sub, (max(1, round(sub.shape[1] * f)), max(1, round(sub.shape[0] * f))), interpolation=cv2.INTER_AREA)
+        sub = cv2.resize(
+            sub, (max(1, round(sub.shape[1] * f)), max(1, round(sub.shape[0] * f))), interpolation=cv2.INTER_AREA
+        )
         x0, y0, side = x0 * f, y0 * f, side * f
         sc = size / side
     if sc < 1 and 0.5 / sc > 0.6:  # shrinking: smooth first so the warp does not alias (area-like)
         sub = cv2.GaussianBlur(sub, (0, 0), 0.5 / sc)
     m = np.float32([[sc, 0, -x0 * sc], [0, sc, -y0 * sc]])
-    return cv2.warpAffine(sub, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    return cv2.warpAffine(
+        sub, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+    )
 
 
 def model_input(rgb: np.ndarray, size: int, framing: str = "full", jitter: Jitter | None = None) -> np.ndarray:

@@ -106,7 +106,10 @@ def iter_zip(name: str, data: bytes | Path, limits: ArchiveLimits = DEFAULT_ARCH
     files = [i for i in infos if not i.is_dir()]
     total = sum(i.file_size for i in files)
     if total > limits.max_total_bytes:
-        yield ImageInput(display_name(name), error=f"zip archive expands to {human_bytes(total)}; limit {human_bytes(limits.max_total_bytes)}")
+        yield ImageInput(
+            display_name(name),
+            error=f"zip archive expands to {human_bytes(total)}; limit {human_bytes(limits.max_total_bytes)}",
+        )
         return
     name = display_name(name)
     produced = 0
@@ -131,7 +134,12 @@ def iter_zip(name: str, data: bytes | Path, limits: ArchiveLimits = DEFAULT_ARCH
             yield ImageInput(member, _zip_reader(zf, info, limits))
     if produced == 0:
         skipped = len(infos)
-        yield ImageInput(name, error=f"zip archive holds no files ({skipped} entries skipped: folders, hidden files)" if skipped else "zip archive is empty")
+        yield ImageInput(
+            name,
+            error=f"zip archive holds no files ({skipped} entries skipped: folders, hidden files)"
+            if skipped
+            else "zip archive is empty",
+        )
 
 
 def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits) -> Callable[[], bytes]:
@@ -179,7 +187,9 @@ def iter_paths(
         elif p.is_file():
             yield from _one_file(p, limits, image_limits, from_folder=False)
         elif p.exists() or p.is_symlink():
-            yield ImageInput(display_name(str(raw)), error="not a regular file or folder" if p.exists() else "broken symbolic link")
+            yield ImageInput(
+                display_name(str(raw)), error="not a regular file or folder" if p.exists() else "broken symbolic link"
+            )
         else:
             yield ImageInput(display_name(str(raw)), error="no such file or folder")
 
@@ -205,7 +215,11 @@ def _one_file(f: Path, limits: ArchiveLimits, image_limits: ImageLimits, from_fo
         return
     if head.startswith(ZIP_MAGIC) or f.suffix.lower() == ".zip":
         yield from iter_zip(str(f), f, limits)
-    elif from_folder and f.suffix.lower() not in IMAGE_EXTENSIONS + UNSUPPORTED_IMAGE_EXTENSIONS and sniff_format(head) is None:
+    elif (
+        from_folder
+        and f.suffix.lower() not in IMAGE_EXTENSIONS + UNSUPPORTED_IMAGE_EXTENSIONS
+        and sniff_format(head) is None
+    ):
         return  # folders hold other files (notes, CSVs): only image-like files count
     elif size > image_limits.max_bytes:
         yield ImageInput(display_name(str(f)), error=too_large_reason(size, image_limits.max_bytes))

@@ -76,8 +76,15 @@ def custom_objects() -> dict:
 INPUT_NORMS = ("none", "channel", "background")
 
 
-def build_network(input_size: int, n_classes: int, *, temperature: float = 1.0, imagenet_weights: Path | None = None, dropout: float = 0.2,
-                  input_norm: str = "none"):
+def build_network(
+    input_size: int,
+    n_classes: int,
+    *,
+    temperature: float = 1.0,
+    imagenet_weights: Path | None = None,
+    dropout: float = 0.2,
+    input_norm: str = "none",
+):
     """A fresh network; with ``imagenet_weights`` the MobileNetV2 body starts from ImageNet.
     ``input_norm="channel"`` standardises each image's colour channels first (see :func:`custom_objects`)."""
     import keras

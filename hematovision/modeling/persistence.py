@@ -37,12 +37,22 @@ PREDICTIONS_FILE = "test_predictions.csv"
 MANIFEST_FILE = "split_manifest.csv"
 def preprocessing_text(framing: str = "full", input_norm: str = "none") -> str:
     """What happens to a user's pixels before the network, in words, for the model card."""
-    first = ("RGB uint8 pixels -> a square around the located nucleus, side 2x the nucleus box, resized to input_size "
-             "(hematovision.framing, shared by training and serving) -> inside the Keras model: " if framing == "cell"
-             else "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> ")
-    norm = {"channel": "per image and channel to mean 128, standard deviation 48 (ChannelStandardise) -> ",
-            "background": "per image, each channel scaled so the background becomes 230 (BackgroundBalance) -> "}.get(input_norm, "")
-    return first + norm + "x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input)" + ("" if framing == "cell" else "; all inside the Keras model")
+    first = (
+        "RGB uint8 pixels -> a square around the located nucleus, side 2x the nucleus box, resized to input_size "
+        "(hematovision.framing, shared by training and serving) -> inside the Keras model: "
+        if framing == "cell"
+        else "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> "
+    )
+    norm = {
+        "channel": "per image and channel to mean 128, standard deviation 48 (ChannelStandardise) -> ",
+        "background": "per image, each channel scaled so the background becomes 230 (BackgroundBalance) -> ",
+    }.get(input_norm, "")
+    return (
+        first
+        + norm
+        + "x/127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input)"
+        + ("" if framing == "cell" else "; all inside the Keras model")
+    )
 
 
 class ModelError(RuntimeError):
@@ -59,14 +69,18 @@ class ModelCard:
     threshold: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     preprocessing: str = field(default_factory=lambda: preprocessing_text())
-    architecture: str = "MobileNetV2 (alpha 1.0, ImageNet init) + global average pool + dropout + dense; temperature-scaled softmax"
+    architecture: str = (
+        "MobileNetV2 (alpha 1.0, ImageNet init) + global average pool + dropout + dense; temperature-scaled softmax"
+    )
     libraries: dict = field(default_factory=dict)
     created: str = ""
     model_sha256: str = ""
     parent: str = ""  # for adapted versions: the model they were fine-tuned from
     intended_use: str = "Research and education only. Not a medical device; not for diagnosis."
     litert: dict = field(default_factory=dict)  # the exported model.tflite: sha256, check against Keras (see litert.py)
-    framing: str = "full"  # how the cell is framed before the network (framing.FRAMINGS); cards without it predate framing
+    framing: str = (
+        "full"  # how the cell is framed before the network (framing.FRAMINGS); cards without it predate framing
+    )
     framing_revision: int = 0  # for framing "cell": framing.FRAMING_REVISION the model was trained with
 
     @property
@@ -123,10 +137,17 @@ def load_card(model_dir: Path) -> ModelCard:
         raise ModelError(f"model card {path} is unreadable ({exc}); restore it from git or retrain") from None
 
     if card.framing not in FRAMINGS:
-        raise ModelError(f"model card {path} asks for framing {card.framing!r}, which this version does not know ({', '.join(FRAMINGS)}); update HematoVision")
+        raise ModelError(
+            f"model card {path} asks for framing {card.framing!r}, which this version does not know "
+            f"({', '.join(FRAMINGS)}); update HematoVision"
+        )
     if card.framing == "cell" and card.framing_revision != FRAMING_REVISION:
-        raise ModelError(f"model card {path}: the model was trained with cell framing revision {card.framing_revision}, this HematoVision frames "
-                         f"with revision {FRAMING_REVISION}; serving it would feed it differently framed cells: retrain it, or use the matching HematoVision")
+        raise ModelError(
+            f"model card {path}: the model was trained with cell framing revision {card.framing_revision}, this "
+            f"HematoVision frames "
+            f"with revision {FRAMING_REVISION}; serving it would feed it differently framed cells: retrain it, or use "
+            f"the matching HematoVision"
+        )
     return card
 
 
@@ -166,7 +187,9 @@ def load_keras_model(model_dir: Path, card: ModelCard | None = None):
     if not path.is_file():
         raise ModelError(f"no model file at {path}: restore models/ from git or retrain")
     if card.model_sha256 and sha256_of(path) != card.model_sha256:
-        raise ModelError(f"{path} does not match the sha256 in its model card (corrupt or replaced); restore it from git or retrain")
+        raise ModelError(
+            f"{path} does not match the sha256 in its model card (corrupt or replaced); restore it from git or retrain"
+        )
     try:
         return keras.models.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # keras raises many kinds for a damaged file
@@ -196,18 +219,26 @@ def render_card(card: ModelCard) -> str:
         lines.append(
             f"  chosen on validation for {thr.get('target_accuracy', 0):.0%} accuracy on accepted predictions: "
             f"{thr.get('val_accuracy_accepted', float('nan')):.2%} accepted-accuracy at "
-            f"{thr.get('val_coverage', float('nan')):.1%} coverage ({thr.get('val_flagged_share', float('nan')):.1%} flagged)."
+            f"{thr.get('val_coverage', float('nan')):.1%} coverage ({thr.get('val_flagged_share', float('nan')):.1%} "
+            f"flagged)."
         )
     lines += ["", f"- **Model file sha256**: `{card.model_sha256}`"]
     if card.litert:
         lt = card.litert
         lines.append(
-            f"- **LiteRT flat-buffer** (`{lt.get('file', LITERT_FILE)}`, float32, input {lt.get('input_shape')}) sha256: `{lt.get('sha256', '')}`; "
-            f"max abs difference from the Keras probabilities {lt.get('max_abs_diff', float('nan')):.1e} on {lt.get('check_images', '')} (tolerance {lt.get('tolerance', 0):.0e})"
+            f"- **LiteRT flat-buffer** (`{lt.get('file', LITERT_FILE)}`, float32, input {lt.get('input_shape')}) "
+            f"sha256: `{lt.get('sha256', '')}`; "
+            f"max abs difference from the Keras probabilities {lt.get('max_abs_diff', float('nan')):.1e} on "
+            f"{lt.get('check_images', '')} (tolerance {lt.get('tolerance', 0):.0e})"
         )
     lines.append("")
     if t:
-        lines += ["## Training data", "", "| source | split | " + " | ".join(card.classes) + " | total |", "|---|---|" + "---|" * (len(card.classes) + 1)]
+        lines += [
+            "## Training data",
+            "",
+            "| source | split | " + " | ".join(card.classes) + " | total |",
+            "|---|---|" + "---|" * (len(card.classes) + 1),
+        ]
         for src, splits in t.get("counts", {}).items():
             for split, counts in splits.items():
                 row = [str(counts.get(c, 0)) for c in card.classes]
@@ -217,9 +248,22 @@ def render_card(card: ModelCard) -> str:
             lines += [f"Fitted on: {t['fitted_on']}.", ""]
         if "validation_metrics" in t:
             vm = t["validation_metrics"]
-            lines += ["## Validation", "", f"Accuracy {vm.get('val_accuracy', float('nan')):.2%}; NLL {vm.get('val_nll_before', float('nan')):.4f} before and {vm.get('val_nll_after', float('nan')):.4f} after temperature scaling."
-                      + (f" Measured on {vm['from']}." if vm.get("from") else ""), ""]
-        lines += ["## Training run", "", f"- Machine: {t.get('machine', '')}", f"- Wall time (s): `{json.dumps(t.get('wall_time_seconds', {}))}`", ""]
+            lines += [
+                "## Validation",
+                "",
+                f"Accuracy {vm.get('val_accuracy', float('nan')):.2%}; NLL "
+                f"{vm.get('val_nll_before', float('nan')):.4f} before and {vm.get('val_nll_after', float('nan')):.4f} "
+                f"after temperature scaling."
+                + (f" Measured on {vm['from']}." if vm.get("from") else ""),
+                "",
+            ]
+        lines += [
+            "## Training run",
+            "",
+            f"- Machine: {t.get('machine', '')}",
+            f"- Wall time (s): `{json.dumps(t.get('wall_time_seconds', {}))}`",
+            "",
+        ]
         lines += ["### Hyperparameters", "", "```json", json.dumps(t.get("hyperparameters", {}), indent=2), "```", ""]
     if "leave_one_source_out" in t:
         lines += ["## Leave-one-source-out", "", "```json", json.dumps(t["leave_one_source_out"], indent=2), "```", ""]

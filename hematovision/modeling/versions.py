@@ -40,7 +40,9 @@ def adapted_root(home: Path | None = None) -> Path:
 def check_name(name: str) -> str:
     """A version name that is safe as a folder name; raises ValueError with the rule otherwise."""
     if not _NAME.match(name or ""):
-        raise ValueError(f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return name
 
 
@@ -67,5 +69,13 @@ def list_versions(shipped_dir: Path | None = None, home: Path | None = None) -> 
     if shipped:
         out.append(shipped)
     root = adapted_root(home)
-    adapted = [v for p in sorted(root.iterdir()) if p.is_dir() and not p.name.endswith(".partial") and (v := _version(p, False))] if root.is_dir() else []
+    adapted = (
+        [
+            v
+            for p in sorted(root.iterdir())
+            if p.is_dir() and not p.name.endswith(".partial") and (v := _version(p, False))
+        ]
+        if root.is_dir()
+        else []
+    )
     return out + sorted(adapted, key=lambda v: v.created, reverse=True)

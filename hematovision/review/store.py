@@ -210,7 +210,8 @@ class ReviewStore:
         return conn
 
     def _retrying(self, fn):
-        """Run ``fn`` until it gets past ``database is locked`` / ``busy`` (with jittered back-off), or time runs out."""
+        """Run ``fn`` until it gets past ``database is locked`` / ``busy`` (with jittered back-off), or time runs
+        out."""
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.02
         while True:
@@ -265,7 +266,9 @@ class ReviewStore:
                 if version > SCHEMA_VERSION:
                     raise ReviewDBError(
                         f"{self.path} has review schema version {version}, newer than this HematoVision understands "
-                        f"({SCHEMA_VERSION}); upgrade HematoVision or point {DB_ENV} at another file. The file was not changed.")
+                        f"({SCHEMA_VERSION}); upgrade HematoVision or point {DB_ENV} at another file. The file was "
+                        f"not changed."
+                    )
                 if version == 0:
                     tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
                     if tables:
@@ -305,10 +308,12 @@ class ReviewStore:
 
         def work(conn):
             conn.executemany(
-                "INSERT INTO items (sha256, model_version, file, predicted_class, confidence, classes, probabilities, flagged, threshold, thumbnail, queued_at) "
+                "INSERT INTO items (sha256, model_version, file, predicted_class, confidence, classes, probabilities, "
+                "flagged, threshold, thumbnail, queued_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sha256, model_version) DO UPDATE SET file = excluded.file, "
-                "flagged = MAX(items.flagged, excluded.flagged), threshold = COALESCE(excluded.threshold, items.threshold), "
+                "flagged = MAX(items.flagged, excluded.flagged), threshold = COALESCE(excluded.threshold, "
+                "items.threshold), "
                 "thumbnail = COALESCE(excluded.thumbnail, items.thumbnail)", rows)
         self._write(work)
         return len(rows)
@@ -330,12 +335,15 @@ class ReviewStore:
             pred = predicted_class if predicted_class is not None else (row[0] if row else None)
             allowed = list(classes) if classes is not None else (json.loads(row[1]) if row else None)
             if pred is None:
-                raise ValueError(f"no prediction queued for {sha256[:12]}… under model {model_version}; pass predicted_class")
+                raise ValueError(
+                    f"no prediction queued for {sha256[:12]}… under model {model_version}; pass predicted_class"
+                )
             if reviewed_class != UNUSABLE and allowed is not None and reviewed_class not in allowed:
                 raise ValueError(f"reviewed class {reviewed_class!r} is not one of {allowed + [UNUSABLE]}")
             at = now_utc()
             cur = conn.execute(
-                "INSERT INTO decisions (sha256, model_version, predicted_class, reviewed_class, reviewer, note, reviewed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO decisions (sha256, model_version, predicted_class, reviewed_class, reviewer, note, "
+                "reviewed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (sha256, model_version, pred, reviewed_class, reviewer, note, at))
             out["d"] = Decision(sha256, model_version, pred, reviewed_class, reviewer, note, at, int(cur.lastrowid))
         self._write(work)
@@ -343,8 +351,11 @@ class ReviewStore:
 
     # ------------------------------------------------------------------ reads
 
-    _CURRENT = ("SELECT d.id, d.sha256, d.model_version, d.predicted_class, d.reviewed_class, d.reviewer, d.note, d.reviewed_at "
-                "FROM decisions d JOIN (SELECT MAX(id) AS id FROM decisions GROUP BY sha256, model_version) m ON d.id = m.id")
+    _CURRENT = (
+        "SELECT d.id, d.sha256, d.model_version, d.predicted_class, d.reviewed_class, d.reviewer, d.note, "
+        "d.reviewed_at "
+        "FROM decisions d JOIN (SELECT MAX(id) AS id FROM decisions GROUP BY sha256, model_version) m ON d.id = m.id"
+    )
 
     @staticmethod
     def _decision(r) -> Decision:
@@ -359,7 +370,10 @@ class ReviewStore:
 
     def history(self, sha256: str | None = None, model_version: str | None = None) -> list[Decision]:
         """Every decision, oldest first (of one image and model, when given)."""
-        sql = "SELECT id, sha256, model_version, predicted_class, reviewed_class, reviewer, note, reviewed_at FROM decisions"
+        sql = (
+            "SELECT id, sha256, model_version, predicted_class, reviewed_class, reviewer, note, reviewed_at "
+            "FROM decisions"
+        )
         where, params = [], []
         if sha256 is not None:
             where.append("sha256 = ?")
@@ -373,7 +387,10 @@ class ReviewStore:
 
     def items(self, model_version: str | None = None) -> list[Item]:
         """Queued items (oldest first) with their current decisions."""
-        sql = "SELECT sha256, model_version, file, predicted_class, confidence, classes, probabilities, flagged, queued_at FROM items"
+        sql = (
+            "SELECT sha256, model_version, file, predicted_class, confidence, classes, probabilities, flagged, "
+            "queued_at FROM items"
+        )
         params: tuple = ()
         if model_version is not None:
             sql, params = sql + " WHERE model_version = ?", (model_version,)
@@ -402,11 +419,26 @@ class ReviewStore:
         import pandas as pd
 
         rows = self._read(
-            "SELECT d.id, d.reviewed_at, i.file, d.sha256, d.model_version, d.predicted_class, i.confidence, d.reviewed_class, "
-            "d.reviewer, d.note, d.id = (SELECT MAX(id) FROM decisions x WHERE x.sha256 = d.sha256 AND x.model_version = d.model_version) "
-            "FROM decisions d LEFT JOIN items i ON i.sha256 = d.sha256 AND i.model_version = d.model_version ORDER BY d.id")
-        cols = ["decision_id", "reviewed_at", "file", "sha256", "model_version", "predicted_class", "confidence",
-                "reviewed_class", "reviewer", "note", "current"]
+            "SELECT d.id, d.reviewed_at, i.file, d.sha256, d.model_version, d.predicted_class, i.confidence, "
+            "d.reviewed_class, "
+            "d.reviewer, d.note, d.id = (SELECT MAX(id) FROM decisions x WHERE x.sha256 = d.sha256 AND "
+            "x.model_version = d.model_version) "
+            "FROM decisions d LEFT JOIN items i ON i.sha256 = d.sha256 AND i.model_version = d.model_version ORDER BY "
+            "d.id"
+        )
+        cols = [
+            "decision_id",
+            "reviewed_at",
+            "file",
+            "sha256",
+            "model_version",
+            "predicted_class",
+            "confidence",
+            "reviewed_class",
+            "reviewer",
+            "note",
+            "current",
+        ]
         frame = pd.DataFrame(rows, columns=cols)
         frame["current"] = frame["current"].astype(bool)
         frame["file"] = frame["file"].fillna("")

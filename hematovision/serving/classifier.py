@@ -76,7 +76,9 @@ class Classifier:
     :attr:`network` (the Keras model, for Grad-CAM and training) is loaded on first use.
     """
 
-    def __init__(self, network, card: persistence.ModelCard, model_dir: Path | None = None, batch_size: int = 32, runtime=None):
+    def __init__(
+        self, network, card: persistence.ModelCard, model_dir: Path | None = None, batch_size: int = 32, runtime=None
+    ):
         self._network = network
         self.card = card
         self.model_dir = model_dir
@@ -101,13 +103,17 @@ class Classifier:
             ok, why = litert.usable(path, card)
             if ok:
                 try:
-                    return cls(None, card, path, batch_size, runtime=litert.LiteRTRuntime(path / persistence.LITERT_FILE))
+                    return cls(
+                        None, card, path, batch_size, runtime=litert.LiteRTRuntime(path / persistence.LITERT_FILE)
+                    )
                 except Exception as exc:  # a flat-buffer the interpreter refuses
                     ok, why = False, f"cannot load {persistence.LITERT_FILE} ({type(exc).__name__}: {exc})"
             if backend == "litert":
                 raise persistence.ModelError(f"LiteRT backend not usable for {path}: {why}")
             if (path / persistence.LITERT_FILE).is_file():
-                logging.getLogger(__name__).warning("not using %s: %s; falling back to Keras", path / persistence.LITERT_FILE, why)
+                logging.getLogger(__name__).warning(
+                    "not using %s: %s; falling back to Keras", path / persistence.LITERT_FILE, why
+                )
         return cls(persistence.load_keras_model(path, card), card, path, batch_size)
 
     @property
@@ -185,11 +191,15 @@ class Classifier:
                         progress(done)
                     yield p
 
-    def _pipelined(self, pool, inputs: Iterable[ImageInput], threshold: float, limits: ImageLimits, thumbnails: bool) -> Iterator[list[Prediction]]:
+    def _pipelined(
+        self, pool, inputs: Iterable[ImageInput], threshold: float, limits: ImageLimits, thumbnails: bool
+    ) -> Iterator[list[Prediction]]:
         """Finished batches, in order; the next batch decodes in ``pool`` while this one runs through the network."""
         pending: deque[list] = deque()
         for chunk in _chunks(inputs, self.batch_size):
-            pending.append([pool.submit(_prepare, it, self.input_size, self.framing, limits, thumbnails) for it in chunk])
+            pending.append(
+                [pool.submit(_prepare, it, self.input_size, self.framing, limits, thumbnails) for it in chunk]
+            )
             if len(pending) > 1:
                 yield self._finish([f.result() for f in pending.popleft()], threshold)
         while pending:
@@ -207,7 +217,19 @@ class Classifier:
             k += 1
             j = int(row.argmax())
             conf = float(row[j])
-            out.append(Prediction(p.item.name, self.classes_[j], conf, tuple(float(v) for v in row), is_flagged(conf, threshold), "", p.sha256, p.note, p.thumb))
+            out.append(
+                Prediction(
+                    p.item.name,
+                    self.classes_[j],
+                    conf,
+                    tuple(float(v) for v in row),
+                    is_flagged(conf, threshold),
+                    "",
+                    p.sha256,
+                    p.note,
+                    p.thumb,
+                )
+            )
         return out
 
 
@@ -239,4 +261,6 @@ def _prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thu
         return _Prepared(item, sha, error=str(exc))
     except Exception as exc:  # defensive: the reader must never take the batch down
         return _Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
-    return _Prepared(item, sha, model_input(dec.rgb, size, framing), thumbnail(dec.rgb) if thumbnails else None, note=dec.note)
+    return _Prepared(
+        item, sha, model_input(dec.rgb, size, framing), thumbnail(dec.rgb) if thumbnails else None, note=dec.note
+    )

@@ -34,13 +34,21 @@ class HeatMap:
 class GradCam:
     """Grad-CAM for one Keras network with ``out_relu`` and ``logits`` layers; build once, call per image."""
 
-    def __init__(self, network, input_size: int | None = None, conv_layer: str = LAST_CONV_LAYER, logits_layer: str = LOGITS_LAYER,
-                 framing: str = "full"):
+    def __init__(
+        self,
+        network,
+        input_size: int | None = None,
+        conv_layer: str = LAST_CONV_LAYER,
+        logits_layer: str = LOGITS_LAYER,
+        framing: str = "full",
+    ):
         import keras
 
         self.input_size = input_size
         self.framing = framing
-        self._model = keras.Model(network.inputs, [network.get_layer(conv_layer).output, network.get_layer(logits_layer).output])
+        self._model = keras.Model(
+            network.inputs, [network.get_layer(conv_layer).output, network.get_layer(logits_layer).output]
+        )
 
     def __call__(self, rgb: np.ndarray, class_index: int | None = None) -> HeatMap:
         """The heat map for an RGB uint8 image; ``class_index`` defaults to the predicted class."""

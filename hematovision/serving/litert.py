@@ -1,7 +1,8 @@
 """Serve from a LiteRT (TensorFlow Lite) flat-buffer exported beside the Keras model.
 
 ``export_litert(model_dir)`` converts ``model.keras`` to ``model.tflite``: float32,
-no quantisation, input ``[1, S, S, 3]`` (``S`` = the card's ``input_size``), RGB 0..255 in, calibrated probabilities out -- the same contract
+no quantisation, input ``[1, S, S, 3]`` (``S`` = the card's ``input_size``), RGB 0..255 in,
+calibrated probabilities out -- the same contract
 as the Keras model once images are resized with :func:`imaging.resize_for_model`.
 It then checks the flat-buffer against the Keras model on a set of images and
 records in ``model_card.json`` (field ``litert``)::
@@ -148,7 +149,9 @@ class LiteRTRuntime:
         if n == 0:
             return np.zeros((0, self._interp.get_output_details()[0]["shape"][-1]), np.float32)
         if batch.shape[1:] != tuple(self.input_shape[1:]):
-            raise ValueError(f"LiteRT model expects [n, {', '.join(map(str, self.input_shape[1:]))}], got {list(batch.shape)}")
+            raise ValueError(
+                f"LiteRT model expects [n, {', '.join(map(str, self.input_shape[1:]))}], got {list(batch.shape)}"
+            )
         with self._lock:
             if self.input_shape[0] == -1:
                 if n != self._batch:
@@ -180,11 +183,18 @@ def usable(model_dir: Path, card: persistence.ModelCard) -> tuple[bool, str]:
         return False, f"no {LITERT_FILE}"
     rec = card.litert or {}
     if not rec.get("sha256"):
-        return False, f"{LITERT_FILE} is not recorded in the model card (run: python -m hematovision export-litert --model {model_dir})"
+        return (
+            False,
+            f"{LITERT_FILE} is not recorded in the model card (run: python -m hematovision export-litert --model "
+            f"{model_dir})",
+        )
     if card.model_sha256 and rec.get("keras_sha256") != card.model_sha256:
         return False, f"{LITERT_FILE} was exported from a different model.keras (re-run export-litert)"
     if persistence.sha256_of(path) != rec["sha256"]:
-        return False, f"{LITERT_FILE} does not match the sha256 in the model card (corrupt or replaced; re-run export-litert)"
+        return (
+            False,
+            f"{LITERT_FILE} does not match the sha256 in the model card (corrupt or replaced; re-run export-litert)",
+        )
     if not rec.get("max_abs_diff", np.inf) <= rec.get("tolerance", TOLERANCE):
         return False, f"{LITERT_FILE} failed its check against Keras (max abs diff {rec.get('max_abs_diff')})"
     return True, ""
@@ -205,7 +215,9 @@ def convert(network, input_size: int, batch: int | None = None) -> bytes:
     # resource variables in the flat-buffer, uninitialised at run time.
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
     conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen], network)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # plain builtin ops: no Flex/TF dependency at runtime
+    conv.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS
+    ]  # plain builtin ops: no Flex/TF dependency at runtime
     return conv.convert()
 
 
@@ -213,8 +225,10 @@ def keras_probabilities(network, batch: np.ndarray, chunk: int = 32) -> np.ndarr
     import tensorflow as tf
 
     size = batch.shape[1]
-    fn = tf.function(lambda x: network(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    return np.concatenate([np.asarray(fn(batch[b:b + chunk])) for b in range(0, len(batch), chunk)])
+    fn = tf.function(
+        lambda x: network(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
+    )
+    return np.concatenate([np.asarray(fn(batch[b : b + chunk])) for b in range(0, len(batch), chunk)])
 
 
 def _as_batch(images: Sequence[np.ndarray] | np.ndarray, size: int, framing: str) -> np.ndarray:
@@ -238,7 +252,7 @@ def generated_images(n: int = 16, seed: int = 0) -> list[np.ndarray]:
     """Synthetic cell-like RGB images (a stained blob on a light field, noise, varied sizes)."""
     rng = np.random.default_rng(seed)
     out = []
-    for k in range(n):
+    for _ in range(n):
         h, w = int(rng.integers(120, 300)), int(rng.integers(120, 360))
         img = rng.normal(225, 12, (h, w, 3))
         yy, xx = np.mgrid[:h, :w]
@@ -249,7 +263,9 @@ def generated_images(n: int = 16, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def check_images(root: Path | None = None, per_set: int = 8, model_dir: Path | None = None) -> tuple[list[np.ndarray], str]:
+def check_images(
+    root: Path | None = None, per_set: int = 8, model_dir: Path | None = None
+) -> tuple[list[np.ndarray], str]:
     """A few real test images per test set from the data root when present, else generated ones.
 
     Test sets come from ``model_dir``'s split manifest when it has one (Kaggle TEST and
@@ -262,16 +278,24 @@ def check_images(root: Path | None = None, per_set: int = 8, model_dir: Path | N
         manifest = Path(model_dir) / persistence.MANIFEST_FILE if model_dir else None
         if manifest is not None and manifest.is_file():
             listed = ds.read_manifest(manifest, root)
-            sets = [(ds.TEST_SETS["kaggle_test"], ds.test_set(listed, "kaggle_test")), (ds.TEST_SETS["pbc_test"], ds.test_set(listed, "pbc_test"))]
+            sets = [
+                (ds.TEST_SETS["kaggle_test"], ds.test_set(listed, "kaggle_test")),
+                (ds.TEST_SETS["pbc_test"], ds.test_set(listed, "pbc_test")),
+            ]
         else:
-            sets = [(ds.TEST_SETS["kaggle_test"], ds.select(ds.kaggle_images(root), split="test")), ("PBC (any split)", _pbc_sample(root, per_set))]
+            sets = [
+                (ds.TEST_SETS["kaggle_test"], ds.select(ds.kaggle_images(root), split="test")),
+                ("PBC (any split)", _pbc_sample(root, per_set)),
+            ]
         picked = []
         for name, items in sets:
             by_class: dict[str, list] = {}
             for it in items:
                 if it.path.is_file():
                     by_class.setdefault(it.label, []).append(it)
-            chosen = [x for cls in sorted(by_class) for x in by_class[cls][:max(1, per_set // max(1, len(by_class)))]][:per_set]
+            chosen = [x for cls in sorted(by_class) for x in by_class[cls][: max(1, per_set // max(1, len(by_class)))]][
+                :per_set
+            ]
             if chosen:
                 names.append(f"{len(chosen)} {name}")
             picked += chosen
@@ -296,7 +320,12 @@ def _pbc_sample(root: Path, n: int) -> list:
     return out
 
 
-def export_litert(model_dir: str | Path, images: Sequence[np.ndarray] | None = None, images_desc: str = "", tolerance: float = TOLERANCE) -> dict:
+def export_litert(
+    model_dir: str | Path,
+    images: Sequence[np.ndarray] | None = None,
+    images_desc: str = "",
+    tolerance: float = TOLERANCE,
+) -> dict:
     """Write ``model.tflite`` beside ``model.keras``, check it, record it in the card; returns the record.
 
     Raises :class:`persistence.ModelError` (and removes the flat-buffer) when the

@@ -101,7 +101,9 @@ class EceFloor:
     n_sims: int
 
 
-def ece_floor(probs: np.ndarray, groups: list[str] | None = None, n_sims: int = 500, seed: int = 0, n_bins: int = 15) -> EceFloor:
+def ece_floor(
+    probs: np.ndarray, groups: list[str] | None = None, n_sims: int = 500, seed: int = 0, n_bins: int = 15
+) -> EceFloor:
     """The ECE that sampling noise alone gives a *perfectly calibrated* model with these
     confidences, on a set of this size and grouping.
 
@@ -112,9 +114,15 @@ def ece_floor(probs: np.ndarray, groups: list[str] | None = None, n_sims: int = 
     correct with exactly its stated probability. ``groups=None``: every image its own cell.
     """
     conf = np.asarray(probs, np.float64).max(axis=1)
-    _, gi = np.unique(np.asarray(groups if groups is not None else np.arange(len(conf)).astype(str)), return_inverse=True)
+    _, gi = np.unique(
+        np.asarray(groups if groups is not None else np.arange(len(conf)).astype(str)), return_inverse=True
+    )
     rng = np.random.default_rng(seed)
-    sims = np.array([ece_of(conf, rng.random(gi.max() + 1)[gi] < conf, n_bins) for _ in range(n_sims)]) if len(conf) else np.array([np.nan])
+    sims = (
+        np.array([ece_of(conf, rng.random(gi.max() + 1)[gi] < conf, n_bins) for _ in range(n_sims)])
+        if len(conf)
+        else np.array([np.nan])
+    )
     return EceFloor(float(np.median(sims)), float(np.percentile(sims, 95)), n_sims)
 
 
@@ -163,9 +171,18 @@ def threshold_for_accuracy(points: list[dict], target: float) -> float | None:
 def risk_coverage(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> list[dict]:
     """Accuracy on accepted predictions and share flagged, over a grid of thresholds."""
     if thresholds is None:
-        thresholds = np.round(np.concatenate([np.arange(0.25, 0.9, 0.05), np.arange(0.9, 0.99, 0.01), np.arange(0.99, 1.0, 0.002)]), 4)
+        thresholds = np.round(
+            np.concatenate([np.arange(0.25, 0.9, 0.05), np.arange(0.9, 0.99, 0.01), np.arange(0.99, 1.0, 0.002)]), 4
+        )
     out = []
     for t in thresholds:
         a, cov = accepted_accuracy(probs, y, float(t))
-        out.append({"threshold": float(t), "coverage": cov, "flagged_share": 1 - cov, "accuracy_accepted": None if np.isnan(a) else a})
+        out.append(
+            {
+                "threshold": float(t),
+                "coverage": cov,
+                "flagged_share": 1 - cov,
+                "accuracy_accepted": None if np.isnan(a) else a,
+            }
+        )
     return out

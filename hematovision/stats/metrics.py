@@ -86,7 +86,9 @@ def group_vote(y_true: np.ndarray, probs: np.ndarray, groups: list[str]) -> tupl
     return yt, yp, keys
 
 
-def cluster_bootstrap(stat: Callable[[np.ndarray], float], groups: list[str], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+def cluster_bootstrap(
+    stat: Callable[[np.ndarray], float], groups: list[str], n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile interval of ``stat(indices)`` when whole cells are resampled with replacement.
 
     Why: copies of one cell are right or wrong together. Kaggle TEST's 2,487 images are

@@ -87,8 +87,17 @@ def head_weights(network) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(w, np.float64), np.asarray(b, np.float64)
 
 
-def pooled_features(features, images: Sequence[np.ndarray], input_size: int, views: int, augment_cfg: dict, seed: int,
-                    batch_size: int = 32, progress: Callable[[int], None] | None = None, framing: str = "full") -> np.ndarray:
+def pooled_features(
+    features,
+    images: Sequence[np.ndarray],
+    input_size: int,
+    views: int,
+    augment_cfg: dict,
+    seed: int,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+    framing: str = "full",
+) -> np.ndarray:
     """``(len(images), views, F)`` pooled features; view 0 is the clean image, the rest augmented
     (and, for ``framing="cell"``, framed with a jittered box, as in training)."""
     cfg = aug.AugmentConfig(**{**augment_cfg, "zoom": tuple(augment_cfg["zoom"])})
@@ -119,7 +128,14 @@ def pooled_features(features, images: Sequence[np.ndarray], input_size: int, vie
     return feats.reshape(len(images), views, -1).astype(np.float64)
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, cfg: AdaptConfig, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    cfg: AdaptConfig,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax regression from ``(w0, b0)``, full-batch Adam, label smoothing, L2-SP towards ``w0``.
 
     Pure numpy: with ≤ a few thousand views of 1280 features it takes well under a second.
@@ -159,7 +175,14 @@ def _folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def adapt_head(feats: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray, classes: Sequence[str], cfg: AdaptConfig = AdaptConfig()) -> AdaptResult:
+def adapt_head(
+    feats: np.ndarray,
+    y: np.ndarray,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    classes: Sequence[str],
+    cfg: AdaptConfig = AdaptConfig(),
+) -> AdaptResult:
     """Fit and calibrate a head on ``feats`` (images x views x F) labeled ``y``; see the module docstring."""
     t0 = time.time()
     y = np.asarray(y, int)
@@ -174,7 +197,9 @@ def adapt_head(feats: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray,
             yt = np.repeat(y[tr], views)
             w, b = fit_head(xt, yt, w0, b0, cfg, np.repeat(_balanced(y[tr]), views))
             oof[~tr] = feats[~tr, 0] @ w + b  # scored on the clean view, as served
-        temperature = calibration.fit_temperature(oof, y, smoothing=1.0 / (len(y) + 2))  # a few labels never justify certainty
+        temperature = calibration.fit_temperature(
+            oof, y, smoothing=1.0 / (len(y) + 2)
+        )  # a few labels never justify certainty
     else:  # a class with one image: no cross-fitting possible, keep the base temperature scale
         oof = feats[:, 0] @ w0 + b0
         temperature = 1.0
@@ -196,7 +221,9 @@ def adapted_network(base_network, result: AdaptResult):
     clone = keras.models.clone_model(base_network)
     clone.set_weights(base_network.get_weights())
     clone.get_layer(LOGITS_LAYER).set_weights([result.weights.astype(np.float32), result.bias.astype(np.float32)])
-    scaled = keras.layers.Rescaling(1.0 / float(result.temperature), name=TEMPERATURE_LAYER)(clone.get_layer(LOGITS_LAYER).output)
+    scaled = keras.layers.Rescaling(1.0 / float(result.temperature), name=TEMPERATURE_LAYER)(
+        clone.get_layer(LOGITS_LAYER).output
+    )
     probs = keras.layers.Softmax(name="probabilities")(scaled)
     return keras.Model(clone.input, probs, name=base_network.name)
 
@@ -225,7 +252,10 @@ def labeled_from_reviews(store, classes: Sequence[str]):
         d = item.decision
         if d is None or d.reviewed_class not in classes:
             continue
-        if item.sha256 not in latest or (d.reviewed_at, d.id) > (latest[item.sha256].decision.reviewed_at, latest[item.sha256].decision.id):
+        if item.sha256 not in latest or (d.reviewed_at, d.id) > (
+            latest[item.sha256].decision.reviewed_at,
+            latest[item.sha256].decision.id,
+        ):
             latest[item.sha256] = item
     out = LabeledInputs()
     for sha, item in sorted(latest.items(), key=lambda kv: kv[1].decision.id):
@@ -245,11 +275,22 @@ def check_labels(labels: Sequence[str], classes: Sequence[str], minimum: int = 2
     """Adaptation needs ``minimum`` images of every class; raises ValueError saying which are short."""
     short = [f"{c} ({labels.count(c)})" for c in classes if list(labels).count(c) < minimum]
     if short:
-        raise ValueError(f"adaptation needs at least {minimum} labeled images of every class; too few for: {', '.join(short)}")
+        raise ValueError(
+            f"adaptation needs at least {minimum} labeled images of every class; too few for: {', '.join(short)}"
+        )
 
 
-def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[str], out_dir: Path, name: str, cfg: AdaptConfig = AdaptConfig(),
-                source: str = "", progress: Callable[[int, int], None] | None = None, litert: bool = True) -> Path:
+def adapt_model(
+    base_dir: Path,
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    out_dir: Path,
+    name: str,
+    cfg: AdaptConfig = AdaptConfig(),
+    source: str = "",
+    progress: Callable[[int, int], None] | None = None,
+    litert: bool = True,
+) -> Path:
     """Adapt the model in ``base_dir`` to labeled images and save it as a new version in ``out_dir``.
 
     ``labels`` must be among the base model's classes. ``out_dir`` must not exist yet:
@@ -277,16 +318,37 @@ def adapt_model(base_dir: Path, images: Sequence[np.ndarray], labels: Sequence[s
     result = adapt_head(feats, y, w0, b0, card.classes, cfg)
     net = adapted_network(base, result)
     new = persistence.ModelCard(
-        name=name, classes=list(card.classes), input_size=card.input_size, framing=card.framing, framing_revision=card.framing_revision, preprocessing=card.preprocessing,
+        name=name,
+        classes=list(card.classes),
+        input_size=card.input_size,
+        framing=card.framing,
+        framing_revision=card.framing_revision,
+        preprocessing=card.preprocessing,
         temperature=result.temperature,
-        default_threshold=float(result.threshold.threshold), parent=card.version,
-        threshold={"target_accuracy": cfg.target_accuracy, "val_accuracy_accepted": result.threshold.accuracy, "val_coverage": result.threshold.coverage,
-                   "val_flagged_share": 1 - result.threshold.coverage, "fitted_on": "cross-fitted logits of the labeled images"},
-        training={"adaptation": {"parent": card.version, "source": source, "labeled_counts": result.counts, "method": "head only (L2-SP towards the parent head), "
-                                 "pooled features of augmented views; temperature and threshold on cross-fitted logits",
-                                 "crossfit_accuracy": result.crossfit_accuracy, "config": asdict(cfg), "wall_time_seconds": round(time.time() - t0, 1),
-                                 "machine": persistence.machine_description()},
-                  "counts": card.training.get("counts", {}), "split_rules": card.training.get("split_rules", "")},
+        default_threshold=float(result.threshold.threshold),
+        parent=card.version,
+        threshold={
+            "target_accuracy": cfg.target_accuracy,
+            "val_accuracy_accepted": result.threshold.accuracy,
+            "val_coverage": result.threshold.coverage,
+            "val_flagged_share": 1 - result.threshold.coverage,
+            "fitted_on": "cross-fitted logits of the labeled images",
+        },
+        training={
+            "adaptation": {
+                "parent": card.version,
+                "source": source,
+                "labeled_counts": result.counts,
+                "method": "head only (L2-SP towards the parent head), "
+                "pooled features of augmented views; temperature and threshold on cross-fitted logits",
+                "crossfit_accuracy": result.crossfit_accuracy,
+                "config": asdict(cfg),
+                "wall_time_seconds": round(time.time() - t0, 1),
+                "machine": persistence.machine_description(),
+            },
+            "counts": card.training.get("counts", {}),
+            "split_rules": card.training.get("split_rules", ""),
+        },
     )
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
@@ -320,14 +382,25 @@ class AdaptOutcome:
     def note(self) -> str:
         """What a user must know about the default threshold of the new version ("" when nothing)."""
         if self.threshold >= 0.999:
-            return (f"With these labeled images the cross-fitted predictions never reach {self.target_accuracy:.0%} accuracy, so the new "
-                    "version's default threshold flags every prediction. Label more images (20 or more per class), or set a "
-                    "lower threshold in the sidebar knowing it is not backed by that target.")
+            return (
+                f"With these labeled images the cross-fitted predictions never reach {self.target_accuracy:.0%} "
+                f"accuracy, so the new "
+                "version's default threshold flags every prediction. Label more images (20 or more per class), or set "
+                "a "
+                "lower threshold in the sidebar knowing it is not backed by that target."
+            )
         return ""
 
 
-def adapt_labeled(base_dir: Path, labeled, name: str, out_dir: Path | None = None, cfg: AdaptConfig = AdaptConfig(), source: str = "",
-                  progress: Callable[[int, int], None] | None = None) -> AdaptOutcome:
+def adapt_labeled(
+    base_dir: Path,
+    labeled,
+    name: str,
+    out_dir: Path | None = None,
+    cfg: AdaptConfig = AdaptConfig(),
+    source: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> AdaptOutcome:
     """Decode labeled inputs (:class:`~hematovision.data.labeled.LabeledInputs`), adapt, save as version ``name``.
 
     ``out_dir`` defaults to :func:`versions.new_version_dir` (the per-user model folder).
@@ -341,5 +414,15 @@ def adapt_labeled(base_dir: Path, labeled, name: str, out_dir: Path | None = Non
     path = adapt_model(base_dir, images, labels, out_dir, name, cfg, source=source, progress=progress)
     card = persistence.load_card(path)
     ad = card.training["adaptation"]
-    return AdaptOutcome(path, card.version, card.parent, ad["labeled_counts"], ad["crossfit_accuracy"], card.temperature,
-                        card.default_threshold, ad["wall_time_seconds"], skipped, cfg.target_accuracy)
+    return AdaptOutcome(
+        path,
+        card.version,
+        card.parent,
+        ad["labeled_counts"],
+        ad["crossfit_accuracy"],
+        card.temperature,
+        card.default_threshold,
+        ad["wall_time_seconds"],
+        skipped,
+        cfg.target_accuracy,
+    )

@@ -95,7 +95,9 @@ def _test_features(bottom, cfg: TrainConfig, images: list[ds.LabeledImage], cach
         subset = _test_subset(images, key, cfg)
         if not subset:
             continue
-        x = cache_features(bottom, [(i, -1) for i in subset], cache_root / clean_cache_key(cfg) / f"test-{key}", cfg, desc=key)
+        x = cache_features(
+            bottom, [(i, -1) for i in subset], cache_root / clean_cache_key(cfg) / f"test-{key}", cfg, desc=key
+        )
         out[key] = (x, np.array([cls_index[i.label] for i in subset]))
     return out
 
@@ -107,7 +109,12 @@ def _measure(top, feats: dict, batch_size: int = 256) -> dict:
         pred = logits.argmax(1)
         cm = m.confusion_matrix(y, pred, len(TRAINING_CLASSES))
         ok = int((pred == y).sum())
-        res[key] = {"accuracy": ok / len(y), "ci95": list(m.wilson_interval(ok, len(y))), "macro_f1": m.macro_f1(cm), "n": int(len(y))}
+        res[key] = {
+            "accuracy": ok / len(y),
+            "ci95": list(m.wilson_interval(ok, len(y))),
+            "macro_f1": m.macro_f1(cm),
+            "n": int(len(y)),
+        }
     return res
 
 
@@ -119,7 +126,9 @@ def run_loso(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     cache_root = Path(cache_root) if cache_root else work / "cache"
     work.mkdir(parents=True, exist_ok=True)
     record = work / "loso.json"
-    done = {(r["variant"], r["held_out"]): LosoRun(**r) for r in (json.loads(record.read_text()) if record.exists() else [])}
+    done = {
+        (r["variant"], r["held_out"]): LosoRun(**r) for r in (json.loads(record.read_text()) if record.exists() else [])
+    }
     results: list[LosoRun] = []
     for variant in variants:
         vcfg = VARIANTS[variant](cfg)
@@ -139,10 +148,19 @@ def run_loso(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
             ft = [h for h in st.history if h["phase"] == "finetune"]
             best = next((h for h in ft if h["epoch"] == st.best_epoch), ft[-1] if ft else {"val_acc": float("nan")})
             run = LosoRun(
-                variant=variant, trained_on=",".join(trained_on), held_out=held_out, held_out_test=key,
-                held_out_accuracy=scores[key]["accuracy"], held_out_accuracy_ci95=scores[key]["ci95"], held_out_macro_f1=scores[key]["macro_f1"],
-                test_accuracy={k: v["accuracy"] for k, v in scores.items()}, val_accuracy=float(best["val_acc"]),
-                best_epoch=st.best_epoch, epochs_run=len(ft), fit_seconds=round(time.time() - t0, 1), work_dir=str(run_dir),
+                variant=variant,
+                trained_on=",".join(trained_on),
+                held_out=held_out,
+                held_out_test=key,
+                held_out_accuracy=scores[key]["accuracy"],
+                held_out_accuracy_ci95=scores[key]["ci95"],
+                held_out_macro_f1=scores[key]["macro_f1"],
+                test_accuracy={k: v["accuracy"] for k, v in scores.items()},
+                val_accuracy=float(best["val_acc"]),
+                best_epoch=st.best_epoch,
+                epochs_run=len(ft),
+                fit_seconds=round(time.time() - t0, 1),
+                work_dir=str(run_dir),
             )
             log.info("LOSO %s without %s: %s accuracy %.4f", variant, held_out, key, run.held_out_accuracy)
             results.append(run)
@@ -151,7 +169,9 @@ def run_loso(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     return results
 
 
-def summary(results: list[LosoRun], cfg: TrainConfig, adaptation: list | None = None, adaptation_variant: str = "") -> dict:
+def summary(
+    results: list[LosoRun], cfg: TrainConfig, adaptation: list | None = None, adaptation_variant: str = ""
+) -> dict:
     """The JSON block for ``evaluation.json`` and the model card: each run, the gain of each
     variant over ``baseline`` per held-out source, and the adaptation curve (measured on
     ``adaptation_variant``'s models) when there is one."""
@@ -162,28 +182,46 @@ def summary(results: list[LosoRun], cfg: TrainConfig, adaptation: list | None = 
         if variant != "baseline" and base is not None:
             gains.setdefault(variant, {})[held_out] = r.held_out_accuracy - base.held_out_accuracy
     return {
-        "rule": "train the recipe on one source only (validating on that source), test on the other source's test split; "
+        "rule": "train the recipe on one source only (validating on that source), test on the other source's test "
+                "split; "
                 "'baseline' = the same recipe without stain, colour, scale, blur and JPEG augmentation",
         "hyperparameters": {"max_epochs": cfg.max_epochs, "head_epochs": cfg.head_epochs, "input_size": cfg.input_size,
                             "views_per_image": cfg.views_per_image, "first_trainable_block": cfg.first_trainable_block},
         "runs": [asdict(r) for r in results],
         "gain_over_baseline": gains,
-        **({"adaptation": {"rule": f"adapt the {adaptation_variant} LOSO model's head with N labeled images per class (distinct cells) "
-                                    "from the held-out source's train split; accuracy on its test split; per draw of labeled images",
-                           "variant": adaptation_variant,
-                           "points": [asdict(p) for p in adaptation]}} if adaptation else {}),
+        **(
+            {
+                "adaptation": {
+                    "rule": f"adapt the {adaptation_variant} LOSO model's head with N labeled images per class "
+                            f"(distinct cells) "
+                    "from the held-out source's train split; accuracy on its test split; per draw of labeled images",
+                    "variant": adaptation_variant,
+                    "points": [asdict(p) for p in adaptation],
+                }
+            }
+            if adaptation
+            else {}
+        ),
     }
 
 
 def table(results: list[LosoRun]) -> str:
     """A Markdown table of the runs (for docs/generalisation.md)."""
-    lines = ["| variant | trained on | held out (test split) | accuracy on held-out | 95% CI | macro-F1 | own-source test | best epoch | wall time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | trained on | held out (test split) | accuracy on held-out | 95% CI | macro-F1 | own-source test "
+        "| best epoch | wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        own = ", ".join(f"{k} {v:.1%}" for k, v in r.test_accuracy.items() if k != r.held_out_test and not k.startswith(r.held_out))
+        own = ", ".join(
+            f"{k} {v:.1%}" for k, v in r.test_accuracy.items() if k != r.held_out_test and not k.startswith(r.held_out)
+        )
         lo, hi = r.held_out_accuracy_ci95
-        lines.append(f"| {r.variant} | {r.trained_on} | {r.held_out} ({r.held_out_test}) | **{r.held_out_accuracy:.1%}** | {lo:.1%}–{hi:.1%} | "
-                     f"{r.held_out_macro_f1:.3f} | {own} | {r.best_epoch} | {r.fit_seconds / 60:.0f} min |")
+        lines.append(
+            f"| {r.variant} | {r.trained_on} | {r.held_out} ({r.held_out_test}) | **{r.held_out_accuracy:.1%}** | "
+            f"{lo:.1%}–{hi:.1%} | "
+            f"{r.held_out_macro_f1:.3f} | {own} | {r.best_epoch} | {r.fit_seconds / 60:.0f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -210,7 +248,9 @@ class AdaptationPoint:
     accuracies: list  # one per draw of labeled images
     mean_accuracy: float
     seconds_fit: float  # the head fit and calibration, mean over draws (features excluded)
-    min_distinct_cells: int = 0  # the fewest original cells behind one class's images, over classes and draws (0: not recorded)
+    min_distinct_cells: int = (
+        0  # the fewest original cells behind one class's images, over classes and draws (0: not recorded)
+    )
 
 
 def _loso_network(run: LosoRun, cfg: TrainConfig):
@@ -244,8 +284,15 @@ def distinct_cells(images: list[ds.LabeledImage]) -> int:
     return len({i.group for i in images})
 
 
-def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None = None, per_class: tuple[int, ...] = (5, 10, 20, 50),
-                     draws: int = 3, variant: str = "robust", adapt_cfg=None) -> list[AdaptationPoint]:
+def adaptation_curve(
+    results: list[LosoRun],
+    cfg: TrainConfig,
+    root: Path | None = None,
+    per_class: tuple[int, ...] = (5, 10, 20, 50),
+    draws: int = 3,
+    variant: str = "robust",
+    adapt_cfg=None,
+) -> list[AdaptationPoint]:
     """For each held-out source: adapt that LOSO model's head with ``per_class`` labeled images per class
     drawn from the held-out source's *train* split, score on its *test* split. ``per_class`` 0 = no adaptation."""
     root = root or data_root()
@@ -259,19 +306,33 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
         feats_model = feature_model(net)
         w0, b0 = head_weights(net)
         test = _test_subset(images, run.held_out_test, cfg)
-        x_test = layer_outputs_keras(net, [i.path for i in test], cfg.input_size, vcfg.framing, POOL_LAYER, desc=run.held_out_test)
+        x_test = layer_outputs_keras(
+            net, [i.path for i in test], cfg.input_size, vcfg.framing, POOL_LAYER, desc=run.held_out_test
+        )
         y_test = np.array([cls_index[i.label] for i in test])
         base_acc = float(((x_test @ w0 + b0).argmax(1) == y_test).mean())
         points.append(AdaptationPoint(run.held_out, 0, [base_acc], base_acc, 0.0))
-        pool = {c: [i for i in ds.select(images, source=run.held_out, split="train") if i.label == c] for c in TRAINING_CLASSES}
+        pool = {
+            c: [i for i in ds.select(images, source=run.held_out, split="train") if i.label == c]
+            for c in TRAINING_CLASSES
+        }
         top_n = max(per_class)
         per_draw = []
         for d in range(draws):
             rng = np.random.default_rng([cfg.seed, d])
             flat = [i for c in TRAINING_CLASSES for i in _draw(pool[c], top_n, rng)]
-            rank = [k - next(j for j, x in enumerate(flat) if x.label == i.label) for k, i in enumerate(flat)]  # position within its class
-            feats = pooled_features(feats_model, [read_rgb(i.path) for i in flat], cfg.input_size, adapt_cfg.views, adapt_cfg.augment, adapt_cfg.seed + d,
-                                    framing=vcfg.framing)
+            rank = [
+                k - next(j for j, x in enumerate(flat) if x.label == i.label) for k, i in enumerate(flat)
+            ]  # position within its class
+            feats = pooled_features(
+                feats_model,
+                [read_rgb(i.path) for i in flat],
+                cfg.input_size,
+                adapt_cfg.views,
+                adapt_cfg.augment,
+                adapt_cfg.seed + d,
+                framing=vcfg.framing,
+            )
             per_draw.append((flat, np.array(rank), feats))
         for n in per_class:
             accs, secs, cells = [], [], []
@@ -281,16 +342,26 @@ def adaptation_curve(results: list[LosoRun], cfg: TrainConfig, root: Path | None
                 res = adapt_head(feats[idx], y, w0, b0, TRAINING_CLASSES, adapt_cfg)
                 accs.append(float(((x_test @ res.weights + res.bias).argmax(1) == y_test).mean()))
                 secs.append(res.seconds)
-                cells.append(min(distinct_cells([flat[k] for k in idx if flat[k].label == c]) for c in TRAINING_CLASSES))
-            points.append(AdaptationPoint(run.held_out, n, accs, float(np.mean(accs)), float(np.mean(secs)), min(cells)))
+                cells.append(
+                    min(distinct_cells([flat[k] for k in idx if flat[k].label == c]) for c in TRAINING_CLASSES)
+                )
+            points.append(
+                AdaptationPoint(run.held_out, n, accs, float(np.mean(accs)), float(np.mean(secs)), min(cells))
+            )
             log.info("adaptation %s with %d/class: %s", run.held_out, n, accs)
     return points
 
 
 def adaptation_table(points: list[AdaptationPoint]) -> str:
-    lines = ["| held-out source | labeled images per class | fewest distinct cells in a class | accuracy on its test split (mean) | per draw | head fit + calibration |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| held-out source | labeled images per class | fewest distinct cells in a class | accuracy on its test split "
+        "(mean) | per draw | head fit + calibration |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in points:
         cells = str(p.min_distinct_cells) if p.per_class and p.min_distinct_cells else "–"
-        lines.append(f"| {p.held_out} | {p.per_class or 'none (LOSO model as is)'} | {cells} | **{p.mean_accuracy:.1%}** | {', '.join(f'{a:.1%}' for a in p.accuracies)} | {p.seconds_fit:.1f} s |")
+        lines.append(
+            f"| {p.held_out} | {p.per_class or 'none (LOSO model as is)'} | {cells} | **{p.mean_accuracy:.1%}** | "
+            f"{', '.join(f'{a:.1%}' for a in p.accuracies)} | {p.seconds_fit:.1f} s |"
+        )
     return "\n".join(lines)

@@ -83,26 +83,43 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 20261121
     threshold_target_accuracy: float = 0.99
-    augment: dict = field(default_factory=lambda: strong_augment())  # chosen by leave-one-source-out (docs/generalisation.md)
+    augment: dict = field(
+        default_factory=lambda: strong_augment()
+    )  # chosen by leave-one-source-out (docs/generalisation.md)
     sources: tuple = ("kaggle", "pbc")  # discovered, split and cached
     train_on: tuple = ("kaggle", "pbc")  # fitted and validated on (leave-one-source-out uses one)
     input_norm: str = "none"  # or "channel": per-image colour standardisation inside the model (model.INPUT_NORMS)
     framing: str = "cell"  # "cell": a square around the located nucleus; "full": the whole image (framing.FRAMINGS)
     limit_per_split: int = 0  # >0: small smoke runs for tests
-    refit_finetune_epochs: int = 0  # >0: fit on train *and* validation images for exactly this many fine-tuning epochs (see refit_config)
+    refit_finetune_epochs: int = (
+        0  # >0: fit on train *and* validation images for exactly this many fine-tuning epochs (see refit_config)
+    )
 
 
 def robust_augment() -> dict:
     """The robustness measures of the first shipped recipe: HED stain, colour, blur and JPEG
     jitter at moderate strength, zoom 0.85-1.15 (Kaggle) and 0.6-1.3 (PBC)."""
-    return {"kaggle": asdict(aug.AugmentConfig(zoom=(0.85, 1.15), border="black")), "pbc": asdict(aug.AugmentConfig(zoom=(0.6, 1.3)))}
+    return {
+        "kaggle": asdict(aug.AugmentConfig(zoom=(0.85, 1.15), border="black")),
+        "pbc": asdict(aug.AugmentConfig(zoom=(0.6, 1.3))),
+    }
 
 
 def baseline_augment() -> dict:
     """Per-source augmentation *without* the robustness measures: rotations, flips and
     small shifts only (no stain, colour, scale, blur or JPEG jitter). The reference
     point that leave-one-source-out ablations compare against."""
-    off = dict(zoom=(1.0, 1.0), hed_scale=0.0, hed_shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, blur_prob=0.0, jpeg_prob=0.0)
+    off = dict(
+        zoom=(1.0, 1.0),
+        hed_scale=0.0,
+        hed_shift=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        hue=0.0,
+        blur_prob=0.0,
+        jpeg_prob=0.0,
+    )
     return {"kaggle": asdict(aug.AugmentConfig(**off, border="black")), "pbc": asdict(aug.AugmentConfig(**off))}
 
 
@@ -110,9 +127,21 @@ def strong_augment() -> dict:
     """Stronger robustness measures: wider scale range (a Kaggle cell is small in its
     320x240 field, a PBC cell fills its crop), stronger HED stain and colour jitter,
     more blur and JPEG. Candidate recipe, judged by leave-one-source-out."""
-    colour = dict(hed_scale=0.25, hed_shift=0.06, brightness=0.15, contrast=0.25, saturation=0.35, hue=10.0, blur_prob=0.3, jpeg_prob=0.3, shift=0.08)
-    return {"kaggle": asdict(aug.AugmentConfig(zoom=(0.8, 1.9), border="black", **colour)),
-            "pbc": asdict(aug.AugmentConfig(zoom=(0.45, 1.3), **colour))}
+    colour = dict(
+        hed_scale=0.25,
+        hed_shift=0.06,
+        brightness=0.15,
+        contrast=0.25,
+        saturation=0.35,
+        hue=10.0,
+        blur_prob=0.3,
+        jpeg_prob=0.3,
+        shift=0.08,
+    )
+    return {
+        "kaggle": asdict(aug.AugmentConfig(zoom=(0.8, 1.9), border="black", **colour)),
+        "pbc": asdict(aug.AugmentConfig(zoom=(0.45, 1.3), **colour)),
+    }
 
 
 #: Augmentation recipes by name (``train --augment``, LOSO variants).
@@ -127,9 +156,18 @@ def view_cache_key(cfg: TrainConfig) -> str:
     """Everything that decides the cached augmented training views, and nothing else:
     runs that differ only in what they fit on (``train_on``, epochs, learning rates)
     share one cache."""
-    return "views-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.views_per_image,
-                            {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()}]
-                           + _input_key(cfg))
+    return "views-" + _key(
+        [
+            cfg.input_size,
+            SPLIT_LAYER,
+            cfg.sources,
+            cfg.limit_per_split,
+            cfg.seed,
+            cfg.views_per_image,
+            {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()},
+        ]
+        + _input_key(cfg)
+    )
 
 
 def clean_cache_key(cfg: TrainConfig) -> str:
@@ -141,7 +179,18 @@ def _input_key(cfg: TrainConfig) -> list:
     """What the input layer and the framing add to a cache key; runs without them (``input_norm="none"``,
     ``framing="full"``) keep the keys they had before either existed."""
     norm = [cfg.input_norm] if cfg.input_norm != "none" else []
-    framing = [] if cfg.framing == "full" else [f"framing={cfg.framing}", fr.FRAMING_REVISION, fr.CELL_SCALE, fr.MIN_SIDE_FRACTION, fr.WORK_SIDE, fr.MIN_CONTRAST]
+    framing = (
+        []
+        if cfg.framing == "full"
+        else [
+            f"framing={cfg.framing}",
+            fr.FRAMING_REVISION,
+            fr.CELL_SCALE,
+            fr.MIN_SIDE_FRACTION,
+            fr.WORK_SIDE,
+            fr.MIN_CONTRAST,
+        ]
+    )
     return norm + framing
 
 
@@ -161,12 +210,21 @@ def _view(img: ds.LabeledImage, view: int, cfg: TrainConfig) -> np.ndarray:
     jitter = None
     if view >= 0:
         rng = np.random.default_rng([cfg.seed, view, zlib.crc32(img.relpath.encode())])
-        rgb = aug.augment(rgb, rng, aug.AugmentConfig(**{**cfg.augment[img.source], "zoom": tuple(cfg.augment[img.source]["zoom"])}))
+        rgb = aug.augment(
+            rgb, rng, aug.AugmentConfig(**{**cfg.augment[img.source], "zoom": tuple(cfg.augment[img.source]["zoom"])})
+        )
         jitter = fr.Jitter.draw(rng) if cfg.framing == "cell" else None
     return fr.model_input(rgb, cfg.input_size, cfg.framing, jitter)
 
 
-def cache_features(bottom, items: list[tuple[ds.LabeledImage, int]], path: Path, cfg: TrainConfig, chunk: int = 512, desc: str = "cache") -> np.ndarray:
+def cache_features(
+    bottom,
+    items: list[tuple[ds.LabeledImage, int]],
+    path: Path,
+    cfg: TrainConfig,
+    chunk: int = 512,
+    desc: str = "cache",
+) -> np.ndarray:
     """Bottom-network features of ``(image, view)`` pairs (view -1 = clean), cached by chunk.
 
     Chunks already on disk are skipped, so an interrupted run resumes here.
@@ -220,7 +278,8 @@ def balanced_weights(images: list[ds.LabeledImage]) -> np.ndarray:
 
 
 def limit_images(images: list[ds.LabeledImage], n: int, seed: int) -> list[ds.LabeledImage]:
-    """At most ``n`` images per (source, class), drawn with ``seed``, in list order (``n <= 0``: all); for smoke runs."""
+    """At most ``n`` images per (source, class), drawn with ``seed``, in list order (``n <= 0``: all);
+    for smoke runs."""
     if n <= 0:
         return images
     rng = np.random.default_rng(seed)
@@ -256,7 +315,9 @@ def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch):
     return feats[idx], labels[idx], weights[idx]
 
 
-def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | None = None, cache_root: Path | None = None) -> dict:
+def fit(
+    work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | None = None, cache_root: Path | None = None
+) -> dict:
     """Run the whole recipe in ``work`` (resumable); return the fitted state for :func:`export`.
 
     Features are cached under ``cache_root`` (default ``work/cache``) in folders named
@@ -286,7 +347,9 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     log.info("train %d images, val %d images (on %s)", len(train), len(val), ",".join(cfg.train_on))
     cache_root = Path(cache_root) if cache_root else work / "cache"
 
-    net = build_network(cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout, input_norm=cfg.input_norm)
+    net = build_network(
+        cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout, input_norm=cfg.input_norm
+    )
     bottom, top = split_models(net)
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
 
@@ -294,7 +357,9 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     all_items, parts = [], []
     for imgs, desc in [(all_train, "train views")] + ([(all_val, "validation views")] if refit else []):
         its = training_items(imgs, cfg)
-        parts.append(cache_features(bottom, its, cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=desc))
+        parts.append(
+            cache_features(bottom, its, cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=desc)
+        )
         all_items += its
     x_all = parts[0] if len(parts) == 1 else np.concatenate(parts)
     del parts
@@ -310,7 +375,13 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
     w_img = balanced_weights(train)
     w_items = np.array([w_img[pos[id(img)]] for img, _ in items], dtype=np.float32)
 
-    x_val_all = cache_features(bottom, [(i, -1) for i in all_val], cache_root / clean_cache_key(cfg) / f"val-{list_key(all_val)}", cfg, desc="val")
+    x_val_all = cache_features(
+        bottom,
+        [(i, -1) for i in all_val],
+        cache_root / clean_cache_key(cfg) / f"val-{list_key(all_val)}",
+        cfg,
+        desc="val",
+    )
     x_val = x_val_all[[k for k, i in enumerate(all_val) if i.source in cfg.train_on]]
     y_val = np.array([cls_index[i.label] for i in val])
     w_val = balanced_weights(val)
@@ -334,18 +405,45 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
                 layer.trainable = layer.name == "logits"
         else:
             set_trainable_top(net, first_block)
-        top.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay), loss=loss, weighted_metrics=["accuracy"])
+        top.compile(
+            optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
+            loss=loss,
+            weighted_metrics=["accuracy"],
+        )
         yv = keras.utils.to_categorical(y_val, len(TRAINING_CLASSES))
         while state.epoch < epochs:
             e = state.epoch
-            xe, ye, we = _epoch_arrays(x_train, y_items, w_items, view_index, len(train), e + (0 if phase == "head" else 1000))
+            xe, ye, we = _epoch_arrays(
+                x_train, y_items, w_items, view_index, len(train), e + (0 if phase == "head" else 1000)
+            )
             rng = np.random.default_rng(cfg.seed + e + (0 if phase == "head" else 1000))
             perm = rng.permutation(len(xe))
-            h = top.fit(xe[perm].astype(np.float32), keras.utils.to_categorical(ye[perm], len(TRAINING_CLASSES)), sample_weight=we[perm],
-                        batch_size=cfg.batch_size, epochs=1, verbose=0)
+            h = top.fit(
+                xe[perm].astype(np.float32),
+                keras.utils.to_categorical(ye[perm], len(TRAINING_CLASSES)),
+                sample_weight=we[perm],
+                batch_size=cfg.batch_size,
+                epochs=1,
+                verbose=0,
+            )
             # a refit trains on the validation images: scoring them would say nothing
-            vl, va = (None, None) if refit else (float(v) for v in top.evaluate(x_val.astype(np.float32), yv, sample_weight=w_val, batch_size=256, verbose=0))
-            rec = {"phase": phase, "epoch": e, "loss": float(h.history["loss"][0]), "acc": float(h.history["accuracy"][0]), "val_loss": vl, "val_acc": va, "t": round(time.time() - t0, 1)}
+            vl, va = (
+                (None, None)
+                if refit
+                else (
+                    float(v)
+                    for v in top.evaluate(x_val.astype(np.float32), yv, sample_weight=w_val, batch_size=256, verbose=0)
+                )
+            )
+            rec = {
+                "phase": phase,
+                "epoch": e,
+                "loss": float(h.history["loss"][0]),
+                "acc": float(h.history["accuracy"][0]),
+                "val_loss": vl,
+                "val_acc": va,
+                "t": round(time.time() - t0, 1),
+            }
             state.history.append(rec)
             log.info("%s", rec)
             state.epoch += 1
@@ -364,7 +462,13 @@ def fit(work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | 
 
     run_phase("head", cfg.head_epochs, cfg.lr_head, 99, early_stop=False)
     # A refit has nothing held out to stop on: the chosen number of epochs, and the last weights.
-    run_phase("finetune", cfg.refit_finetune_epochs or cfg.max_epochs, cfg.lr_finetune, cfg.first_trainable_block, early_stop=not refit)
+    run_phase(
+        "finetune",
+        cfg.refit_finetune_epochs or cfg.max_epochs,
+        cfg.lr_finetune,
+        cfg.first_trainable_block,
+        early_stop=not refit,
+    )
     if best.exists() and not refit:
         net.load_weights(str(best))
     return {"network": net, "bottom": bottom, "top": top, "images": images, "train": train, "val": val, "state": state,
@@ -377,19 +481,32 @@ def refit_config(selected_dir: Path, cfg: TrainConfig) -> TrainConfig:
     card = persistence.load_card(Path(selected_dir))
     hist = [h for h in card.training.get("history", []) if h["phase"] == "finetune" and h.get("val_loss") is not None]
     if not hist:
-        raise ValueError(f"{selected_dir}: its card records no early-stopped fine-tuning epochs to refit with (is it a refit itself?)")
+        raise ValueError(
+            f"{selected_dir}: its card records no early-stopped fine-tuning epochs to refit with (is it a refit "
+            f"itself?)"
+        )
     # The calibration is borrowed, so the recipe must be the same one; only the stopping rule may differ.
     free = {"max_epochs", "patience", "refit_finetune_epochs"}
     theirs = card.training.get("hyperparameters", {})
     ours = json.loads(json.dumps(asdict(cfg)))
     differ = sorted(k for k in ours if k not in free and k in theirs and theirs[k] != ours[k])
     if differ:
-        raise ValueError(f"{selected_dir} was trained with another recipe ({', '.join(differ)} differ); refit it with the same settings")
+        raise ValueError(
+            f"{selected_dir} was trained with another recipe ({', '.join(differ)} differ); refit it with the same "
+            f"settings"
+        )
     best = min(hist, key=lambda h: h["val_loss"])["epoch"]
     return replace(cfg, refit_finetune_epochs=int(best) + 1)
 
 
-def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = None, name: str | None = None, calibrated_by: Path | None = None) -> Path:
+def export(
+    fitted: dict,
+    out_dir: Path,
+    cfg: TrainConfig,
+    root: Path | None = None,
+    name: str | None = None,
+    calibrated_by: Path | None = None,
+) -> Path:
     """Calibrate on validation, save the model with temperature inside, and its card and manifest.
 
     ``calibrated_by``: a refit has no held-out images, so it takes the temperature, threshold and
@@ -401,10 +518,19 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     if calibrated_by is not None:
         parent = persistence.load_card(Path(calibrated_by))
         temperature = parent.temperature
-        thr = calibration.ThresholdChoice(parent.default_threshold, parent.threshold["val_accuracy_accepted"], parent.threshold["val_coverage"])
-        val_metrics = {**parent.training["validation_metrics"],
-                       "from": f"{parent.version}: the same recipe early-stopped on the validation split; this refit trained on those images too"}
-        selection = {"version": parent.version, "history": parent.training.get("history", []), "wall_time_seconds": parent.training.get("wall_time_seconds", {})}
+        thr = calibration.ThresholdChoice(
+            parent.default_threshold, parent.threshold["val_accuracy_accepted"], parent.threshold["val_coverage"]
+        )
+        val_metrics = {
+            **parent.training["validation_metrics"],
+            "from": f"{parent.version}: the same recipe early-stopped on the validation split; this refit trained on "
+                    f"those images too",
+        }
+        selection = {
+            "version": parent.version,
+            "history": parent.training.get("history", []),
+            "wall_time_seconds": parent.training.get("wall_time_seconds", {}),
+        }
     else:
         cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
         logits = predict_logits_keras(net, [v.path for v in val], cfg.input_size, cfg.framing, desc="validation logits")
@@ -412,10 +538,16 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         temperature = calibration.fit_temperature(logits, y)
         probs = calibration.softmax(logits / temperature)
         thr = calibration.choose_threshold(probs, y, cfg.threshold_target_accuracy)
-        val_metrics = {"val_accuracy": float((probs.argmax(1) == y).mean()), "val_nll_before": calibration.nll(logits, y), "val_nll_after": calibration.nll(logits / temperature, y)}
+        val_metrics = {
+            "val_accuracy": float((probs.argmax(1) == y).mean()),
+            "val_nll_before": calibration.nll(logits, y),
+            "val_nll_after": calibration.nll(logits / temperature, y),
+        }
         selection = None
 
-    final = build_network(cfg.input_size, len(TRAINING_CLASSES), temperature=temperature, dropout=cfg.dropout, input_norm=cfg.input_norm)
+    final = build_network(
+        cfg.input_size, len(TRAINING_CLASSES), temperature=temperature, dropout=cfg.dropout, input_norm=cfg.input_norm
+    )
     transfer_weights(net, final)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = persistence.ModelCard(
@@ -427,16 +559,26 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
         temperature=float(temperature),
         default_threshold=float(thr.threshold),
         preprocessing=persistence.preprocessing_text(cfg.framing, cfg.input_norm),
-        threshold={"target_accuracy": cfg.threshold_target_accuracy, "val_accuracy_accepted": thr.accuracy, "val_coverage": thr.coverage, "val_flagged_share": 1 - thr.coverage},
+        threshold={
+            "target_accuracy": cfg.threshold_target_accuracy,
+            "val_accuracy_accepted": thr.accuracy,
+            "val_coverage": thr.coverage,
+            "val_flagged_share": 1 - thr.coverage,
+        },
         training={
             "data_root": "<HEMATOVISION_DATA>",
             "counts": ds.split_counts(fitted["images"]),
             "split_rules": ds.SPLIT_RULES,
-            "fitted_on": "train and val splits (refit; temperature, threshold and epochs from the selection run)" if calibrated_by is not None else "train split (early-stopped on val)",
+            "fitted_on": "train and val splits (refit; temperature, threshold and epochs from the selection run)"
+            if calibrated_by is not None
+            else "train split (early-stopped on val)",
             "validation_metrics": val_metrics,
             "hyperparameters": asdict(cfg),
             "history": fitted["state"].history,
-            "wall_time_seconds": {"feature_cache": round(fitted["cache_seconds"], 1), "total_fit": round(fitted["fit_seconds"], 1)},
+            "wall_time_seconds": {
+                "feature_cache": round(fitted["cache_seconds"], 1),
+                "total_fit": round(fitted["fit_seconds"], 1),
+            },
             "machine": persistence.machine_description(),
             "imagenet_weights": "mobilenet_v2_1.0_no_top.weights.h5 (sha256 6714965a…)",
             **({"selection_run": selection} if selection else {}),
@@ -446,8 +588,17 @@ def export(fitted: dict, out_dir: Path, cfg: TrainConfig, root: Path | None = No
     return out_dir
 
 
-def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None = None, evaluate: bool = True, cache_root: Path | None = None,
-                  name: str | None = None, refit_from: Path | None = None, refit: bool = False) -> Path:
+def train_command(
+    out_dir: Path,
+    work: Path,
+    cfg: TrainConfig,
+    root: Path | None = None,
+    evaluate: bool = True,
+    cache_root: Path | None = None,
+    name: str | None = None,
+    refit_from: Path | None = None,
+    refit: bool = False,
+) -> Path:
     """``python -m hematovision train``: fit, export, copy the split manifest, evaluate.
 
     ``refit_from``: an early-stopped model of the same recipe; train on train and validation
@@ -462,19 +613,30 @@ def train_command(out_dir: Path, work: Path, cfg: TrainConfig, root: Path | None
         work = work / "refit"
     if refit_from is not None:
         cfg = refit_config(refit_from, cfg)
-        log.info("refit on train and validation: %d fine-tuning epochs, calibration from %s", cfg.refit_finetune_epochs, refit_from)
+        log.info(
+            "refit on train and validation: %d fine-tuning epochs, calibration from %s",
+            cfg.refit_finetune_epochs,
+            refit_from,
+        )
     fitted = fit(work, cfg, root, cache_root=cache_root)
     out = export(fitted, out_dir, cfg, root, name=name, calibrated_by=refit_from)
     shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
 
-    persistence.update_card(out, lambda c: c.training["wall_time_seconds"].update(total_train_and_export=round(time.time() - t0, 1)))
+    persistence.update_card(
+        out, lambda c: c.training["wall_time_seconds"].update(total_train_and_export=round(time.time() - t0, 1))
+    )
     try:  # the fast serving copy; serving falls back to model.keras if this fails
-
         images, desc = check_images(root, model_dir=out)
         rec = export_litert(out, images, desc)
         log.info("LiteRT export: max abs diff %.2e on %s", rec["max_abs_diff"], desc)
     except Exception as exc:
-        log.warning("LiteRT export failed (%s: %s); serving will use model.keras (retry: python -m hematovision export-litert --model %s)", type(exc).__name__, exc, out)
+        log.warning(
+            "LiteRT export failed (%s: %s); serving will use model.keras (retry: python -m hematovision export-litert "
+            "--model %s)",
+            type(exc).__name__,
+            exc,
+            out,
+        )
     if evaluate:
         evaluate_model_on_test_sets(out, root)
     log.info("done in %.0f s: %s (%s)", time.time() - t0, out, platform.node())
