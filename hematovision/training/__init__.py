@@ -7,13 +7,14 @@
 
 from .adapt import AdaptConfig, AdaptOutcome, adapt_labeled, adapt_model, labeled_from_reviews
 from .loso import VARIANTS, run_loso
-from .recipe import AUGMENT_RECIPES, TrainConfig, export, fit, refit_config, train_command
+from .recipe import AUGMENT_RECIPES, Fitted, TrainConfig, export, fit, refit_config, train_command
 
 __all__ = [
     "AUGMENT_RECIPES",
     "VARIANTS",
     "AdaptConfig",
     "AdaptOutcome",
+    "Fitted",
     "TrainConfig",
     "adapt_labeled",
     "adapt_model",

@@ -13,7 +13,7 @@ without the robustness measures (rotations, flips and small shifts only);
 jitter); ``strong`` widens the scale range and strengthens the stain and colour
 jitter; ``strong_norm`` adds per-image colour standardisation. All four see the
 whole image. ``strong_cell`` (shipped now) is ``strong`` on the framed cell
-(:mod:`hematovision.framing`).
+(:mod:`hematovision.imaging.framing`).
 ``python -m hematovision loso`` runs the chosen variants on the same machine and
 writes the table into ``evaluation.json`` and the model card, so every change
 to training can be judged by it.
@@ -57,7 +57,7 @@ def _variant(recipe: str, **changes):
 VARIANTS = {name: _variant(name, framing="full") for name in AUGMENT_RECIPES}
 #: ``strong`` plus per-image colour standardisation inside the model (``model.ChannelStandardise``).
 VARIANTS["strong_norm"] = _variant("strong", input_norm="channel", framing="full")
-#: ``strong`` on the framed cell (:mod:`hematovision.framing`): the shipped recipe.
+#: ``strong`` on the framed cell (:mod:`hematovision.imaging.framing`): the shipped recipe.
 VARIANTS["strong_cell"] = _variant("strong", framing="cell")
 #: ``strong_cell`` plus a white balance on the smear's background inside the model (``model.BackgroundBalance``).
 VARIANTS["strong_cell_bg"] = _variant("strong", framing="cell", input_norm="background")
@@ -141,10 +141,10 @@ def run_loso(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
             log.info("LOSO %s: train on %s, hold out %s", variant, ",".join(trained_on), held_out)
             t0 = time.time()
             fitted = fit(run_dir, replace(vcfg, train_on=trained_on), root, cache_root=cache_root)
-            feats = _test_features(fitted["bottom"], vcfg, fitted["images"], cache_root)
-            scores = _measure(fitted["top"], feats)
+            feats = _test_features(fitted.bottom, vcfg, fitted.images, cache_root)
+            scores = _measure(fitted.top, feats)
             key = HELD_OUT_TEST[held_out]
-            st = fitted["state"]
+            st = fitted.state
             ft = [h for h in st.history if h["phase"] == "finetune"]
             best = next((h for h in ft if h["epoch"] == st.best_epoch), ft[-1] if ft else {"val_acc": float("nan")})
             run = LosoRun(
@@ -263,7 +263,7 @@ def _loso_network(run: LosoRun, cfg: TrainConfig):
 def _draw(pool: list[ds.LabeledImage], n: int, rng: np.random.Generator) -> list[ds.LabeledImage]:
     """``n`` images, one per original cell while cells last (a lab labels cells, not augmented
     copies of one). Kaggle TRAIN holds only 15 monocyte cells (whole smear fields,
-    :mod:`hematovision.fields`), so a larger ``n`` goes on with further copies of the drawn
+    :mod:`hematovision.data.fields`), so a larger ``n`` goes on with further copies of the drawn
     cells, in the same cell order; :func:`distinct_cells` says how many cells a draw spans."""
     by_group: dict[str, list[ds.LabeledImage]] = {}
     for i in pool:

@@ -2,8 +2,8 @@
 
 The recipe, and why:
 
-1. **Split** both sources (see :mod:`hematovision.datasets`): Kaggle validation by
-   whole smear field (found by image matching, :mod:`hematovision.fields`), PBC by
+1. **Split** both sources (see :mod:`hematovision.data.datasets`): Kaggle validation by
+   whole smear field (found by image matching, :mod:`hematovision.data.fields`), PBC by
    content hash after de-duplication. The split is
    written as a manifest beside the model.
 2. **Cache the frozen part.** MobileNetV2 up to ``block_12_add`` stays at its
@@ -20,7 +20,7 @@ The recipe, and why:
    cached view. A checkpoint after every epoch lets an interrupted run resume.
 5. **Calibrate**: temperature scaling fitted on the validation logits, and the
    review threshold chosen on validation for the target accuracy of accepted
-   predictions (:mod:`hematovision.calibration`).
+   predictions (:mod:`hematovision.stats.calibration`).
 5b. **Refit** (``train --refit``, the shipped recipe; or ``--refit-from`` an existing
    early-stopped model): Kaggle TRAIN holds only ~290 distinct cells, so holding a
    fifth of them out costs the model real data. A refit trains the same recipe from
@@ -29,7 +29,7 @@ The recipe, and why:
    no held-out data of its own to fit them on).
 6. **Ship**: rebuild the network with the temperature inside, save it with its
    model card, then evaluate it on the test sets it never saw
-   (:mod:`hematovision.evaluation`).
+   (:mod:`hematovision.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -305,6 +305,88 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+@dataclass
+class SplitImages:
+    """The images of one run. The feature caches are keyed by the ``all_*`` lists (every source
+    in ``cfg.sources``), so runs that fit on one source (``cfg.train_on``) share them."""
+
+    images: list[ds.LabeledImage]  # every discovered image (the split manifest)
+    all_train: list[ds.LabeledImage]
+    all_val: list[ds.LabeledImage]
+    train: list[ds.LabeledImage]  # fitted on (a refit adds the validation images)
+    val: list[ds.LabeledImage]  # validated and calibrated on
+
+
+@dataclass
+class TrainingArrays:
+    """Cached bottom features with labels and weights: every training view, one clean view per validation image."""
+
+    x_train: np.ndarray  # one row per (image, view)
+    y_train: np.ndarray
+    w_train: np.ndarray
+    view_index: list[list[int]]  # per training image, its rows in x_train
+    x_val: np.ndarray
+    y_val: np.ndarray
+    w_val: np.ndarray
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit` returns: the trained network and what :func:`export` and leave-one-source-out need."""
+
+    network: object  # keras.Model: the whole network
+    bottom: object  # its frozen part (up to SPLIT_LAYER)
+    top: object  # the part that was trained, on cached bottom features
+    split: SplitImages
+    state: TrainState
+    cache_seconds: float
+    fit_seconds: float
+    cache_root: Path
+
+    @property
+    def images(self) -> list[ds.LabeledImage]:
+        return self.split.images
+
+    @property
+    def train(self) -> list[ds.LabeledImage]:
+        return self.split.train
+
+    @property
+    def val(self) -> list[ds.LabeledImage]:
+        return self.split.val
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run in ``work`` keeps what lets it resume."""
+
+    work: Path
+
+    @property
+    def state(self) -> Path:
+        return self.work / "state.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.work / "checkpoint.weights.h5"
+
+    @property
+    def best(self) -> Path:
+        return self.work / "best.weights.h5"
+
+    def resume(self, net) -> TrainState:
+        """The recorded state, with the network's weights from the last checkpoint (a fresh state if none)."""
+        state = TrainState(**json.loads(self.state.read_text())) if self.state.exists() else TrainState()
+        if self.checkpoint.exists():
+            net.load_weights(str(self.checkpoint))
+            log.info("resumed at phase %s epoch %d", state.phase, state.epoch)
+        return state
+
+    def save(self, net, state: TrainState) -> None:
+        net.save_weights(str(self.checkpoint))
+        self.state.write_text(json.dumps(asdict(state)))
+
+
 def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch):
     """Pick one view per training image for this epoch (rotating through the views)."""
     idx = []
@@ -315,25 +397,9 @@ def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch):
     return feats[idx], labels[idx], weights[idx]
 
 
-def fit(
-    work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | None = None, cache_root: Path | None = None
-) -> dict:
-    """Run the whole recipe in ``work`` (resumable); return the fitted state for :func:`export`.
-
-    Features are cached under ``cache_root`` (default ``work/cache``) in folders named
-    by :func:`view_cache_key` / :func:`clean_cache_key`, so a changed augmentation
-    never reads a stale cache, and leave-one-source-out runs reuse the main run's.
-    """
-    import keras
-
-    root = root or data_root()
-    weights = weights or weights_path(root)
-    work.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
-    t0 = time.time()
-
-    images = ds.discover(root)
-    images = [i for i in images if i.source in cfg.sources]
+def split_images(root: Path, work: Path, cfg: TrainConfig) -> SplitImages:
+    """Step 1: discover the sources' images with their split, write the manifest, pick what this run fits on."""
+    images = [i for i in ds.discover(root) if i.source in cfg.sources]
     if not images:
         raise FileNotFoundError(f"no labeled images under {root}: set --data or {ds.__name__}")
     ds.write_manifest(images, work / "split_manifest.csv")
@@ -341,21 +407,20 @@ def fit(
     all_val = limit_images(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
     train = [i for i in all_train if i.source in cfg.train_on]
     val = [i for i in all_val if i.source in cfg.train_on]
-    refit = cfg.refit_finetune_epochs > 0
-    if refit:  # the validation images become training images too
+    if cfg.refit_finetune_epochs > 0:  # a refit: the validation images become training images too
         train = train + val
     log.info("train %d images, val %d images (on %s)", len(train), len(val), ",".join(cfg.train_on))
-    cache_root = Path(cache_root) if cache_root else work / "cache"
+    return SplitImages(images, all_train, all_val, train, val)
 
-    net = build_network(
-        cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout, input_norm=cfg.input_norm
-    )
-    bottom, top = split_models(net)
+
+def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_root: Path) -> TrainingArrays:
+    """Step 2: the frozen bottom's features of every training view and of each clean validation image,
+    from the cache or computed into it, with labels and class-and-source balanced weights."""
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
-
+    refit = cfg.refit_finetune_epochs > 0
     # A refit's validation views are cached apart from the train list's, so the selection run's cache is reused.
     all_items, parts = [], []
-    for imgs, desc in [(all_train, "train views")] + ([(all_val, "validation views")] if refit else []):
+    for imgs, desc in [(split.all_train, "train views")] + ([(split.all_val, "validation views")] if refit else []):
         its = training_items(imgs, cfg)
         parts.append(
             cache_features(bottom, its, cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=desc)
@@ -368,111 +433,133 @@ def fit(
     x_train = x_all if len(keep) == len(all_items) else x_all[keep]
     del x_all
     y_items = np.array([cls_index[i.label] for i, _ in items])
-    pos = {id(img): k for k, img in enumerate(train)}
-    view_index = [[] for _ in train]
+    pos = {id(img): k for k, img in enumerate(split.train)}
+    view_index = [[] for _ in split.train]
     for j, (img, _) in enumerate(items):
         view_index[pos[id(img)]].append(j)
-    w_img = balanced_weights(train)
+    w_img = balanced_weights(split.train)
     w_items = np.array([w_img[pos[id(img)]] for img, _ in items], dtype=np.float32)
 
     x_val_all = cache_features(
         bottom,
-        [(i, -1) for i in all_val],
-        cache_root / clean_cache_key(cfg) / f"val-{list_key(all_val)}",
+        [(i, -1) for i in split.all_val],
+        cache_root / clean_cache_key(cfg) / f"val-{list_key(split.all_val)}",
         cfg,
         desc="val",
     )
-    x_val = x_val_all[[k for k, i in enumerate(all_val) if i.source in cfg.train_on]]
-    y_val = np.array([cls_index[i.label] for i in val])
-    w_val = balanced_weights(val)
+    x_val = x_val_all[[k for k, i in enumerate(split.all_val) if i.source in cfg.train_on]]
+    y_val = np.array([cls_index[i.label] for i in split.val])
+    return TrainingArrays(x_train, y_items, w_items, view_index, x_val, y_val, balanced_weights(split.val))
+
+
+def _set_trainable(net, first_block: int) -> None:
+    """Only the dense head (``first_block > 16``), or MobileNetV2 from ``first_block`` upwards and the head."""
+    if first_block > 16:
+        for layer in net.layers:
+            layer.trainable = layer.name == "logits"
+    else:
+        set_trainable_top(net, first_block)
+
+
+def train_phase(net, top, data: TrainingArrays, state: TrainState, files: RunFiles, cfg: TrainConfig, *, phase: str,
+                epochs: int, lr: float, first_block: int, early_stop: bool, t0: float) -> None:
+    """Steps 3 and 4: one phase (``"head"`` or ``"finetune"``) on the cached features, an epoch at a time,
+    each epoch one view per training image; checkpointed after every epoch, so it resumes where it stopped.
+    ``early_stop``: keep the weights of the best validation loss, stop after ``cfg.patience`` epochs without one.
+    A refit (``cfg.refit_finetune_epochs > 0``) trains on the validation images, so they are not scored."""
+    import keras  # TensorFlow-class library: loaded only when training runs
+
+    if state.phase != phase:
+        return
+    _set_trainable(net, first_block)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+    top.compile(
+        optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
+        loss=loss,
+        weighted_metrics=["accuracy"],
+    )
+    refit = cfg.refit_finetune_epochs > 0
+    n_classes = len(TRAINING_CLASSES)
+    yv = keras.utils.to_categorical(data.y_val, n_classes)
+    offset = 0 if phase == "head" else 1000  # the fine-tuning epochs draw other views and orders than the head's
+    while state.epoch < epochs:
+        e = state.epoch
+        xe, ye, we = _epoch_arrays(data.x_train, data.y_train, data.w_train, data.view_index, len(data.view_index),
+                                   e + offset)
+        perm = np.random.default_rng(cfg.seed + e + offset).permutation(len(xe))
+        h = top.fit(
+            xe[perm].astype(np.float32),
+            keras.utils.to_categorical(ye[perm], n_classes),
+            sample_weight=we[perm],
+            batch_size=cfg.batch_size,
+            epochs=1,
+            verbose=0,
+        )
+        vl, va = (None, None)
+        if not refit:  # a refit trains on the validation images: scoring them would say nothing
+            vl, va = (float(v) for v in top.evaluate(data.x_val.astype(np.float32), yv, sample_weight=data.w_val,
+                                                     batch_size=256, verbose=0))
+        rec = {
+            "phase": phase,
+            "epoch": e,
+            "loss": float(h.history["loss"][0]),
+            "acc": float(h.history["accuracy"][0]),
+            "val_loss": vl,
+            "val_acc": va,
+            "t": round(time.time() - t0, 1),
+        }
+        state.history.append(rec)
+        log.info("%s", rec)
+        state.epoch += 1
+        if early_stop and vl < state.best_val_loss:
+            state.best_val_loss, state.best_epoch = float(vl), e
+            net.save_weights(str(files.best))
+        files.save(net, state)
+        if early_stop and e - state.best_epoch >= cfg.patience:
+            log.info("early stop at epoch %d (best %d)", e, state.best_epoch)
+            break
+    state.phase = {"head": "finetune", "finetune": "done"}[phase]
+    state.epoch = 0
+    files.save(net, state)
+
+
+def fit(
+    work: Path, cfg: TrainConfig, root: Path | None = None, weights: Path | None = None, cache_root: Path | None = None
+) -> Fitted:
+    """Run the whole recipe in ``work`` (resumable); return the :class:`Fitted` network for :func:`export`.
+
+    Features are cached under ``cache_root`` (default ``work/cache``) in folders named
+    by :func:`view_cache_key` / :func:`clean_cache_key`, so a changed augmentation
+    never reads a stale cache, and leave-one-source-out runs reuse the main run's.
+    """
+    import keras  # TensorFlow-class library: loaded only when training runs
+
+    root = root or data_root()
+    weights = weights or weights_path(root)
+    work.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    t0 = time.time()
+    refit = cfg.refit_finetune_epochs > 0
+
+    split = split_images(root, work, cfg)
+    cache_root = Path(cache_root) if cache_root else work / "cache"
+    net = build_network(
+        cfg.input_size, len(TRAINING_CLASSES), imagenet_weights=weights, dropout=cfg.dropout, input_norm=cfg.input_norm
+    )
+    bottom, top = split_models(net)
+    data = cache_training_arrays(bottom, split, cfg, cache_root)
     cache_s = time.time() - t0
 
-    state_file = work / "state.json"
-    ckpt = work / "checkpoint.weights.h5"
-    best = work / "best.weights.h5"
-    state = TrainState(**json.loads(state_file.read_text())) if state_file.exists() else TrainState()
-    if ckpt.exists():
-        net.load_weights(str(ckpt))
-        log.info("resumed at phase %s epoch %d", state.phase, state.epoch)
-
-    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
-
-    def run_phase(phase: str, epochs: int, lr: float, first_block: int, early_stop: bool):
-        if state.phase != phase:
-            return
-        if first_block > 16:  # head only
-            for layer in net.layers:
-                layer.trainable = layer.name == "logits"
-        else:
-            set_trainable_top(net, first_block)
-        top.compile(
-            optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
-            loss=loss,
-            weighted_metrics=["accuracy"],
-        )
-        yv = keras.utils.to_categorical(y_val, len(TRAINING_CLASSES))
-        while state.epoch < epochs:
-            e = state.epoch
-            xe, ye, we = _epoch_arrays(
-                x_train, y_items, w_items, view_index, len(train), e + (0 if phase == "head" else 1000)
-            )
-            rng = np.random.default_rng(cfg.seed + e + (0 if phase == "head" else 1000))
-            perm = rng.permutation(len(xe))
-            h = top.fit(
-                xe[perm].astype(np.float32),
-                keras.utils.to_categorical(ye[perm], len(TRAINING_CLASSES)),
-                sample_weight=we[perm],
-                batch_size=cfg.batch_size,
-                epochs=1,
-                verbose=0,
-            )
-            # a refit trains on the validation images: scoring them would say nothing
-            vl, va = (
-                (None, None)
-                if refit
-                else (
-                    float(v)
-                    for v in top.evaluate(x_val.astype(np.float32), yv, sample_weight=w_val, batch_size=256, verbose=0)
-                )
-            )
-            rec = {
-                "phase": phase,
-                "epoch": e,
-                "loss": float(h.history["loss"][0]),
-                "acc": float(h.history["accuracy"][0]),
-                "val_loss": vl,
-                "val_acc": va,
-                "t": round(time.time() - t0, 1),
-            }
-            state.history.append(rec)
-            log.info("%s", rec)
-            state.epoch += 1
-            if early_stop and vl < state.best_val_loss:
-                state.best_val_loss, state.best_epoch = float(vl), e
-                net.save_weights(str(best))
-            net.save_weights(str(ckpt))
-            state_file.write_text(json.dumps(asdict(state)))
-            if early_stop and e - state.best_epoch >= cfg.patience:
-                log.info("early stop at epoch %d (best %d)", e, state.best_epoch)
-                break
-        state.phase = {"head": "finetune", "finetune": "done"}[phase]
-        state.epoch = 0
-        net.save_weights(str(ckpt))
-        state_file.write_text(json.dumps(asdict(state)))
-
-    run_phase("head", cfg.head_epochs, cfg.lr_head, 99, early_stop=False)
+    files = RunFiles(work)
+    state = files.resume(net)
+    train_phase(net, top, data, state, files, cfg, phase="head", epochs=cfg.head_epochs, lr=cfg.lr_head,
+                first_block=99, early_stop=False, t0=t0)
     # A refit has nothing held out to stop on: the chosen number of epochs, and the last weights.
-    run_phase(
-        "finetune",
-        cfg.refit_finetune_epochs or cfg.max_epochs,
-        cfg.lr_finetune,
-        cfg.first_trainable_block,
-        early_stop=not refit,
-    )
-    if best.exists() and not refit:
-        net.load_weights(str(best))
-    return {"network": net, "bottom": bottom, "top": top, "images": images, "train": train, "val": val, "state": state,
-            "cache_seconds": cache_s, "fit_seconds": time.time() - t0, "cache_root": cache_root}
+    train_phase(net, top, data, state, files, cfg, phase="finetune", epochs=cfg.refit_finetune_epochs or cfg.max_epochs,
+                lr=cfg.lr_finetune, first_block=cfg.first_trainable_block, early_stop=not refit, t0=t0)
+    if files.best.exists() and not refit:
+        net.load_weights(str(files.best))
+    return Fitted(net, bottom, top, split, state, cache_s, time.time() - t0, cache_root)
 
 
 def refit_config(selected_dir: Path, cfg: TrainConfig) -> TrainConfig:
@@ -500,7 +587,7 @@ def refit_config(selected_dir: Path, cfg: TrainConfig) -> TrainConfig:
 
 
 def export(
-    fitted: dict,
+    fitted: Fitted,
     out_dir: Path,
     cfg: TrainConfig,
     root: Path | None = None,
@@ -512,9 +599,8 @@ def export(
     ``calibrated_by``: a refit has no held-out images, so it takes the temperature, threshold and
     validation figures of the early-stopped run it refits (that model directory), and says so.
     """
-
     root = root or data_root()
-    net, val = fitted["network"], fitted["val"]
+    net, val = fitted.network, fitted.val
     if calibrated_by is not None:
         parent = persistence.load_card(Path(calibrated_by))
         temperature = parent.temperature
@@ -567,17 +653,17 @@ def export(
         },
         training={
             "data_root": "<HEMATOVISION_DATA>",
-            "counts": ds.split_counts(fitted["images"]),
+            "counts": ds.split_counts(fitted.images),
             "split_rules": ds.SPLIT_RULES,
             "fitted_on": "train and val splits (refit; temperature, threshold and epochs from the selection run)"
             if calibrated_by is not None
             else "train split (early-stopped on val)",
             "validation_metrics": val_metrics,
             "hyperparameters": asdict(cfg),
-            "history": fitted["state"].history,
+            "history": fitted.state.history,
             "wall_time_seconds": {
-                "feature_cache": round(fitted["cache_seconds"], 1),
-                "total_fit": round(fitted["fit_seconds"], 1),
+                "feature_cache": round(fitted.cache_seconds, 1),
+                "total_fit": round(fitted.fit_seconds, 1),
             },
             "machine": persistence.machine_description(),
             "imagenet_weights": "mobilenet_v2_1.0_no_top.weights.h5 (sha256 6714965a…)",
