@@ -1,6 +1,6 @@
 """Model evaluation: how well the shipped model does on held-out test sets, and on your own labeled images.
 
-Thin page: every figure is built by :mod:`hematovision.eval_views` from the report
+Thin page: every figure is built by :mod:`hematovision.app.eval_views` from the report
 dict, so what is shown is what ``evaluation.json`` (or the live report) says.
 """
 

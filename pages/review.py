@@ -1,7 +1,7 @@
 """Review page: flagged predictions, one at a time, confirmed or corrected by a person.
 
-Thin by design: the queue, decisions and filters live in ``hematovision.review``
-(SQLite, so decisions survive reloads and restarts); Grad-CAM in ``hematovision.gradcam``.
+Thin by design: the queue, decisions and filters live in ``hematovision.review.store``
+(SQLite, so decisions survive reloads and restarts); Grad-CAM in ``hematovision.serving.gradcam``.
 """
 
 from dataclasses import replace

@@ -1,4 +1,4 @@
-"""Accuracy of models on PBC test images under simulated laboratory shifts (hematovision.shifts).
+"""Accuracy of models on PBC test images under simulated laboratory shifts (hematovision.evaluation.shifts).
 
     .venv/bin/python scripts/shift_check.py --model models [--model OTHER_DIR ...] [--write docs/shift-check.md]
 

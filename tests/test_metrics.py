@@ -1,4 +1,4 @@
-"""hematovision.metrics and .calibration checked against scikit-learn on the same random inputs."""
+"""hematovision.stats.metrics and .calibration checked against scikit-learn on the same random inputs."""
 
 from __future__ import annotations
 

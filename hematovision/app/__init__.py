@@ -2,7 +2,10 @@
 
 ``state``: the model, the threshold and the review store shared by every page. ``batching``: a
 session's uploads as one batch, classified once. ``eval_views``: the evaluation page's figures.
-``samples``: the sample images. ``devserver``: a dashboard and a browser for tests and screenshots.
+``results``: the Classify page's table and figures. ``samples``: the sample images.
+``adapting``: what the Adapt button runs. ``devserver``: a dashboard and a browser for tests and screenshots.
+
+Only the module names are listed: importing ``hematovision.app.devserver`` does not import Streamlit.
 """
 
-__all__ = ["batching", "devserver", "eval_views", "samples", "state"]
+__all__ = ["adapting", "batching", "devserver", "eval_views", "results", "samples", "state"]

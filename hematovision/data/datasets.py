@@ -89,7 +89,7 @@ def kaggle_images(root: Path, field_table: dict[str, str] | None = None) -> list
     """Kaggle TRAIN (split into train/val by smear field), TEST and TEST_SIMPLE.
 
     ``group`` is ``kaggle/<FOLDER>/<class>/<field>``: the field's name is its first copy's
-    file stem (see :mod:`hematovision.fields`). ``field_table`` (``relpath -> field``)
+    file stem (see :mod:`hematovision.data.fields`). ``field_table`` (``relpath -> field``)
     defaults to the committed table.
     """
     table = read_table() if field_table is None else field_table

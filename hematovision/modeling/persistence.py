@@ -10,7 +10,7 @@ Layout of a model directory (the shipped one is ``models/``)::
     evaluation.json        metrics per test set (``python -m hematovision evaluate``)
     test_predictions.csv   per-image test predictions, for the evaluation page
     model.tflite           the same network as a LiteRT flat-buffer for fast serving
-                           (``python -m hematovision export-litert``; see hematovision/litert.py)
+                           (``python -m hematovision export-litert``; see hematovision/serving/litert.py)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def preprocessing_text(framing: str = "full", input_norm: str = "none") -> str:
     """What happens to a user's pixels before the network, in words, for the model card."""
     first = (
         "RGB uint8 pixels -> a square around the located nucleus, side 2x the nucleus box, resized to input_size "
-        "(hematovision.framing, shared by training and serving) -> inside the Keras model: "
+        "(hematovision.imaging.framing, shared by training and serving) -> inside the Keras model: "
         if framing == "cell"
         else "RGB uint8 pixels, any size -> bilinear resize to input_size x input_size -> "
     )

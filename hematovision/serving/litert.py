@@ -95,7 +95,7 @@ class LiteRTRuntime:
     """A LiteRT interpreter mapping a float32 batch ``[n, S, S, 3]`` to probabilities ``[n, C]``.
 
     The interpreter is not thread-safe, so calls are serialised with a lock (the
-    dashboard may share one :class:`~hematovision.inference.Classifier` between sessions).
+    dashboard may share one :class:`~hematovision.serving.classifier.Classifier` between sessions).
     """
 
     def __init__(self, model_path: str | Path, num_threads: int | None = None, parallel: int | None = None):

@@ -1,7 +1,7 @@
 """Adapt a model to one laboratory from a few images it has labeled.
 
 A lab's stain, camera and crop move its images away from our training data
-(see :mod:`hematovision.loso`). A few dozen images it has labeled itself (the
+(see :mod:`hematovision.training.loso`). A few dozen images it has labeled itself (the
 review queue's decisions, or a zip of class folders) are enough to move the
 model back, if the adaptation is cautious:
 
@@ -213,7 +213,7 @@ def adapt_head(
 def adapted_network(base_network, result: AdaptResult):
     """A copy of the base network with the adapted head and the new temperature inside.
 
-    Works for any network with the contract of :mod:`hematovision.model` (a ``logits``
+    Works for any network with the contract of :mod:`hematovision.modeling.network` (a ``logits``
     layer followed by the temperature and softmax), so tests can use tiny ones.
     """
     import keras
