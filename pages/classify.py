@@ -1,17 +1,15 @@
 """Classify page: upload images (or zips), see one row per image, filter, summarise, download.
 
-Thin by design: caching, filtering and summaries live in ``hematovision.batching``.
+Thin by design: caching, filtering and summaries live in ``hematovision.app.batching``, the table's
+columns, the figures and reviews from the detail view in ``hematovision.app.results``.
 """
 
-from dataclasses import replace
-
-import plotly.express as px
 import streamlit as st
 
-from hematovision.app import batching, samples
+from hematovision.app import batching, results, samples
 from hematovision.app import state as app_state
+from hematovision.config import data_root
 from hematovision.imaging.decode import decode_image
-from hematovision.reports import tables as report
 from hematovision.review import store as review
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
@@ -51,11 +49,8 @@ if c1.button(
     found, missing = samples.load_samples()
     if found:
         batch.set_samples(found)
-    if missing:
-        from hematovision.config import data_root
-
-        st.warning(f"{len(missing)} of {len(missing) + len(found)} sample images are missing. "
-                   + samples.HOW_TO_GET_DATA.format(root=data_root()))
+    if note := results.missing_samples_note(len(found), len(missing), data_root()):
+        st.warning(note)
 if batch and c2.button("Clear results"):
     batch.clear()
     st.rerun()
@@ -81,12 +76,9 @@ preds, thumbs = batching.assemble(entries, cache, clf.version)
 frame = batching.results_frame(preds, thumbs, classes, threshold)
 # Flagged predictions go to the review queue (SQLite); decisions made there come back as columns.
 store = app_state.review_store()
-decisions = {}
 if store is not None:
     app_state.queue_batch_for_review(store, clf, threshold)
-    decisions = {sha: d for (sha, _), d in store.current(clf.version).items()}
-frame = report.with_reviews(frame, decisions)
-frame["model_version"] = clf.version  # which model version made each prediction (sidebar picker)
+frame, decisions = results.with_decisions(frame, store, clf.version)
 
 # ---------------------------------------------------------------- summary
 summary = batching.summarise(frame, classes)
@@ -110,9 +102,7 @@ s1.dataframe(summary.differential, hide_index=True, column_config={
     "count": st.column_config.NumberColumn("Count"),
     "percent": st.column_config.NumberColumn("Percent", format="%.1f%%"),
 })
-fig = px.bar(summary.differential, x="class", y="count", text="count", title="Class distribution (final classes)")
-fig.update_layout(height=300, margin=dict(t=40, b=10))
-s2.plotly_chart(fig, width="stretch")
+s2.plotly_chart(results.differential_figure(summary.differential), width="stretch")
 
 # ---------------------------------------------------------------- filters + table
 st.subheader("Results")
@@ -128,26 +118,7 @@ conf = f4.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range")
 view = batching.filter_frame(frame, batching.Filters(tuple(chosen), flagged_only, tuple(conf), show_errors))
 st.caption(f"{len(view)} of {len(frame)} rows shown · threshold {threshold:.3f} · model `{clf.version}`")
 
-col_cfg = {
-    "thumbnail": st.column_config.ImageColumn("Image", width="small"),
-    "file": st.column_config.TextColumn("File"),
-    "predicted_class": st.column_config.TextColumn("Predicted class"),
-    "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
-    "flagged": st.column_config.CheckboxColumn("Flagged"),
-    "error": st.column_config.TextColumn("Error"),
-    "final_class": st.column_config.TextColumn(
-        "Final class", help="The reviewed class where there is one, else the prediction"
-    ),
-    "reviewed_class": st.column_config.TextColumn("Reviewed as"),
-    "reviewer": st.column_config.TextColumn("Reviewer"),
-    "reviewed_at": st.column_config.TextColumn("Reviewed at (UTC)"),
-    "model_version": st.column_config.TextColumn(
-        "Model version", help="The model version that made the prediction (Model versions page)"
-    ),
-}
-col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
-order = ["thumbnail", "file", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes], "flagged",
-         "reviewed_class", "reviewer", "reviewed_at", "error", "model_version"]
+col_cfg, order = results.table_columns(classes)
 st.dataframe(view, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------- download
@@ -189,11 +160,7 @@ if rgb is not None:
         except Exception as exc:  # a heat map is a help, never a reason to lose the page
             d1.warning(f"Grad-CAM unavailable ({type(exc).__name__}: {exc}).")
     d1.image(shown, caption=captions, width=260 if show_cam else "stretch")
-probs = [{"class": c, "probability": float(frame.at[pick, f"p_{c}"])} for c in classes]
-fig = px.bar(probs, x="probability", y="class", orientation="h", range_x=[0, 1], text_auto=".3f",
-             title=f"Predicted: {frame.at[pick, 'predicted_class']} ({frame.at[pick, 'confidence']:.3f})")
-fig.update_layout(height=300, margin=dict(t=40, b=10))
-d2.plotly_chart(fig, width="stretch")
+d2.plotly_chart(results.probability_figure(frame, pick, classes), width="stretch")
 truth = samples.labels().get(frame.at[pick, "file"]) if batch.samples else None
 if truth:
     d2.caption(f"Sample image; class given by the dataset: **{truth}**")
@@ -219,8 +186,7 @@ if store is not None:
         who = st.text_input("Reviewer", value=st.session_state.get("hv_reviewer", ""), key="hv_detail_reviewer")
         note = st.text_input("Note (optional)", key="hv_detail_note")
         if st.form_submit_button("Save review"):
-            p = replace(preds[pick], flagged=bool(frame.at[pick, "flagged"]))
-            review.queue_with_images(store, [(p, entries[pick].data or b"")], classes, clf.version, threshold)
-            store.decide(sha, clf.version, verdict, who, note)
+            results.save_review(store, preds[pick], entries[pick].data, frame.at[pick, "flagged"], classes, clf.version,
+                                threshold, verdict, who, note)
             st.session_state["hv_reviewer"] = who
             st.rerun()

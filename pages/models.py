@@ -5,10 +5,9 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
+from hematovision.app import adapting
 from hematovision.app import state as app_state
-from hematovision.data.labeled import labeled_from_zip
 from hematovision.modeling import persistence, versions
-from hematovision.training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
 
 st.title("Model versions")
 app_state.disclaimer()
@@ -70,11 +69,9 @@ st.header("Adapt to your laboratory")
 st.markdown(
     "Stain, camera and magnification differ between laboratories, and the model is less accurate on images unlike its "
     "training data. Give it cells your laboratory has labeled: a **zip of class folders** (`eosinophil/`, "
-    "`lymphocyte/`, "
-    "`monocyte/`, `neutrophil/`; 20 or more per class is a good start) or the **review queue's decisions** (confirmed "
-    "and "
-    "reclassified cells). The model's head is re-fitted and re-calibrated on them, and the result is saved as a **new "
-    "version** beside the one in use."
+    "`lymphocyte/`, `monocyte/`, `neutrophil/`; 20 or more per class is a good start) or the **review queue's "
+    "decisions** (confirmed and reclassified cells). The model's head is re-fitted and re-calibrated on them, and the "
+    "result is saved as a **new version** beside the one in use."
 )
 source = st.radio(
     "Labeled images from", ["A zip of class folders", "Review decisions"], horizontal=True, key="hv_adapt_source"
@@ -93,41 +90,27 @@ with st.form("hv_adapt_form"):
     )
     go = st.form_submit_button("Adapt", type="primary")
 if go:
-    base_card = persistence.load_card(current)
-    labeled = None
-    if source.startswith("A zip"):
-        if upload is None:
-            st.warning("Upload a zip of class folders first.")
-        else:
-            labeled, origin = labeled_from_zip(upload.name, upload.getvalue(), base_card.classes), upload.name
-    else:
-        store = app_state.review_store()
-        if store is not None:
-            labeled, origin = labeled_from_reviews(store, base_card.classes), f"review decisions ({store.path})"
-    if labeled is not None:
+    store = None if source.startswith("A zip") else app_state.review_store()
+    if source.startswith("A zip") and upload is None:
+        st.warning("Upload a zip of class folders first.")
+    elif source.startswith("A zip") or store is not None:
         bar = st.progress(0.0, text="Reading the labeled images…")
-        try:
-            res = adapt_labeled(current, labeled, name.strip(), cfg=AdaptConfig(), source=origin,
-                                progress=lambda k, n: bar.progress(k / n, text=f"Features of labeled image {k} of {n}"))
-        except (ValueError, FileExistsError) as exc:
+        attempt = adapting.adapt_version(
+            current, name, zip_upload=(upload.name, upload.getvalue()) if upload is not None else None, store=store,
+            progress=lambda k, n: bar.progress(k / n, text=f"Features of labeled image {k} of {n}"),
+        )
+        if not attempt.ok:
             bar.empty()
-            st.error(str(exc), icon="🚫")
-            if labeled.skipped:
-                st.dataframe(pd.DataFrame(labeled.skipped, columns=["file", "reason"]), hide_index=True)
+            st.error(attempt.error, icon="🚫")
         else:
             bar.progress(1.0, text="Done")
-            app_state.use_model(res.path)
-            st.success(
-                f"**{res.version}** saved and now in use: adapted from `{res.parent}` on {sum(res.counts.values())} "
-                f"images "
-                f"({', '.join(f'{c} {n}' for c, n in res.counts.items())}) in {res.seconds:.0f} s. Cross-fitted "
-                f"accuracy "
-                f"{res.crossfit_accuracy:.1%}; temperature {res.temperature:.3f}; default threshold "
-                f"{res.threshold:.3f}."
-            )
-            if res.note:
-                st.warning(res.note)
-            if res.skipped:
-                st.warning(f"{len(res.skipped)} file(s) were not used:")
-                st.dataframe(pd.DataFrame(res.skipped, columns=["file", "reason"]), hide_index=True)
+            app_state.use_model(attempt.outcome.path)
+            st.success(attempt.summary)
+            if attempt.outcome.note:
+                st.warning(attempt.outcome.note)
+            if attempt.skipped:
+                st.warning(f"{len(attempt.skipped)} file(s) were not used:")
+        if attempt.skipped:
+            st.dataframe(pd.DataFrame(attempt.skipped, columns=["file", "reason"]), hide_index=True)
+        if attempt.ok:
             st.button("Show the new version in the table")
