@@ -46,10 +46,8 @@ if c1.button(
     "Load sample images",
     help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv",
 ):
-    found, missing = samples.load_samples()
-    if found:
-        batch.set_samples(found)
-    if note := results.missing_samples_note(len(found), len(missing), data_root()):
+    note = results.load_samples(batch, data_root())  # what is missing, if anything
+    if note:
         st.warning(note)
 if batch and c2.button("Clear results"):
     batch.clear()
@@ -150,15 +148,9 @@ if rgb is not None:
         key="hv_detail_gradcam",
         help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.",
     )
-    shown = [rgb]
-    captions = [frame.at[pick, "file"]]
-    if show_cam:
-        try:
-            over, explained = app_state.gradcam_overlay(clf, sha, "original", rgb)
-            shown.append(over)
-            captions.append(f"Grad-CAM for '{explained}'")
-        except Exception as exc:  # a heat map is a help, never a reason to lose the page
-            d1.warning(f"Grad-CAM unavailable ({type(exc).__name__}: {exc}).")
+    shown, captions, cam_warning = results.detail_images(clf, sha, rgb, frame.at[pick, "file"], show_cam)
+    if cam_warning:
+        d1.warning(cam_warning)
     d1.image(shown, caption=captions, width=260 if show_cam else "stretch")
 d2.plotly_chart(results.probability_figure(frame, pick, classes), width="stretch")
 truth = samples.labels().get(frame.at[pick, "file"]) if batch.samples else None

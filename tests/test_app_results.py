@@ -48,3 +48,18 @@ def test_missing_samples_note():
     assert results.missing_samples_note(32, 0, "/data") == ""
     note = results.missing_samples_note(30, 2, "/data")
     assert note.startswith("2 of 32 sample images are missing.") and "/data" in note
+
+
+def test_detail_images_without_and_with_a_failing_grad_cam(monkeypatch):
+    rgb = object()
+    assert results.detail_images(None, "s", rgb, "a.png", False) == ([rgb], ["a.png"], "")
+
+    def broken(*a):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(results.app_state, "gradcam_overlay", broken)
+    shown, captions, warning = results.detail_images(None, "s", rgb, "a.png", True)
+    assert (shown, captions, warning) == ([rgb], ["a.png"], "Grad-CAM unavailable (RuntimeError: no network).")
+    monkeypatch.setattr(results.app_state, "gradcam_overlay", lambda clf, sha, source, img: ("overlay", "monocyte"))
+    shown, captions, warning = results.detail_images(None, "s", rgb, "a.png", True)
+    assert (shown, captions, warning) == ([rgb, "overlay"], ["a.png", "Grad-CAM for 'monocyte'"], "")

@@ -13,6 +13,7 @@ from ..reports import tables as report
 from ..review import store as review
 from ..serving.classifier import Prediction
 from . import samples
+from . import state as app_state
 
 
 def with_decisions(frame: pd.DataFrame, store, model_version: str) -> tuple[pd.DataFrame, dict]:
@@ -72,6 +73,28 @@ def save_review(store, prediction: Prediction, data: bytes | None, flagged: bool
     p = replace(prediction, flagged=bool(flagged))
     review.queue_with_images(store, [(p, data or b"")], classes, model_version, threshold)
     store.decide(p.sha256, model_version, verdict, reviewer, note)
+
+
+def load_samples(batch, root) -> str:
+    """Put the sample images into the session's ``batch``; what to tell the user about missing ones ("" if none)."""
+    found, missing = samples.load_samples()
+    if found:
+        batch.set_samples(found)
+    return missing_samples_note(len(found), len(missing), root)
+
+
+def detail_images(clf, sha256: str, rgb, name: str, gradcam: bool) -> tuple[list, list[str], str]:
+    """The detail view's pictures and captions: the image, and its Grad-CAM overlay when asked for; a warning
+    instead of the overlay when it cannot be computed (a heat map is a help, never a reason to lose the page)."""
+    shown, captions = [rgb], [name]
+    if gradcam:
+        try:
+            over, explained = app_state.gradcam_overlay(clf, sha256, "original", rgb)
+        except Exception as exc:
+            return shown, captions, f"Grad-CAM unavailable ({type(exc).__name__}: {exc})."
+        shown.append(over)
+        captions.append(f"Grad-CAM for '{explained}'")
+    return shown, captions, ""
 
 
 def missing_samples_note(found: int, missing: int, root) -> str:
