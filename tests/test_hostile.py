@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from hematovision.imaging.decode import ImageError, ImageLimits, decode_image
+from hematovision.imaging.decode import ImageError, decode_image
+from hematovision.imaging.limits import ImageLimits
 from hematovision.imaging.sources import ArchiveLimits, display_name, iter_paths, iter_uploads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,7 +394,7 @@ def test_exif_rotation_and_multipage_note():
 
 def test_limits_come_from_the_environment():
     code = (
-        "from hematovision.imaging.decode import DEFAULT_LIMITS as I; from hematovision.imaging.sources import "
+        "from hematovision.imaging.limits import DEFAULT_LIMITS as I; from hematovision.imaging.sources import "
         "DEFAULT_ARCHIVE_LIMITS as A; "
         "print(I.max_pixels, I.max_bytes, I.min_side, A.max_members, A.max_total_bytes, A.max_member_bytes)"
     )

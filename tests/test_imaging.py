@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from hematovision.imaging.decode import ImageError, ImageLimits, decode_image, resize_for_model, sniff_format
+from hematovision.imaging.decode import ImageError, decode_image, resize_for_model, sniff_format
+from hematovision.imaging.limits import ImageLimits
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF"])

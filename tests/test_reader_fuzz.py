@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import image_bytes
-from hematovision.imaging.decode import ImageError, ImageLimits, decode_image
+from hematovision.imaging.decode import ImageError, decode_image
+from hematovision.imaging.limits import ImageLimits
 from hematovision.imaging.sources import ArchiveLimits, iter_uploads
 
 SMALL = ImageLimits(max_bytes=2_000_000, max_pixels=4_000_000)

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .decode import DEFAULT_LIMITS, ImageError, ImageLimits, env_int, human_bytes, sniff_format, too_large_reason
+from .decode import ImageError, sniff_format
+from .limits import DEFAULT_LIMITS, ImageLimits, env_int, human_bytes, too_large_reason
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff")
 # Pictures we cannot read: in a folder they still get a row saying so, rather than vanish.

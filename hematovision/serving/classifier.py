@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import model_dir as default_model_dir
-from ..imaging.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, thumbnail
+from ..imaging.decode import ImageError, decode_image, thumbnail
 from ..imaging.framing import model_input
+from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
 from ..imaging.sources import ImageInput
 from ..modeling import persistence
 from . import litert

@@ -46,8 +46,9 @@ import numpy as np
 from ..config import data_root
 from ..data import datasets as ds
 from ..data import layout
-from ..imaging.decode import env_int, read_rgb
+from ..imaging.decode import read_rgb
 from ..imaging.framing import model_input
+from ..imaging.limits import env_int
 from ..modeling import persistence
 from ..modeling.persistence import LITERT_FILE, ModelError
 
