@@ -179,7 +179,7 @@ def save_model(network, card: ModelCard, model_dir: Path) -> ModelCard:
 
 def load_keras_model(model_dir: Path, card: ModelCard | None = None):
     """Load ``model.keras``, checking it against the card's sha256 first."""
-    import keras
+    import keras  # TensorFlow-class library: imported only when a network is used
 
     model_dir = Path(model_dir)
     card = card or load_card(model_dir)

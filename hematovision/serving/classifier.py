@@ -151,7 +151,7 @@ class Classifier:
         if self._runtime is not None:
             return np.asarray(self._runtime(batch), dtype=np.float64)
         if self._fn is None:
-            import tensorflow as tf
+            import tensorflow as tf  # only the Keras backend needs TensorFlow; LiteRT serving never imports it
 
             net = self.network
             spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)

@@ -42,7 +42,7 @@ class GradCam:
         logits_layer: str = LOGITS_LAYER,
         framing: str = "full",
     ):
-        import keras
+        import keras  # TensorFlow-class library: imported only when a network is used
 
         self.input_size = input_size
         self.framing = framing
@@ -52,7 +52,7 @@ class GradCam:
 
     def __call__(self, rgb: np.ndarray, class_index: int | None = None) -> HeatMap:
         """The heat map for an RGB uint8 image; ``class_index`` defaults to the predicted class."""
-        import tensorflow as tf
+        import tensorflow as tf  # TensorFlow-class library: imported only when a network is used
 
         rgb = np.asarray(rgb)
         x = model_input(rgb, self.input_size, self.framing) if self.input_size else rgb

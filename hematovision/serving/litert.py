@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib.metadata as md
 import logging
 import os
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,7 @@ class LiteRTRuntime:
         self._lock = threading.Lock()
 
     def _new_interpreter(self, threads: int):
+        # The interpreter loads its native runtime: imported only when a flat-buffer is served.
         from ai_edge_litert.interpreter import Interpreter
 
         with _native_stderr_quiet():  # the runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line
@@ -166,8 +169,6 @@ class LiteRTRuntime:
             if ways == 1:
                 return self._run_fixed(self._interp, batch)
             if len(self._extra) < self.parallel - 1:
-                from concurrent.futures import ThreadPoolExecutor
-
                 share = max(1, self.num_threads // self.parallel)
                 self._extra = [self._new_interpreter(share) for _ in range(self.parallel - 1)]
                 self._pool = ThreadPoolExecutor(self.parallel - 1, thread_name_prefix="litert")
@@ -206,7 +207,7 @@ def usable(model_dir: Path, card: persistence.ModelCard) -> tuple[bool, str]:
 
 def convert(network, input_size: int, batch: int | None = None) -> bytes:
     """The flat-buffer bytes of a Keras network at a fixed ``input_size`` (float32)."""
-    import tensorflow as tf
+    import tensorflow as tf  # export only: the LiteRT runtime never imports TensorFlow
 
     spec = tf.TensorSpec([batch, input_size, input_size, 3], tf.float32, name="image")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -223,7 +224,7 @@ def convert(network, input_size: int, batch: int | None = None) -> bytes:
 
 
 def keras_probabilities(network, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
-    import tensorflow as tf
+    import tensorflow as tf  # the check only: the LiteRT runtime never imports TensorFlow
 
     size = batch.shape[1]
     fn = tf.function(
@@ -346,8 +347,6 @@ def export_litert(
     if not diff <= tolerance:
         path.unlink(missing_ok=True)
         raise ModelError(f"LiteRT export of {model_dir} differs from Keras by {diff:.2e} (> {tolerance:.0e}); not kept")
-    import importlib.metadata as md
-
     libs = {}
     for pkg in ("ai-edge-litert", "tensorflow-cpu", "tensorflow"):
         try:

@@ -33,7 +33,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -
     (certainty that n = 80 labels cannot support); with ``smoothing = 1 / (n + 2)``, Laplace's
     rule of succession, the fitted confidence stays near what n correct answers justify.
     """
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # scipy.optimize is slow to import; only fitting a temperature needs it
 
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, int)

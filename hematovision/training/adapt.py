@@ -77,7 +77,7 @@ class AdaptResult:
 
 def feature_model(network):
     """The network up to the pooled features (shares weights with ``network``)."""
-    import keras
+    import keras  # TensorFlow-class library: imported only when a network is used
 
     return keras.Model(network.input, network.get_layer(POOL_LAYER).output, name="features")
 
@@ -216,7 +216,7 @@ def adapted_network(base_network, result: AdaptResult):
     Works for any network with the contract of :mod:`hematovision.modeling.network` (a ``logits``
     layer followed by the temperature and softmax), so tests can use tiny ones.
     """
-    import keras
+    import keras  # TensorFlow-class library: imported only when a network is used
 
     clone = keras.models.clone_model(base_network)
     clone.set_weights(base_network.get_weights())

@@ -230,7 +230,7 @@ def cache_features(
     Chunks already on disk are skipped, so an interrupted run resumes here.
     Decoding and augmentation run in threads beside the TensorFlow forward pass.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow-class library: loaded only when training runs
 
     path.mkdir(parents=True, exist_ok=True)
     fwd = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
