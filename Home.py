@@ -5,7 +5,7 @@ Declares the pages and the sidebar threshold once, so both apply everywhere.
 
 import streamlit as st
 
-from hematovision import app_state
+from hematovision.app import state as app_state
 
 st.set_page_config(page_title="HematoVision", page_icon="🩸", layout="wide")
 

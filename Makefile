@@ -1,11 +1,12 @@
 # `make run`: set up .venv and start the dashboard on the shipped model.
-# `make test`: set up .venv (and the test browser) and run the whole test suite.
+# `make test`: set up .venv (and the test browser), lint (ruff, configured in pyproject.toml), run the whole test suite.
+# `make lint`: ruff only.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast browser clean
+.PHONY: run test test-fast lint browser clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +20,10 @@ run: $(STAMP)
 browser:
 	bash scripts/install-browser.sh
 
-test: $(STAMP) browser
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

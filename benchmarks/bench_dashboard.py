@@ -74,7 +74,7 @@ def bench_classify(n: int) -> dict:
     from streamlit.delta_generator import DeltaGenerator
     from streamlit.testing.v1 import AppTest
 
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     seen: list[str] = []
     real_classify = Classifier.classify
@@ -182,7 +182,7 @@ def bench_evaluation(repeats: int) -> dict:
 def bench_browser(repeats: int) -> dict:
     from playwright.sync_api import expect, sync_playwright
 
-    from hematovision.devserver import dashboard, launch_chromium
+    from hematovision.app.devserver import dashboard, launch_chromium
 
     with dashboard(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")) as url:
         times = []
@@ -193,7 +193,7 @@ def bench_browser(repeats: int) -> dict:
                 page.goto(url, wait_until="domcontentloaded")
                 sidebar = page.get_by_test_id("stSidebar")
                 expect(sidebar.get_by_text("Review threshold (confidence)")).to_be_visible(timeout=60_000)
-                for i in range(repeats + 1):  # first visit is the warm-up
+                for _ in range(repeats + 1):  # first visit is the warm-up
                     t = time.perf_counter()
                     sidebar.get_by_text("Model evaluation").click()
                     expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_attached(timeout=60_000)
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     os.chdir(REPO)
     import json
 
-    from hematovision.persistence import machine_description
+    from hematovision.modeling.persistence import machine_description
 
     card = json.loads((REPO / "models" / "model_card.json").read_text())
     print(f"machine: {machine_description()}")
@@ -232,23 +232,38 @@ def main(argv=None) -> int:
         print("| step | seconds | images sent to the model |")
         print("|---|---:|---:|")
         print(f"| Home.py first run | {c['home_s']:.2f} | 0 |")
-        print(f"| switch to pages/classify.py (first render, model load included) | {c['classify_page_first_s']:.2f} | 0 |")
-        print(f"| upload {c['n']} images + run ({c['n'] / c['batch_s']:.1f} images/s) | {c['batch_s']:.2f} | {c['model_images_first']} |")
+        print(
+            f"| switch to pages/classify.py (first render, model load included) | {c['classify_page_first_s']:.2f} | "
+            f"0 |"
+        )
+        print(
+            f"| upload {c['n']} images + run ({c['n'] / c['batch_s']:.1f} images/s) | {c['batch_s']:.2f} | "
+            f"{c['model_images_first']} |"
+        )
         for label, s, k, p, shown in c["steps"]:
             print(f"| {label} | {s:.2f} | {k} (progress calls {p}; page says: {shown}) |")
         print(f"rows {c['rows']}, error rows {c['errors']}; hv_cache.inferred after upload {c['cache_inferred_first']}")
-        print(f"images sent to the model after the first run: {c['model_images_after_first']} (hv_cache.inferred delta {c['cache_inferred_after_first']})")
-        print(f"progress bar: {c['progress_calls']} st.progress calls during the batch run, first {c['progress_first']!r}, last {c['progress_last']!r}; "
-              f"progress elements in the final tree: {c['progress_in_tree_after_run']}")
+        print(
+            f"images sent to the model after the first run: {c['model_images_after_first']} (hv_cache.inferred delta "
+            f"{c['cache_inferred_after_first']})"
+        )
+        print(
+            f"progress bar: {c['progress_calls']} st.progress calls during the batch run, first "
+            f"{c['progress_first']!r}, last {c['progress_last']!r}; "
+            f"progress elements in the final tree: {c['progress_in_tree_after_run']}"
+        )
         e = bench_evaluation(a.eval_repeats)
         t = e["times"]
         print(f"\n== Evaluation page (AppTest), title {e['title']}, {e['plots']} plotly charts")
-        print(f"warm-up {e['warmup_s']:.2f} s; {len(t)} warm renders: median {statistics.median(t):.3f} s, max {max(t):.3f} s, min {min(t):.3f} s")
+        print(
+            f"warm-up {e['warmup_s']:.2f} s; {len(t)} warm renders: median {statistics.median(t):.3f} s, max "
+            f"{max(t):.3f} s, min {min(t):.3f} s"
+        )
         print("all: " + ", ".join(f"{x:.3f}" for x in t))
     if a.browser or a.browser_only:
         b = bench_browser(max(3, a.eval_repeats // 2))
         t = b["times"]
-        print(f"\n== Evaluation page (Chromium, click 'Model evaluation' -> confusion matrix visible)")
+        print("\n== Evaluation page (Chromium, click 'Model evaluation' -> confusion matrix visible)")
         print(f"warm-up {b['warmup_s']:.2f} s; {len(t)} warm: median {statistics.median(t):.3f} s, max {max(t):.3f} s")
         print("all: " + ", ".join(f"{x:.3f}" for x in t))
     return 0

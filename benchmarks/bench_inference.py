@@ -1,6 +1,7 @@
 """Inference benchmark: files on disk -> CSV through the CLI code path, against a per-image Keras baseline.
 
-    python benchmarks/bench_inference.py [--model DIR] [--images 1 100 2000] [--baseline 100] [--no-dashboard] [--write docs/performance.md]
+    python benchmarks/bench_inference.py [--model DIR] [--images 1 100 2000] [--baseline 100] [--no-dashboard]
+                                         [--write docs/performance.md]
 
 Images: real ones from the data root when present (Kaggle TEST and PBC JPEGs, copied
 to a temporary folder, repeated if more are asked for than exist), else synthetic
@@ -43,16 +44,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def prepare_images(dest: Path, n: int, data: str | None = None) -> str:
     """Write ``n`` images to ``dest``; returns a description of where they came from."""
-    from hematovision import datasets as ds
     from hematovision.config import data_root
+    from hematovision.data.layout import IMAGE_SUFFIXES, KAGGLE_DIR, PBC_DIR
 
     dest.mkdir(parents=True, exist_ok=True)
     root = data_root(data)
     files: list[Path] = []
-    if (root / ds.KAGGLE_DIR / "TEST").is_dir():
-        files += sorted(p for p in (root / ds.KAGGLE_DIR / "TEST").rglob("*") if p.suffix.lower() in ds.IMAGE_SUFFIXES)
-    if (root / ds.PBC_DIR).is_dir():
-        pbc = sorted(p for p in (root / ds.PBC_DIR).rglob("*") if p.suffix.lower() in ds.IMAGE_SUFFIXES)
+    if (root / KAGGLE_DIR / "TEST").is_dir():
+        files += sorted(p for p in (root / KAGGLE_DIR / "TEST").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if (root / PBC_DIR).is_dir():
+        pbc = sorted(p for p in (root / PBC_DIR).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         files += pbc[:: max(1, len(pbc) // max(n, 1))][:max(n // 2, 1)]  # spread over the classes
     if files:
         # interleave the two sources so any prefix has both
@@ -62,10 +63,12 @@ def prepare_images(dest: Path, n: int, data: str | None = None) -> str:
         for k in range(n):
             src = mixed[k % len(mixed)]
             shutil.copyfile(src, dest / f"{k:05d}{src.suffix.lower()}")
-        return f"real images from {root} (Kaggle TEST {sum(1 for f in mixed[:n] if f in kag)}, PBC {sum(1 for f in mixed[:n] if f in pb)} of the first {min(n, len(mixed))}; repeated past {len(mixed)})"
+        n_kag, n_pbc = sum(1 for f in mixed[:n] if f in kag), sum(1 for f in mixed[:n] if f in pb)
+        return (f"real images from {root} (Kaggle TEST {n_kag}, PBC {n_pbc} of the first {min(n, len(mixed))}; "
+                f"repeated past {len(mixed)})")
     from PIL import Image
 
-    from hematovision.litert import generated_images
+    from hematovision.serving.litert import generated_images
 
     gen = generated_images(64, seed=1)
     for k in range(n):
@@ -92,7 +95,7 @@ def _rss_mib() -> float:
 
 def worker_classify(model: str, folder: str, out: str, backend: str) -> dict:
     from hematovision import cli
-    from hematovision import inference
+    from hematovision.serving import classifier as inference
 
     if backend != "auto":  # force a backend through the same CLI code path
         orig = inference.Classifier.load.__func__
@@ -102,12 +105,19 @@ def worker_classify(model: str, folder: str, out: str, backend: str) -> dict:
     rc = cli.main(["classify", folder, "--out", out, "--quiet", "--model", model])
     dt = time.perf_counter() - t0
     used = inference.Classifier.load(model).backend if backend == "auto" else backend
-    return {"rc": rc, "n": n, "seconds": dt, "rss_mib": _rss_mib(), "backend": used, "tensorflow_imported": "tensorflow" in sys.modules}
+    return {
+        "rc": rc,
+        "n": n,
+        "seconds": dt,
+        "rss_mib": _rss_mib(),
+        "backend": used,
+        "tensorflow_imported": "tensorflow" in sys.modules,
+    }
 
 
 def worker_latency(model: str, folder: str, repeats: int) -> dict:
-    from hematovision.inference import Classifier
-    from hematovision.sources import iter_paths
+    from hematovision.imaging.sources import iter_paths
+    from hematovision.serving.classifier import Classifier
 
     clf = Classifier.load(model)
     files = sorted(Path(folder).iterdir())
@@ -118,15 +128,19 @@ def worker_latency(model: str, folder: str, repeats: int) -> dict:
         list(clf.classify([item]))
         if k >= 3:  # warm-up excluded
             times.append(time.perf_counter() - t0)
-    return {"median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * sorted(times)[int(0.9 * (len(times) - 1))], "backend": clf.backend}
+    return {
+        "median_ms": 1000 * statistics.median(times),
+        "p90_ms": 1000 * sorted(times)[int(0.9 * (len(times) - 1))],
+        "backend": clf.backend,
+    }
 
 
 def worker_baseline(model: str, folder: str) -> dict:
     import numpy as np
 
-    from hematovision import persistence
-    from hematovision.framing import model_input
-    from hematovision.imaging import decode_image
+    from hematovision.imaging.decode import decode_image
+    from hematovision.imaging.framing import model_input
+    from hematovision.modeling import persistence
 
     card = persistence.load_card(Path(model))
     net = persistence.load_keras_model(Path(model), card)
@@ -144,7 +158,8 @@ def worker_batchcmp(model: str, tmp: str) -> dict:
     """Network-only images/s of the exported batch-1 flat-buffer vs a dynamic-batch one (why batch 1 is exported)."""
     import numpy as np
 
-    from hematovision import litert, persistence
+    from hematovision.modeling import persistence
+    from hematovision.serving import litert
 
     card = persistence.load_card(Path(model))
     net = persistence.load_keras_model(Path(model), card)
@@ -183,8 +198,24 @@ def cli_cold_start(model: str, image: Path, tmp: Path, repeats: int = 3) -> list
     out = []
     for k in range(repeats):
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "hematovision", "classify", str(image), "--out", str(tmp / f"cold{k}.csv"), "--quiet", "--model", model],
-                           cwd=REPO, env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hematovision",
+                "classify",
+                str(image),
+                "--out",
+                str(tmp / f"cold{k}.csv"),
+                "--quiet",
+                "--model",
+                model,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         out.append(time.perf_counter() - t0)
         if r.returncode != 0:
             raise RuntimeError(r.stderr)
@@ -193,7 +224,7 @@ def cli_cold_start(model: str, image: Path, tmp: Path, repeats: int = 3) -> list
 
 def dashboard_cold_start(model: str, timeout: float = 90.0) -> float | None:
     """Seconds from launching ``streamlit run Home.py`` until its health check answers (``None`` if it never does)."""
-    from hematovision.devserver import dashboard
+    from hematovision.app.devserver import dashboard
 
     if shutil.which("streamlit", path=str(Path(sys.executable).parent)) is None:
         return None
@@ -212,18 +243,35 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="data root for real images (default: $HEMATOVISION_DATA or ../shared/data)")
     p.add_argument("--images", type=int, nargs="+", default=[1, 100, 2000], help="batch sizes to time end to end")
     p.add_argument("--baseline", type=int, default=100, help="images for the per-image model.predict baseline")
-    p.add_argument("--keras-batched", action="store_true", help="also time the largest size with the Keras backend (batched)")
+    p.add_argument(
+        "--keras-batched", action="store_true", help="also time the largest size with the Keras backend (batched)"
+    )
     p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--no-dashboard", action="store_true")
-    p.add_argument("--compare-parallel", action="store_true", help="also time the largest size with one 2-thread interpreter instead of two 1-thread ones")
-    p.add_argument("--compare-batch", action="store_true", help="also time a dynamic-batch flat-buffer against the exported batch-1 one (network only)")
+    p.add_argument(
+        "--compare-parallel",
+        action="store_true",
+        help="also time the largest size with one 2-thread interpreter instead of two 1-thread ones",
+    )
+    p.add_argument(
+        "--compare-batch",
+        action="store_true",
+        help="also time a dynamic-batch flat-buffer against the exported batch-1 one (network only)",
+    )
     p.add_argument("--write", help="write the results as Markdown to this file (e.g. docs/performance.md)")
-    p.add_argument("--from-json", help="only re-render saved results (the JSON each run leaves in the temp dir) with --write")
+    p.add_argument(
+        "--from-json", help="only re-render saved results (the JSON each run leaves in the temp dir) with --write"
+    )
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         kind, *rest = a.worker
-        fn = {"classify": worker_classify, "latency": lambda m, f, r: worker_latency(m, f, int(r)), "baseline": worker_baseline, "batchcmp": worker_batchcmp}[kind]
+        fn = {
+            "classify": worker_classify,
+            "latency": lambda m, f, r: worker_latency(m, f, int(r)),
+            "baseline": worker_baseline,
+            "batchcmp": worker_batchcmp,
+        }[kind]
         print(json.dumps(fn(*rest)))
         return 0
 
@@ -234,13 +282,20 @@ def main(argv=None) -> int:
             Path(a.write).write_text(markdown(res))
         return 0
     from hematovision.config import model_dir
-    from hematovision.persistence import load_card, machine_description
+    from hematovision.modeling.persistence import load_card, machine_description
 
     model = str(model_dir(a.model))
     card = load_card(Path(model))
     sizes = sorted(set(a.images))
-    res: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_description(), "model": model, "version": card.version, "input_size": card.input_size,
-                 "python": sys.version.split()[0], "load_avg_before": os.getloadavg()}
+    res: dict = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine_description(),
+        "model": model,
+        "version": card.version,
+        "input_size": card.input_size,
+        "python": sys.version.split()[0],
+        "load_avg_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory(prefix="hv-bench-") as tmpd:
         tmp = Path(tmpd)
         res["images"] = prepare_images(tmp / "all", max(sizes + [a.baseline]), a.data)
@@ -255,20 +310,38 @@ def main(argv=None) -> int:
             r = _child("classify", model, str(subset(tmp / "all", n, tmp / f"n{n}")), str(tmp / f"out{n}.csv"), "auto")
             r["images_per_s"] = r["n"] / r["seconds"]
             rows.append(r)
-            print(f"classify {n:5d} [{r['backend']}]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s, peak RSS {r['rss_mib']:.0f} MiB", file=sys.stderr)
+            print(
+                f"classify {n:5d} [{r['backend']}]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s, peak RSS "
+                f"{r['rss_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
         res["classify"] = rows
         if a.keras_batched:
             n = sizes[-1]
             r = _child("classify", model, str(tmp / f"n{n}"), str(tmp / f"outk{n}.csv"), "keras")
             r["images_per_s"] = r["n"] / r["seconds"]
             res["classify_keras_batched"] = r
-            print(f"classify {n:5d} [keras batched]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s, peak RSS {r['rss_mib']:.0f} MiB", file=sys.stderr)
+            print(
+                f"classify {n:5d} [keras batched]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s, peak RSS "
+                f"{r['rss_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
         if a.compare_parallel:
             n = sizes[-1]
-            r = _child("classify", model, str(tmp / f"n{n}"), str(tmp / f"outp{n}.csv"), "auto", env_extra={"HEMATOVISION_LITERT_PARALLEL": "1"})
+            r = _child(
+                "classify",
+                model,
+                str(tmp / f"n{n}"),
+                str(tmp / f"outp{n}.csv"),
+                "auto",
+                env_extra={"HEMATOVISION_LITERT_PARALLEL": "1"},
+            )
             r["images_per_s"] = r["n"] / r["seconds"]
             res["classify_single_interpreter"] = r
-            print(f"classify {n:5d} [one interpreter, 2 threads]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s", file=sys.stderr)
+            print(
+                f"classify {n:5d} [one interpreter, 2 threads]: {r['seconds']:.2f} s, {r['images_per_s']:.1f} img/s",
+                file=sys.stderr,
+            )
         res["latency"] = _child("latency", model, str(tmp / "all"), str(a.latency_repeats))
         print(f"latency: {res['latency']}", file=sys.stderr)
         b1 = _child("baseline", model, bdir)
@@ -276,7 +349,11 @@ def main(argv=None) -> int:
         base["images_per_s"] = base["n"] / base["seconds"]
         base["runs_images_per_s"] = [b0["n"] / b0["seconds"], b1["n"] / b1["seconds"]]
         res["baseline"] = base
-        print(f"baseline model.predict per image: {base['images_per_s']:.1f} img/s ({1000 / base['images_per_s']:.0f} ms/img)", file=sys.stderr)
+        print(
+            f"baseline model.predict per image: {base['images_per_s']:.1f} img/s ({1000 / base['images_per_s']:.0f} "
+            f"ms/img)",
+            file=sys.stderr,
+        )
         one = sorted((tmp / "all").iterdir())[0]
         res["cli_cold_start_s"] = cli_cold_start(model, one, tmp)
         print(f"CLI cold start: {res['cli_cold_start_s']}", file=sys.stderr)
@@ -296,26 +373,51 @@ def main(argv=None) -> int:
 
 def table(res: dict) -> str:
     base = res["baseline"]["images_per_s"]
-    lines = ["| measurement | backend | images | seconds | images/s | × baseline | peak RSS (MiB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| measurement | backend | images | seconds | images/s | × baseline | peak RSS (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in res["classify"]:
-        lines.append(f"| CLI classify, files → CSV | {r['backend']} | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
+        lines.append(
+            f"| CLI classify, files → CSV | {r['backend']} | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} "
+            f"| {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |"
+        )
     if "classify_single_interpreter" in res:
         r = res["classify_single_interpreter"]
-        lines.append(f"| CLI classify, files → CSV | litert, one interpreter × 2 XNNPACK threads (before) | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
+        lines.append(
+            f"| CLI classify, files → CSV | litert, one interpreter × 2 XNNPACK threads (before) | {r['n']} | "
+            f"{r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |"
+        )
     if "classify_keras_batched" in res:
         r = res["classify_keras_batched"]
-        lines.append(f"| CLI classify, files → CSV | keras (batched) | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |")
+        lines.append(
+            f"| CLI classify, files → CSV | keras (batched) | {r['n']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} "
+            f"| {r['images_per_s'] / base:.1f} | {r['rss_mib']:.0f} |"
+        )
     b = res["baseline"]
     runs = b.get("runs_images_per_s")
-    lines.append(f"| baseline: `model.predict` per image{' (faster of runs before/after: ' + ' / '.join(f'{v:.1f}' for v in runs) + ' img/s)' if runs else ''} | keras | {b['n']} | {b['seconds']:.2f} | {base:.1f} | 1.0 | {b['rss_mib']:.0f} |")
+    lines.append(
+        f"| baseline: `model.predict` per "
+        f"image{' (faster of runs before/after: ' + ' / '.join(f'{v:.1f}' for v in runs) + ' img/s)' if runs else ''} "
+        f"| keras | {b['n']} | {b['seconds']:.2f} | {base:.1f} | 1.0 | {b['rss_mib']:.0f} |"
+    )
     lat = res["latency"]
     cold = res["cli_cold_start_s"]
-    lines += ["", "| latency / start-up | value |", "|---|---:|",
-              f"| per-image latency, one image at a time ({lat['backend']}), median / p90 | {lat['median_ms']:.1f} ms / {lat['p90_ms']:.1f} ms |",
-              f"| baseline per-image latency (`model.predict`) | {1000 / base:.1f} ms |",
-              f"| CLI cold start to first prediction (`python -m hematovision classify one.jpg`), median of {len(cold)} | {statistics.median(cold):.2f} s (runs: {', '.join(f'{c:.2f}' for c in cold)}) |"]
+    lines += [
+        "",
+        "| latency / start-up | value |",
+        "|---|---:|",
+        f"| per-image latency, one image at a time ({lat['backend']}), median / p90 | {lat['median_ms']:.1f} ms / "
+        f"{lat['p90_ms']:.1f} ms |",
+        f"| baseline per-image latency (`model.predict`) | {1000 / base:.1f} ms |",
+        f"| CLI cold start to first prediction (`python -m hematovision classify one.jpg`), median of {len(cold)} | "
+        f"{statistics.median(cold):.2f} s (runs: {', '.join(f'{c:.2f}' for c in cold)}) |",
+    ]
     d = res.get("dashboard_cold_start_s")
-    lines.append(f"| dashboard cold start (`streamlit run Home.py` until /_stcore/health is 200) | {'not measured' if d is None else f'{d:.2f} s'} |")
+    lines.append(
+        f"| dashboard cold start (`streamlit run Home.py` until /_stcore/health is 200) | "
+        f"{'not measured' if d is None else f'{d:.2f} s'} |"
+    )
     if res.get("batch_compare"):
         lines += ["", "| LiteRT network only (random input, best of 3 × 64 images) | images/s |", "|---|---:|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in res["batch_compare"].items()]
@@ -327,24 +429,33 @@ def markdown(res: dict) -> str:
     base = res["baseline"]["images_per_s"]
     cold = statistics.median(res["cli_cold_start_s"])
     rss = [r["rss_mib"] for r in res["classify"]]
+    load_before = ", ".join(f"{v:.1f}" for v in res["load_avg_before"])
+    load_after = ", ".join(f"{v:.1f}" for v in res["load_avg_after"])
+    litert_note = (" (model.tflite via ai_edge_litert, XNNPACK: two single-threaded interpreters, "
+                   "each running half of every batch)")
+    served = litert_note if big["backend"] == "litert" else ""
+    n_big, ratio = big["n"], big["images_per_s"] / base
+    throughput_met = "met" if ratio >= 15 else "NOT met"
+    rss_mib = ", ".join(f"{r:.0f}" for r in rss)
+    rss_images = ", ".join(str(r["n"]) for r in res["classify"])
     return f"""# Inference performance
 
-Measured with `benchmarks/bench_inference.py` on {res.get('when', '')}.
+Measured with `benchmarks/bench_inference.py` on {res.get("when", "")}.
 
-- Machine: {res['machine']}; load average {', '.join(f'{v:.1f}' for v in res['load_avg_before'])} before and {', '.join(f'{v:.1f}' for v in res['load_avg_after'])} after (other jobs were sharing the CPU).
-- Model: `{res['version']}` ({res['input_size']} px), served by `{big['backend']}`{' (model.tflite via ai_edge_litert, XNNPACK: two single-threaded interpreters, each running half of every batch)' if big['backend'] == 'litert' else ''}.
-- Images: {res['images']}.
-- Python {res['python']}.
+- Machine: {res["machine"]}; load average {load_before} before and {load_after} after (other jobs were sharing the CPU).
+- Model: `{res["version"]}` ({res["input_size"]} px), served by `{big["backend"]}`{served}.
+- Images: {res["images"]}.
+- Python {res["python"]}.
 
 {table(res)}
 
 ## Against the issue's bars
 
-- {big['n']}-image throughput vs the per-image `model.predict` baseline: **{big['images_per_s'] / base:.1f}×** (bar: ≥ 15×) — {'met' if big['images_per_s'] / base >= 15 else 'NOT met'}.
-- CLI cold start to first prediction: **{cold:.2f} s** (bar: ≤ 1.5 s) — {'met' if cold <= 1.5 else 'NOT met'}.
+- {n_big}-image throughput vs the per-image `model.predict` baseline: **{ratio:.1f}×** (bar: ≥ 15×) — {throughput_met}.
+- CLI cold start to first prediction: **{cold:.2f} s** (bar: ≤ 1.5 s) — {"met" if cold <= 1.5 else "NOT met"}.
 - Same predictions as Keras: the LiteRT flat-buffer is checked against the Keras model at export
   (`max_abs_diff` in `models/model_card.json` → `litert`; bar 1e-4) and in `tests/test_litert.py`.
-- Peak resident memory per run: {', '.join(f'{r:.0f}' for r in rss)} MiB for {', '.join(str(r['n']) for r in res['classify'])} images — bounded
+- Peak resident memory per run: {rss_mib} MiB for {rss_images} images — bounded
   (images are decoded a batch at a time; it does not grow with the number of images).
 
 Why a batch-1 flat-buffer: the exported `model.tflite` has a fixed input of `[1, S, S, 3]` and

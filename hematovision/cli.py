@@ -11,8 +11,30 @@ import csv
 import json
 import logging
 import os
+import shlex
 import sys
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import data_root, model_dir
+from .data import fields
+from .data.labeled import labeled_from_path
+from .evaluation import shift_suite
+from .evaluation.evaluate import evaluate_labeled, evaluate_model_on_test_sets, summary_lines
+from .imaging.framing import FRAMINGS
+from .imaging.sources import iter_paths
+from .modeling import persistence
+from .modeling.network import INPUT_NORMS
+from .reports.tables import columns, neutralise
+from .review.store import ReviewDBError, ReviewStore, db_path
+from .serving.classifier import Classifier
+from .serving.litert import check_images, export_litert
+from .training import loso, recipe
+from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
+from .training.recipe import AUGMENT_RECIPES, TrainConfig, refit_config
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
@@ -22,101 +44,232 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .model import INPUT_NORMS  # a constant; TensorFlow is imported only inside model's functions
-
-    p = argparse.ArgumentParser(prog="python -m hematovision", description="HematoVision: white-blood-cell classification (research and education use, not diagnosis).")
+    p = argparse.ArgumentParser(
+        prog="python -m hematovision",
+        description="HematoVision: white-blood-cell classification (research and education use, not diagnosis).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("classify", help="classify images, folders and zip archives into a CSV report")
-    c.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG, BMP, TIFF), folders (recursive) or .zip archives")
+    c.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files (JPEG, PNG, BMP, TIFF), folders (recursive) or .zip archives",
+    )
     c.add_argument("--out", required=True, help="CSV report to write ('-' for standard output)")
-    c.add_argument("--threshold", type=float, help="flag predictions whose confidence is below this (default: the model's)")
+    c.add_argument(
+        "--threshold", type=float, help="flag predictions whose confidence is below this (default: the model's)"
+    )
     c.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="evaluate a model on the test sets, or on a labeled folder/zip")
-    e.add_argument("path", nargs="?", help="a folder of class folders or a .zip of them (default: the recorded test sets)")
+    e.add_argument(
+        "path", nargs="?", help="a folder of class folders or a .zip of them (default: the recorded test sets)"
+    )
     e.add_argument("--model", help="model directory (default: the shipped models/)")
     e.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
-    e.add_argument("--out", help="JSON report for PATH (default: print only); the test-set evaluation always writes evaluation.json beside the model")
+    e.add_argument(
+        "--out",
+        help="JSON report for PATH (default: print only); the test-set evaluation always writes evaluation.json "
+             "beside the model",
+    )
     e.add_argument("--predictions", help="with PATH: also write per-image predictions to this CSV")
 
     t = sub.add_parser("train", help="train, calibrate and evaluate a new model (resumable)")
     t.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
     t.add_argument("--out", required=True, help="new model directory to write")
     t.add_argument("--name", help="model name, the first part of its version (default: the --out folder's name)")
-    t.add_argument("--work", help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with the same one to resume")
-    t.add_argument("--input-size", type=int, default=192, help="square input side in pixels (default 192; see docs/performance.md for why not 224)")
+    t.add_argument(
+        "--work",
+        help="working directory for the feature cache and checkpoints (default: .cache/train-<out name>); rerun with "
+             "the same one to resume",
+    )
+    t.add_argument(
+        "--input-size",
+        type=int,
+        default=192,
+        help="square input side in pixels (default 192; see docs/performance.md for why not 224)",
+    )
     t.add_argument("--max-epochs", type=int, default=14)
-    t.add_argument("--refit", action="store_true", help="the shipped recipe: an early-stopped run on the validation split chooses the epochs and calibrates; then the same recipe is refitted on train and validation images (see docs/kaggle-fields.md)")
-    t.add_argument("--refit-from", metavar="MODEL_DIR", help="refit: train the same recipe on train and validation images for the fine-tuning epochs this early-stopped model kept, and ship with its temperature and threshold")
-    t.add_argument("--patience", type=int, default=3, help="fine-tuning epochs without a better validation loss before stopping (default 3; the best epoch is kept)")
-    t.add_argument("--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards")
-    t.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
+    t.add_argument(
+        "--refit",
+        action="store_true",
+        help="the shipped recipe: an early-stopped run on the validation split chooses the epochs and calibrates; "
+             "then the same recipe is refitted on train and validation images (see docs/kaggle-fields.md)",
+    )
+    t.add_argument(
+        "--refit-from",
+        metavar="MODEL_DIR",
+        help="refit: train the same recipe on train and validation images for the fine-tuning epochs this "
+             "early-stopped model kept, and ship with its temperature and threshold",
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="fine-tuning epochs without a better validation loss before stopping (default 3; the best epoch is kept)",
+    )
+    t.add_argument(
+        "--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards"
+    )
+    t.add_argument(
+        "--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)"
+    )
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
-    t.add_argument("--augment", choices=["robust", "strong", "baseline", "stain_invariant"],
-                   help="augmentation recipe (default: strong; the shipped model uses stain_invariant; see docs/generalisation.md)")
-    t.add_argument("--views", help="augmented views cached per training image and source, e.g. kaggle=2,pbc=4 (default kaggle=2,pbc=2)")
-    t.add_argument("--input-norm", choices=INPUT_NORMS, default="none", help="per-image colour layer inside the model: channel standardisation or background white balance (default: none; both measured worse, docs/generalisation.md)")
-    t.add_argument("--framing", choices=["cell", "cell_any_stain", "full"], default="cell",
-                   help="cell: a square around the nucleus located by B - G (default); cell_any_stain: the same, falling back to the "
-                        "densest stain where B - G finds none; full: the whole image")
-    t.add_argument("--cache", default=".cache/features", help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)")
-    t.add_argument("--loso", action="store_true", help="also run leave-one-source-out validation (baseline and strong_cell) and record it in the new model")
+    t.add_argument(
+        "--augment",
+        choices=sorted(AUGMENT_RECIPES),
+        help="augmentation recipe (default: strong; the shipped model uses stain_invariant; docs/generalisation.md)",
+    )
+    t.add_argument(
+        "--views",
+        help="augmented views cached per training image and source, e.g. kaggle=2,pbc=4 (default kaggle=2,pbc=2)",
+    )
+    t.add_argument(
+        "--input-norm",
+        choices=INPUT_NORMS,
+        default="none",
+        help="per-image colour layer inside the model: channel standardisation or background white balance (default: "
+             "none; both measured worse, docs/generalisation.md)",
+    )
+    t.add_argument(
+        "--framing",
+        choices=list(FRAMINGS),
+        default="cell",
+        help="cell: a square around the nucleus located by B - G (default); cell_any_stain: the same, falling back to "
+             "the densest stain where B - G finds none; full: the whole image",
+    )
+    t.add_argument(
+        "--cache",
+        default=".cache/features",
+        help="feature cache shared by runs, keyed by what decides the features (default: .cache/features)",
+    )
+    t.add_argument(
+        "--loso",
+        action="store_true",
+        help="also run leave-one-source-out validation (baseline and strong_cell) and record it in the new model",
+    )
 
-    lo = sub.add_parser("loso", help="leave-one-source-out validation of the training recipe: train on one source, test on the other (resumable)")
+    lo = sub.add_parser(
+        "loso",
+        help="leave-one-source-out validation of the training recipe: train on one source, test on the other "
+             "(resumable)",
+    )
     lo.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
-    lo.add_argument("--work", default=".cache/loso", help="working directory; rerun with the same one to resume (default: .cache/loso)")
-    lo.add_argument("--cache", default=".cache/features", help="feature cache shared with training runs (default: .cache/features)")
-    lo.add_argument("--variants", default="baseline,robust", help="comma-separated: baseline (no robustness measures), robust, strong, strong_norm, strong_cell (see docs/generalisation.md)")
+    lo.add_argument(
+        "--work",
+        default=".cache/loso",
+        help="working directory; rerun with the same one to resume (default: .cache/loso)",
+    )
+    lo.add_argument(
+        "--cache", default=".cache/features", help="feature cache shared with training runs (default: .cache/features)"
+    )
+    lo.add_argument(
+        "--variants",
+        default="baseline,robust",
+        help="comma-separated: baseline (no robustness measures), robust, strong, strong_norm, strong_cell (see "
+             "docs/generalisation.md)",
+    )
     lo.add_argument("--max-epochs", type=int, default=14)
-    lo.add_argument("--views", help="augmented views per training image and source, e.g. kaggle=2,pbc=4 (as the trained model's, to share its cache)")
+    lo.add_argument(
+        "--views",
+        help="augmented views per training image and source, e.g. kaggle=2,pbc=4 (as the trained model's)",
+    )
     lo.add_argument("--input-size", type=int, default=192)
-    lo.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)")
-    lo.add_argument("--adaptation", default="5,10,20,50", help="labeled images per class for the adaptation curve on the last variant's models ('' to skip)")
+    lo.add_argument(
+        "--limit-per-class", type=int, default=0, help="use at most N images per source, split and class (smoke runs)"
+    )
+    lo.add_argument(
+        "--adaptation",
+        default="5,10,20,50",
+        help="labeled images per class for the adaptation curve on the last variant's models ('' to skip)",
+    )
     lo.add_argument("--draws", type=int, default=3, help="draws of labeled images per point of the adaptation curve")
-    lo.add_argument("--seed", type=int, help="training seed (default: the recipe's); with another --work, repeats measure run-to-run noise")
-    lo.add_argument("--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card")
+    lo.add_argument(
+        "--seed",
+        type=int,
+        help="training seed (default: the recipe's); with another --work, repeats measure run-to-run noise",
+    )
+    lo.add_argument(
+        "--record", metavar="MODEL_DIR", help="write the results into this model's evaluation.json and model card"
+    )
 
-    a = sub.add_parser("adapt", help="adapt a model to your laboratory from labeled images; saved as a new model version, never over the original")
-    a.add_argument("path", nargs="?", help="a folder of class folders or a .zip of them (e.g. eosinophil/*.jpg, lymphocyte/*.jpg, ...)")
-    a.add_argument("--from-reviews", action="store_true", help="use the review queue's confirmed and reclassified images (see --review-db) instead of PATH")
-    a.add_argument("--review-db", help="review database (default: $HEMATOVISION_REVIEW_DB or <user data dir>/reviews.sqlite3)")
+    a = sub.add_parser(
+        "adapt",
+        help="adapt a model to your laboratory from labeled images; saved as a new model version, never over the "
+             "original",
+    )
+    a.add_argument(
+        "path",
+        nargs="?",
+        help="a folder of class folders or a .zip of them (e.g. eosinophil/*.jpg, lymphocyte/*.jpg, ...)",
+    )
+    a.add_argument(
+        "--from-reviews",
+        action="store_true",
+        help="use the review queue's confirmed and reclassified images (see --review-db) instead of PATH",
+    )
+    a.add_argument(
+        "--review-db", help="review database (default: $HEMATOVISION_REVIEW_DB or <user data dir>/reviews.sqlite3)"
+    )
     a.add_argument("--name", required=True, help="name of the new model version (letters, digits, '.', '_', '-')")
     a.add_argument("--model", help="model to adapt (default: $HEMATOVISION_MODEL or the shipped models/)")
-    a.add_argument("--out", help="folder for the new version (default: <user data dir>/models/<name>, listed by the dashboard)")
+    a.add_argument(
+        "--out", help="folder for the new version (default: <user data dir>/models/<name>, listed by the dashboard)"
+    )
     a.add_argument("--views", type=int, default=8, help="augmented views per labeled image (default 8)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    x = sub.add_parser("export-litert", help="export model.keras to model.tflite (LiteRT) for fast serving, check it and record it in the card")
+    x = sub.add_parser(
+        "export-litert",
+        help="export model.keras to model.tflite (LiteRT) for fast serving, check it and record it in the card",
+    )
     x.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
-    x.add_argument("--data", help="data root for check images (default: $HEMATOVISION_DATA or ../shared/data; generated images if absent)")
-    x.add_argument("--check-images", type=int, default=16, help="real test images per test set to compare Keras and LiteRT on")
+    x.add_argument(
+        "--data",
+        help="data root for check images (default: $HEMATOVISION_DATA or ../shared/data; generated images if absent)",
+    )
+    x.add_argument(
+        "--check-images", type=int, default=16, help="real test images per test set to compare Keras and LiteRT on"
+    )
 
-    ss = sub.add_parser("stain-suite", help="accuracy and per-class recall of a model under severe stain and camera shifts of the test images "
-                        "(the validation that predicts other laboratories; docs/generalisation.md)")
-    ss.add_argument("--model", action="append", required=True, help="model directory (repeat to compare; the first one's split manifest picks the images)")
+    ss = sub.add_parser(
+        "stain-suite",
+        help="accuracy and per-class recall of a model under severe stain and camera shifts of the test images "
+             "(the validation that predicts other laboratories; docs/generalisation.md)",
+    )
+    ss.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="model directory (repeat to compare; the first one's split manifest picks the images)",
+    )
     ss.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
-    ss.add_argument("--kaggle-stride", type=int, default=0, help="use every N-th Kaggle TEST image (default: shift_suite.KAGGLE_STRIDE)")
+    ss.add_argument("--kaggle-stride", type=int, default=0, help="use every N-th Kaggle TEST image (default: 6)")
     ss.add_argument("--out", help="write the reports (a JSON list, one per model) here")
-    ss.add_argument("--record", action="store_true", help="also write each model's report into its evaluation.json and model card")
+    ss.add_argument("--record", action="store_true", help="write each report into its model's evaluation.json and card")
 
-    f = sub.add_parser("fields", help="find which Kaggle images are copies of one smear field (the unit the validation split keeps whole) and write or check the field table")
+    f = sub.add_parser(
+        "fields",
+        help="find which Kaggle images are copies of one smear field (the unit the validation split keeps whole) and "
+             "write or check the field table",
+    )
     f.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
     f.add_argument("--out", help="field table to write (default: the committed hematovision/kaggle_fields.csv)")
-    f.add_argument("--check", action="store_true", help="rebuild and compare with the committed table instead of writing; exit 1 if they differ")
+    f.add_argument(
+        "--check",
+        action="store_true",
+        help="rebuild and compare with the committed table instead of writing; exit 1 if they differ",
+    )
     f.add_argument("--workers", type=int, default=2, help="processes (one class folder each; default 2)")
     return p
 
 
 def cmd_fields(args) -> int:
-    from collections import Counter
-
-    from . import fields
-    from .config import data_root
-
     root = data_root(args.data)
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
@@ -146,10 +299,6 @@ def cmd_fields(args) -> int:
 
 
 def cmd_export_litert(args) -> int:
-    from . import persistence
-    from .config import model_dir
-    from .litert import check_images, export_litert
-
     mdir = model_dir(args.model)
     try:
         persistence.load_card(mdir)
@@ -157,19 +306,15 @@ def cmd_export_litert(args) -> int:
         rec = export_litert(mdir, images, desc)
     except persistence.ModelError as exc:
         raise UsageError(str(exc)) from None
-    print(f"written {mdir / rec['file']} (sha256 {rec['sha256'][:12]}, input {rec['input_shape']}); "
-          f"max abs difference from Keras {rec['max_abs_diff']:.2e} on {rec['check_images']} (tolerance {rec['tolerance']:.0e}); card updated")
+    print(
+        f"written {mdir / rec['file']} (sha256 {rec['sha256'][:12]}, input {rec['input_shape']}); "
+        f"max abs difference from Keras {rec['max_abs_diff']:.2e} on {rec['check_images']} (tolerance "
+        f"{rec['tolerance']:.0e}); card updated"
+    )
     return 0
 
 
 def cmd_classify(args) -> int:
-    from tqdm import tqdm
-
-    from . import persistence
-    from .inference import Classifier
-    from .report import columns, neutralise
-    from .sources import iter_paths
-
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be between 0 and 1 (got {args.threshold})")
     if args.batch_size < 1:
@@ -183,7 +328,7 @@ def cmd_classify(args) -> int:
         raise UsageError(str(exc)) from None
     threshold = clf.default_threshold if args.threshold is None else args.threshold
     cols = columns(clf.classes_) + ["threshold", "model_version"]
-    fh = sys.stdout if out_path is None else open(out_path, "w", newline="")
+    fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
     n = errors = flagged = 0
     try:
         w = csv.writer(fh)
@@ -201,16 +346,14 @@ def cmd_classify(args) -> int:
     finally:
         if out_path is not None:
             fh.close()
-    print(f"{n} images: {n - errors} classified ({flagged} flagged below {threshold:.3f}), {errors} errors -> {args.out}", file=sys.stderr)
+    print(
+        f"{n} images: {n - errors} classified ({flagged} flagged below {threshold:.3f}), {errors} errors -> {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from . import persistence
-    from .config import model_dir
-    from .evaluation import evaluate_labeled, evaluate_model_on_test_sets, labeled_from_path, summary_lines
-    from .inference import Classifier
-
     mdir = model_dir(args.model)
     try:
         persistence.load_card(mdir)
@@ -224,7 +367,6 @@ def cmd_evaluate(args) -> int:
             print(line)
         print(f"written: {mdir / persistence.EVALUATION_FILE}, {mdir / persistence.PREDICTIONS_FILE}")
         return 0
-    from tqdm import tqdm
 
     path = Path(args.path)
     clf = Classifier.load(mdir)
@@ -259,60 +401,57 @@ def _views(text: str | None, default: dict) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .config import data_root
-    from .training import TrainConfig, train_command
-
     root = data_root(args.data)
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
     out = Path(args.out)
     work = Path(args.work) if args.work else Path(".cache") / f"train-{out.name}"
-    cfg = TrainConfig(input_size=args.input_size, max_epochs=args.max_epochs, first_trainable_block=args.first_trainable_block,
-                      limit_per_split=args.limit_per_class, sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
+    cfg = TrainConfig(
+        input_size=args.input_size,
+        max_epochs=args.max_epochs,
+        first_trainable_block=args.first_trainable_block,
+        limit_per_split=args.limit_per_class,
+        sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
+    )
     cfg.input_norm = args.input_norm
     cfg.framing = args.framing
     cfg.patience = args.patience
     if args.augment:
-        from .training import AUGMENT_RECIPES
-
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     cfg.views_per_image = _views(args.views, cfg.views_per_image)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
     if refit_from is not None:
-        from . import persistence
-        from .training import refit_config
-
         if not (refit_from / persistence.CARD_FILE).is_file():
             raise UsageError(f"--refit-from: no model card in {refit_from}")
         try:
             refit_config(refit_from, cfg)
         except ValueError as exc:
             raise UsageError(f"--refit-from: {exc}") from exc
-    train_command(out, work, cfg, root, evaluate=not args.no_evaluate, cache_root=Path(args.cache), name=args.name, refit_from=refit_from, refit=args.refit)
-    import shlex
-
-    from . import persistence
+    recipe.train_command(
+        out,
+        work,
+        cfg,
+        root,
+        evaluate=not args.no_evaluate,
+        cache_root=Path(args.cache),
+        name=args.name,
+        refit_from=refit_from,
+        refit=args.refit,
+    )
 
     command = "python -m hematovision " + shlex.join(args.argv)
     persistence.update_card(out, lambda c: c.training.__setitem__("command", command))
     if args.loso:
-        from . import loso
-
-        results = loso.run_loso(work / "loso", cfg, root, cache_root=Path(args.cache), variants=("baseline", "strong_cell"))
+        results = loso.run_loso(
+            work / "loso", cfg, root, cache_root=Path(args.cache), variants=("baseline", "strong_cell")
+        )
         loso.record_in_model(out, loso.summary(results, cfg))
         print(loso.table(results))
     return 0
 
 
 def cmd_adapt(args) -> int:
-    from tqdm import tqdm
-
-    from . import persistence
-    from .adapt import AdaptConfig, adapt_labeled
-    from .config import model_dir
-    from .evaluation import labeled_from_path
-
     base = model_dir(args.model)
     try:
         card = persistence.load_card(base)
@@ -321,9 +460,6 @@ def cmd_adapt(args) -> int:
     if args.from_reviews == bool(args.path):
         raise UsageError("give either PATH (a folder or zip of class folders) or --from-reviews")
     if args.from_reviews:
-        from .adapt import labeled_from_reviews
-        from .review import ReviewDBError, ReviewStore, db_path
-
         dbp = db_path(args.review_db)
         if not dbp.is_file():
             raise UsageError(f"no review database at {dbp}: review some images first, or pass --review-db")
@@ -340,29 +476,33 @@ def cmd_adapt(args) -> int:
     logging.basicConfig(level=logging.WARNING)
     bar = tqdm(total=len(labeled.inputs), desc="adapt", unit="img", disable=args.quiet, file=sys.stderr)
     try:
-        res = adapt_labeled(base, labeled, args.name, Path(args.out) if args.out else None, AdaptConfig(views=args.views), source=source,
-                            progress=lambda k, n: bar.update(k - bar.n))
+        res = adapt_labeled(
+            base,
+            labeled,
+            args.name,
+            Path(args.out) if args.out else None,
+            AdaptConfig(views=args.views),
+            source=source,
+            progress=lambda k, n: bar.update(k - bar.n),
+        )
     except (ValueError, FileExistsError) as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
     for name, reason in res.skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    print(f"{res.version}: adapted from {res.parent} on {sum(res.counts.values())} images {res.counts}; "
-          f"cross-fitted accuracy {res.crossfit_accuracy:.1%}, temperature {res.temperature:.3f}, threshold {res.threshold:.3f}, "
-          f"{res.seconds:.0f} s -> {res.path}")
+    print(
+        f"{res.version}: adapted from {res.parent} on {sum(res.counts.values())} images {res.counts}; "
+        f"cross-fitted accuracy {res.crossfit_accuracy:.1%}, temperature {res.temperature:.3f}, threshold "
+        f"{res.threshold:.3f}, "
+        f"{res.seconds:.0f} s -> {res.path}"
+    )
     if res.note:
         print(f"note: {res.note}", file=sys.stderr)
     return 0
 
 
 def cmd_loso(args) -> int:
-    from dataclasses import asdict
-
-    from . import loso
-    from .config import data_root
-    from .training import TrainConfig
-
     root = data_root(args.data)
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
@@ -392,9 +532,6 @@ def cmd_loso(args) -> int:
 
 
 def cmd_stain_suite(args) -> int:
-    from . import shift_suite
-    from .config import data_root
-
     root = data_root(args.data)
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
@@ -413,8 +550,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in what a command writes (the model card)
     try:
-        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert, "fields": cmd_fields,
-                "stain-suite": cmd_stain_suite}[args.command](args)
+        return {
+            "classify": cmd_classify,
+            "evaluate": cmd_evaluate,
+            "train": cmd_train,
+            "loso": cmd_loso,
+            "adapt": cmd_adapt,
+            "export-litert": cmd_export_litert,
+            "fields": cmd_fields,
+            "stain-suite": cmd_stain_suite,
+        }[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,15 +1,16 @@
 """Classify page: upload images (or zips), see one row per image, filter, summarise, download.
 
-Thin by design: caching, filtering and summaries live in ``hematovision.batching``.
+Thin by design: caching, filtering and summaries live in ``hematovision.app.batching``, the table's
+columns, the figures and reviews from the detail view in ``hematovision.app.results``.
 """
 
-from dataclasses import replace
-
-import plotly.express as px
 import streamlit as st
 
-from hematovision import app_state, batching, report, review, samples
-from hematovision.imaging import decode_image
+from hematovision.app import batching, results, samples
+from hematovision.app import state as app_state
+from hematovision.config import data_root
+from hematovision.imaging.decode import decode_image
+from hematovision.review import store as review
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
 
@@ -18,7 +19,10 @@ app_state.disclaimer()
 
 clf = app_state.get_classifier()
 if clf is None:
-    st.info("Train a model with `python -m hematovision train`, or set `HEMATOVISION_MODEL` to a model folder, then reload this page.")
+    st.info(
+        "Train a model with `python -m hematovision train`, or set `HEMATOVISION_MODEL` to a model folder, then "
+        "reload this page."
+    )
     st.stop()
 
 classes = list(clf.classes_)
@@ -38,15 +42,13 @@ st.file_uploader(
     help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified.",
 )
 c1, c2, _ = st.columns([1, 1, 3])
-if c1.button("Load sample images", help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv"):
-    found, missing = samples.load_samples()
-    if found:
-        batch.set_samples(found)
-    if missing:
-        from hematovision.config import data_root
-
-        st.warning(f"{len(missing)} of {len(missing) + len(found)} sample images are missing. "
-                   + samples.HOW_TO_GET_DATA.format(root=data_root()))
+if c1.button(
+    "Load sample images",
+    help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv",
+):
+    note = results.load_samples(batch, data_root())  # what is missing, if anything
+    if note:
+        st.warning(note)
 if batch and c2.button("Clear results"):
     batch.clear()
     st.rerun()
@@ -55,7 +57,10 @@ if not batch:
     st.info("Upload images or load the sample images to start.")
     st.stop()
 if batch.uploaded and not st.session_state.get("hv_uploader"):
-    st.caption(f"Showing your last upload ({len(batch.uploaded)} files). Upload new files to replace it, or press *Clear results*.")
+    st.caption(
+        f"Showing your last upload ({len(batch.uploaded)} files). Upload new files to replace it, or press *Clear "
+        f"results*."
+    )
 
 entries = batch.entries()
 todo = len(batching.pending(entries, cache, clf.version))
@@ -69,12 +74,9 @@ preds, thumbs = batching.assemble(entries, cache, clf.version)
 frame = batching.results_frame(preds, thumbs, classes, threshold)
 # Flagged predictions go to the review queue (SQLite); decisions made there come back as columns.
 store = app_state.review_store()
-decisions = {}
 if store is not None:
     app_state.queue_batch_for_review(store, clf, threshold)
-    decisions = {sha: d for (sha, _), d in store.current(clf.version).items()}
-frame = report.with_reviews(frame, decisions)
-frame["model_version"] = clf.version  # which model version made each prediction (sidebar picker)
+frame, decisions = results.with_decisions(frame, store, clf.version)
 
 # ---------------------------------------------------------------- summary
 summary = batching.summarise(frame, classes)
@@ -83,8 +85,12 @@ m = st.columns(5)
 m[0].metric("Images", summary.n_images)
 m[1].metric("Classified", summary.n_classified)
 m[2].metric("Flagged for review", summary.n_flagged, help=f"Confidence below the threshold {threshold:.3f} (sidebar)")
-m[3].metric("Reviewed", summary.n_reviewed, help="Confirmed or corrected by a person (Review page or the detail view below). "
-            "Counts use the final class: the reviewed one where there is one.")
+m[3].metric(
+    "Reviewed",
+    summary.n_reviewed,
+    help="Confirmed or corrected by a person (Review page or the detail view below). "
+    "Counts use the final class: the reviewed one where there is one.",
+)
 m[4].metric("Errors", summary.n_errors)
 if summary.n_unusable:
     st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")
@@ -94,15 +100,15 @@ s1.dataframe(summary.differential, hide_index=True, column_config={
     "count": st.column_config.NumberColumn("Count"),
     "percent": st.column_config.NumberColumn("Percent", format="%.1f%%"),
 })
-fig = px.bar(summary.differential, x="class", y="count", text="count", title="Class distribution (final classes)")
-fig.update_layout(height=300, margin=dict(t=40, b=10))
-s2.plotly_chart(fig, width="stretch")
+s2.plotly_chart(results.differential_figure(summary.differential), width="stretch")
 
 # ---------------------------------------------------------------- filters + table
 st.subheader("Results")
 f1, f2, f3, f4 = st.columns([3, 1, 1, 2])
 # Defaults go into session state (not the widgets), so Home.py can keep them across page switches.
-app_state.init_state({"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)})
+app_state.init_state(
+    {"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)}
+)
 chosen = f1.multiselect("Predicted class", classes, key="hv_filter_classes")
 flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
 show_errors = f3.checkbox("Show errors", key="hv_show_errors")
@@ -110,22 +116,7 @@ conf = f4.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range")
 view = batching.filter_frame(frame, batching.Filters(tuple(chosen), flagged_only, tuple(conf), show_errors))
 st.caption(f"{len(view)} of {len(frame)} rows shown · threshold {threshold:.3f} · model `{clf.version}`")
 
-col_cfg = {
-    "thumbnail": st.column_config.ImageColumn("Image", width="small"),
-    "file": st.column_config.TextColumn("File"),
-    "predicted_class": st.column_config.TextColumn("Predicted class"),
-    "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
-    "flagged": st.column_config.CheckboxColumn("Flagged"),
-    "error": st.column_config.TextColumn("Error"),
-    "final_class": st.column_config.TextColumn("Final class", help="The reviewed class where there is one, else the prediction"),
-    "reviewed_class": st.column_config.TextColumn("Reviewed as"),
-    "reviewer": st.column_config.TextColumn("Reviewer"),
-    "reviewed_at": st.column_config.TextColumn("Reviewed at (UTC)"),
-    "model_version": st.column_config.TextColumn("Model version", help="The model version that made the prediction (Model versions page)"),
-}
-col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
-order = ["thumbnail", "file", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes], "flagged",
-         "reviewed_class", "reviewer", "reviewed_at", "error", "model_version"]
+col_cfg, order = results.table_columns(classes)
 st.dataframe(view, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
 
 # ---------------------------------------------------------------- download
@@ -152,22 +143,16 @@ except Exception as exc:  # shown as text, never as a traceback
     d1.warning(f"Could not display this image ({type(exc).__name__}).")
 if rgb is not None:
     app_state.init_state({"hv_detail_gradcam": False})
-    show_cam = d1.toggle("Grad-CAM heat map", key="hv_detail_gradcam", help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.")
-    shown = [rgb]
-    captions = [frame.at[pick, "file"]]
-    if show_cam:
-        try:
-            over, explained = app_state.gradcam_overlay(clf, sha, "original", rgb)
-            shown.append(over)
-            captions.append(f"Grad-CAM for '{explained}'")
-        except Exception as exc:  # a heat map is a help, never a reason to lose the page
-            d1.warning(f"Grad-CAM unavailable ({type(exc).__name__}: {exc}).")
+    show_cam = d1.toggle(
+        "Grad-CAM heat map",
+        key="hv_detail_gradcam",
+        help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.",
+    )
+    shown, captions, cam_warning = results.detail_images(clf, sha, rgb, frame.at[pick, "file"], show_cam)
+    if cam_warning:
+        d1.warning(cam_warning)
     d1.image(shown, caption=captions, width=260 if show_cam else "stretch")
-probs = [{"class": c, "probability": float(frame.at[pick, f"p_{c}"])} for c in classes]
-fig = px.bar(probs, x="probability", y="class", orientation="h", range_x=[0, 1], text_auto=".3f",
-             title=f"Predicted: {frame.at[pick, 'predicted_class']} ({frame.at[pick, 'confidence']:.3f})")
-fig.update_layout(height=300, margin=dict(t=40, b=10))
-d2.plotly_chart(fig, width="stretch")
+d2.plotly_chart(results.probability_figure(frame, pick, classes), width="stretch")
 truth = samples.labels().get(frame.at[pick, "file"]) if batch.samples else None
 if truth:
     d2.caption(f"Sample image; class given by the dataset: **{truth}**")
@@ -178,15 +163,22 @@ if frame.at[pick, "flagged"]:
 if store is not None:
     current = decisions.get(sha)
     with d2.form("hv_detail_review", clear_on_submit=True, border=True):
-        st.markdown("**Review this image**" + (f" — currently **{current.reviewed_class}** by {current.reviewer or 'anonymous'}" if current else ""))
+        st.markdown(
+            "**Review this image**"
+            + (f" — currently **{current.reviewed_class}** by {current.reviewer or 'anonymous'}" if current else "")
+        )
         choices = classes + [review.UNUSABLE]
-        verdict = st.selectbox("Reviewed class", choices, index=choices.index(frame.at[pick, "predicted_class"]),
-                               format_func=lambda c: "not a white cell / unusable" if c == review.UNUSABLE else c, key=f"hv_detail_class_{sha[:16]}")
+        verdict = st.selectbox(
+            "Reviewed class",
+            choices,
+            index=choices.index(frame.at[pick, "predicted_class"]),
+            format_func=lambda c: "not a white cell / unusable" if c == review.UNUSABLE else c,
+            key=f"hv_detail_class_{sha[:16]}",
+        )
         who = st.text_input("Reviewer", value=st.session_state.get("hv_reviewer", ""), key="hv_detail_reviewer")
         note = st.text_input("Note (optional)", key="hv_detail_note")
         if st.form_submit_button("Save review"):
-            p = replace(preds[pick], flagged=bool(frame.at[pick, "flagged"]))
-            review.queue_with_images(store, [(p, entries[pick].data or b"")], classes, clf.version, threshold)
-            store.decide(sha, clf.version, verdict, who, note)
+            results.save_review(store, preds[pick], entries[pick].data, frame.at[pick, "flagged"], classes, clf.version,
+                                threshold, verdict, who, note)
             st.session_state["hv_reviewer"] = who
             st.rerun()

@@ -1,6 +1,6 @@
 """Model evaluation: how well the shipped model does on held-out test sets, and on your own labeled images.
 
-Thin page: every figure is built by :mod:`hematovision.eval_views` from the report
+Thin page: every figure is built by :mod:`hematovision.app.eval_views` from the report
 dict, so what is shown is what ``evaluation.json`` (or the live report) says.
 """
 
@@ -11,11 +11,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from hematovision import app_state, persistence
-from hematovision import calibration as cal
-from hematovision import eval_views as ev
+from hematovision.app import eval_views as ev
+from hematovision.app import state as app_state
 from hematovision.config import data_root
-from hematovision.evaluation import evaluate_labeled, labeled_from_csv, labeled_from_zip
+from hematovision.data.labeled import labeled_from_csv, labeled_from_zip
+from hematovision.evaluation.evaluate import evaluate_labeled
+from hematovision.modeling import persistence
+from hematovision.stats import calibration as cal
 
 USER_SETS = "eval_user_sets"  # {key: {"report": dict, "frame": DataFrame}} added this session
 SET_KEY = "eval_set"
@@ -66,11 +68,15 @@ def upload_section(classes: list[str]) -> None:
     name = st.text_input("Name for this set", value="My labeled images", key="eval_upload_name")
     zip_tab, csv_tab = st.tabs(["Zip of class folders", "Images + CSV of labels"])
     with zip_tab:
-        zf = st.file_uploader("A .zip whose folders are named after the classes (e.g. lymphocyte/img1.png)", type=["zip"], key="eval_zip")
+        zf = st.file_uploader(
+            "A .zip whose folders are named after the classes (e.g. lymphocyte/img1.png)", type=["zip"], key="eval_zip"
+        )
         if st.button("Evaluate the zip", disabled=zf is None, key="eval_zip_go"):
             add_user_set(name, labeled_from_zip(zf.name, zf.getvalue(), classes))
     with csv_tab:
-        imgs = st.file_uploader("Images", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], accept_multiple_files=True, key="eval_imgs")
+        imgs = st.file_uploader(
+            "Images", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], accept_multiple_files=True, key="eval_imgs"
+        )
         labels = st.file_uploader("CSV with columns file,label", type=["csv"], key="eval_csv")
         if st.button("Evaluate the images", disabled=not imgs or labels is None, key="eval_csv_go"):
             add_user_set(name, labeled_from_csv([(f.name, f.getvalue()) for f in imgs], labels.getvalue(), classes))
@@ -94,18 +100,36 @@ def threshold_section(s: dict) -> None:
     with right:
         cur = ev.point_at_threshold(s.get("risk_coverage", []), current)
         if cur and cur.get("accuracy_accepted") is not None:
-            st.markdown(f"At the current threshold **{current:.3f}**: {cur['accuracy_accepted']:.2%} accurate on accepted images, "
-                        f"{cur['flagged_share']:.1%} flagged for review (grid point {cur['threshold']:.3f}).")
-        target = st.number_input("Target accuracy on accepted images", min_value=0.5, max_value=1.0, value=0.99, step=0.001, format="%.3f", key="eval_target")
+            st.markdown(
+                f"At the current threshold **{current:.3f}**: {cur['accuracy_accepted']:.2%} accurate on accepted "
+                f"images, "
+                f"{cur['flagged_share']:.1%} flagged for review (grid point {cur['threshold']:.3f})."
+            )
+        target = st.number_input(
+            "Target accuracy on accepted images",
+            min_value=0.5,
+            max_value=1.0,
+            value=0.99,
+            step=0.001,
+            format="%.3f",
+            key="eval_target",
+        )
         chosen = cal.threshold_for_accuracy(s.get("risk_coverage", []), float(target))
         if chosen is None:
             st.warning("No threshold on this set reaches that accuracy on accepted images.")
         else:
             pt = ev.point_at_threshold(s["risk_coverage"], chosen)
-            st.markdown(f"Lowest threshold reaching {target:.1%}: **{chosen:.3f}** "
-                        f"({pt['accuracy_accepted']:.2%} accurate, {pt['flagged_share']:.1%} flagged).")
-            st.button(f"Use threshold {chosen:.3f} everywhere", key="eval_set_threshold", on_click=app_state.set_threshold, args=(chosen,),
-                      help="Sets the shared review threshold (the sidebar slider) for every page.")
+            st.markdown(
+                f"Lowest threshold reaching {target:.1%}: **{chosen:.3f}** "
+                f"({pt['accuracy_accepted']:.2%} accurate, {pt['flagged_share']:.1%} flagged)."
+            )
+            st.button(
+                f"Use threshold {chosen:.3f} everywhere",
+                key="eval_set_threshold",
+                on_click=app_state.set_threshold,
+                args=(chosen,),
+                help="Sets the shared review threshold (the sidebar slider) for every page.",
+            )
 
 
 def gallery_section(s: dict, key: str, user: dict | None) -> None:
@@ -149,7 +173,10 @@ app_state.disclaimer()
 report = app_state.get_evaluation()
 user_sets: dict = st.session_state.setdefault(USER_SETS, {})
 if report is None:
-    st.info("This model has no evaluation.json yet (run `python -m hematovision evaluate`). You can still evaluate your own labeled images below.")
+    st.info(
+        "This model has no evaluation.json yet (run `python -m hematovision evaluate`). You can still evaluate your "
+        "own labeled images below."
+    )
 
 options = ev.set_options(report, user_sets)
 if NEXT_SET in st.session_state:
@@ -162,8 +189,10 @@ if options:
     user = user_sets.get(key)
     s = user["report"] if user else report["sets"][key]
     if report and not user:
-        st.caption(f"Model {report.get('model_version', '?')} · temperature {report.get('temperature', float('nan')):.3f} · "
-                   f"source: {s.get('source', '?')}. These images were never used for training or tuning.")
+        st.caption(
+            f"Model {report.get('model_version', '?')} · temperature {report.get('temperature', float('nan')):.3f} · "
+            f"source: {s.get('source', '?')}. These images were never used for training or tuning."
+        )
 
     headline_section(s)
     summary = ev.per_cell_summary(s)
@@ -180,8 +209,20 @@ if options:
             with st.expander(f"{len(skipped)} files skipped (not evaluated)", expanded=True):
                 st.dataframe(skipped, hide_index=True)
         d1, d2 = st.columns(2)
-        d1.download_button("Download the report (JSON)", ev.report_json(s), file_name=f"{key}_evaluation.json", mime="application/json", key="eval_dl_json")
-        d2.download_button("Download per-image predictions (CSV)", ev.predictions_csv(user["frame"]), file_name=f"{key}_predictions.csv", mime="text/csv", key="eval_dl_csv")
+        d1.download_button(
+            "Download the report (JSON)",
+            ev.report_json(s),
+            file_name=f"{key}_evaluation.json",
+            mime="application/json",
+            key="eval_dl_json",
+        )
+        d2.download_button(
+            "Download per-image predictions (CSV)",
+            ev.predictions_csv(user["frame"]),
+            file_name=f"{key}_predictions.csv",
+            mime="text/csv",
+            key="eval_dl_csv",
+        )
 
     st.subheader("Confusion matrix and per-class figures")
     left, right = st.columns([3, 2])
@@ -189,8 +230,11 @@ if options:
         norm = st.toggle("Show each row as shares (recall)", key="eval_norm")
         st.plotly_chart(ev.confusion_figure(s, normalise=norm), key="eval_cm")
     with right:
-        st.dataframe(ev.per_class_table(s), hide_index=True,
-                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "f1")})
+        st.dataframe(
+            ev.per_class_table(s),
+            hide_index=True,
+            column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "f1")},
+        )
 
     left, right = st.columns(2)
     with left:

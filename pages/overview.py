@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from hematovision import DISCLAIMER, app_state
+from hematovision import DISCLAIMER
+from hematovision.app import state as app_state
 
 st.title("🩸 HematoVision")
 st.markdown(
@@ -51,11 +52,15 @@ c[3].metric("Temperature", f"{card.temperature:.2f}")
 st.markdown("**Classes:** " + ", ".join(f"`{x}`" for x in card.classes))
 st.caption(f"Model version `{card.version}` · {card.architecture}")
 if card.framing == "cell":
-    st.caption("Each image is first framed on its white cell: the nucleus is located by its stain and a square twice "
-               "its size is cut around it, so cells from differently cropped or magnified images reach the model at one scale.")
+    st.caption(
+        "Each image is first framed on its white cell: the nucleus is located by its stain and a square twice "
+        "its size is cut around it, so cells from differently cropped or magnified images reach the model at one scale."
+    )
 if card.threshold.get("target_accuracy") is not None:
-    st.caption(f"The default threshold was chosen on validation data to reach about "
-               f"{card.threshold['target_accuracy']:.0%} accuracy on accepted images.")
+    st.caption(
+        f"The default threshold was chosen on validation data to reach about "
+        f"{card.threshold['target_accuracy']:.0%} accuracy on accepted images."
+    )
 
 ev = app_state.get_evaluation()
 if not ev:
@@ -72,22 +77,36 @@ rows = []
 for key, s in ev.get("sets", {}).items():
     # Copies of one cell are not independent: where cells repeat, the interval resamples whole cells.
     ci = (s.get("per_cell") or {}).get("image_accuracy_ci95_by_cell") or s.get("accuracy_ci95") or [None, None]
-    rows.append({
-        "Test set": s.get("name", key),
-        "Images": s.get("n_images"),
-        "Accuracy": _pct(s.get("accuracy")),
-        "95% CI": f"{_pct(ci[0])} – {_pct(ci[1])}" if ci[0] is not None else "–",
-        "Macro F1": f"{s['macro_f1']:.3f}" if s.get("macro_f1") is not None else "–",
-        "ECE before calibration": f"{s['ece_before_calibration']:.3f}" if s.get("ece_before_calibration") is not None else "–",
-        "ECE after calibration": f"{s['ece_after_calibration']:.3f}" if s.get("ece_after_calibration") is not None else "–",
-        "ECE noise floor": f"{s['ece_floor']['median']:.3f}" if (s.get("ece_floor") or {}).get("median") is not None else "–",
-        "Per-cell accuracy": _pct(s["per_cell"].get("accuracy")) if s.get("per_cell") else "–",
-    })
+    rows.append(
+        {
+            "Test set": s.get("name", key),
+            "Images": s.get("n_images"),
+            "Accuracy": _pct(s.get("accuracy")),
+            "95% CI": f"{_pct(ci[0])} – {_pct(ci[1])}" if ci[0] is not None else "–",
+            "Macro F1": f"{s['macro_f1']:.3f}" if s.get("macro_f1") is not None else "–",
+            "ECE before calibration": f"{s['ece_before_calibration']:.3f}"
+            if s.get("ece_before_calibration") is not None
+            else "–",
+            "ECE after calibration": f"{s['ece_after_calibration']:.3f}"
+            if s.get("ece_after_calibration") is not None
+            else "–",
+            "ECE noise floor": f"{s['ece_floor']['median']:.3f}"
+            if (s.get("ece_floor") or {}).get("median") is not None
+            else "–",
+            "Per-cell accuracy": _pct(s["per_cell"].get("accuracy")) if s.get("per_cell") else "–",
+        }
+    )
 if rows:
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"Test set": st.column_config.TextColumn("Test set")})
-    st.caption("Held-out test sets, never used for training or threshold choice. ECE (expected calibration error) "
-               "measures how far confidence is from accuracy; lower is better; its noise floor is what a perfectly "
-               "calibrated model would read on a set of that size. Kaggle TEST images are augmented copies of cells, so "
-               "its interval resamples whole cells and the per-cell figure counts each cell once. Details on the "
-               "*Model evaluation* page.")
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        column_config={"Test set": st.column_config.TextColumn("Test set")},
+    )
+    st.caption(
+        "Held-out test sets, never used for training or threshold choice. ECE (expected calibration error) "
+        "measures how far confidence is from accuracy; lower is better; its noise floor is what a perfectly "
+        "calibrated model would read on a set of that size. Kaggle TEST images are augmented copies of cells, so "
+        "its interval resamples whole cells and the per-cell figure counts each cell once. Details on the "
+        "*Model evaluation* page."
+    )

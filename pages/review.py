@@ -1,7 +1,7 @@
 """Review page: flagged predictions, one at a time, confirmed or corrected by a person.
 
-Thin by design: the queue, decisions and filters live in ``hematovision.review``
-(SQLite, so decisions survive reloads and restarts); Grad-CAM in ``hematovision.gradcam``.
+Thin by design: the queue, decisions and filters live in ``hematovision.review.store``
+(SQLite, so decisions survive reloads and restarts); Grad-CAM in ``hematovision.serving.gradcam``.
 """
 
 from dataclasses import replace
@@ -9,8 +9,10 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from hematovision import app_state, batching, review
-from hematovision.imaging import decode_image
+from hematovision.app import batching
+from hematovision.app import state as app_state
+from hematovision.imaging.decode import decode_image
+from hematovision.review import store as review
 
 st.title("🧑‍🔬 Review queue")
 app_state.disclaimer()
@@ -30,18 +32,30 @@ if not versions:
     st.stop()
 
 # ---------------------------------------------------------------- filters
-STATUS = {"All": "all", "Unreviewed": "unreviewed", "Reviewed": "reviewed", "Reclassified": "reclassified", "Not a white cell / unusable": "unusable"}
+STATUS = {
+    "All": "all",
+    "Unreviewed": "unreviewed",
+    "Reviewed": "reviewed",
+    "Reclassified": "reclassified",
+    "Not a white cell / unusable": "unusable",
+}
 default_version = clf.version if clf is not None and clf.version in versions else versions[-1]
 app_state.init_state({"hv_review_status": "All", "hv_review_version": default_version, "hv_review_gradcam": True})
 if st.session_state["hv_review_version"] not in versions:
     st.session_state["hv_review_version"] = default_version
 f1, f2, f3 = st.columns([2, 3, 2])
-version = f1.selectbox("Model version", versions, key="hv_review_version",
-                       help="Decisions are kept per image and per model version: a new model's predictions are reviewed again.")
+version = f1.selectbox(
+    "Model version",
+    versions,
+    key="hv_review_version",
+    help="Decisions are kept per image and per model version: a new model's predictions are reviewed again.",
+)
 everything = store.items(version)
 classes = list(everything[0].classes) if everything else []
 app_state.init_state({"hv_review_classes": classes + [review.UNUSABLE]})
-st.session_state["hv_review_classes"] = [c for c in st.session_state["hv_review_classes"] if c in classes + [review.UNUSABLE]]
+st.session_state["hv_review_classes"] = [
+    c for c in st.session_state["hv_review_classes"] if c in classes + [review.UNUSABLE]
+]
 status = f3.selectbox("Show", list(STATUS), key="hv_review_status")
 chosen = f2.multiselect("Class (predicted or reviewed)", classes + [review.UNUSABLE], key="hv_review_classes")
 queue = review.select(everything, "all")
@@ -97,7 +111,14 @@ else:
             try:
                 over, explained = app_state.gradcam_overlay(clf, item.sha256, source, rgb)
                 c2.image(over, caption=f"Grad-CAM for '{explained}' (red: most evidence)", width="stretch")
-                c2.caption("Computed from the " + ("original image." if source == "original" else "stored 256-px thumbnail (the original is not kept)."))
+                c2.caption(
+                    "Computed from the "
+                    + (
+                        "original image."
+                        if source == "original"
+                        else "stored 256-px thumbnail (the original is not kept)."
+                    )
+                )
             except Exception as exc:  # a heat map is a help, never a reason to lose the page
                 c2.warning(f"Grad-CAM unavailable ({type(exc).__name__}: {exc}).")
         elif show_cam:
@@ -120,32 +141,85 @@ else:
     buttons = st.columns(len(item.classes) + 1)
     for k, c in enumerate(item.classes):
         label = f"✓ Confirm {c}" if c == item.predicted_class else f"Reclassify as {c}"
-        buttons[k].button(label, key=f"hv_decide_{c}", on_click=_decide, args=(item, c, pos, shown),
-                          type="primary" if c == item.predicted_class else "secondary", width="stretch")
-    buttons[-1].button("✗ Unusable", key="hv_decide_unusable", on_click=_decide, help="Not a white cell, or an unusable image",
-                       args=(item, review.UNUSABLE, pos, shown), width="stretch")
+        buttons[k].button(
+            label,
+            key=f"hv_decide_{c}",
+            on_click=_decide,
+            args=(item, c, pos, shown),
+            type="primary" if c == item.predicted_class else "secondary",
+            width="stretch",
+        )
+    buttons[-1].button(
+        "✗ Unusable",
+        key="hv_decide_unusable",
+        on_click=_decide,
+        help="Not a white cell, or an unusable image",
+        args=(item, review.UNUSABLE, pos, shown),
+        width="stretch",
+    )
 
     hist = store.history(item.sha256, item.model_version)
     if hist:
         with st.expander(f"History of this image ({len(hist)} decision(s))"):
-            st.dataframe([{"reviewed_at": d.reviewed_at, "reviewer": d.reviewer, "reviewed_class": d.reviewed_class,
-                           "action": d.action, "note": d.note} for d in hist], hide_index=True, width="stretch",
-                         column_config={"reviewed_at": "Reviewed at (UTC)", "reviewer": "Reviewer", "reviewed_class": "Reviewed as",
-                                        "action": "Action", "note": "Note"})
+            st.dataframe(
+                [
+                    {
+                        "reviewed_at": d.reviewed_at,
+                        "reviewer": d.reviewer,
+                        "reviewed_class": d.reviewed_class,
+                        "action": d.action,
+                        "note": d.note,
+                    }
+                    for d in hist
+                ],
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    "reviewed_at": "Reviewed at (UTC)",
+                    "reviewer": "Reviewer",
+                    "reviewed_class": "Reviewed as",
+                    "action": "Action",
+                    "note": "Note",
+                },
+            )
 
     # ------------------------------------------------------------ the queue as a table
     st.subheader("Queue")
-    st.dataframe([{"file": it.file, "predicted_class": it.predicted_class, "confidence": it.confidence, "status": it.status,
-                   "final_class": it.final_class, "reviewer": it.decision.reviewer if it.decision else "",
-                   "reviewed_at": it.decision.reviewed_at if it.decision else ""} for it in shown],
-                 hide_index=True, width="stretch", column_config={
-                     "file": "File", "predicted_class": "Predicted class", "status": "Status", "final_class": "Final class",
-                     "reviewer": "Reviewer", "reviewed_at": "Reviewed at (UTC)",
-                     "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f")})
+    st.dataframe(
+        [
+            {
+                "file": it.file,
+                "predicted_class": it.predicted_class,
+                "confidence": it.confidence,
+                "status": it.status,
+                "final_class": it.final_class,
+                "reviewer": it.decision.reviewer if it.decision else "",
+                "reviewed_at": it.decision.reviewed_at if it.decision else "",
+            }
+            for it in shown
+        ],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "file": "File",
+            "predicted_class": "Predicted class",
+            "status": "Status",
+            "final_class": "Final class",
+            "reviewer": "Reviewer",
+            "reviewed_at": "Reviewed at (UTC)",
+            "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
+        },
+    )
 
 # ---------------------------------------------------------------- export
 n_decisions = len(store.history())
-st.download_button(f"Download all reviews (CSV, {n_decisions} decision{'s' if n_decisions != 1 else ''})", review.export_csv(store),
-                   file_name="hematovision_reviews.csv", mime="text/csv", on_click="ignore", disabled=not n_decisions,
-                   help="Every decision ever recorded (an audit trail); `current` marks the one that counts for each image.")
+st.download_button(
+    f"Download all reviews (CSV, {n_decisions} decision{'s' if n_decisions != 1 else ''})",
+    review.export_csv(store),
+    file_name="hematovision_reviews.csv",
+    mime="text/csv",
+    on_click="ignore",
+    disabled=not n_decisions,
+    help="Every decision ever recorded (an audit trail); `current` marks the one that counts for each image.",
+)
 st.caption(f"Decisions are stored in `{store.path}`.")

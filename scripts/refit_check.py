@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hematovision import datasets as ds  # noqa: E402
-from hematovision import training as tr  # noqa: E402
 from hematovision.config import TRAINING_CLASSES  # noqa: E402
-from hematovision.inference import predict_logits_keras  # noqa: E402
+from hematovision.data import datasets as ds  # noqa: E402
+from hematovision.modeling.features import predict_logits_keras  # noqa: E402
+from hematovision.training import recipe as tr  # noqa: E402
 
 
 def with_inner_test(discover, fold: int, share: float = 0.2):
@@ -71,13 +71,13 @@ def main() -> None:
     cfg = tr.TrainConfig(max_epochs=20)
     t0 = time.time()
     sel = tr.fit(work / "selection", cfg, cache_root=args.cache)
-    inner = [i for i in sel["images"] if i.split == "inner_test"]
+    inner = [i for i in sel.images if i.split == "inner_test"]
     tr.export(sel, work / "selection-model", cfg, name="refit-check-selection")
     refit_cfg = tr.refit_config(work / "selection-model", cfg)
     ref = tr.fit(work / "refit", refit_cfg, cache_root=args.cache)
     res = {"fold": args.fold, "inner_images": len(inner), "inner_fields": len({i.group for i in inner}),
            "refit_epochs": refit_cfg.refit_finetune_epochs,
-           "selection": score(sel["network"], inner, cfg), "refit": score(ref["network"], inner, cfg),
+           "selection": score(sel.network, inner, cfg), "refit": score(ref.network, inner, cfg),
            "seconds": round(time.time() - t0)}
     (work / "result.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res))

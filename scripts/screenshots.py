@@ -27,8 +27,9 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from hematovision.app.devserver import dashboard, launch_chromium  # noqa: E402
 from hematovision.config import TRAINING_CLASSES, data_root  # noqa: E402
-from hematovision.devserver import dashboard, launch_chromium  # noqa: E402
+
 SHOTS = ROOT / "docs" / "screenshots"
 
 
@@ -71,7 +72,10 @@ def main() -> None:
 
             # Review: the samples flagged on Classify; if the model flagged none, raise the threshold to the top
             page.get_by_role("link", name="Review").first.click()
-            queued, empty = page.get_by_text(re.compile(r"^\d+ of \d+ reviewed$")), page.get_by_text("Nothing to review yet")
+            queued, empty = (
+                page.get_by_text(re.compile(r"^\d+ of \d+ reviewed$")),
+                page.get_by_text("Nothing to review yet"),
+            )
             expect(queued.or_(empty).first).to_be_visible()
             if empty.is_visible():
                 slider = page.locator("[data-testid=stSidebar] input[type=range]").first

@@ -1,4 +1,4 @@
-"""Accuracy of models on PBC test images under simulated laboratory shifts (hematovision.shifts).
+"""Accuracy of models on PBC test images under simulated laboratory shifts (hematovision.evaluation.shifts).
 
     .venv/bin/python scripts/shift_check.py --model models [--model OTHER_DIR ...] [--write docs/shift-check.md]
 
@@ -16,12 +16,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hematovision import datasets as ds  # noqa: E402
-from hematovision import metrics, persistence  # noqa: E402
 from hematovision.config import data_root  # noqa: E402
-from hematovision.imaging import read_rgb  # noqa: E402
-from hematovision.inference import Classifier  # noqa: E402
-from hematovision.shifts import SHIFTS  # noqa: E402
+from hematovision.data import datasets as ds  # noqa: E402
+from hematovision.evaluation.shifts import SHIFTS  # noqa: E402
+from hematovision.imaging.decode import read_rgb  # noqa: E402
+from hematovision.modeling import persistence  # noqa: E402
+from hematovision.serving.classifier import Classifier  # noqa: E402
+from hematovision.stats import metrics
 
 
 def main() -> int:
@@ -36,7 +37,11 @@ def main() -> int:
     rgbs = [read_rgb(i.path) for i in images]
     models = [Classifier.load(m) for m in a.model]
     labels = [np.array([m.classes_.index(i.label) for i in images]) for m in models]
-    head = "| shift | what it simulates | " + " | ".join(f"`{m.version}` ({m.card.framing} framing)" for m in models) + " |"
+    head = (
+        "| shift | what it simulates | "
+        + " | ".join(f"`{m.version}` ({m.card.framing} framing)" for m in models)
+        + " |"
+    )
     lines = [head, "|---|---|" + "---|" * len(models)]
     for shift in SHIFTS:
         shifted = [shift.apply(x) for x in rgbs]
@@ -49,7 +54,10 @@ def main() -> int:
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     if a.write:
-        Path(a.write).write_text(f"PBC test ({len(images)} images), measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n{table}\n")
+        Path(a.write).write_text(
+            f"PBC test ({len(images)} images), measured "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n{table}\n"
+        )
     print(table)
     return 0
 

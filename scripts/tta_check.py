@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hematovision import calibration  # noqa: E402
-from hematovision import datasets as ds  # noqa: E402
 from hematovision.config import data_root  # noqa: E402
-from hematovision.framing import model_input  # noqa: E402
-from hematovision.imaging import read_rgb  # noqa: E402
-from hematovision.inference import Classifier  # noqa: E402
+from hematovision.data import datasets as ds  # noqa: E402
+from hematovision.imaging.decode import read_rgb  # noqa: E402
+from hematovision.imaging.framing import model_input  # noqa: E402
+from hematovision.serving.classifier import Classifier  # noqa: E402
+from hematovision.stats import calibration  # noqa: E402
 
 
 def dihedral(batch: np.ndarray, k: int) -> np.ndarray:
@@ -54,9 +54,15 @@ def main() -> int:
         print(f"view {k} done", file=sys.stderr)
     views = np.stack(logits)
     print(f"{clf.version} on {args.split} ({len(images)} images)\n")
-    print("| combination | forward passes | " + " | ".join(f"{s} accuracy | {s} NLL" for s in sorted(set(source))) + " |")
+    print(
+        "| combination | forward passes | " + " | ".join(f"{s} accuracy | {s} NLL" for s in sorted(set(source))) + " |"
+    )
     print("|---|---:|" + "---:|---:|" * len(set(source)))
-    for name, n, lg in [("plain", 1, views[0]), ("4 rotations", 4, views[:4].mean(0)), ("4 rotations x 2 mirrors", 8, views.mean(0))]:
+    for name, n, lg in [
+        ("plain", 1, views[0]),
+        ("4 rotations", 4, views[:4].mean(0)),
+        ("4 rotations x 2 mirrors", 8, views.mean(0)),
+    ]:
         t = calibration.fit_temperature(lg, y)
         cells = []
         for s in sorted(set(source)):

@@ -44,11 +44,22 @@ def build_tiny_network(input_size: int = 32, temperature: float = 1.5):
 
 
 def make_tiny_model_dir(path: Path, input_size: int = 32, temperature: float = 1.5, threshold: float = 0.3) -> Path:
-    from hematovision import persistence
+    from hematovision.modeling import persistence
 
     net = build_tiny_network(input_size, temperature)
-    card = persistence.ModelCard(name="tiny-test-model", classes=list(CLASSES), input_size=input_size, temperature=temperature, default_threshold=threshold,
-                                 threshold={"target_accuracy": 0.99, "val_accuracy_accepted": 0.99, "val_coverage": 0.8, "val_flagged_share": 0.2})
+    card = persistence.ModelCard(
+        name="tiny-test-model",
+        classes=list(CLASSES),
+        input_size=input_size,
+        temperature=temperature,
+        default_threshold=threshold,
+        threshold={
+            "target_accuracy": 0.99,
+            "val_accuracy_accepted": 0.99,
+            "val_coverage": 0.8,
+            "val_flagged_share": 0.2,
+        },
+    )
     persistence.save_model(net, card, path)
     return path
 

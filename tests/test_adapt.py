@@ -8,17 +8,21 @@ import zipfile
 import numpy as np
 import pytest
 
-from hematovision.framing import FRAMING_REVISION
-
 from conftest import CLASSES, make_tiny_model_dir
-from hematovision import persistence, versions
-from hematovision.adapt import AdaptConfig, adapt_head, adapt_model, fit_head
 from hematovision.cli import main
+from hematovision.imaging.framing import FRAMING_REVISION
+from hematovision.modeling import persistence, versions
+from hematovision.training.adapt import AdaptConfig, adapt_head, adapt_model, fit_head
 
 
 def _blobs(n: int, seed: int = 0, size: int = 40):
     """Per class a distinct colour of blob on a light field: separable, as a lab's own cells would be."""
-    colours = {"eosinophil": (200, 60, 60), "lymphocyte": (40, 40, 160), "monocyte": (40, 150, 40), "neutrophil": (120, 40, 140)}
+    colours = {
+        "eosinophil": (200, 60, 60),
+        "lymphocyte": (40, 40, 160),
+        "monocyte": (40, 150, 40),
+        "neutrophil": (120, 40, 140),
+    }
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for c in CLASSES:
@@ -52,7 +56,7 @@ def test_adapt_head_is_deterministic_and_calibrated_on_crossfitted_logits():
     b = adapt_head(feats, y, w0, b0, CLASSES, AdaptConfig(steps=100))
     assert np.array_equal(a.weights, b.weights) and a.temperature == b.temperature
     assert a.temperature > 0 and 0.5 < a.crossfit_accuracy <= 1.0
-    assert a.counts == {c: 10 for c in CLASSES} and 0 <= a.threshold.threshold <= 1
+    assert a.counts == dict.fromkeys(CLASSES, 10) and 0 <= a.threshold.threshold <= 1
 
 
 def test_perfectly_separated_labels_do_not_calibrate_to_certainty():
@@ -75,14 +79,16 @@ def test_adapt_model_saves_a_new_version_and_never_touches_the_parent(tmp_path):
     card = persistence.load_card(out)
     parent = persistence.load_card(base)
     assert card.parent == parent.version and card.version != parent.version and card.name == "lab-a"
-    assert card.training["adaptation"]["labeled_counts"] == {c: 6 for c in CLASSES}
+    assert card.training["adaptation"]["labeled_counts"] == dict.fromkeys(CLASSES, 6)
     assert (base / "model.keras").read_bytes() == before
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     clf = Classifier.load(out, backend="keras")
     probs = clf.predict_proba(images)
     assert probs.shape == (24, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    assert (probs.argmax(1) == np.array([CLASSES.index(c) for c in labels])).mean() >= 0.9  # it learned the lab's classes
+    assert (
+        probs.argmax(1) == np.array([CLASSES.index(c) for c in labels])
+    ).mean() >= 0.9  # it learned the lab's classes
     with pytest.raises(FileExistsError):
         adapt_model(base, images, labels, out, "lab-a", AdaptConfig(views=1, steps=10), litert=False)
     with pytest.raises(ValueError, match="not classes"):
@@ -95,7 +101,15 @@ def test_versions_list_shipped_first_then_adapted_and_skip_partial(tmp_path):
     home = tmp_path / "home"
     shipped = make_tiny_model_dir(tmp_path / "shipped")
     images, labels = _blobs(3)
-    adapt_model(shipped, images, labels, versions.new_version_dir("lab-b", home), "lab-b", AdaptConfig(views=1, steps=20, folds=3), litert=False)
+    adapt_model(
+        shipped,
+        images,
+        labels,
+        versions.new_version_dir("lab-b", home),
+        "lab-b",
+        AdaptConfig(views=1, steps=20, folds=3),
+        litert=False,
+    )
     (versions.adapted_root(home) / "half.partial").mkdir()
     found = versions.list_versions(shipped, home)
     assert [v.shipped for v in found] == [True, False]
@@ -130,14 +144,14 @@ def test_cli_adapt_from_a_zip_with_a_broken_member(tmp_path, capsys):
 
 
 def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only(tmp_path, capsys):
-    from hematovision.inference import Prediction
-    from hematovision.review import UNUSABLE, ReviewStore, thumbnail_png
+    from hematovision.review.store import UNUSABLE, ReviewStore, thumbnail_png
+    from hematovision.serving.classifier import Prediction
 
     base = make_tiny_model_dir(tmp_path / "base")
     store = ReviewStore(tmp_path / "reviews.sqlite3")
     images, labels = _blobs(3)
     preds, thumbs = [], {}
-    for k, (img, lbl) in enumerate(zip(images, labels)):
+    for k, img in enumerate(images):
         sha = f"{k:064x}"
         preds.append(Prediction(f"cell{k}.png", "neutrophil", 0.5, (0.1, 0.1, 0.3, 0.5), True, "", sha))
         thumbs[sha] = thumbnail_png(img)
@@ -145,22 +159,38 @@ def test_adapt_from_review_decisions_uses_confirmed_and_reclassified_images_only
     for p, lbl in zip(preds, labels):
         store.decide(p.sha256, "tiny@1", lbl, "tester")  # confirms the neutrophils, reclassifies the rest
     store.decide(preds[0].sha256, "tiny@1", UNUSABLE, "tester")  # the latest decision wins: left out
-    from hematovision.adapt import labeled_from_reviews
+    from hematovision.training.adapt import labeled_from_reviews
 
     labeled = labeled_from_reviews(store, CLASSES)
     assert len(labeled.inputs) == 11 and labeled.labels.count("eosinophil") == 2
-    rc = main(["adapt", "--from-reviews", "--review-db", str(store.path), "--name", "from-reviews", "--model", str(base), "--views", "1", "--quiet"])
+    rc = main(
+        [
+            "adapt",
+            "--from-reviews",
+            "--review-db",
+            str(store.path),
+            "--name",
+            "from-reviews",
+            "--model",
+            str(base),
+            "--views",
+            "1",
+            "--quiet",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "on 11 images" in out
-    assert ("flags every prediction" in err) == (persistence.load_card(versions.adapted_root() / "from-reviews").default_threshold >= 0.999)
+    assert ("flags every prediction" in err) == (
+        persistence.load_card(versions.adapted_root() / "from-reviews").default_threshold >= 0.999
+    )
     assert main(["adapt", "--name", "nothing", "--model", str(base)]) == 2  # neither PATH nor --from-reviews
 
 
 def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
     """A ``cell`` parent's child frames cells too, and its features are those of the framed views."""
-    from hematovision.adapt import feature_model, pooled_features
-    from hematovision.framing import frame_cell
+    from hematovision.imaging.framing import frame_cell
+    from hematovision.training.adapt import feature_model, pooled_features
 
     base = make_tiny_model_dir(tmp_path / "base")
     persistence.update_card(base, lambda c: c.__dict__.update(framing="cell", framing_revision=FRAMING_REVISION))
@@ -169,6 +199,8 @@ def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
     assert persistence.load_card(out).framing == "cell"
     net = persistence.load_keras_model(base, persistence.load_card(base))
     feats = pooled_features(feature_model(net), images[:3], 32, 2, AdaptConfig().augment, 0, framing="cell")
-    clean = feature_model(net).predict(np.stack([frame_cell(im, 32) for im in images[:3]]).astype(np.float32), verbose=0)
+    clean = feature_model(net).predict(
+        np.stack([frame_cell(im, 32) for im in images[:3]]).astype(np.float32), verbose=0
+    )
     assert feats.shape[:2] == (3, 2)
     np.testing.assert_allclose(feats[:, 0], clean, atol=1e-5)  # view 0 is the clean, framed image

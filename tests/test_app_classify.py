@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import image_bytes
-from hematovision.inference import Classifier
+from hematovision.serving.classifier import Classifier
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
@@ -60,7 +60,9 @@ BATCH = [
 def test_broken_file_gives_one_error_row_and_threshold_does_not_rerun_inference(calls):
     at = _classify_page()
     assert at.file_uploader[0].accept_multiple_files
-    assert {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "zip"} <= {t.lstrip(".") for t in at.file_uploader[0].allowed_type}
+    assert {"png", "jpg", "jpeg", "bmp", "tif", "tiff", "zip"} <= {
+        t.lstrip(".") for t in at.file_uploader[0].allowed_type
+    }
     _upload(at, BATCH)
     frame = _results(at)
     assert list(frame["file"]) == ["cell_a.png", "broken.jpg", "cell_b.jpg", "cell_c.bmp"]
@@ -103,9 +105,12 @@ def test_download_csv_has_cli_columns_threshold_and_version(calls):
     btn = at.get("download_button")[0]
     assert "4 rows" in btn.proto.label
     # the CSV itself comes from batching.csv_report; check what the page would serve
-    from hematovision import batching
+    from hematovision.app import batching
+
     frame = _results(at)
-    text = batching.csv_report(frame.assign(error=frame["error"]), ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], 0.3, "v")
+    text = batching.csv_report(
+        frame.assign(error=frame["error"]), ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], 0.3, "v"
+    )
     out = pd.read_csv(io.StringIO(text), keep_default_na=False)
     assert out.columns[-2:].tolist() == ["threshold", "model_version"] and len(out) == 4
 
@@ -134,7 +139,7 @@ def test_missing_model_is_a_message_not_a_traceback(tmp_path, monkeypatch):
 
 
 def test_sample_images_button(calls, monkeypatch, tmp_path):
-    from hematovision import samples
+    from hematovision.app import samples
 
     at = _classify_page()
     if all((samples.data_root() / s.relpath).is_file() for s in samples.read_manifest()):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-
-import pytest
-
 from pathlib import Path
 
-from conftest import make_tiny_model_dir
+import pytest
 from test_eval_views import labeled_zip, make_evaluation
+
+from conftest import make_tiny_model_dir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +93,7 @@ def test_switching_set_changes_figures(app):
 
 
 def test_threshold_by_target_accuracy_sets_shared_threshold(app):
-    from hematovision.calibration import threshold_for_accuracy
+    from hematovision.stats.calibration import threshold_for_accuracy
 
     at, report = app
     pts = report["sets"]["kaggle_test"]["risk_coverage"]
@@ -147,7 +146,7 @@ def test_gallery_shows_images_from_the_data_root(eval_model_dir, monkeypatch, tm
     from streamlit.testing.v1 import AppTest
 
     from conftest import image_bytes
-    from hematovision import eval_views as ev
+    from hematovision.app import eval_views as ev
 
     d, _ = eval_model_dir
     wrong = ev.misclassified(pd.read_csv(d / "test_predictions.csv"), "kaggle_test")

@@ -7,23 +7,46 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from hematovision.framing import FRAMING_REVISION
 from streamlit.testing.v1 import AppTest
+
+from hematovision.imaging.framing import FRAMING_REVISION
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
 
 EVALUATION = {
-    "model_version": "tiny", "classes": ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], "default_threshold": 0.3,
+    "model_version": "tiny",
+    "classes": ["eosinophil", "lymphocyte", "monocyte", "neutrophil"],
+    "default_threshold": 0.3,
     "sets": {
-        "kaggle_test": {"name": "Kaggle TEST", "n_images": 2487, "accuracy": 0.871, "accuracy_ci95": [0.857, 0.884], "macro_f1": 0.87,
-                        "ece_before_calibration": 0.081, "ece_after_calibration": 0.021, "risk_coverage": [],
-                        "ece_floor": {"median": 0.039, "p95": 0.072, "n_sims": 500},
-                        "per_cell": {"n_cells": 71, "correct": 60, "accuracy": 0.845, "accuracy_ci95": [0.74, 0.91],
-                                     "image_accuracy_ci95_by_cell": [0.71, 0.93]}},
-        "pbc_test": {"name": "PBC test", "n_images": 1200, "accuracy": 0.962, "accuracy_ci95": [0.95, 0.97], "macro_f1": 0.96,
-                     "ece_before_calibration": 0.05, "ece_after_calibration": 0.012, "risk_coverage": []},
+        "kaggle_test": {
+            "name": "Kaggle TEST",
+            "n_images": 2487,
+            "accuracy": 0.871,
+            "accuracy_ci95": [0.857, 0.884],
+            "macro_f1": 0.87,
+            "ece_before_calibration": 0.081,
+            "ece_after_calibration": 0.021,
+            "risk_coverage": [],
+            "ece_floor": {"median": 0.039, "p95": 0.072, "n_sims": 500},
+            "per_cell": {
+                "n_cells": 71,
+                "correct": 60,
+                "accuracy": 0.845,
+                "accuracy_ci95": [0.74, 0.91],
+                "image_accuracy_ci95_by_cell": [0.71, 0.93],
+            },
+        },
+        "pbc_test": {
+            "name": "PBC test",
+            "n_images": 1200,
+            "accuracy": 0.962,
+            "accuracy_ci95": [0.95, 0.97],
+            "macro_f1": 0.96,
+            "ece_before_calibration": 0.05,
+            "ece_after_calibration": 0.012,
+            "risk_coverage": [],
+        },
     },
 }
 
@@ -36,7 +59,12 @@ def _app() -> AppTest:
 
 
 def _text(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [w.value for w in at.warning] + [i.value for i in at.info]
+    parts = (
+        [m.value for m in at.markdown]
+        + [c.value for c in at.caption]
+        + [w.value for w in at.warning]
+        + [i.value for i in at.info]
+    )
     return "\n".join(str(p) for p in parts)
 
 
@@ -67,7 +95,7 @@ def test_home_with_evaluation(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_home_says_when_the_model_frames_the_cell(tmp_path, tiny_model_dir, monkeypatch):
-    from hematovision import persistence
+    from hematovision.modeling import persistence
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import pytest
 from streamlit.testing.v1 import AppTest
-
 from test_adapt import _blobs
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -64,7 +63,7 @@ def test_adapt_from_zip_creates_a_version_in_use_and_keeps_the_shipped_one(model
     assert t["adapted from"][1].startswith("tiny-test-model@")
     # The Classify page now predicts with the adapted version, and says so on every row.
     from conftest import image_bytes
-    from hematovision import persistence
+    from hematovision.modeling import persistence
 
     at.switch_page("pages/classify.py").run()
     at.file_uploader[0].set_value([("cell.png", image_bytes("PNG", seed=4), "image/png")]).run()
@@ -100,21 +99,32 @@ def test_adapt_from_review_decisions_with_too_few_says_so(models_page):
 
 
 def test_sidebar_picker_switches_only_when_the_user_picks(monkeypatch, tmp_path, tiny_model_dir):
-    from hematovision import versions
-    from hematovision.adapt import AdaptConfig, adapt_model
     from test_adapt import _blobs
+
+    from hematovision.modeling import versions
+    from hematovision.training.adapt import AdaptConfig, adapt_model
 
     home = tmp_path / "home"
     monkeypatch.setenv("HEMATOVISION_HOME", str(home))
     monkeypatch.setenv("HEMATOVISION_MODEL", str(tiny_model_dir))
     images, labels = _blobs(3)
-    adapted = adapt_model(tiny_model_dir, images, labels, versions.new_version_dir("lab-s", home), "lab-s", AdaptConfig(views=1, steps=20, folds=3), litert=False)
+    adapted = adapt_model(
+        tiny_model_dir,
+        images,
+        labels,
+        versions.new_version_dir("lab-s", home),
+        "lab-s",
+        AdaptConfig(views=1, steps=20, folds=3),
+        litert=False,
+    )
     at = AppTest.from_file(HOME, default_timeout=60).run()
     pick = at.selectbox(key="hv_model_pick")
     assert pick.value == str(tiny_model_dir)
     pick.set_value(str(adapted)).run()
     assert at.session_state["hv_model_path"] == str(adapted)
-    assert at.session_state["hv_model_pick"] == str(adapted)  # (AppTest shows no sidebar after a rerun; its state is checked)
+    assert at.session_state["hv_model_pick"] == str(
+        adapted
+    )  # (AppTest shows no sidebar after a rerun; its state is checked)
     # The shipped model missing: the picker offers the adapted version but never switches to it unasked.
     monkeypatch.setenv("HEMATOVISION_MODEL", str(tmp_path / "missing"))
     at = AppTest.from_file(HOME, default_timeout=60).run()

@@ -9,8 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import image_bytes
-from hematovision import review
-from hematovision.review import ReviewStore
+from hematovision.review import store as review
+from hematovision.review.store import ReviewStore
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
@@ -45,7 +45,9 @@ def _progress(at: AppTest) -> str:
 
 
 def _classified(at: AppTest) -> pd.DataFrame:
-    return next(d.value for d in at.dataframe if "predicted_class" in d.value.columns and "final_class" in d.value.columns)
+    return next(
+        d.value for d in at.dataframe if "predicted_class" in d.value.columns and "final_class" in d.value.columns
+    )
 
 
 def test_review_flow_and_decisions_back_on_classify(env):
@@ -81,14 +83,22 @@ def test_review_flow_and_decisions_back_on_classify(env):
     items = {i.file: i for i in ReviewStore(env).items()}
     assert {i.status for i in items.values()} == {"confirmed", "reclassified", "unusable"}
     changed = items[second.file]
-    assert changed.final_class == other and changed.decision.reviewer == "ann" and changed.decision.note == "granules look wrong"
+    assert (
+        changed.final_class == other
+        and changed.decision.reviewer == "ann"
+        and changed.decision.note == "granules look wrong"
+    )
     assert at.text_input(key="hv_review_note").value == ""  # the note does not stick to the next image
 
     # filters
     at.selectbox(key="hv_review_status").set_value("Reclassified")
     _run(at)
-    assert "**1 of 1** shown" in " ".join(m.value for m in at.markdown) and second.file in " ".join(m.value for m in at.markdown)
-    at.multiselect(key="hv_review_classes").set_value(["eosinophil"] if other != "eosinophil" and second.predicted_class != "eosinophil" else ["lymphocyte"])
+    assert "**1 of 1** shown" in " ".join(m.value for m in at.markdown) and second.file in " ".join(
+        m.value for m in at.markdown
+    )
+    at.multiselect(key="hv_review_classes").set_value(
+        ["eosinophil"] if other != "eosinophil" and second.predicted_class != "eosinophil" else ["lymphocyte"]
+    )
     _run(at)
     assert any("No item matches" in i.value for i in at.info)
     btn = next(b for b in at.get("download_button") if "all reviews" in b.proto.label)

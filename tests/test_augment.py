@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from hematovision import augment as aug
+from hematovision.imaging import augment as aug
 
 
 def _img():

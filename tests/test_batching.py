@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hematovision import batching
-from hematovision.inference import Prediction
+from hematovision.app import batching
+from hematovision.serving.classifier import Prediction
 
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
@@ -35,7 +35,9 @@ class FakeClassifier:
                 rest = (1 - conf) / 3
                 k = data[0] % 4
                 probs = tuple(conf if j == k else rest for j in range(4))
-                pred = Prediction(item.name, CLASSES[k], conf, probs, conf < threshold, thumbnail=np.zeros((4, 4, 3), np.uint8))
+                pred = Prediction(
+                    item.name, CLASSES[k], conf, probs, conf < threshold, thumbnail=np.zeros((4, 4, 3), np.uint8)
+                )
             if progress:
                 progress(n)
             yield pred
@@ -58,7 +60,12 @@ def run(batch, clf, cache, threshold=0.5):
 
 def test_errors_become_rows_and_order_is_kept():
     clf, cache = FakeClassifier(), batching.ResultCache()
-    batch = [("a.png", bytes([10, 1])), ("empty.png", b""), ("bad.png", b"BADBAD"), ("cells.zip", _zip({"c.png": bytes([200]), "d.png": bytes([77])}))]
+    batch = [
+        ("a.png", bytes([10, 1])),
+        ("empty.png", b""),
+        ("bad.png", b"BADBAD"),
+        ("cells.zip", _zip({"c.png": bytes([200]), "d.png": bytes([77])})),
+    ]
     frame = run(batch, clf, cache)
     assert list(frame["file"]) == ["a.png", "empty.png", "bad.png", "cells.zip/c.png", "cells.zip/d.png"]
     assert frame.loc[1, "error"] == "empty file (0 bytes)"
@@ -74,7 +81,12 @@ def test_cached_images_are_never_classified_again():
     run([("a.png", bytes([10])), ("b.png", bytes([250]))], clf, cache)
     assert cache.inferred == 2
     # same bytes under new names, plus a duplicate inside the batch, plus one new image
-    frame = run([("again.png", bytes([10])), ("b.png", bytes([250])), ("dup.png", bytes([99])), ("dup2.png", bytes([99]))], clf, cache, threshold=0.9)
+    frame = run(
+        [("again.png", bytes([10])), ("b.png", bytes([250])), ("dup.png", bytes([99])), ("dup2.png", bytes([99]))],
+        clf,
+        cache,
+        threshold=0.9,
+    )
     assert cache.inferred == 3 and clf.seen == ["a.png", "b.png", "dup.png"]
     assert list(frame["file"]) == ["again.png", "b.png", "dup.png", "dup2.png"]
     assert frame.loc[2, "confidence"] == frame.loc[3, "confidence"]
@@ -107,7 +119,18 @@ def test_progress_reports_done_and_total():
 def _frame():
     clf, cache = FakeClassifier(), batching.ResultCache()
     # first byte k -> class k % 4; confidence 0.25 + 0.75 k/255
-    return run([("e.png", bytes([200])), ("l.png", bytes([5])), ("m.png", bytes([254])), ("bad.png", b"BAD"), ("n.png", bytes([3]))], clf, cache, threshold=0.5)
+    return run(
+        [
+            ("e.png", bytes([200])),
+            ("l.png", bytes([5])),
+            ("m.png", bytes([254])),
+            ("bad.png", b"BAD"),
+            ("n.png", bytes([3])),
+        ],
+        clf,
+        cache,
+        threshold=0.5,
+    )
 
 
 def test_filters():
@@ -140,8 +163,20 @@ def test_csv_report_columns_and_injection():
     frame = run([("=HYPERLINK(1).png", bytes([9])), ("ok.png", bytes([30]))], clf, cache)
     text = batching.csv_report(frame, CLASSES, 0.5, "fake@1")
     out = pd.read_csv(io.StringIO(text), keep_default_na=False)
-    assert list(out.columns) == ["file", "predicted_class", "confidence", *[f"p_{c}" for c in CLASSES], "flagged", "error",
-                                 "reviewed_class", "reviewer", "reviewed_at", "final_class", "threshold", "model_version"]
+    assert list(out.columns) == [
+        "file",
+        "predicted_class",
+        "confidence",
+        *[f"p_{c}" for c in CLASSES],
+        "flagged",
+        "error",
+        "reviewed_class",
+        "reviewer",
+        "reviewed_at",
+        "final_class",
+        "threshold",
+        "model_version",
+    ]
     assert out["final_class"].tolist() == out["predicted_class"].tolist() and (out["reviewed_class"] == "").all()
     assert out.loc[0, "file"] == "'=HYPERLINK(1).png"
     assert (out["model_version"] == "fake@1").all() and (out["threshold"] == 0.5).all()
@@ -167,10 +202,13 @@ def test_batch_memoises_the_plan():
 
 
 def test_unreadable_zip_member_is_an_error_row():
-    from hematovision.sources import ImageInput
+    from hematovision.imaging.sources import ImageInput
 
     def boom():
         raise ValueError("file too large after decompression")
 
     entries = batching.plan([ImageInput("z.zip/x.png", boom), ImageInput("y.png", error="nested archive")])
-    assert [e.error for e in entries] == ["cannot read (ValueError: file too large after decompression)", "nested archive"]
+    assert [e.error for e in entries] == [
+        "cannot read (ValueError: file too large after decompression)",
+        "nested archive",
+    ]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import image_bytes
-from hematovision.devserver import CHROMIUM, dashboard, launch_chromium
+from hematovision.app.devserver import CHROMIUM, dashboard, launch_chromium
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots"))  # README shots: scripts/screenshots.py

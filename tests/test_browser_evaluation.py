@@ -10,14 +10,16 @@ import os
 from pathlib import Path
 
 import pytest
+from test_eval_views import labeled_zip, make_evaluation
 
 from conftest import make_tiny_model_dir
-from hematovision.devserver import CHROMIUM, dashboard, launch_chromium
-from test_eval_views import labeled_zip, make_evaluation
+from hematovision.app.devserver import CHROMIUM, dashboard, launch_chromium
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots")) / "evaluation-test.png"  # README shots: scripts/screenshots.py
+SCREENSHOT = (
+    Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots")) / "evaluation-test.png"
+)  # README shots: scripts/screenshots.py
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,12 @@ def server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
     model = make_tiny_model_dir(tmp_path_factory.mktemp("browser_model"))
     make_evaluation(model)
-    env = dict(os.environ, HEMATOVISION_MODEL=str(model), HEMATOVISION_DATA=str(tmp_path_factory.mktemp("no_data")), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(
+        os.environ,
+        HEMATOVISION_MODEL=str(model),
+        HEMATOVISION_DATA=str(tmp_path_factory.mktemp("no_data")),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     with dashboard(env, tmp_path_factory.mktemp("log") / "streamlit.log", timeout=40) as url:
         yield url
 
@@ -56,7 +63,9 @@ def test_evaluation_page_in_browser(server, tmp_path):
             page.screenshot(path=str(SCREENSHOT), full_page=False)
 
             # Upload a labeled zip and evaluate it live.
-            uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="class").locator('input[type="file"]')
+            uploader = (
+                page.locator('[data-testid="stFileUploader"]').filter(has_text="class").locator('input[type="file"]')
+            )
             uploader.set_input_files(str(zip_path))
             button = page.get_by_role("button", name="Evaluate the zip")
             expect(button).to_be_enabled(timeout=20_000)

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from conftest import image_bytes
-from hematovision import review
-from hematovision.devserver import CHROMIUM, dashboard, launch_chromium
+from hematovision.app.devserver import CHROMIUM, dashboard, launch_chromium
+from hematovision.review import store as review
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(os.environ.get("HEMATOVISION_SHOTS", "/tmp/hematovision-shots"))
@@ -48,7 +48,10 @@ def test_review_journey_survives_a_reload(server, tmp_path):
             page.goto(url)  # the home page first: until Home.py has run st.navigation once, /classify is not routed
             expect(page.get_by_text("Model card at a glance")).to_be_visible(timeout=60_000)
             page.goto(url + "/classify")
-            files = [{"name": f"cell_{k}.png", "mimeType": "image/png", "buffer": image_bytes("PNG", seed=k)} for k in (1, 2, 3)]
+            files = [
+                {"name": f"cell_{k}.png", "mimeType": "image/png", "buffer": image_bytes("PNG", seed=k)}
+                for k in (1, 2, 3)
+            ]
             expect(page.locator("input[type=file]").first).to_be_attached(timeout=60_000)
             page.locator("input[type=file]").first.set_input_files(files)
             expect(page.get_by_text("3 of 3 rows shown")).to_be_visible(timeout=45_000)
@@ -70,7 +73,9 @@ def test_review_journey_survives_a_reload(server, tmp_path):
             new_class = target.inner_text().strip().removeprefix("Reclassify as ").strip()
             target.click()
             expect(page.get_by_text("1 of 3 reviewed")).to_be_visible(timeout=30_000)
-            expect(page.get_by_role("button", name=re.compile(r"Download all reviews \(CSV, 1 decision\)"))).to_be_visible()  # the rerun is complete
+            expect(
+                page.get_by_role("button", name=re.compile(r"Download all reviews \(CSV, 1 decision\)"))
+            ).to_be_visible()  # the rerun is complete
             page.screenshot(path=str(SHOTS / "review.png"), full_page=True)
 
             # reload: a new session; the decision comes back from the database
@@ -87,7 +92,12 @@ def test_review_journey_survives_a_reload(server, tmp_path):
             out = pd.read_csv(saved, keep_default_na=False)
             assert len(out) == 1
             row = out.iloc[0]
-            assert (row["file"], row["reviewed_class"], row["final_class"], row["reviewer"]) == (first_file, new_class, new_class, "Dr. Test")
+            assert (row["file"], row["reviewed_class"], row["final_class"], row["reviewer"]) == (
+                first_file,
+                new_class,
+                new_class,
+                "Dr. Test",
+            )
             assert row["predicted_class"] != new_class and bool(row["current"])
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)

@@ -18,7 +18,9 @@ def run(*args, model=None, env_extra=None):
     if model:
         env["HEMATOVISION_MODEL"] = str(model)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "hematovision", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hematovision", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_classify_folder_and_zip_with_corrupt_files(tmp_path, tiny_model_dir):
@@ -34,11 +36,32 @@ def test_classify_folder_and_zip_with_corrupt_files(tmp_path, tiny_model_dir):
         zf.writestr("d.tif", image_bytes("TIFF", seed=3))
     (tmp_path / "batch.zip").write_bytes(buf.getvalue())
     out = tmp_path / "r.csv"
-    r = run("classify", str(folder), str(tmp_path / "batch.zip"), "--out", str(out), "--threshold", "0.5", "--quiet", model=tiny_model_dir)
+    r = run(
+        "classify",
+        str(folder),
+        str(tmp_path / "batch.zip"),
+        "--out",
+        str(out),
+        "--threshold",
+        "0.5",
+        "--quiet",
+        model=tiny_model_dir,
+    )
     assert r.returncode == 0, r.stderr
-    rows = list(csv.DictReader(open(out)))
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == 6
-    for col in ["file", "predicted_class", "confidence", "p_eosinophil", "p_lymphocyte", "p_monocyte", "p_neutrophil", "flagged", "error"]:
+    for col in [
+        "file",
+        "predicted_class",
+        "confidence",
+        "p_eosinophil",
+        "p_lymphocyte",
+        "p_monocyte",
+        "p_neutrophil",
+        "flagged",
+        "error",
+    ]:
         assert col in rows[0]
     errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
     assert set(errors) == {"corrupt.jpg", "broken.png"}
@@ -88,7 +111,8 @@ def test_two_thousand_images_stream_through_the_cli(tmp_path, tiny_model_dir):
     out = tmp_path / "many.csv"
     r = run("classify", str(folder), "--out", str(out), "--quiet", "--batch-size", "64", model=tiny_model_dir)
     assert r.returncode == 0, r.stderr
-    rows = list(csv.DictReader(open(out)))
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
     assert [Path(x["file"]).name for x in rows] == [f"{k:04d}.png" for k in range(2000)]
     assert [x["file"] for x in rows if x["error"]] == [str(folder / "1234.png")]
 
@@ -97,16 +121,23 @@ def test_train_records_its_command_line_in_the_card(tmp_path, monkeypatch):
     """The card says how to reproduce the model: the exact ``train`` arguments (the fit itself is
     exercised by test_training_smoke; here it is replaced by a tiny model)."""
     from conftest import make_tiny_model_dir
-    from hematovision import cli, persistence, training
+    from hematovision import cli
+    from hematovision.modeling import persistence
+    from hematovision.training import recipe
 
     def fake_train(out, work, cfg, root, **kw):
         assert cfg.framing == "full" and cfg.max_epochs == 3
         return make_tiny_model_dir(out)
 
-    monkeypatch.setattr(training, "train_command", fake_train)
+    monkeypatch.setattr(recipe, "train_command", fake_train)  # cli calls recipe.train_command
     out = tmp_path / "m"
-    assert cli.main(["train", "--out", str(out), "--max-epochs", "3", "--framing", "full", "--data", str(tmp_path)]) == 0
-    assert persistence.load_card(out).training["command"] == f"python -m hematovision train --out {out} --max-epochs 3 --framing full --data {tmp_path}"
+    assert (
+        cli.main(["train", "--out", str(out), "--max-epochs", "3", "--framing", "full", "--data", str(tmp_path)]) == 0
+    )
+    assert (
+        persistence.load_card(out).training["command"]
+        == f"python -m hematovision train --out {out} --max-epochs 3 --framing full --data {tmp_path}"
+    )
 
 
 def test_train_refit_from_refuses_a_folder_without_a_model_or_of_another_recipe(tmp_path, capsys):
@@ -115,7 +146,12 @@ def test_train_refit_from_refuses_a_folder_without_a_model_or_of_another_recipe(
     from conftest import make_tiny_model_dir
     from hematovision import cli
 
-    assert cli.main(["train", "--out", str(tmp_path / "m"), "--data", str(tmp_path), "--refit-from", str(tmp_path / "none")]) != 0
+    assert (
+        cli.main(
+            ["train", "--out", str(tmp_path / "m"), "--data", str(tmp_path), "--refit-from", str(tmp_path / "none")]
+        )
+        != 0
+    )
     assert "--refit-from: no model card" in capsys.readouterr().err
     other = make_tiny_model_dir(tmp_path / "tiny")  # a tiny model: no fine-tuning history, another input size
     assert cli.main(["train", "--out", str(tmp_path / "m"), "--data", str(tmp_path), "--refit-from", str(other)]) != 0

@@ -3,11 +3,12 @@
 from pathlib import Path
 
 from conftest import image_bytes
-from hematovision import datasets as ds
+from hematovision.data import datasets as ds
+from hematovision.data.layout import KAGGLE_DIR, normalise_label
 
 
 def _kaggle(root: Path, split: str, cls: str, cell: int, copy: int, seed: int):
-    d = root / ds.KAGGLE_DIR / split / cls
+    d = root / KAGGLE_DIR / split / cls
     d.mkdir(parents=True, exist_ok=True)
     (d / f"_{cell}_{copy}.jpeg").write_bytes(image_bytes("JPEG", seed=seed))
 
@@ -48,6 +49,6 @@ def test_manifest_round_trip(tmp_path):
 
 
 def test_label_normalisation():
-    assert ds.normalise_label("EOSINOPHIL") == "eosinophil"
-    assert ds.normalise_label("Lymphocytes") == "lymphocyte"
-    assert ds.normalise_label("basophil") is None
+    assert normalise_label("EOSINOPHIL") == "eosinophil"
+    assert normalise_label("Lymphocytes") == "lymphocyte"
+    assert normalise_label("basophil") is None

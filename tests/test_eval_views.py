@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 
 from conftest import CLASSES, image_bytes
-from hematovision import eval_views as ev
-from hematovision.evaluation import evaluate_predictions
+from hematovision.app import eval_views as ev
+from hematovision.evaluation.evaluate import evaluate_predictions
 
 
-def synthetic_set(n: int = 120, seed: int = 0, name: str = "Kaggle TEST", groups: bool = False) -> tuple[dict, np.ndarray, np.ndarray]:
+def synthetic_set(
+    n: int = 120, seed: int = 0, name: str = "Kaggle TEST", groups: bool = False
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """A per-set report from random but mostly-right probabilities, plus its inputs."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, len(CLASSES), n)
@@ -32,14 +34,32 @@ def synthetic_set(n: int = 120, seed: int = 0, name: str = "Kaggle TEST", groups
 def make_evaluation(model_dir: Path) -> dict:
     """Write an ``evaluation.json`` and a matching ``test_predictions.csv`` into a model directory."""
     sets, frames = {}, []
-    for k, (key, name) in enumerate([("kaggle_test", "Kaggle TEST"), ("kaggle_test_simple", "Kaggle TEST_SIMPLE"), ("pbc_test", "PBC test")]):
+    for k, (key, name) in enumerate(
+        [("kaggle_test", "Kaggle TEST"), ("kaggle_test_simple", "Kaggle TEST_SIMPLE"), ("pbc_test", "PBC test")]
+    ):
         rep, y, p = synthetic_set(120 - 30 * k, seed=k, name=name, groups=key == "kaggle_test")
         rep["source"] = "pbc" if key.startswith("pbc") else "kaggle"
         sets[key] = rep
-        frames.append(pd.DataFrame({"set": key, "file": [f"missing/{key}/{i}.png" for i in range(len(y))], "group": [str(i) for i in range(len(y))],
-                                    "true_class": [CLASSES[v] for v in y], "predicted_class": [CLASSES[v] for v in p.argmax(1)],
-                                    "confidence": p.max(1), **{f"p_{c}": p[:, j] for j, c in enumerate(CLASSES)}}))
-    report = {"model_version": "tiny-test-model@0", "classes": CLASSES, "temperature": 1.5, "default_threshold": 0.3, "sets": sets}
+        frames.append(
+            pd.DataFrame(
+                {
+                    "set": key,
+                    "file": [f"missing/{key}/{i}.png" for i in range(len(y))],
+                    "group": [str(i) for i in range(len(y))],
+                    "true_class": [CLASSES[v] for v in y],
+                    "predicted_class": [CLASSES[v] for v in p.argmax(1)],
+                    "confidence": p.max(1),
+                    **{f"p_{c}": p[:, j] for j, c in enumerate(CLASSES)},
+                }
+            )
+        )
+    report = {
+        "model_version": "tiny-test-model@0",
+        "classes": CLASSES,
+        "temperature": 1.5,
+        "default_threshold": 0.3,
+        "sets": sets,
+    }
     (Path(model_dir) / "evaluation.json").write_text(json.dumps(report))
     pd.concat(frames).to_csv(Path(model_dir) / "test_predictions.csv", index=False)
     return report
@@ -64,7 +84,9 @@ def rep() -> dict:
 
 
 def test_set_options_orders_shipped_then_uploaded(rep):
-    report = {"sets": {"pbc_test": dict(rep, name="PBC test"), "kaggle_test": rep, "empty": {"name": "x", "n_images": 0}}}
+    report = {
+        "sets": {"pbc_test": dict(rep, name="PBC test"), "kaggle_test": rep, "empty": {"name": "x", "n_images": 0}}
+    }
     opts = ev.set_options(report, {"user_1": {"report": {"name": "Mine"}}})
     assert list(opts) == ["kaggle_test", "pbc_test", "user_1"]
     assert opts["user_1"] == "Mine (uploaded)"
@@ -86,7 +108,10 @@ def test_headline_reads_report(rep):
     assert h["ECE after calibration"]["caption"].endswith(f"noise floor: {rep['ece_floor']['median']:.3f}")
     # A report from before these were recorded still renders.
     old = {k: v for k, v in rep.items() if k not in ("ece_after_calibration_ci95", "ece_floor")}
-    assert ev.ece_resolution(old) == "" and "sampling noise" not in {m["label"]: m for m in ev.headline(old)}["ECE after calibration"]["help"]
+    assert (
+        ev.ece_resolution(old) == ""
+        and "sampling noise" not in {m["label"]: m for m in ev.headline(old)}["ECE after calibration"]["help"]
+    )
 
 
 def test_confusion_figure_counts_and_rows(rep):
@@ -109,7 +134,12 @@ def test_per_class_table(rep):
     assert list(t["class"]) == CLASSES
     for _, row in t.iterrows():
         stored = rep["per_class"][row["class"]]
-        assert (row["precision"], row["recall"], row["f1"], row["support"]) == (stored["precision"], stored["recall"], stored["f1"], stored["support"])
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == (
+            stored["precision"],
+            stored["recall"],
+            stored["f1"],
+            stored["support"],
+        )
     assert t["support"].sum() == rep["n_images"]
 
 
@@ -149,7 +179,9 @@ def test_per_cell_summary(rep):
     lo, hi = pc["image_accuracy_ci95_by_cell"]
     assert f"{lo:.1%} – {hi:.1%} when whole cells are resampled" in text
     assert ev.per_cell_summary({"accuracy": 0.5}) is None
-    assert "about 10 augmented copies" in ev.per_cell_note(rep) and f"only {pc['n_cells']} original cells" in ev.per_cell_note(rep)
+    assert "about 10 augmented copies" in ev.per_cell_note(
+        rep
+    ) and f"only {pc['n_cells']} original cells" in ev.per_cell_note(rep)
     # One image per cell (Kaggle TEST_SIMPLE): nothing to say.
     assert ev.per_cell_summary(dict(rep, per_cell=dict(pc, n_cells=rep["n_images"]))) is None
 

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from hematovision import datasets as ds
-from hematovision import fields
+from hematovision.data import datasets as ds
+from hematovision.data import fields
+from hematovision.data.layout import KAGGLE_DIR
 
 
 def _field(seed: int, size=(240, 320)) -> np.ndarray:
@@ -17,9 +18,20 @@ def _field(seed: int, size=(240, 320)) -> np.ndarray:
     for _ in range(60):
         c = (int(rng.integers(0, size[1])), int(rng.integers(0, size[0])))
         r = int(rng.integers(8, 22))
-        cv2.circle(img, c, r, (int(rng.integers(180, 220)), int(rng.integers(120, 160)), int(rng.integers(140, 180))), -1)
+        cv2.circle(
+            img, c, r, (int(rng.integers(180, 220)), int(rng.integers(120, 160)), int(rng.integers(140, 180))), -1
+        )
         cv2.circle(img, c, max(2, r // 3), (225, 205, 205), -1)
-    cv2.ellipse(img, (int(rng.integers(80, 240)), int(rng.integers(60, 180))), (22, 16), float(rng.uniform(0, 180)), 0, 360, (110, 60, 170), -1)
+    cv2.ellipse(
+        img,
+        (int(rng.integers(80, 240)), int(rng.integers(60, 180))),
+        (22, 16),
+        float(rng.uniform(0, 180)),
+        0,
+        360,
+        (110, 60, 170),
+        -1,
+    )
     return cv2.GaussianBlur(img, (3, 3), 0)
 
 
@@ -43,8 +55,16 @@ def test_copies_match_and_other_fields_do_not():
 
 def test_group_fields_finds_each_field_whatever_the_order():
     rng = np.random.default_rng(0)
-    copies = [(k, _copy(_field(k), float(rng.uniform(0, 360)), bool(rng.integers(2)), tuple(rng.integers(-15, 15, 2).tolist())))
-              for k in (10, 11, 12) for _ in range(6)]
+    copies = [
+        (
+            k,
+            _copy(
+                _field(k), float(rng.uniform(0, 360)), bool(rng.integers(2)), tuple(rng.integers(-15, 15, 2).tolist())
+            ),
+        )
+        for k in (10, 11, 12)
+        for _ in range(6)
+    ]
     order = rng.permutation(len(copies))
     truth = [copies[i][0] for i in order]
     found = fields.group_fields([fields.describe(copies[i][1]) for i in order])
@@ -59,7 +79,7 @@ def test_field_names_are_stable_first_members():
 
 
 def _write(root, split, cls, name, img):
-    d = root / ds.KAGGLE_DIR / split / cls
+    d = root / KAGGLE_DIR / split / cls
     d.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(d / name), img[..., ::-1])
     return (d / name).relative_to(root).as_posix()
@@ -70,7 +90,13 @@ def test_split_follows_fields_not_file_numbers(tmp_path):
     rows = []
     for field in range(10):
         for copy in range(3):
-            rel = _write(tmp_path, "TRAIN", "MONOCYTE", f"_{copy}_{field * 10 + copy}.jpeg", _copy(_field(100 + field), 40 * copy, False))
+            rel = _write(
+                tmp_path,
+                "TRAIN",
+                "MONOCYTE",
+                f"_{copy}_{field * 10 + copy}.jpeg",
+                _copy(_field(100 + field), 40 * copy, False),
+            )
             rows.append((rel, f"f{field}"))
     table = dict(rows)
     images = ds.kaggle_images(tmp_path, field_table=table)
@@ -88,7 +114,9 @@ def test_split_follows_fields_not_file_numbers(tmp_path):
 def test_build_table_round_trip(tmp_path):
     for k in range(2):
         for c in range(3):
-            _write(tmp_path, "TEST", "EOSINOPHIL", f"_{c}_{k * 10 + c}.jpeg", _copy(_field(200 + k), 30 * c + 5, c == 1))
+            _write(
+                tmp_path, "TEST", "EOSINOPHIL", f"_{c}_{k * 10 + c}.jpeg", _copy(_field(200 + k), 30 * c + 5, c == 1)
+            )
     rows = fields.build_table(tmp_path, workers=1, progress=False)
     assert len(rows) == 6 and len({f for _, f in rows}) == 2
     fields.write_table(rows, tmp_path / "t.csv")
@@ -107,7 +135,7 @@ def test_missing_table_falls_back_to_file_numbers(tmp_path, caplog):
 @pytest.mark.skipif(not fields.TABLE.is_file(), reason="no committed field table")
 def test_committed_table_covers_whole_folders():
     table = fields.read_table()
-    assert table and all(rel.startswith(ds.KAGGLE_DIR.as_posix()) for rel in table)
+    assert table and all(rel.startswith(KAGGLE_DIR.as_posix()) for rel in table)
     folders = {rel.rsplit("/", 1)[0] for rel in table}
     assert {f.split("/")[-2] for f in folders} == {"TRAIN", "TEST", "TEST_SIMPLE"}
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from hematovision.framing import FRAMING_REVISION
-
 from conftest import make_tiny_model_dir
-from hematovision import framing, persistence
-from hematovision.imaging import resize_for_model
+from hematovision.imaging import framing
+from hematovision.imaging.decode import resize_for_model
+from hematovision.imaging.framing import FRAMING_REVISION
+from hematovision.modeling import persistence
 
 BACKGROUND = (232, 226, 236)
 RED_CELL = (222, 160, 178)
@@ -106,7 +106,7 @@ def test_card_records_framing_and_old_cards_mean_full(tmp_path):
 
 def test_serving_applies_the_cards_framing(tmp_path):
     """A ``cell`` model classifies a field exactly as a ``full`` model classifies the framed cell."""
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     d = make_tiny_model_dir(tmp_path / "m")
     full = Classifier.load(d, backend="keras")

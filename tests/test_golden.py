@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from hematovision import datasets as ds
-from hematovision import persistence
 from hematovision.config import DEFAULT_MODEL_DIR
-from hematovision.inference import Classifier
-from hematovision.sources import ImageInput
+from hematovision.data import datasets as ds
+from hematovision.imaging.sources import ImageInput
+from hematovision.modeling import persistence
+from hematovision.serving.classifier import Classifier
 
 pytestmark = pytest.mark.slow
 

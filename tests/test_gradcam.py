@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import build_tiny_network, image_bytes
-from hematovision import gradcam
+from hematovision.serving import gradcam
 
 
 def _rgb(data: bytes) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_shape_and_normalisation_on_the_tiny_model():
         img = _rgb(image_bytes("PNG", size=size, seed=seed))
         hm = cam(img)
         assert hm.heat.shape == img.shape[:2] and hm.heat.dtype == np.float32
-        assert 0.0 <= hm.heat.min() and hm.heat.max() <= 1.0 and np.isfinite(hm.heat).all()
+        assert hm.heat.min() >= 0.0 and hm.heat.max() <= 1.0 and np.isfinite(hm.heat).all()
         assert hm.heat.max() in (0.0, pytest.approx(1.0))
         probs = net.predict(img[None].astype(np.float32), verbose=0)[0]
         assert hm.class_index == int(np.argmax(probs))  # explains the predicted class (temperature keeps the order)
@@ -86,7 +86,7 @@ def test_overlay_is_an_rgb_image_of_the_same_size():
 
 
 def test_for_classifier_uses_the_network_that_predicted(tiny_model_dir):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     clf = Classifier.load(tiny_model_dir, backend="keras")
     img = _rgb(image_bytes("PNG", seed=5))
@@ -96,8 +96,9 @@ def test_for_classifier_uses_the_network_that_predicted(tiny_model_dir):
 
 def test_cell_framed_models_explain_the_framed_cell():
     """For a ``cell`` model the map lies over the square the network saw, and explains its prediction."""
-    from hematovision.framing import frame_cell
     from test_framing import smear
+
+    from hematovision.imaging.framing import frame_cell
 
     net = build_tiny_network(32)
     field = smear()

@@ -24,8 +24,9 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from hematovision.imaging import ImageError, ImageLimits, decode_image
-from hematovision.sources import ArchiveLimits, display_name, iter_paths, iter_uploads
+from hematovision.imaging.decode import ImageError, decode_image
+from hematovision.imaging.limits import ImageLimits
+from hematovision.imaging.sources import ArchiveLimits, display_name, iter_paths, iter_uploads
 
 REPO = Path(__file__).resolve().parents[1]
 IMG_LIMITS = ImageLimits(max_bytes=1_000_000)
@@ -58,7 +59,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def bomb_png(w=50_000, h=50_000) -> bytes:
     """A few dozen bytes whose header claims w x h RGB pixels."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def bomb_bmp(w=50_000, h=50_000) -> bytes:
@@ -67,8 +73,25 @@ def bomb_bmp(w=50_000, h=50_000) -> bytes:
 
 
 def bomb_tiff(w=50_000, h=50_000) -> bytes:
-    tags = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8 + 2 + 9 * 12 + 4), (277, 3, 1), (278, 4, h), (279, 4, 16)]
-    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", t, typ, 1, v) if typ == 4 else struct.pack("<HHIHH", t, typ, 1, v, 0) for t, typ, v in tags) + b"\0\0\0\0"
+    tags = [
+        (256, 4, w),
+        (257, 4, h),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8 + 2 + 9 * 12 + 4),
+        (277, 3, 1),
+        (278, 4, h),
+        (279, 4, 16),
+    ]
+    ifd = (
+        struct.pack("<H", len(tags))
+        + b"".join(
+            struct.pack("<HHII", t, typ, 1, v) if typ == 4 else struct.pack("<HHIHH", t, typ, 1, v, 0)
+            for t, typ, v in tags
+        )
+        + b"\0\0\0\0"
+    )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0" * 16
 
 
@@ -278,7 +301,7 @@ def test_corpus_has_at_least_30_kinds(hostile_dir):
 
 
 def test_hostile_corpus_through_the_api(hostile_dir, tiny_model_dir):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     root, expected = hostile_dir
     before = sorted(p.name for p in root.parent.parent.iterdir())
@@ -339,7 +362,11 @@ def test_hostile_corpus_through_the_cli(hostile_dir, tiny_model_dir, tmp_path):
 def test_upload_path_gives_the_same_rows(hostile_dir):
     """The dashboard's path (uploads in memory) yields the same inputs as the folder walk."""
     root, expected = hostile_dir
-    uploads = [(p.name, p.read_bytes()) for p in sorted(root.iterdir()) if p.is_file() and not p.is_symlink() and p.suffix != ".txt" and not p.name.startswith(".")]
+    uploads = [
+        (p.name, p.read_bytes())
+        for p in sorted(root.iterdir())
+        if p.is_file() and not p.is_symlink() and p.suffix != ".txt" and not p.name.startswith(".")
+    ]
     items = list(iter_uploads(uploads, ZIP_LIMITS))
     assert sorted({_top(i.name) for i in items}) == sorted(expected)
     assert len(items) == sum(len(v) for v in expected.values())
@@ -366,10 +393,18 @@ def test_exif_rotation_and_multipage_note():
 
 
 def test_limits_come_from_the_environment():
-    code = ("from hematovision.imaging import DEFAULT_LIMITS as I; from hematovision.sources import DEFAULT_ARCHIVE_LIMITS as A; "
-            "print(I.max_pixels, I.max_bytes, I.min_side, A.max_members, A.max_total_bytes, A.max_member_bytes)")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HEMATOVISION_MAX_PIXELS": "1_000", "HEMATOVISION_MIN_SIDE": "bogus",
-           **{k: v for k, v in LIMIT_ENV.items()}}
+    code = (
+        "from hematovision.imaging.limits import DEFAULT_LIMITS as I; from hematovision.imaging.sources import "
+        "DEFAULT_ARCHIVE_LIMITS as A; "
+        "print(I.max_pixels, I.max_bytes, I.min_side, A.max_members, A.max_total_bytes, A.max_member_bytes)"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HEMATOVISION_MAX_PIXELS": "1_000",
+        "HEMATOVISION_MIN_SIDE": "bogus",
+        **LIMIT_ENV,
+    }
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["1000", "1000000", "32", "8", "3000000", "1000000"], proc.stderr
     assert "HEMATOVISION_MIN_SIDE='bogus' is not a whole number" in proc.stderr

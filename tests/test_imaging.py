@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from hematovision.imaging import ImageError, ImageLimits, decode_image, resize_for_model, sniff_format
+from hematovision.imaging.decode import ImageError, decode_image, resize_for_model, sniff_format
+from hematovision.imaging.limits import ImageLimits
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF"])
@@ -75,7 +76,7 @@ def test_plain_jpeg_fast_path_matches_pillow_exactly_and_exif_rotation_still_app
 
     from PIL import Image, ImageOps
 
-    from hematovision.imaging import decode_image
+    from hematovision.imaging.decode import decode_image
 
     rng = np.random.default_rng(3)
     img = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
@@ -89,4 +90,6 @@ def test_plain_jpeg_fast_path_matches_pillow_exactly_and_exif_rotation_still_app
     img.save(rot, format="JPEG", quality=85, exif=exif)
     out = decode_image(rot.getvalue()).rgb
     assert out.shape == (64, 48, 3)
-    assert np.array_equal(out, np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(rot.getvalue()))).convert("RGB")))
+    assert np.array_equal(
+        out, np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(rot.getvalue()))).convert("RGB"))
+    )

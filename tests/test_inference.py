@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes
-from hematovision import persistence
-from hematovision.inference import Classifier, is_flagged
-from hematovision.report import apply_threshold, neutralise, predictions_frame, to_csv
-from hematovision.sources import ImageInput, from_bytes
+from hematovision.imaging.sources import ImageInput, from_bytes
+from hematovision.modeling import persistence
+from hematovision.reports.tables import apply_threshold, neutralise, predictions_frame, to_csv
+from hematovision.serving.classifier import Classifier, is_flagged
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +32,15 @@ def test_batch_in_order_with_error_rows(clf):
     for p in preds:
         if p.ok:
             assert len(p.probabilities) == 4 and sum(p.probabilities) == pytest.approx(1, abs=1e-5)
-            assert p.confidence == max(p.probabilities) and p.predicted_class == clf.classes_[int(np.argmax(p.probabilities))]
+            assert (
+                p.confidence == max(p.probabilities)
+                and p.predicted_class == clf.classes_[int(np.argmax(p.probabilities))]
+            )
             assert p.flagged == (p.confidence < 0.5) and p.thumbnail is not None
 
 
 def test_predict_proba_matches_classify(clf):
-    from hematovision.imaging import decode_image
+    from hematovision.imaging.decode import decode_image
 
     data = [image_bytes(seed=k, size=(50 + k, 40)) for k in range(5)]
     probs = clf.predict_proba([decode_image(d).rgb for d in data])

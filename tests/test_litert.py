@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes, make_tiny_model_dir
-from hematovision import persistence
-from hematovision.sources import from_bytes
+from hematovision.imaging.sources import from_bytes
+from hematovision.modeling import persistence
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def lite_dir(tmp_path_factory) -> Path:
-    from hematovision.litert import export_litert
+    from hematovision.serving.litert import export_litert
 
     d = make_tiny_model_dir(tmp_path_factory.mktemp("tiny_litert"))
     export_litert(d)
@@ -27,7 +27,7 @@ def lite_dir(tmp_path_factory) -> Path:
 
 
 def _images(n=12):
-    from hematovision.litert import generated_images
+    from hematovision.serving.litert import generated_images
 
     return generated_images(n, seed=3)
 
@@ -44,13 +44,13 @@ def test_export_writes_flatbuffer_and_records_it(lite_dir):
 
 
 def test_litert_probabilities_match_keras(lite_dir):
-    from hematovision.litert import check_litert
+    from hematovision.serving.litert import check_litert
 
     assert check_litert(lite_dir, _images()) <= 1e-4
 
 
 def test_classifier_picks_litert_and_agrees_with_keras(lite_dir):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     lite = Classifier.load(lite_dir, batch_size=5)
     keras_clf = Classifier.load(lite_dir, batch_size=5, backend="keras")
@@ -58,7 +58,9 @@ def test_classifier_picks_litert_and_agrees_with_keras(lite_dir):
     imgs = _images(13)  # batches of 5, 5 and 3
     p_lite, p_keras = lite.predict_proba(imgs), keras_clf.predict_proba(imgs)
     assert p_lite.shape == (13, 4) and np.max(np.abs(p_lite - p_keras)) <= 1e-4
-    inputs = [from_bytes(f"{k}.png", image_bytes(seed=k)) for k in range(7)] + [from_bytes("bad.jpg", b"\xff\xd8\xff junk")]
+    inputs = [from_bytes(f"{k}.png", image_bytes(seed=k)) for k in range(7)] + [
+        from_bytes("bad.jpg", b"\xff\xd8\xff junk")
+    ]
     a, b = list(lite.classify(inputs)), list(keras_clf.classify(inputs))
     assert [p.file for p in a] == [p.file for p in b] == [i.name for i in inputs]
     assert [p.predicted_class for p in a] == [p.predicted_class for p in b]
@@ -69,7 +71,7 @@ def test_classifier_picks_litert_and_agrees_with_keras(lite_dir):
 
 
 def test_runtime_runs_fixed_and_dynamic_batch_flatbuffers(lite_dir, tmp_path):
-    from hematovision import litert
+    from hematovision.serving import litert
 
     net = persistence.load_keras_model(lite_dir)
     x = np.random.default_rng(0).uniform(0, 255, (7, 32, 32, 3)).astype(np.float32)
@@ -84,7 +86,7 @@ def test_runtime_runs_fixed_and_dynamic_batch_flatbuffers(lite_dir, tmp_path):
 
 
 def test_parallel_interpreters_split_a_batch_without_changing_results(lite_dir, tmp_path):
-    from hematovision import litert
+    from hematovision.serving import litert
 
     net = persistence.load_keras_model(lite_dir)
     x = np.random.default_rng(1).uniform(0, 255, (9, 32, 32, 3)).astype(np.float32)
@@ -100,7 +102,7 @@ def test_parallel_interpreters_split_a_batch_without_changing_results(lite_dir, 
 
 def test_mismatching_flatbuffer_falls_back_to_keras(lite_dir, tmp_path, caplog):
     """Documented choice: a flat-buffer that does not match the card is ignored (warning logged), Keras serves."""
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     bad = tmp_path / "bad"
     shutil.copytree(lite_dir, bad)
@@ -118,7 +120,7 @@ def test_mismatching_flatbuffer_falls_back_to_keras(lite_dir, tmp_path, caplog):
 
 
 def test_flatbuffer_of_another_keras_model_is_not_used(lite_dir, tmp_path):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     other = tmp_path / "other"
     shutil.copytree(lite_dir, other)
@@ -127,28 +129,65 @@ def test_flatbuffer_of_another_keras_model_is_not_used(lite_dir, tmp_path):
 
 
 def test_litert_load_does_not_import_tensorflow(lite_dir):
-    code = "from hematovision.inference import Classifier; import numpy as np; c = Classifier.load(r'%s'); c.predict_proba([np.zeros((40, 40, 3), np.uint8)] * 4); import sys; print('tensorflow' in sys.modules, 'keras' in sys.modules, c.backend)" % lite_dir
+    code = (
+        "from hematovision.serving.classifier import Classifier; import numpy as np; "
+        f"c = Classifier.load(r'{lite_dir}'); "
+        "c.predict_proba([np.zeros((40, 40, 3), np.uint8)] * 4); import sys; print('tensorflow' in sys.modules, "
+        "'keras' in sys.modules, c.backend)"
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False", "litert"]
-    assert "XNNPACK" not in r.stderr  # the runtime's native INFO line (every interpreter, the second one too) stays off the terminal
+    assert (
+        "XNNPACK" not in r.stderr
+    )  # the runtime's native INFO line (every interpreter, the second one too) stays off the terminal
 
 
 def test_cli_export_and_classify(tmp_path):
     d = make_tiny_model_dir(tmp_path / "m")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HEMATOVISION_DATA": str(tmp_path / "no-data")}
-    r = subprocess.run([sys.executable, "-m", "hematovision", "export-litert", "--model", str(d)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "hematovision", "export-litert", "--model", str(d)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "max abs difference" in r.stdout and (d / persistence.LITERT_FILE).is_file()
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(image_bytes("JPEG"))
-    r = subprocess.run([sys.executable, "-m", "hematovision", "classify", str(tmp_path / "in"), "--out", str(tmp_path / "o.csv"), "--model", str(d), "--quiet"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hematovision",
+            "classify",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "o.csv"),
+            "--model",
+            str(d),
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "1 images: 1 classified" in r.stderr
 
 
 def test_export_litert_help():
-    r = subprocess.run([sys.executable, "-m", "hematovision", "export-litert", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hematovision", "export-litert", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "usage" in r.stdout and "--model" in r.stdout

@@ -6,8 +6,9 @@ import shutil
 import pytest
 
 from conftest import make_tiny_model_dir
-from hematovision import loso, persistence
-from hematovision.training import TrainConfig, clean_cache_key, view_cache_key
+from hematovision.modeling import persistence
+from hematovision.training import loso
+from hematovision.training.recipe import TrainConfig, clean_cache_key, view_cache_key
 
 pytestmark = pytest.mark.slow
 
@@ -17,11 +18,15 @@ def test_variants_share_clean_caches_but_not_view_caches():
     base, robust, strong, cell = (loso.VARIANTS[v](cfg) for v in ("baseline", "robust", "strong", "strong_cell"))
     assert len({view_cache_key(robust), view_cache_key(base), view_cache_key(strong), view_cache_key(cell)}) == 4
     assert view_cache_key(cfg) == view_cache_key(cell)  # the shipped recipe
-    assert clean_cache_key(base) == clean_cache_key(strong) != clean_cache_key(cell) == clean_cache_key(cfg)  # framing changes clean views too
+    assert (
+        clean_cache_key(base) == clean_cache_key(strong) != clean_cache_key(cell) == clean_cache_key(cfg)
+    )  # framing changes clean views too
     assert base.framing == strong.framing == "full" and cell.framing == "cell"
     from dataclasses import replace
 
-    assert view_cache_key(replace(cfg, train_on=("pbc",), max_epochs=3)) == view_cache_key(cfg)  # LOSO reuses the main run's cache
+    assert view_cache_key(replace(cfg, train_on=("pbc",), max_epochs=3)) == view_cache_key(
+        cfg
+    )  # LOSO reuses the main run's cache
 
 
 def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):
@@ -29,7 +34,14 @@ def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):
 
     if not weights_path(data_root).exists():
         pytest.skip("ImageNet weights not found beside the data root")
-    cfg = TrainConfig(input_size=48, limit_per_split=2, head_epochs=1, max_epochs=1, views_per_image={"kaggle": 1, "pbc": 1}, batch_size=8)
+    cfg = TrainConfig(
+        input_size=48,
+        limit_per_split=2,
+        head_epochs=1,
+        max_epochs=1,
+        views_per_image={"kaggle": 1, "pbc": 1},
+        batch_size=8,
+    )
     work = tmp_path / "loso"
     results = loso.run_loso(work, cfg, data_root, variants=("robust",))
     assert [(r.variant, r.held_out) for r in results] == [("robust", "kaggle"), ("robust", "pbc")]
@@ -49,11 +61,21 @@ def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):
     model = make_tiny_model_dir(tmp_path / "model")
     (model / persistence.EVALUATION_FILE).write_text(json.dumps({"sets": {}}))
     loso.record_in_model(model, block)
-    assert [r["variant"] for r in json.loads((model / persistence.EVALUATION_FILE).read_text())["leave_one_source_out"]["runs"]] == ["baseline"] * 2 + ["robust"] * 2
+    assert [
+        r["variant"]
+        for r in json.loads((model / persistence.EVALUATION_FILE).read_text())["leave_one_source_out"]["runs"]
+    ] == ["baseline"] * 2 + ["robust"] * 2
     assert persistence.load_card(model).training["leave_one_source_out"] == json.loads(json.dumps(block))
     assert "## Leave-one-source-out" in (model / persistence.CARD_MD).read_text()
     points = loso.adaptation_curve(results, cfg, data_root, per_class=(1, 2), draws=1)
-    assert [(p.held_out, p.per_class) for p in points] == [("kaggle", 0), ("kaggle", 1), ("kaggle", 2), ("pbc", 0), ("pbc", 1), ("pbc", 2)]
+    assert [(p.held_out, p.per_class) for p in points] == [
+        ("kaggle", 0),
+        ("kaggle", 1),
+        ("kaggle", 2),
+        ("pbc", 0),
+        ("pbc", 1),
+        ("pbc", 2),
+    ]
     assert all(0 <= p.mean_accuracy <= 1 for p in points)
     shutil.rmtree(work)
 
@@ -61,12 +83,17 @@ def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):
 def test_draw_takes_one_image_per_cell_then_further_copies():
     """A lab labels distinct cells: a draw spans as many cells as it can before repeating one,
     and a class with fewer cells than asked (Kaggle TRAIN has 15 monocyte fields) still gets n images."""
-    import numpy as np
     from pathlib import Path
 
-    from hematovision.datasets import LabeledImage
+    import numpy as np
 
-    pool = [LabeledImage(Path(f"/x/{g}_{k}.jpg"), f"{g}_{k}.jpg", "monocyte", "kaggle", "train", f"cell{g}") for g in range(4) for k in range(3)]
+    from hematovision.data.datasets import LabeledImage
+
+    pool = [
+        LabeledImage(Path(f"/x/{g}_{k}.jpg"), f"{g}_{k}.jpg", "monocyte", "kaggle", "train", f"cell{g}")
+        for g in range(4)
+        for k in range(3)
+    ]
     five = loso._draw(pool, 5, np.random.default_rng(0))
     assert len(five) == 5 and len(set(five)) == 5
     assert loso.distinct_cells(five[:4]) == 4 and loso.distinct_cells(five) == 4

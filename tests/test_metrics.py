@@ -1,4 +1,4 @@
-"""hematovision.metrics and .calibration checked against scikit-learn on the same random inputs."""
+"""hematovision.stats.metrics and .calibration checked against scikit-learn on the same random inputs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hematovision import calibration as cal
-from hematovision import metrics as m
+from hematovision.stats import calibration as cal
+from hematovision.stats import metrics as m
 
 N_CLS = 4
 
@@ -24,7 +24,9 @@ def random_case(seed: int, n: int = 300, strength: float = 3.0):
 def test_confusion_matrix_matches_sklearn(seed):
     y, _, p = random_case(seed)
     pred = p.argmax(1)
-    np.testing.assert_array_equal(m.confusion_matrix(y, pred, N_CLS), skm.confusion_matrix(y, pred, labels=range(N_CLS)))
+    np.testing.assert_array_equal(
+        m.confusion_matrix(y, pred, N_CLS), skm.confusion_matrix(y, pred, labels=range(N_CLS))
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -98,7 +100,11 @@ def reference_ece(probs, y, n_bins=15):
     """Straightforward top-label ECE, written independently of the product code."""
     conf, correct = probs.max(1), probs.argmax(1) == y
     idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    return sum(abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).mean() for b in range(n_bins) if (idx == b).any())
+    return sum(
+        abs(correct[idx == b].mean() - conf[idx == b].mean()) * (idx == b).mean()
+        for b in range(n_bins)
+        if (idx == b).any()
+    )
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -221,5 +227,7 @@ def test_cluster_bootstrap_widens_with_copies_and_is_seeded():
     many = np.repeat(right, 30)
     c_lo, c_hi = m.cluster_bootstrap(lambda i: float(many[i].mean()), [str(i // 30) for i in range(2400)])
     assert (c_hi - c_lo) > 0.7 * (hi - lo)
-    assert m.cluster_bootstrap(stat, [str(i) for i in range(80)], seed=5) == m.cluster_bootstrap(stat, [str(i) for i in range(80)], seed=5)
+    assert m.cluster_bootstrap(stat, [str(i) for i in range(80)], seed=5) == m.cluster_bootstrap(
+        stat, [str(i) for i in range(80)], seed=5
+    )
     assert m.cluster_bootstrap(lambda i: 1.0, ["a", "b"]) == (1.0, 1.0)

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import image_bytes
-from hematovision.imaging import ImageError, ImageLimits, decode_image
-from hematovision.sources import ArchiveLimits, iter_uploads
+from hematovision.imaging.decode import ImageError, decode_image
+from hematovision.imaging.limits import ImageLimits
+from hematovision.imaging.sources import ArchiveLimits, iter_uploads
 
 SMALL = ImageLimits(max_bytes=2_000_000, max_pixels=4_000_000)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,7 +73,10 @@ def test_random_bytes_never_raise_anything_but_image_error(data):
 
 
 @FUZZ
-@given(st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00"]), st.binary(max_size=2048))
+@given(
+    st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00"]),
+    st.binary(max_size=2048),
+)
 def test_magic_then_random_bytes(magic, rest):
     _decode_or_reason(magic + rest)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hematovision import review
-from hematovision.inference import Prediction
-from hematovision.review import UNUSABLE, ReviewDBError, ReviewStore
+from hematovision.review import store as review
+from hematovision.review.store import UNUSABLE, ReviewDBError, ReviewStore
+from hematovision.serving.classifier import Prediction
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
@@ -55,8 +55,16 @@ def test_path_argument_then_env_then_user_data_dir(tmp_path, monkeypatch):
 def test_decisions_are_an_audit_trail_and_survive_a_restart(tmp_path):
     path = tmp_path / "r.db"
     store = ReviewStore(path)
-    assert store.queue([_pred("a.png", "aa"), _pred("b.png", "bb", "monocyte"), Prediction("bad.png", error="x")], CLASSES, "m@1",
-                       thumbnails={"aa": b"PNG-bytes"}, threshold=0.9) == 2
+    assert (
+        store.queue(
+            [_pred("a.png", "aa"), _pred("b.png", "bb", "monocyte"), Prediction("bad.png", error="x")],
+            CLASSES,
+            "m@1",
+            thumbnails={"aa": b"PNG-bytes"},
+            threshold=0.9,
+        )
+        == 2
+    )
     store.decide("aa", "m@1", "lymphocyte", "ann")
     store.decide("aa", "m@1", "neutrophil", "bob", "granules")
     store.decide("bb", "m@1", UNUSABLE, "ann", "smudge")
@@ -66,9 +74,19 @@ def test_decisions_are_an_audit_trail_and_survive_a_restart(tmp_path):
         store.decide("zz", "m@1", "lymphocyte")
 
     # a "restart": a new process opens the same file
-    out = subprocess.run([sys.executable, "-c", "import sys; from hematovision.review import ReviewStore; "
-                          "s = ReviewStore(sys.argv[1]); print([(i.file, i.status, i.final_class) for i in s.items()])", str(path)],
-                         env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from hematovision.review.store import ReviewStore; "
+            "s = ReviewStore(sys.argv[1]); print([(i.file, i.status, i.final_class) for i in s.items()])",
+            str(path),
+        ],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "[('a.png', 'reclassified', 'neutrophil'), ('b.png', 'unusable', 'unusable')]"
 
     again = ReviewStore(path)
@@ -113,7 +131,7 @@ def test_newer_or_foreign_schema_is_refused_untouched(tmp_path):
 WRITER = """
     import sys, time
     from pathlib import Path
-    from hematovision.review import ReviewStore
+    from hematovision.review.store import ReviewStore
     db, tag, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     store = ReviewStore(db)
     while not go.exists():
@@ -148,10 +166,14 @@ def test_a_writer_waits_and_retries_past_a_held_lock(tmp_path, monkeypatch):
     store = ReviewStore(tmp_path / "r.db")
     holder = sqlite3.connect(store.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO decisions (sha256, model_version, predicted_class, reviewed_class, reviewer, note, reviewed_at) "
-                   "VALUES ('held', 'm@1', 'monocyte', 'monocyte', 'other', '', 'now')")
+    holder.execute(
+        "INSERT INTO decisions (sha256, model_version, predicted_class, reviewed_class, reviewer, note, reviewed_at) "
+        "VALUES ('held', 'm@1', 'monocyte', 'monocyte', 'other', '', 'now')"
+    )
     done = []
-    t = threading.Thread(target=lambda: done.append(store.decide("mine", "m@1", "monocyte", predicted_class="monocyte")))
+    t = threading.Thread(
+        target=lambda: done.append(store.decide("mine", "m@1", "monocyte", predicted_class="monocyte"))
+    )
     t0 = time.monotonic()
     t.start()
     time.sleep(0.6)
@@ -166,16 +188,20 @@ def test_a_writer_waits_and_retries_past_a_held_lock(tmp_path, monkeypatch):
 KILLED = """
     import sys, time
     from pathlib import Path
-    from hematovision.review import ReviewStore
+    from hematovision.review.store import ReviewStore
     db, n, ready = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     store = ReviewStore(db)
     for k in range(n):
         store.decide(f"done-{k}", "m@1", "neutrophil", "killed", predicted_class="neutrophil")
     with store.transaction() as conn:
-        conn.execute("INSERT INTO decisions (sha256, model_version, predicted_class, reviewed_class, reviewer, note, reviewed_at) "
+        conn.execute("INSERT INTO decisions (sha256, model_version, predicted_class, reviewed_class, reviewer, note, "
+                     "reviewed_at) "
                      "VALUES ('uncommitted', 'm@1', 'monocyte', 'monocyte', 'killed', '', 'now')")
         for k in range(200):  # a big uncommitted write: some of it spills into the WAL
-            conn.execute("INSERT INTO items VALUES (?, 'm@1', 'f', 'monocyte', 0.5, '[]', '[]', 1, NULL, zeroblob(4096), 'now')", (f"x{k}",))
+            conn.execute(
+                "INSERT INTO items VALUES (?, 'm@1', 'f', 'monocyte', 0.5, '[]', '[]', 1, NULL, zeroblob(4096), 'now')",
+                (f"x{k}",),
+            )
         ready.touch()
         time.sleep(60)
 """
@@ -202,7 +228,7 @@ def test_writer_killed_mid_transaction_loses_only_that_transaction(tmp_path):
 
 STREAM = """
     import sys
-    from hematovision.review import ReviewStore
+    from hematovision.review.store import ReviewStore
     store = ReviewStore(sys.argv[1])
     k = 0
     while True:
@@ -238,8 +264,14 @@ def _items(*specs):
 
 
 def test_select_progress_and_next():
-    items = _items(("a", "lymphocyte", True, None), ("b", "monocyte", True, "monocyte"), ("c", "monocyte", True, "neutrophil"),
-                   ("d", "eosinophil", True, UNUSABLE), ("e", "neutrophil", False, None), ("f", "neutrophil", False, "lymphocyte"))
+    items = _items(
+        ("a", "lymphocyte", True, None),
+        ("b", "monocyte", True, "monocyte"),
+        ("c", "monocyte", True, "neutrophil"),
+        ("d", "eosinophil", True, UNUSABLE),
+        ("e", "neutrophil", False, None),
+        ("f", "neutrophil", False, "lymphocyte"),
+    )
     sel = lambda *a, **k: [i.sha256 for i in review.select(items, *a, **k)]  # noqa: E731
     assert sel("all") == ["a", "b", "c", "d", "f"]  # unflagged only once reviewed
     assert sel("all", flagged_only=False) == list("abcdef")
@@ -247,7 +279,14 @@ def test_select_progress_and_next():
     assert sel("reclassified") == ["c", "f"] and sel("unusable") == ["d"]
     assert sel("all", classes=["neutrophil"]) == ["c", "f"]  # predicted or final class
     assert review.progress(review.select(items)).text == "4 of 5 reviewed"
-    assert [i.final_class for i in items] == ["lymphocyte", "monocyte", "neutrophil", UNUSABLE, "neutrophil", "lymphocyte"]
+    assert [i.final_class for i in items] == [
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        UNUSABLE,
+        "neutrophil",
+        "lymphocyte",
+    ]
     assert review.next_index(items, 0) == 4 and review.next_index(items, 4) == 0
     assert review.next_index(items[1:4], 0) == 1 and review.next_index([], 0) == 0
     with pytest.raises(ValueError):
@@ -255,9 +294,10 @@ def test_select_progress_and_next():
 
 
 def test_thumbnail_png_is_bounded():
+    import io
+
     import numpy as np
     from PIL import Image
-    import io
 
     png = review.thumbnail_png(np.zeros((600, 300, 3), np.uint8))
     assert Image.open(io.BytesIO(png)).size == (128, 256)
@@ -265,11 +305,17 @@ def test_thumbnail_png_is_bounded():
 
 
 def test_reports_use_final_classes_and_queue_only_this_batchs_flagged():
-    from hematovision import batching, report
+    from hematovision.app import batching
+    from hematovision.reports import tables as report
 
     cache = batching.ResultCache()
-    entries = [batching.Entry("a.png", "aa", data=b"A"), batching.Entry("b.png", "bb", data=b"B"),
-               batching.Entry("c.png", "cc", data=b"C"), batching.Entry("a-copy.png", "aa", data=b"A"), batching.Entry("bad.png", error="x")]
+    entries = [
+        batching.Entry("a.png", "aa", data=b"A"),
+        batching.Entry("b.png", "bb", data=b"B"),
+        batching.Entry("c.png", "cc", data=b"C"),
+        batching.Entry("a-copy.png", "aa", data=b"A"),
+        batching.Entry("bad.png", error="x"),
+    ]
     cache.put(("aa", "v"), _pred("a.png", "aa", "lymphocyte", 0.4))
     cache.put(("bb", "v"), _pred("b.png", "bb", "monocyte", 0.95, flagged=False))
     cache.put(("cc", "v"), _pred("c.png", "cc", "monocyte", 0.5))
@@ -289,8 +335,9 @@ def test_reports_use_final_classes_and_queue_only_this_batchs_flagged():
     diff = s.differential.set_index("class")
     assert diff["count"].to_dict() == {"eosinophil": 0, "lymphocyte": 0, "monocyte": 1, "neutrophil": 2}
     assert diff["percent"].sum() == pytest.approx(100.0)  # of the 3 white cells; the unusable one is out
-    import pandas as pd
     import io
+
+    import pandas as pd
 
     out = pd.read_csv(io.StringIO(batching.csv_report(frame, CLASSES, 0.9, "v")), keep_default_na=False)
     assert out["final_class"].tolist() == ["neutrophil", "monocyte", UNUSABLE, "neutrophil", ""]
@@ -298,12 +345,19 @@ def test_reports_use_final_classes_and_queue_only_this_batchs_flagged():
 
 
 def test_queue_with_images_stores_a_bounded_thumbnail(tmp_path):
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     from conftest import image_bytes
 
     store = ReviewStore(tmp_path / "r.db")
     big = image_bytes("PNG", size=(640, 480), seed=1)
-    assert review.queue_with_images(store, [(_pred("big.png", "big"), big), (_pred("junk.png", "junk"), b"junk")], CLASSES, "v", 0.9) == 2
+    assert (
+        review.queue_with_images(
+            store, [(_pred("big.png", "big"), big), (_pred("junk.png", "junk"), b"junk")], CLASSES, "v", 0.9
+        )
+        == 2
+    )
     assert Image.open(io.BytesIO(store.thumbnail("big", "v"))).size == (256, 192)
     assert store.thumbnail("junk", "v") is None and len(store.items()) == 2

@@ -1,9 +1,9 @@
 """Simulated laboratory shifts: sizes, determinism and what each one changes."""
 
 import numpy as np
-
-from hematovision import shifts
 from test_framing import BACKGROUND, NUCLEUS, smear
+
+from hematovision.evaluation import shifts
 
 
 def _pbc_like():

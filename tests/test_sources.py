@@ -4,7 +4,7 @@ import io
 import zipfile
 
 from conftest import image_bytes
-from hematovision.sources import iter_paths, iter_uploads
+from hematovision.imaging.sources import iter_paths, iter_uploads
 
 
 def _zip(members: dict) -> bytes:
@@ -37,6 +37,8 @@ def test_zip_traversal_names_are_only_names():
 
 
 def test_nested_zip_and_damaged_zip_are_reported():
-    rows = list(iter_uploads([("a.zip", _zip({"inner.zip": _zip({"x.png": image_bytes()})})), ("b.zip", b"PK\x03\x04garbage")]))
+    rows = list(
+        iter_uploads([("a.zip", _zip({"inner.zip": _zip({"x.png": image_bytes()})})), ("b.zip", b"PK\x03\x04garbage")])
+    )
     assert "nested archive" in rows[0].error
     assert "unreadable zip" in rows[1].error

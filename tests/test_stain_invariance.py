@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from test_framing import smear
 
 from conftest import make_tiny_model_dir
-from hematovision import augment as aug
-from hematovision import framing, shift_suite, shifts
-from test_framing import smear
+from hematovision.evaluation import shift_suite, shifts
+from hematovision.imaging import augment as aug
+from hematovision.imaging import framing
 
 BROWN_ON_YELLOW = dict(background=(236, 222, 150), red=(214, 150, 110), nucleus=(150, 70, 40))
 
@@ -18,10 +19,10 @@ def _recoloured(background, red, nucleus, h=240, w=320, at=(250, 60, 20)):
     img = np.empty((h, w, 3), np.uint8)
     img[:] = background
     yy, xx = np.mgrid[:h, :w]
-    for (x, y, r) in ((80, 150, 30), (160, 90, 28)):
-        img[(yy - y) ** 2 + (xx - x) ** 2 < r ** 2] = red
+    for x, y, r in ((80, 150, 30), (160, 90, 28)):
+        img[(yy - y) ** 2 + (xx - x) ** 2 < r**2] = red
     x, y, r = at
-    img[(yy - y) ** 2 + (xx - x) ** 2 < r ** 2] = nucleus
+    img[(yy - y) ** 2 + (xx - x) ** 2 < r**2] = nucleus
     return img
 
 
@@ -56,7 +57,9 @@ def test_greyscale_cell_is_framed_the_same_as_its_colour_original():
 
 def test_new_augmentations_are_seeded_and_change_colour_not_shape():
     img = smear(h=96, w=96, nucleus=((48, 48, 15),), red_cells=((15, 15, 10),))
-    cfg = aug.AugmentConfig(rotate=False, zoom=(1.0, 1.0), shift=0.0, stain_angle=25.0, cast=0.2, gamma=0.6, grey_prob=0.0)
+    cfg = aug.AugmentConfig(
+        rotate=False, zoom=(1.0, 1.0), shift=0.0, stain_angle=25.0, cast=0.2, gamma=0.6, grey_prob=0.0
+    )
     a = aug.augment(img, np.random.default_rng(3), cfg)
     b = aug.augment(img, np.random.default_rng(3), cfg)
     np.testing.assert_array_equal(a, b)
@@ -93,7 +96,7 @@ def test_restain_with_the_reference_stains_is_close_to_identity_and_other_stains
 
 def test_held_out_families_lie_outside_the_training_ranges():
     """The suite's held-out re-stainings are farther from the reference than training ever turns a stain."""
-    from hematovision.training import stain_invariant_augment
+    from hematovision.training.recipe import stain_invariant_augment
 
     max_turn = stain_invariant_augment()["pbc"]["stain_angle"]
     for stains in (shifts.RAPID_STAINS, shifts.PALE_BLUE_STAINS):
@@ -113,7 +116,7 @@ def test_every_family_keeps_dtype_and_is_deterministic():
 
 
 def test_run_family_scores_per_class_recall(tiny_model_dir):
-    from hematovision.inference import Classifier
+    from hematovision.serving.classifier import Classifier
 
     clf = Classifier.load(tiny_model_dir)
     imgs = [smear(h=64, w=64, nucleus=((32, 32, 10),), red_cells=()) for _ in range(4)]
@@ -136,9 +139,31 @@ def test_views_flag_is_parsed_and_bad_values_get_one_line(capsys):
 def test_suite_table_and_record(tmp_path):
     model = make_tiny_model_dir(tmp_path / "m")
     (model / "evaluation.json").write_text(json.dumps({"model_version": "x"}))
-    report = {"model_version": "tiny", "families": [], "mean_accuracy_held_out": 0.5, "results": [
-        {"family": "none", "test_set": "pbc_test", "held_out": False, "n": 4, "accuracy": 1.0, "ci95": [0.5, 1], "recall": {"eosinophil": 1.0}},
-        {"family": "hue_60", "test_set": "pbc_test", "held_out": True, "n": 4, "accuracy": 0.5, "ci95": [0.1, 0.9], "recall": {"eosinophil": 0.0}}]}
+    report = {
+        "model_version": "tiny",
+        "families": [],
+        "mean_accuracy_held_out": 0.5,
+        "results": [
+            {
+                "family": "none",
+                "test_set": "pbc_test",
+                "held_out": False,
+                "n": 4,
+                "accuracy": 1.0,
+                "ci95": [0.5, 1],
+                "recall": {"eosinophil": 1.0},
+            },
+            {
+                "family": "hue_60",
+                "test_set": "pbc_test",
+                "held_out": True,
+                "n": 4,
+                "accuracy": 0.5,
+                "ci95": [0.1, 0.9],
+                "recall": {"eosinophil": 0.0},
+            },
+        ],
+    }
     md = shift_suite.table([report])
     assert "| hue_60 | yes | pbc_test | 4 | 50.0% (eosinophil 0%) |" in md and "**50.0%**" in md
     shift_suite.record_in_model(model, report)

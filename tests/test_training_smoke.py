@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from hematovision import persistence
-from hematovision.framing import FRAMING_REVISION
-from hematovision.inference import Classifier
-from hematovision.training import TrainConfig, train_command
+from hematovision.imaging.framing import FRAMING_REVISION
+from hematovision.modeling import persistence
+from hematovision.serving.classifier import Classifier
+from hematovision.training.recipe import TrainConfig, train_command
 
 pytestmark = pytest.mark.slow
 
@@ -17,13 +17,22 @@ def test_train_command_end_to_end_and_resume(tmp_path, data_root):
 
     if not weights_path(data_root).exists():
         pytest.skip("ImageNet weights not found beside the data root")
-    cfg = TrainConfig(input_size=64, limit_per_split=3, head_epochs=1, max_epochs=1, views_per_image={"kaggle": 1, "pbc": 1}, batch_size=16)
+    cfg = TrainConfig(
+        input_size=64,
+        limit_per_split=3,
+        head_epochs=1,
+        max_epochs=1,
+        views_per_image={"kaggle": 1, "pbc": 1},
+        batch_size=16,
+    )
     work, out = tmp_path / "work", tmp_path / "model"
     train_command(out, work, cfg, data_root, evaluate=False)
     assert (work / "state.json").exists() and json.loads((work / "state.json").read_text())["phase"] == "done"
     card = persistence.load_card(out)
     assert card.input_size == 64 and card.temperature > 0 and card.training["history"]
-    assert card.framing == "cell" and card.framing_revision == FRAMING_REVISION and "nucleus" in card.preprocessing  # the recipe's framing, recorded for serving
+    assert (
+        card.framing == "cell" and card.framing_revision == FRAMING_REVISION and "nucleus" in card.preprocessing
+    )  # the recipe's framing, recorded for serving
     clf = Classifier.load(out)
     assert clf.classes_ == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     # A second run with the same working directory resumes: nothing is recomputed.
@@ -38,26 +47,45 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(tmp_path, da
     from dataclasses import replace
 
     from hematovision.config import weights_path
-    from hematovision.training import refit_config
+    from hematovision.training.recipe import refit_config
 
     if not weights_path(data_root).exists():
         pytest.skip("ImageNet weights not found beside the data root")
-    cfg = TrainConfig(input_size=48, limit_per_split=2, head_epochs=1, max_epochs=2, patience=5, views_per_image={"kaggle": 1, "pbc": 1}, batch_size=8)
+    cfg = TrainConfig(
+        input_size=48,
+        limit_per_split=2,
+        head_epochs=1,
+        max_epochs=2,
+        patience=5,
+        views_per_image={"kaggle": 1, "pbc": 1},
+        batch_size=8,
+    )
     cache, work = tmp_path / "cache", tmp_path / "work"
-    refit = train_command(tmp_path / "refit", work, cfg, data_root, evaluate=False, cache_root=cache, refit=True)  # both steps, one command
+    refit = train_command(
+        tmp_path / "refit", work, cfg, data_root, evaluate=False, cache_root=cache, refit=True
+    )  # both steps, one command
     selected = work / "selection-model"
     sel = persistence.load_card(selected)
-    kept = 1 + min((h for h in sel.training["history"] if h["phase"] == "finetune"), key=lambda h: h["val_loss"])["epoch"]
+    kept = (
+        1 + min((h for h in sel.training["history"] if h["phase"] == "finetune"), key=lambda h: h["val_loss"])["epoch"]
+    )
     card = persistence.load_card(refit)
-    assert card.training["selection_run"]["version"] == sel.version and card.training["selection_run"]["history"] == sel.training["history"]
+    assert (
+        card.training["selection_run"]["version"] == sel.version
+        and card.training["selection_run"]["history"] == sel.training["history"]
+    )
     ft = [h for h in card.training["history"] if h["phase"] == "finetune"]
     assert card.training["hyperparameters"]["refit_finetune_epochs"] == kept == len(ft)
     assert card.temperature == sel.temperature and card.default_threshold == sel.default_threshold
     assert sel.version in card.training["validation_metrics"]["from"]
-    assert card.training["fitted_on"].startswith("train and val") and sel.training["fitted_on"].startswith("train split")
+    assert card.training["fitted_on"].startswith("train and val") and sel.training["fitted_on"].startswith(
+        "train split"
+    )
     assert "Fitted on: train and val" in (refit / "MODEL_CARD.md").read_text()
     assert card.model_sha256 != sel.model_sha256
-    assert len(list(cache.glob("views-*/train-*"))) == 2  # augmented views of the train list, then of the validation list
+    assert (
+        len(list(cache.glob("views-*/train-*"))) == 2
+    )  # augmented views of the train list, then of the validation list
     assert all(h["val_loss"] is None for h in ft)  # no held-out score for images it trains on
     with pytest.raises(ValueError, match="input_size"):
         refit_config(selected, replace(cfg, input_size=64))

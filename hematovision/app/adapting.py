@@ -1,0 +1,76 @@
+"""Adapting from the dashboard: a lab's labeled images (an uploaded zip, or the review queue's
+decisions) into a new model version, as the Model versions page asks for it.
+
+The page draws; this runs, with no Streamlit in it, so it is tested directly
+(``tests/test_app_adapting.py``). The adaptation itself is :func:`~hematovision.training.adapt.adapt_labeled`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.labeled import LabeledInputs, labeled_from_zip
+from ..modeling import persistence
+from ..training.adapt import AdaptConfig, AdaptOutcome, adapt_labeled, labeled_from_reviews
+
+
+@dataclass
+class AdaptAttempt:
+    """What one Adapt click gave: the new version, or a message for the user (never an exception)."""
+
+    outcome: AdaptOutcome | None = None
+    error: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of labeled files not used
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def summary(self) -> str:
+        """One Markdown paragraph about the new version ("" when there is none)."""
+        res = self.outcome
+        if res is None:
+            return ""
+        counts = ", ".join(f"{c} {n}" for c, n in res.counts.items())
+        return (
+            f"**{res.version}** saved and now in use: adapted from `{res.parent}` on {sum(res.counts.values())} images "
+            f"({counts}) in {res.seconds:.0f} s. Cross-fitted accuracy {res.crossfit_accuracy:.1%}; "
+            f"temperature {res.temperature:.3f}; default threshold {res.threshold:.3f}."
+        )
+
+
+def labeled_images(
+    base_dir: Path, *, zip_upload: tuple[str, bytes] | None = None, store=None
+) -> tuple[LabeledInputs, str]:
+    """The labeled images and where they came from: ``zip_upload`` (name, bytes) of class folders, else the
+    decisions in the review ``store``; labels are checked against the classes of the model in ``base_dir``."""
+    classes = persistence.load_card(Path(base_dir)).classes
+    if zip_upload is not None:
+        name, data = zip_upload
+        return labeled_from_zip(name, data, classes), name
+    if store is None:
+        raise ValueError("give a zip of class folders or a review store")
+    return labeled_from_reviews(store, classes), f"review decisions ({store.path})"
+
+
+def adapt_version(
+    base_dir: Path,
+    name: str,
+    *,
+    zip_upload: tuple[str, bytes] | None = None,
+    store=None,
+    cfg: AdaptConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AdaptAttempt:
+    """Adapt the model in ``base_dir`` to the labeled images and save it as version ``name`` (in the per-user
+    model folder). A problem the user can fix (too few images of a class, a name in use) comes back as
+    ``error``, with the files that were skipped."""
+    labeled, origin = labeled_images(base_dir, zip_upload=zip_upload, store=store)
+    try:
+        res = adapt_labeled(base_dir, labeled, name.strip(), cfg=cfg or AdaptConfig(), source=origin, progress=progress)
+    except (ValueError, FileExistsError) as exc:
+        return AdaptAttempt(error=str(exc), skipped=list(labeled.skipped))
+    return AdaptAttempt(res, skipped=list(res.skipped))

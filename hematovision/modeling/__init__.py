@@ -1,0 +1,33 @@
+"""The network and what is saved with it.
+
+``network``: MobileNetV2 with resizing, preprocessing, head and temperature inside one Keras graph
+(TensorFlow is imported inside its functions). ``persistence``: the model directory (``model.keras``,
+the model card, evaluation files). ``versions``: adapted model versions beside the shipped one.
+``features``: a network's logits or pooled features for dataset files (training-time helpers).
+"""
+
+from .features import layer_outputs_keras, predict_logits_keras
+from .network import INPUT_NORMS, LAST_CONV_LAYER, LOGITS_LAYER, SPLIT_LAYER, TEMPERATURE_LAYER, build_network
+from .persistence import ModelCard, ModelError, load_card, load_keras_model, save_model, update_card
+from .versions import ModelVersion, check_name, list_versions, new_version_dir
+
+__all__ = [
+    "INPUT_NORMS",
+    "LAST_CONV_LAYER",
+    "LOGITS_LAYER",
+    "SPLIT_LAYER",
+    "TEMPERATURE_LAYER",
+    "ModelCard",
+    "ModelError",
+    "ModelVersion",
+    "build_network",
+    "check_name",
+    "layer_outputs_keras",
+    "list_versions",
+    "load_card",
+    "load_keras_model",
+    "new_version_dir",
+    "predict_logits_keras",
+    "save_model",
+    "update_card",
+]

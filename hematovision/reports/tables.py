@@ -1,0 +1,81 @@
+"""Results tables and CSV reports, shared by the CLI and the dashboard.
+
+File names come from users, so every text cell that a spreadsheet could read
+as a formula (leading ``=``, ``+``, ``-``, ``@``, tab or carriage return) is
+prefixed with a quote (OWASP's advice against CSV injection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ..serving.classifier import Prediction
+
+BASE_COLUMNS = ["file", "predicted_class", "confidence"]
+TAIL_COLUMNS = ["flagged", "error"]
+#: A person's decision beside the machine's: ``final_class`` is the reviewed class where there is
+#: one (``unusable`` included), else the prediction; error rows have none.
+REVIEW_COLUMNS = ["reviewed_class", "reviewer", "reviewed_at", "final_class"]
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def columns(classes: Sequence[str]) -> list[str]:
+    return BASE_COLUMNS + [f"p_{c}" for c in classes] + TAIL_COLUMNS
+
+
+def predictions_frame(preds: Iterable[Prediction], classes: Sequence[str]) -> pd.DataFrame:
+    """One row per prediction, in order, with the CLI's CSV columns plus ``sha256`` and ``note``."""
+    rows = []
+    for p in preds:
+        row = {"file": p.file, "predicted_class": p.predicted_class, "confidence": p.confidence}
+        for k, c in enumerate(classes):
+            row[f"p_{c}"] = p.probabilities[k] if p.probabilities else float("nan")
+        row.update(flagged=p.flagged, error=p.error, sha256=p.sha256, note=p.note)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns(classes) + ["sha256", "note"])
+
+
+def with_reviews(frame: pd.DataFrame, reviews: Mapping[str, object]) -> pd.DataFrame:
+    """Add :data:`REVIEW_COLUMNS` from decisions by sha256 (objects with ``reviewed_class``,
+    ``reviewer``, ``reviewed_at``; the caller picks those of the frame's model version)."""
+    out = frame.copy()
+    found = [reviews.get(sha) if sha else None for sha in out["sha256"].fillna("")]
+    out["reviewed_class"] = [d.reviewed_class if d is not None else "" for d in found]
+    out["reviewer"] = [d.reviewer if d is not None else "" for d in found]
+    out["reviewed_at"] = [d.reviewed_at if d is not None else "" for d in found]
+    is_err = out["error"].fillna("") != ""
+    pred = out["predicted_class"].fillna("").astype(str)
+    out["final_class"] = [("" if e else (r or p)) for e, r, p in zip(is_err, out["reviewed_class"], pred)]
+    return out
+
+
+def ensure_review_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with :data:`REVIEW_COLUMNS`, unreviewed where it had none."""
+    return frame if all(c in frame.columns for c in REVIEW_COLUMNS) else with_reviews(frame, {})
+
+
+def apply_threshold(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Recompute ``flagged`` for a new threshold: no inference needed."""
+    out = frame.copy()
+    out["flagged"] = (out["error"].fillna("") == "") & (out["confidence"] < threshold)
+    return out
+
+
+def neutralise(value):
+    """Make a text cell safe to open in a spreadsheet."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def to_csv(frame: pd.DataFrame, path=None, **extra_columns) -> str | None:
+    """Write a report; ``extra_columns`` (e.g. threshold, model_version) are added to every row."""
+    out = frame.copy()
+    for k, v in extra_columns.items():
+        out[k] = v
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(neutralise)
+    return out.to_csv(path, index=False, float_format="%.6f")

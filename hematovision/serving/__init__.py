@@ -1,0 +1,24 @@
+"""Classify images with a saved model, and explain a prediction.
+
+``classifier``: :class:`Classifier` (batch in, one :class:`Prediction` per input, in order).
+``litert``: the LiteRT flat-buffer runtime it prefers, and its export and check.
+``gradcam``: the heat map of what the network looked at.
+"""
+
+from .classifier import Classifier, Prediction, is_flagged
+from .gradcam import GradCam, HeatMap, for_classifier, overlay
+from .litert import LiteRTRuntime, check_images, check_litert, export_litert
+
+__all__ = [
+    "Classifier",
+    "GradCam",
+    "HeatMap",
+    "LiteRTRuntime",
+    "Prediction",
+    "check_images",
+    "check_litert",
+    "export_litert",
+    "for_classifier",
+    "is_flagged",
+    "overlay",
+]

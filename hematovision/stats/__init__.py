@@ -1,0 +1,36 @@
+"""Figures from labels and probabilities (numpy only): metrics and calibration.
+
+``metrics``: confusion matrix, per-class precision/recall/F1, ROC, Wilson and cluster-bootstrap
+intervals. ``calibration``: temperature scaling, reliability and ECE, the review threshold.
+"""
+
+from .calibration import (
+    ThresholdChoice,
+    choose_threshold,
+    ece_of,
+    fit_temperature,
+    nll,
+    reliability,
+    risk_coverage,
+    softmax,
+    threshold_for_accuracy,
+)
+from .metrics import cluster_bootstrap, confusion_matrix, macro_f1, per_class, roc_curve_ovr, wilson_interval
+
+__all__ = [
+    "ThresholdChoice",
+    "choose_threshold",
+    "cluster_bootstrap",
+    "confusion_matrix",
+    "ece_of",
+    "fit_temperature",
+    "macro_f1",
+    "nll",
+    "per_class",
+    "reliability",
+    "risk_coverage",
+    "roc_curve_ovr",
+    "softmax",
+    "threshold_for_accuracy",
+    "wilson_interval",
+]

@@ -1,0 +1,428 @@
+"""Adapt a model to one laboratory from a few images it has labeled.
+
+A lab's stain, camera and crop move its images away from our training data
+(see :mod:`hematovision.training.loso`). A few dozen images it has labeled itself (the
+review queue's decisions, or a zip of class folders) are enough to move the
+model back, if the adaptation is cautious:
+
+* only the dense head is re-fitted, on the frozen network's pooled features of
+  several augmented views of each labeled image (so it runs in seconds on a CPU
+  and cannot over-fit the convolutional body to a handful of cells);
+* the fit starts from the base model's head and is pulled towards it (L2-SP,
+  Li et al. 2018), so classes with few labels keep what the base model knew;
+* the calibration step is the training recipe's: a temperature and a review
+  threshold, fitted on *cross-fitted* logits (each labeled image scored by a
+  head that never saw it), because with few labels there is no spare
+  validation set.
+
+The result is saved as a new model version (its card names the parent), never
+over the model it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.labeled import LabeledInputs
+from ..imaging import augment as aug
+from ..imaging.decode import ImageError, decode_image
+from ..imaging.framing import Jitter, model_input
+from ..imaging.sources import ImageInput
+from ..modeling import persistence, versions
+from ..modeling.network import LOGITS_LAYER, TEMPERATURE_LAYER
+from ..serving.litert import export_litert
+from ..stats import calibration
+
+log = logging.getLogger("hematovision.adapt")
+
+POOL_LAYER = "pool"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Knobs of an adaptation; saved into the new model's card."""
+
+    views: int = 8  # per labeled image; the first is the clean image
+    steps: int = 300  # full-batch Adam steps on the head
+    lr: float = 0.01
+    l2sp: float = 1e-3  # pull towards the base head's weights
+    label_smoothing: float = 0.05
+    folds: int = 5  # cross-fitting for the temperature and threshold
+    target_accuracy: float = 0.99
+    seed: int = 0
+    augment: dict = field(default_factory=lambda: asdict(aug.AugmentConfig()))
+
+
+@dataclass
+class AdaptResult:
+    """A fitted head with its calibration, ready to be saved as a model version."""
+
+    weights: np.ndarray  # (features, classes)
+    bias: np.ndarray
+    temperature: float
+    threshold: calibration.ThresholdChoice
+    crossfit_accuracy: float  # of the cross-fitted predictions: an honest estimate from the labels alone
+    counts: dict
+    seconds: float
+    config: AdaptConfig
+
+
+def feature_model(network):
+    """The network up to the pooled features (shares weights with ``network``)."""
+    import keras  # TensorFlow-class library: imported only when a network is used
+
+    return keras.Model(network.input, network.get_layer(POOL_LAYER).output, name="features")
+
+
+def head_weights(network) -> tuple[np.ndarray, np.ndarray]:
+    w, b = network.get_layer(LOGITS_LAYER).get_weights()
+    return np.asarray(w, np.float64), np.asarray(b, np.float64)
+
+
+def pooled_features(
+    features,
+    images: Sequence[np.ndarray],
+    input_size: int,
+    views: int,
+    augment_cfg: dict,
+    seed: int,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+    framing: str = "full",
+) -> np.ndarray:
+    """``(len(images), views, F)`` pooled features; view 0 is the clean image, the rest augmented
+    (and, for ``framing="cell"``, framed with a jittered box, as in training)."""
+    cfg = aug.AugmentConfig(**{**augment_cfg, "zoom": tuple(augment_cfg["zoom"])})
+    out = []
+    batch: list[np.ndarray] = []
+
+    def flush():
+        if batch:
+            out.append(np.asarray(features.predict_on_batch(np.stack(batch).astype(np.float32))))
+            batch.clear()
+
+    for k, rgb in enumerate(images):
+        for v in range(views):
+            jitter = None
+            if v == 0:
+                view = rgb
+            else:
+                rng = np.random.default_rng([seed, k, v, zlib.crc32(rgb[::17, ::17].tobytes())])
+                view = aug.augment(rgb, rng, cfg)
+                jitter = Jitter.draw(rng) if framing != "full" else None
+            batch.append(model_input(view, input_size, framing, jitter))
+            if len(batch) >= batch_size:
+                flush()
+        if progress:
+            progress(k + 1)
+    flush()
+    feats = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return feats.reshape(len(images), views, -1).astype(np.float64)
+
+
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    cfg: AdaptConfig,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax regression from ``(w0, b0)``, full-batch Adam, label smoothing, L2-SP towards ``w0``.
+
+    Pure numpy: with ≤ a few thousand views of 1280 features it takes well under a second.
+    """
+    n, k = len(x), w0.shape[1]
+    t = np.full((n, k), cfg.label_smoothing / k)
+    t[np.arange(n), y] += 1 - cfg.label_smoothing
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    sw = sw / sw.sum()
+    w, b = w0.copy(), b0.copy()
+    params = [w, b]
+    m1 = [np.zeros_like(p) for p in params]
+    m2 = [np.zeros_like(p) for p in params]
+    for step in range(1, cfg.steps + 1):
+        p = calibration.softmax(x @ w + b)
+        g = (p - t) * sw[:, None]
+        grads = [x.T @ g + cfg.l2sp * (w - w0), g.sum(0)]
+        for j, (param, grad) in enumerate(zip(params, grads)):
+            m1[j] = 0.9 * m1[j] + 0.1 * grad
+            m2[j] = 0.999 * m2[j] + 0.001 * grad * grad
+            param -= cfg.lr * (m1[j] / (1 - 0.9 ** step)) / (np.sqrt(m2[j] / (1 - 0.999 ** step)) + 1e-8)
+    return w, b
+
+
+def _balanced(y: np.ndarray) -> np.ndarray:
+    counts = np.bincount(y, minlength=y.max() + 1).astype(np.float64)
+    return 1.0 / counts[y]
+
+
+def _folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Stratified fold index per image."""
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(y), int)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold[idx] = np.arange(len(idx)) % n_folds
+    return fold
+
+
+def adapt_head(
+    feats: np.ndarray,
+    y: np.ndarray,
+    w0: np.ndarray,
+    b0: np.ndarray,
+    classes: Sequence[str],
+    cfg: AdaptConfig = AdaptConfig(),
+) -> AdaptResult:
+    """Fit and calibrate a head on ``feats`` (images x views x F) labeled ``y``; see the module docstring."""
+    t0 = time.time()
+    y = np.asarray(y, int)
+    n_img, views, f = feats.shape
+    n_folds = int(min(cfg.folds, np.bincount(y).min())) if len(y) else 0
+    oof = np.zeros((n_img, w0.shape[1]))
+    if n_folds >= 2:
+        fold = _folds(y, n_folds, cfg.seed)
+        for k in range(n_folds):
+            tr = fold != k
+            xt = feats[tr].reshape(-1, f)
+            yt = np.repeat(y[tr], views)
+            w, b = fit_head(xt, yt, w0, b0, cfg, np.repeat(_balanced(y[tr]), views))
+            oof[~tr] = feats[~tr, 0] @ w + b  # scored on the clean view, as served
+        temperature = calibration.fit_temperature(
+            oof, y, smoothing=1.0 / (len(y) + 2)
+        )  # a few labels never justify certainty
+    else:  # a class with one image: no cross-fitting possible, keep the base temperature scale
+        oof = feats[:, 0] @ w0 + b0
+        temperature = 1.0
+    probs = calibration.softmax(oof / temperature)
+    thr = calibration.choose_threshold(probs, y, cfg.target_accuracy)
+    w, b = fit_head(feats.reshape(-1, f), np.repeat(y, views), w0, b0, cfg, np.repeat(_balanced(y), views))
+    counts = {c: int((y == k).sum()) for k, c in enumerate(classes)}
+    return AdaptResult(w, b, float(temperature), thr, float((oof.argmax(1) == y).mean()), counts, time.time() - t0, cfg)
+
+
+def adapted_network(base_network, result: AdaptResult):
+    """A copy of the base network with the adapted head and the new temperature inside.
+
+    Works for any network with the contract of :mod:`hematovision.modeling.network` (a ``logits``
+    layer followed by the temperature and softmax), so tests can use tiny ones.
+    """
+    import keras  # TensorFlow-class library: imported only when a network is used
+
+    clone = keras.models.clone_model(base_network)
+    clone.set_weights(base_network.get_weights())
+    clone.get_layer(LOGITS_LAYER).set_weights([result.weights.astype(np.float32), result.bias.astype(np.float32)])
+    scaled = keras.layers.Rescaling(1.0 / float(result.temperature), name=TEMPERATURE_LAYER)(
+        clone.get_layer(LOGITS_LAYER).output
+    )
+    probs = keras.layers.Softmax(name="probabilities")(scaled)
+    return keras.Model(clone.input, probs, name=base_network.name)
+
+
+def decode_labeled(labeled) -> tuple[list[np.ndarray], list[str], list[tuple[str, str]]]:
+    """Decode an :class:`~hematovision.data.labeled.LabeledInputs` into ``(images, labels, skipped)``; a file
+    that cannot be read is skipped with its reason, never fatal."""
+    images, labels, skipped = [], [], list(labeled.skipped)
+    for item, label in zip(labeled.inputs, labeled.labels):
+        try:
+            images.append(decode_image(item.read()).rgb)
+            labels.append(label)
+        except (ImageError, OSError) as exc:
+            skipped.append((item.name, str(exc)))
+    return images, labels, skipped
+
+
+def labeled_from_reviews(store, classes: Sequence[str]):
+    """The review queue's decided images as labeled inputs: confirmed and reclassified cells, one per
+    image (the latest decision across model versions); ``unusable`` ones are left out.
+
+    The images are the queue's stored thumbnails (at most 256 px a side), which is also
+    about the model's input size."""
+    latest: dict = {}
+    for item in store.items():
+        d = item.decision
+        if d is None or d.reviewed_class not in classes:
+            continue
+        if item.sha256 not in latest or (d.reviewed_at, d.id) > (
+            latest[item.sha256].decision.reviewed_at,
+            latest[item.sha256].decision.id,
+        ):
+            latest[item.sha256] = item
+    out = LabeledInputs()
+    for sha, item in sorted(latest.items(), key=lambda kv: kv[1].decision.id):
+        def read(sha=sha, version=item.model_version):
+            data = store.thumbnail(sha, version)
+            if data is None:
+                raise OSError("no stored image for this review")
+            return data
+
+        out.inputs.append(ImageInput(item.file or sha[:12], read))
+        out.labels.append(item.decision.reviewed_class)
+        out.groups.append(sha)
+    return out
+
+
+def check_labels(labels: Sequence[str], classes: Sequence[str], minimum: int = 2) -> None:
+    """Adaptation needs ``minimum`` images of every class; raises ValueError saying which are short."""
+    short = [f"{c} ({labels.count(c)})" for c in classes if list(labels).count(c) < minimum]
+    if short:
+        raise ValueError(
+            f"adaptation needs at least {minimum} labeled images of every class; too few for: {', '.join(short)}"
+        )
+
+
+def adapt_model(
+    base_dir: Path,
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    out_dir: Path,
+    name: str,
+    cfg: AdaptConfig = AdaptConfig(),
+    source: str = "",
+    progress: Callable[[int, int], None] | None = None,
+    litert: bool = True,
+) -> Path:
+    """Adapt the model in ``base_dir`` to labeled images and save it as a new version in ``out_dir``.
+
+    ``labels`` must be among the base model's classes. ``out_dir`` must not exist yet:
+    a version is never overwritten. ``progress(done, total)`` is called per image.
+    """
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists: adapted versions are never overwritten; choose another name")
+    if base_dir.resolve() == out_dir.resolve():
+        raise ValueError("an adapted model cannot be saved over its parent")
+    t0 = time.time()
+    card = persistence.load_card(base_dir)
+    unknown = sorted(set(labels) - set(card.classes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not classes of the model ({', '.join(card.classes)})")
+    if len(images) != len(labels):
+        raise ValueError("need one label per image")
+    check_labels(list(labels), card.classes)
+    y = np.array([card.classes.index(lbl) for lbl in labels])
+    base = persistence.load_keras_model(base_dir, card)
+    # The base temperature is inside the saved network: features and head weights are read before it.
+    feats = pooled_features(feature_model(base), images, card.input_size, cfg.views, cfg.augment, cfg.seed,
+                            progress=(lambda k: progress(k, len(images))) if progress else None, framing=card.framing)
+    w0, b0 = head_weights(base)
+    result = adapt_head(feats, y, w0, b0, card.classes, cfg)
+    net = adapted_network(base, result)
+    new = persistence.ModelCard(
+        name=name,
+        classes=list(card.classes),
+        input_size=card.input_size,
+        framing=card.framing,
+        framing_revision=card.framing_revision,
+        preprocessing=card.preprocessing,
+        temperature=result.temperature,
+        default_threshold=float(result.threshold.threshold),
+        parent=card.version,
+        threshold={
+            "target_accuracy": cfg.target_accuracy,
+            "val_accuracy_accepted": result.threshold.accuracy,
+            "val_coverage": result.threshold.coverage,
+            "val_flagged_share": 1 - result.threshold.coverage,
+            "fitted_on": "cross-fitted logits of the labeled images",
+        },
+        training={
+            "adaptation": {
+                "parent": card.version,
+                "source": source,
+                "labeled_counts": result.counts,
+                "method": "head only (L2-SP towards the parent head), "
+                "pooled features of augmented views; temperature and threshold on cross-fitted logits",
+                "crossfit_accuracy": result.crossfit_accuracy,
+                "config": asdict(cfg),
+                "wall_time_seconds": round(time.time() - t0, 1),
+                "machine": persistence.machine_description(),
+            },
+            "counts": card.training.get("counts", {}),
+            "split_rules": card.training.get("split_rules", ""),
+        },
+    )
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    persistence.save_model(net, new, tmp)
+    if litert:
+        try:
+            export_litert(tmp, list(images[:16]), f"{min(16, len(images))} of the labeled images")
+        except Exception as exc:  # serving falls back to model.keras
+            log.warning("LiteRT export of the adapted model failed (%s); it will be served from model.keras", exc)
+    tmp.rename(out_dir)  # the version appears whole or not at all
+    return out_dir
+
+
+@dataclass
+class AdaptOutcome:
+    """What the CLI and the dashboard report after an adaptation."""
+
+    path: Path
+    version: str
+    parent: str
+    counts: dict
+    crossfit_accuracy: float
+    temperature: float
+    threshold: float
+    seconds: float
+    skipped: list  # (name, reason) of labeled files that were not used
+    target_accuracy: float = 0.99
+
+    @property
+    def note(self) -> str:
+        """What a user must know about the default threshold of the new version ("" when nothing)."""
+        if self.threshold >= 0.999:
+            return (
+                f"With these labeled images the cross-fitted predictions never reach {self.target_accuracy:.0%} "
+                f"accuracy, so the new "
+                "version's default threshold flags every prediction. Label more images (20 or more per class), or set "
+                "a "
+                "lower threshold in the sidebar knowing it is not backed by that target."
+            )
+        return ""
+
+
+def adapt_labeled(
+    base_dir: Path,
+    labeled,
+    name: str,
+    out_dir: Path | None = None,
+    cfg: AdaptConfig = AdaptConfig(),
+    source: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> AdaptOutcome:
+    """Decode labeled inputs (:class:`~hematovision.data.labeled.LabeledInputs`), adapt, save as version ``name``.
+
+    ``out_dir`` defaults to :func:`versions.new_version_dir` (the per-user model folder).
+    Raises ValueError / FileExistsError with a message for the user.
+    """
+    versions.check_name(name)
+    out_dir = Path(out_dir) if out_dir else versions.new_version_dir(name)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists: adapted versions are never overwritten; choose another name")
+    images, labels, skipped = decode_labeled(labeled)
+    path = adapt_model(base_dir, images, labels, out_dir, name, cfg, source=source, progress=progress)
+    card = persistence.load_card(path)
+    ad = card.training["adaptation"]
+    return AdaptOutcome(
+        path,
+        card.version,
+        card.parent,
+        ad["labeled_counts"],
+        ad["crossfit_accuracy"],
+        card.temperature,
+        card.default_threshold,
+        ad["wall_time_seconds"],
+        skipped,
+        cfg.target_accuracy,
+    )
