@@ -1,4 +1,4 @@
-"""Command line: ``python -m hematovision {train,loso,adapt,evaluate,classify,export-litert,fields} --help``.
+"""Command line: ``python -m hematovision {train,loso,adapt,evaluate,classify,report,export-litert,fields} --help``.
 
 ``classify`` serves from ``model.tflite`` (LiteRT) when the model directory has a
 checked one, without importing TensorFlow; otherwise from ``model.keras``.
@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--data", help="data root for check images (default: $HEMATOVISION_DATA or ../shared/data; generated images if absent)")
     x.add_argument("--check-images", type=int, default=16, help="real test images per test set to compare Keras and LiteRT on")
 
+    r = sub.add_parser("report", help="the differential report of classify results as a PDF (sample, differential, review status, cell gallery)")
+    r.add_argument("results", metavar="RESULTS.csv", help="a CSV written by 'classify' (or downloaded from the Classify page)")
+    r.add_argument("--out", required=True, help="PDF file to write")
+    r.add_argument("--sample-id", default="", help="the sample's identifier, printed on every page")
+    r.add_argument("--operator", default="", help="who produced the report")
+    r.add_argument("--review-db", help="apply the review decisions of this database, as the Classify page does "
+                                       "(default: $HEMATOVISION_REVIEW_DB or <user data dir>/reviews.sqlite3 when it exists)")
+
     f = sub.add_parser("fields", help="find which Kaggle images are copies of one smear field (the unit the validation split keeps whole) and write or check the field table")
     f.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
     f.add_argument("--out", help="field table to write (default: the committed hematovision/kaggle_fields.csv)")
@@ -129,6 +137,35 @@ def cmd_fields(args) -> int:
     out = Path(args.out) if args.out else fields.TABLE
     fields.write_table(rows, out)
     print(f"written {out} ({len(rows)} images)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import sqlite3
+
+    from .reports.content import ReportInputError, report_from_csv
+    from .reports.pdf import render_pdf
+    from .review import ReviewDBError, ReviewStore, db_path
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"folder for --out does not exist: {out.parent}")
+    dbp = db_path(args.review_db)
+    if args.review_db and not dbp.is_file():
+        raise UsageError(f"no review database at {dbp}")
+    try:
+        store = ReviewStore(dbp) if dbp.is_file() else None
+        content = report_from_csv(args.results, sample_id=args.sample_id, operator=args.operator, store=store)
+        render_pdf(content, out)
+    except (ReportInputError, ReviewDBError) as exc:
+        raise UsageError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot read the review database {dbp}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    pages = f"{content.total_cells} white cells, {content.status.headline}"
+    missing = f"; {content.n_images_missing} cell image(s) not available" if content.n_images_missing else ""
+    print(f"{args.results}: {pages}{missing} -> {out}", file=sys.stderr)
     return 0
 
 
@@ -370,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in what a command writes (the model card)
     try:
-        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert, "fields": cmd_fields}[args.command](args)
+        return {"classify": cmd_classify, "evaluate": cmd_evaluate, "train": cmd_train, "loso": cmd_loso, "adapt": cmd_adapt, "export-litert": cmd_export_litert, "fields": cmd_fields,
+                "report": cmd_report}[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
