@@ -10,6 +10,7 @@ import streamlit as st
 
 from hematovision import app_state, batching, report, review, samples
 from hematovision.imaging import decode_image
+from hematovision.reports import dashboard as report_ui
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
 
@@ -135,6 +136,12 @@ st.download_button(
     f"Download CSV ({len(out)} rows)", batching.csv_report(out, classes, threshold, clf.version),
     file_name="hematovision_predictions.csv", mime="text/csv", on_click="ignore",
 )
+
+# ---------------------------------------------------------------- report (PDF) and gallery: hematovision.reports
+batch_images = {e.sha256: e.data for e in entries if e.data}
+report_ui.report_download(frame, clf, threshold, batch_images)
+if st.toggle("Gallery view: the rows shown, as cells grouped by class", key="hv_gallery_view"):
+    report_ui.classify_gallery(view, clf, batch_images, detail_key="hv_detail")
 
 # ---------------------------------------------------------------- detail
 st.subheader("Detail")

@@ -11,6 +11,7 @@ import streamlit as st
 
 from hematovision import app_state, batching, review
 from hematovision.imaging import decode_image
+from hematovision.reports import dashboard as report_ui
 
 st.title("🧑‍🔬 Review queue")
 app_state.disclaimer()
@@ -142,6 +143,11 @@ else:
                      "file": "File", "predicted_class": "Predicted class", "status": "Status", "final_class": "Final class",
                      "reviewer": "Reviewer", "reviewed_at": "Reviewed at (UTC)",
                      "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f")})
+
+    # ------------------------------------------------------------ gallery: hematovision.reports
+    if st.toggle("Gallery view: the items shown, as cells grouped by class", key="hv_review_gallery_view"):
+        report_ui.review_gallery(shown, lambda it: (batching.image_of(batch.entries(), it.sha256) if batch else None)
+                                 or store.thumbnail(it.sha256, it.model_version), clf, current_key="hv_review_current")
 
 # ---------------------------------------------------------------- export
 n_decisions = len(store.history())

@@ -21,7 +21,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, MutableMapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -406,12 +406,14 @@ def _now() -> str:
 
 def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = "", store: ReviewStore | None = None,
                  images: ImageLookup | None = None, model: ModelInfo | None = None, created_at: str | None = None,
-                 source: str = "", threshold: float | None = None, max_gallery: int = MAX_GALLERY) -> ReportContent:
+                 source: str = "", threshold: float | None = None, max_gallery: int = MAX_GALLERY,
+                 framed: MutableMapping | None = None) -> ReportContent:
     """Everything a differential report says, from ``classify`` results (see the module's docstring).
 
     ``results``: a CSV read by :func:`read_results`, or the Classify page's table (checked again here).
     ``store``: review decisions to apply. ``images``: where images are looked up (:func:`files_on_disk`).
     ``model``: the model's card facts (default: :func:`model_info` of the results' model version).
+    ``framed``: a cache of gallery pictures kept between calls (the dashboard's session), so each cell is framed once.
     Raises :class:`ReportInputError` for results that are not a ``classify`` output.
     """
     frame = check_results(results, source or "results")
@@ -431,13 +433,15 @@ def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = 
 
     # Content hashes key the review decisions. In field mode one file holds many cells, so its hash
     # cannot name a cell: only a hash the results carry is used there.
-    data_by_file: dict[str, bytes | None] = {}
+    fetched: dict[tuple[str, str], bytes | None] = {}  # by (file, sha256 as given): two uploads may share a name
+    data_of: dict[int, bytes | None] = {}
     for i in frame.index[has_cell]:
-        f = frame.at[i, "file"]
-        if f not in data_by_file:
-            data_by_file[f] = lookup(f, "" if field_mode else frame.at[i, "sha256"])
-        if not field_mode and not frame.at[i, "sha256"] and data_by_file[f]:
-            frame.at[i, "sha256"] = hashlib.sha256(data_by_file[f]).hexdigest()
+        key = (frame.at[i, "file"], "" if field_mode else frame.at[i, "sha256"])
+        if key not in fetched:
+            fetched[key] = lookup(*key)
+        data_of[i] = fetched[key]
+        if not field_mode and not frame.at[i, "sha256"] and data_of[i]:
+            frame.at[i, "sha256"] = hashlib.sha256(data_of[i]).hexdigest()
     frame = _apply_reviews(_decision_keys(frame, store), store)
 
     unfamiliar = frame["unfamiliar"] if "unfamiliar" in frame.columns else pd.Series(False, index=frame.index)
@@ -473,10 +477,14 @@ def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = 
             continue
         row = frame.loc[i]
         f, sha, version = row["file"], row["sha256"], row["model_version"]
-        data, where = data_by_file.get(f), "image file"
-        if data is None and store is not None and sha:
-            data, where = store.thumbnail(sha, version), "review store"
-        image = None
+        key = (f, sha, version, _box(row) if field_mode else None, model.framing)
+        if framed is not None and key in framed:
+            image, where = framed[key]
+            data = None
+        else:
+            image, data, where = None, data_of.get(i), "image file"
+            if data is None and store is not None and sha:
+                data, where = store.thumbnail(sha, version), "review store"
         if data is not None:
             try:
                 if decoded[0] != f"{where}:{f}:{sha}":
@@ -488,6 +496,8 @@ def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = 
                 image = _frame_cell(rgb, model.framing) if rgb is not None else None
             except Exception:  # an unreadable image is a missing picture, never a failed report
                 image = None
+            if framed is not None and image is not None:
+                framed[key] = (image, where)
         missing += image is None
         label = f"field {field_no.get(f, 0)} \u00b7 cell {row['cell']}" if field_mode else Path(f).name or f
         action = "" if not row["reviewed_class"] else (
@@ -505,7 +515,7 @@ def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = 
         for f, k in field_no.items():
             rows = frame[(frame["file"] == f) & has_cell]
             image, scale = None, 1.0
-            data = data_by_file.get(f) or (lookup(f, "") if f not in data_by_file else None)
+            data = fetched[(f, "")] if (f, "") in fetched else lookup(f, "")
             if data is not None:
                 try:
                     rgb = decode_image(data).rgb
