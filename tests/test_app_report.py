@@ -52,7 +52,7 @@ def _tile_captions(at: AppTest) -> list[str]:
 
 
 def _buttons(at: AppTest, label: str):
-    return [b for b in at.button if b.label == label]
+    return [b for b in at.button if b.label.startswith(label)]
 
 
 def test_classify_has_the_report_button_with_sample_and_operator(env):
@@ -88,7 +88,7 @@ def test_classify_gallery_groups_cells_and_opens_the_detail(env):
     assert row in (0, 2, 3)  # a classified row of BATCH (1 is broken); every row is shown, so position = index
     assert at.session_state["hv_detail"] == row
     assert at.selectbox(key="hv_detail").value == row
-    assert any(c.startswith(f"#{row + 1} ") for c in _tile_captions(at))
+    assert last.label == f"Open #{row + 1}" and any(c.startswith(f"#{row + 1} ") for c in _tile_captions(at))
 
 
 def test_review_gallery_opens_the_item(env):

@@ -60,7 +60,7 @@ def _draw(groups: Sequence[gal.TileGroup], on_open: Callable[[gal.Tile], None], 
         st.info("No classified cell to show.")
         return
     st.caption("Each picture is the framed cell the model classified. Frame: **orange** flagged for review, "
-               "**blue** reclassified or unusable, **green** confirmed by a reviewer. *Open* shows the detail and review.")
+               "**blue** reclassified or unusable, **green** confirmed by a reviewer. *Open* shows the detail and review form.")
     show_all = True
     if any(len(g.tiles) > FIRST for g in groups):
         show_all = st.toggle(f"Show every cell (the first {FIRST} of each class otherwise)", key=f"{key}_all")
@@ -71,7 +71,7 @@ def _draw(groups: Sequence[gal.TileGroup], on_open: Callable[[gal.Tile], None], 
             cols = st.columns(COLUMNS)
             for col, t in zip(cols, tiles[start:start + COLUMNS]):
                 col.image(t.image, caption=t.caption, width="stretch")
-                col.button("Open", key=f"{key}_open_{g.name}_{t.position}", on_click=on_open, args=(t,), width="stretch")
+                col.button(f"Open #{t.position + 1}", key=f"{key}_open_{g.name}_{t.position}", on_click=on_open, args=(t,), width="stretch")
 
 
 def classify_gallery(view: pd.DataFrame, clf, images: dict[str, bytes], detail_key: str) -> None:

@@ -82,7 +82,7 @@ def _header_block(c: ReportContent, s, width: float):
         pair("Sample ID", c.sample_id) + pair("Operator", c.operator),
         pair("Report created", c.created_at) + pair("Results", f"{c.source or 'classify results'} ({what})"),
         pair("HematoVision version", c.hematovision_version) + pair("Model version", c.model.version),
-        pair("Review threshold (confidence)", thr) + pair("Cell framing", "framed cell (nucleus located)" if c.model.framing == "cell"
+        pair("Review threshold", thr) + pair("Cell framing", "framed cell (nucleus located)" if c.model.framing == "cell"
                                                           else "whole image"),
     ]
     lw = 0.17 * width
@@ -175,7 +175,7 @@ def _gallery_cell(cell: GalleryCell, s, side: float):
         pic.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("BACKGROUND", (0, 0), (-1, -1), "#eef0f2")]))
     marks = []
     if cell.flagged:
-        marks.append(f'<font color="{FLAG}"><b>flagged</b></font>')
+        marks.append(f'<font color="{FLAG if not cell.reviewed else MUTED}"><b>flagged</b></font>')
     if cell.reclassified:
         marks.append(f'<font color="{RECLASS}"><b>was {escape(cell.predicted_class)}</b></font>')
     elif cell.action == "confirmed":
@@ -183,7 +183,7 @@ def _gallery_cell(cell: GalleryCell, s, side: float):
     elif cell.action == "unusable":
         marks.append(f'<font color="{RECLASS}"><b>unusable</b> (was {escape(cell.predicted_class)})</font>')
     label = escape(cell.label if len(cell.label) <= 22 else cell.label[:10] + "\u2026" + cell.label[-10:])
-    caption = f"#{cell.number} \u00b7 {cell.confidence:.2f}<br/>{label}" + ("<br/>" + " ".join(marks) if marks else "")
+    caption = f"#{cell.number} \u00b7 {cell.confidence:.2f}<br/>{label}" + ("<br/>" + " \u00b7 ".join(marks) if marks else "")
     return [pic, Paragraph(caption, s["cell"])]
 
 
@@ -195,8 +195,9 @@ def _gallery_block(c: ReportContent, s, width: float):
            Paragraph(f"Every cell, grouped by its final class (the reviewed class where there is one). Each picture is the "
                      f"square the model classified ({'the framed cell around the located nucleus' if c.model.framing == 'cell' else 'the whole image'}). "
                      f'Under each: the row number in the results, the calibrated confidence, the image. '
-                     f'<font color="{FLAG}"><b>Orange frame</b></font>: flagged for review; '
-                     f'<font color="{RECLASS}"><b>blue frame</b></font>: reclassified by a reviewer.', s["small"])]
+                     f'Frame: <font color="{FLAG}"><b>orange</b></font>, flagged and not yet reviewed; '
+                     f'<font color="{GREEN}"><b>green</b></font>, confirmed by a reviewer; '
+                     f'<font color="{RECLASS}"><b>blue</b></font>, reclassified (or unusable) by a reviewer.', s["small"])]
     if c.n_images_missing:
         out.append(Paragraph(f"{c.n_images_missing} cell(s): {IMAGE_NOT_AVAILABLE} (the file has moved and the review "
                              "store holds no thumbnail).", s["small"]))
@@ -220,6 +221,8 @@ def _gallery_block(c: ReportContent, s, width: float):
             for k, cell in enumerate(row):
                 if cell.reclassified or cell.action == "unusable":
                     style.append(("BOX", (k, r), (k, r), 1.6, HexColor(RECLASS)))
+                elif cell.action == "confirmed":
+                    style.append(("BOX", (k, r), (k, r), 1.6, HexColor(GREEN)))
                 elif cell.flagged:
                     style.append(("BOX", (k, r), (k, r), 1.6, HexColor(FLAG)))
         t = Table(data, colWidths=[col_w] * GALLERY_COLUMNS, hAlign="LEFT", repeatRows=0)
