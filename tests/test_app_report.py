@@ -124,8 +124,19 @@ def test_gallery_tiles_are_framed_by_status():
     img = np.full((128, 128, 3), 100, np.uint8)
 
     def cell(**kw):
-        base = dict(number=1, file="a", label="a", predicted_class="monocyte", final_class="monocyte", confidence=0.5,
-                    flagged=False, action="", reviewer="", image=img, image_source="image file")
+        base = dict(
+            number=1,
+            file="a",
+            label="a",
+            predicted_class="monocyte",
+            final_class="monocyte",
+            confidence=0.5,
+            flagged=False,
+            action="",
+            reviewer="",
+            image=img,
+            image_source="image file",
+        )
         return GalleryCell(**{**base, **kw})
 
     assert tuple(gal._framed(cell(flagged=True))[0, 0]) == gal.FLAGGED_RGB

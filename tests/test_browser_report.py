@@ -43,7 +43,14 @@ def _text(pdf: Path) -> str:
 
 
 def _images(pdf: Path) -> int:
-    return len(subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True, check=True).stdout.splitlines()) - 2
+    return (
+        len(
+            subprocess.run(
+                ["pdfimages", "-list", str(pdf)], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+        )
+        - 2
+    )
 
 
 def _download(page, path: Path) -> str:
@@ -67,8 +74,14 @@ def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
             page.goto(url)  # the home page first: until Home.py has run st.navigation once, /classify is not routed
             expect(page.get_by_text("Model card at a glance")).to_be_visible(timeout=60_000)
             page.goto(url + "/classify")
-            files = [{"name": f"cell_{k:02d}.png", "mimeType": "image/png", "buffer": image_bytes("PNG", size=(90, 70), seed=k)}
-                     for k in range(N)]
+            files = [
+                {
+                    "name": f"cell_{k:02d}.png",
+                    "mimeType": "image/png",
+                    "buffer": image_bytes("PNG", size=(90, 70), seed=k),
+                }
+                for k in range(N)
+            ]
             expect(page.locator("input[type=file]").first).to_be_attached(timeout=60_000)
             page.locator("input[type=file]").first.set_input_files(files)
             expect(page.get_by_text(f"{N} of {N} rows shown")).to_be_visible(timeout=45_000)
@@ -98,7 +111,9 @@ def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
             box = page.get_by_label("Operator", exact=True)
             box.fill("Dr. Browser Jr.")
             box.press("Enter")
-            expect(page.locator("[data-testid=stMetric]").filter(has_text="Reviewed")).to_contain_text(str(N), timeout=30_000)
+            expect(page.locator("[data-testid=stMetric]").filter(has_text="Reviewed")).to_contain_text(
+                str(N), timeout=30_000
+            )
             second = tmp_path / "second.pdf"
             _download(page, second)
             text = _text(second)
@@ -115,7 +130,8 @@ def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
             number = int(last.inner_text().strip().removeprefix("Open #"))
             last.click()
             expect(page.locator("[data-testid=stSelectbox]").filter(has_text="Image").first).to_contain_text(
-                f"cell_{number - 1:02d}.png", timeout=30_000)  # the detail view shows the opened cell
+                f"cell_{number - 1:02d}.png", timeout=30_000
+            )  # the detail view shows the opened cell
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True, timeout=90_000)
             print("failure screenshot:", tmp_path / "failure.png")

@@ -31,8 +31,10 @@ from hematovision.review import UNUSABLE, ReviewStore, thumbnail_png
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "tiny@abc123"
-needs_poppler = pytest.mark.skipif(not (shutil.which("pdftotext") and shutil.which("pdfimages")),
-                                   reason="poppler-utils (pdftotext, pdfimages) not installed: apt-get install poppler-utils")
+needs_poppler = pytest.mark.skipif(
+    not (shutil.which("pdftotext") and shutil.which("pdfimages")),
+    reason="poppler-utils (pdftotext, pdfimages) not installed: apt-get install poppler-utils",
+)
 
 
 def pdf_text(path: Path, layout: bool = True) -> str:
@@ -64,20 +66,37 @@ def write_results(folder: Path, rows, version: str = VERSION, threshold: float =
         w.writerow(report.columns(CLASSES) + ["threshold", "model_version"])
         for k, (name, cls, conf) in enumerate(rows):
             if cls is None:
-                w.writerow([str(folder / name), "", "", "", "", "", "", False, "corrupt or truncated PNG", threshold, version])
+                w.writerow(
+                    [str(folder / name), "", "", "", "", "", "", False, "corrupt or truncated PNG", threshold, version]
+                )
                 continue
             (folder / name).write_bytes(image_bytes("PNG", size=(96, 80), seed=k))
             probs = [(1 - conf) / 3] * 4
             probs[CLASSES.index(cls)] = conf
-            w.writerow([str(folder / name), cls, f"{conf:.6f}", *[f"{p:.6f}" for p in probs], conf < threshold, "", threshold, version])
+            w.writerow(
+                [
+                    str(folder / name),
+                    cls,
+                    f"{conf:.6f}",
+                    *[f"{p:.6f}" for p in probs],
+                    conf < threshold,
+                    "",
+                    threshold,
+                    version,
+                ]
+            )
     return path
 
 
 # 14 cells and an unreadable image; flagged below 0.8: l3, m0, n_low.
-MIXED = [(f"e{k}.png", "eosinophil", 0.95) for k in range(3)] + [(f"l{k}.png", "lymphocyte", 0.9) for k in range(3)] + \
-        [("l3.png", "lymphocyte", 0.7)] + \
-        [("m0.png", "monocyte", 0.5), ("m1.png", "monocyte", 0.97)] + [(f"n{k}.png", "neutrophil", 0.99) for k in range(4)] + \
-        [("n_low.png", "neutrophil", 0.6), ("broken.png", None, 0)]
+MIXED = (
+    [(f"e{k}.png", "eosinophil", 0.95) for k in range(3)]
+    + [(f"l{k}.png", "lymphocyte", 0.9) for k in range(3)]
+    + [("l3.png", "lymphocyte", 0.7)]
+    + [("m0.png", "monocyte", 0.5), ("m1.png", "monocyte", 0.97)]
+    + [(f"n{k}.png", "neutrophil", 0.99) for k in range(4)]
+    + [("n_low.png", "neutrophil", 0.6), ("broken.png", None, 0)]
+)
 
 
 def sha_of(path: Path) -> str:
@@ -102,13 +121,48 @@ def test_classify_then_report_names_sample_operator_model_counts_and_is_prelimin
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     env = {**os.environ, "HEMATOVISION_MODEL": str(tiny_model_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
     results = tmp_path / "results.csv"
-    r = subprocess.run([sys.executable, "-m", "hematovision", "classify", str(folder), "--out", str(results), "--threshold", "0.9",
-                        "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hematovision",
+            "classify",
+            str(folder),
+            "--out",
+            str(results),
+            "--threshold",
+            "0.9",
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(results)))
     pdf = tmp_path / "report.pdf"
-    r = subprocess.run([sys.executable, "-m", "hematovision", "report", str(results), "--out", str(pdf), "--sample-id", "SMP-0042",
-                        "--operator", "Dr. Ada Lovelace"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hematovision",
+            "report",
+            str(results),
+            "--out",
+            str(pdf),
+            "--sample-id",
+            "SMP-0042",
+            "--operator",
+            "Dr. Ada Lovelace",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     text = pdf_text(pdf)
     assert "SMP-0042" in text and "Dr. Ada Lovelace" in text
@@ -130,7 +184,9 @@ def test_preliminary_until_every_flagged_cell_is_reviewed_then_signed(tmp_path, 
     db = tmp_path / "reviews.sqlite3"
     store = ReviewStore(db)
     pdf = tmp_path / "r.pdf"
-    code, err = run_report(results, "--out", pdf, "--sample-id", "S1", "--operator", "op", "--review-db", db, capsys=capsys)
+    code, err = run_report(
+        results, "--out", pdf, "--sample-id", "S1", "--operator", "op", "--review-db", db, capsys=capsys
+    )
     assert code == 0, err
     text = pdf_text(pdf)
     assert "PRELIMINARY \u2014 3 flagged cells not yet reviewed" in text
@@ -140,7 +196,9 @@ def test_preliminary_until_every_flagged_cell_is_reviewed_then_signed(tmp_path, 
     for name, pred, verdict in [("m0.png", "monocyte", "lymphocyte"), ("n_low.png", "neutrophil", "neutrophil")]:
         store.decide(sha_of(folder / name), VERSION, verdict, "Grace", predicted_class=pred, classes=CLASSES)
     # a decision under another model version does not count for these results
-    store.decide(sha_of(folder / "l3.png"), "other@999", "monocyte", "Eve", predicted_class="lymphocyte", classes=CLASSES)
+    store.decide(
+        sha_of(folder / "l3.png"), "other@999", "monocyte", "Eve", predicted_class="lymphocyte", classes=CLASSES
+    )
     code, err = run_report(results, "--out", pdf, "--review-db", db, capsys=capsys)
     assert code == 0 and "PRELIMINARY \u2014 1 flagged cell not yet reviewed" in pdf_text(pdf)
 
@@ -161,19 +219,39 @@ def test_preliminary_until_every_flagged_cell_is_reviewed_then_signed(tmp_path, 
 # ---------------------------------------------------------------------- bad input: one line, exit 2
 
 
-@pytest.mark.parametrize("name, data, reason", [
-    ("empty.csv", b"", "is empty"),
-    ("header_only.csv", (",".join(report.columns(CLASSES)) + "\n").encode(), "has no rows"),
-    ("other.csv", b"name,age\nann,3\n", "not a HematoVision 'classify' CSV: missing column(s) file, predicted_class"),
-    ("no_probs.csv", b"file,predicted_class,confidence,flagged,error\na.png,monocyte,0.5,True,\n", "missing column(s) p_<class>"),
-    ("binary.csv", bytes(range(256)) * 4, "not a readable CSV"),
-    ("badclass.csv", (",".join(report.columns(CLASSES)) + "\na.png,platelet,0.5,0.1,0.1,0.1,0.5,True,\n").encode(),
-     "predicted class 'platelet' is not one of"),
-    ("badflag.csv", (",".join(report.columns(CLASSES)) + "\na.png,monocyte,0.5,0.1,0.1,0.5,0.3,maybe,\n").encode(),
-     "'maybe' is not true or false"),
-    ("badconf.csv", (",".join(report.columns(CLASSES)) + "\na.png,monocyte,high,0.1,0.1,0.5,0.3,True,\n").encode(),
-     "confidence is not a number"),
-])
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("empty.csv", b"", "is empty"),
+        ("header_only.csv", (",".join(report.columns(CLASSES)) + "\n").encode(), "has no rows"),
+        (
+            "other.csv",
+            b"name,age\nann,3\n",
+            "not a HematoVision 'classify' CSV: missing column(s) file, predicted_class",
+        ),
+        (
+            "no_probs.csv",
+            b"file,predicted_class,confidence,flagged,error\na.png,monocyte,0.5,True,\n",
+            "missing column(s) p_<class>",
+        ),
+        ("binary.csv", bytes(range(256)) * 4, "not a readable CSV"),
+        (
+            "badclass.csv",
+            (",".join(report.columns(CLASSES)) + "\na.png,platelet,0.5,0.1,0.1,0.1,0.5,True,\n").encode(),
+            "predicted class 'platelet' is not one of",
+        ),
+        (
+            "badflag.csv",
+            (",".join(report.columns(CLASSES)) + "\na.png,monocyte,0.5,0.1,0.1,0.5,0.3,maybe,\n").encode(),
+            "'maybe' is not true or false",
+        ),
+        (
+            "badconf.csv",
+            (",".join(report.columns(CLASSES)) + "\na.png,monocyte,high,0.1,0.1,0.5,0.3,True,\n").encode(),
+            "confidence is not a number",
+        ),
+    ],
+)
 def test_bad_results_give_one_line_and_exit_2(tmp_path, capsys, name, data, reason):
     path = tmp_path / name
     path.write_bytes(data)
@@ -205,8 +283,12 @@ def test_moved_images_come_from_the_review_store_or_are_marked_missing(tmp_path,
     folder = tmp_path / "b"
     store = ReviewStore(tmp_path / "r.db")
     kept = folder / "m0.png"
-    store.queue([Prediction(str(kept), "monocyte", 0.5, (0.1, 0.1, 0.5, 0.3), True, "", sha_of(kept))], CLASSES, VERSION,
-                thumbnails={sha_of(kept): thumbnail_png(decode_image(kept.read_bytes()).rgb)})
+    store.queue(
+        [Prediction(str(kept), "monocyte", 0.5, (0.1, 0.1, 0.5, 0.3), True, "", sha_of(kept))],
+        CLASSES,
+        VERSION,
+        thumbnails={sha_of(kept): thumbnail_png(decode_image(kept.read_bytes()).rgb)},
+    )
     store.decide(sha_of(kept), VERSION, "lymphocyte", "Grace")
     for f in folder.glob("*.png"):
         f.unlink()
@@ -215,7 +297,9 @@ def test_moved_images_come_from_the_review_store_or_are_marked_missing(tmp_path,
     assert code == 0, err
     assert "13 cell image(s) not available" in err
     text = pdf_text(pdf)
-    assert len(re.findall(r"image\s+not\s+available", pdf_text(pdf, layout=False))) == 13 + 1  # 13 pictures and the gallery's note
+    assert (
+        len(re.findall(r"image\s+not\s+available", pdf_text(pdf, layout=False))) == 13 + 1
+    )  # 13 pictures and the gallery's note
     assert pdf_image_count(pdf) == 1  # the stored thumbnail
     # the decision still applies: found by file name and model version in the store
     assert differential_counts(text)["lymphocyte"] == 5 and re.search(r"was\s+monocyte", pdf_text(pdf, layout=False))
@@ -229,23 +313,36 @@ def test_content_counts_final_classes_and_leaves_unusable_and_unfamiliar_out(tmp
     frame = rc.read_results(results)
     frame["unfamiliar"] = [k == 0 for k in range(len(frame))]  # e0: unfamiliar, not reviewed
     store = ReviewStore(tmp_path / "r.db")
-    store.decide(sha_of(tmp_path / "b" / "n0.png"), VERSION, UNUSABLE, "x", predicted_class="neutrophil", classes=CLASSES)
+    store.decide(
+        sha_of(tmp_path / "b" / "n0.png"), VERSION, UNUSABLE, "x", predicted_class="neutrophil", classes=CLASSES
+    )
     c = rc.build_report(frame, store=store, images=rc.files_on_disk(), sample_id=" S ", operator="op", created_at="now")
-    assert {r.cell_class: r.count for r in c.differential} == {"eosinophil": 2, "lymphocyte": 4, "monocyte": 2, "neutrophil": 4}
+    assert {r.cell_class: r.count for r in c.differential} == {
+        "eosinophil": 2,
+        "lymphocyte": 4,
+        "monocyte": 2,
+        "neutrophil": 4,
+    }
     assert c.status.n_flagged == 3 and c.status.n_flagged_unreviewed == 3 and c.status.n_unusable == 1
     assert c.total_cells == 12 and c.n_unidentified == 1 and c.n_unusable == 1 and c.n_errors == 1
     assert abs(sum(r.percent for r in c.differential) - 100.0) < 1e-9
     assert [g.name for g in c.gallery] == CLASSES + [rc.UNIDENTIFIED, UNUSABLE]
     assert c.sample_id == "S" and c.model.version == "tiny@abc123" and not c.model.found
-    assert all(cell.image is not None and cell.image.shape == (rc.THUMB_PX, rc.THUMB_PX, 3) for g in c.gallery for cell in g.cells)
+    assert all(
+        cell.image is not None and cell.image.shape == (rc.THUMB_PX, rc.THUMB_PX, 3)
+        for g in c.gallery
+        for cell in g.cells
+    )
     assert c.errors == ((str(tmp_path / "b" / "broken.png"), "corrupt or truncated PNG"),)
     assert dict(zip(*np.unique([r.reference is not None for r in c.differential], return_counts=True)))[True] == 4
 
 
 def test_dashboard_csv_review_columns_count_without_a_store(tmp_path):
     frame = rc.read_results(write_results(tmp_path / "b", MIXED[:4]))
-    frame = report.with_reviews(frame.assign(sha256=["a", "b", "c", "d"]), {
-        "d": type("D", (), {"reviewed_class": "monocyte", "reviewer": "r", "reviewed_at": "2026-01-01T00:00:00Z"})()})
+    frame = report.with_reviews(
+        frame.assign(sha256=["a", "b", "c", "d"]),
+        {"d": type("D", (), {"reviewed_class": "monocyte", "reviewer": "r", "reviewed_at": "2026-01-01T00:00:00Z"})()},
+    )
     path = tmp_path / "dash.csv"
     report.to_csv(frame[report.columns(CLASSES) + report.REVIEW_COLUMNS], path, threshold=0.8, model_version=VERSION)
     c = rc.report_from_csv(path)
@@ -263,7 +360,9 @@ def test_zip_members_and_neutralised_names_are_found(tmp_path):
     assert lookup("batch.zip/cells/a.png", "") == image_bytes("PNG", seed=5)
     assert lookup("batch.zip/cells/missing.png", "") is None and lookup("", "") is None
     path = tmp_path / "r.csv"
-    frame = report.predictions_frame([Prediction("=odd.png", "monocyte", 0.9, (0.05, 0.05, 0.9, 0.0), False, "", "")], CLASSES)
+    frame = report.predictions_frame(
+        [Prediction("=odd.png", "monocyte", 0.9, (0.05, 0.05, 0.9, 0.0), False, "", "")], CLASSES
+    )
     report.to_csv(frame[report.columns(CLASSES)], path, threshold=0.5, model_version=VERSION)
     assert "'=odd.png" in path.read_text()
     c = rc.report_from_csv(path)
@@ -276,16 +375,60 @@ def test_field_mode_crops_each_box_and_draws_numbered_boxes(tmp_path):
     field = np.full((300, 400, 3), 225, np.uint8)
     yy, xx = np.mgrid[:300, :400]
     for cx, cy in ((80, 90), (300, 200)):
-        field[(yy - cy) ** 2 + (xx - cx) ** 2 < 30 ** 2] = (90, 40, 140)
+        field[(yy - cy) ** 2 + (xx - cx) ** 2 < 30**2] = (90, 40, 140)
     Image.fromarray(field).save(tmp_path / "field.png")
     cols = report.columns(CLASSES) + ["threshold", "model_version", "cell", "x0", "y0", "x1", "y1", "partial", "note"]
     path = tmp_path / "cells.csv"
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
-        w.writerow(["field.png", "monocyte", 0.9, 0.0, 0.1, 0.9, 0.0, False, "", 0.8, VERSION, 1, 40, 50, 120, 130, False, ""])
-        w.writerow(["field.png", "neutrophil", 0.6, 0.0, 0.1, 0.3, 0.6, True, "", 0.8, VERSION, 2, 260, 160, 340, 240, False, ""])
-        w.writerow(["empty.png", "", "", "", "", "", "", False, "", 0.8, VERSION, "", "", "", "", "", "", "no white cell found"])
+        w.writerow(
+            ["field.png", "monocyte", 0.9, 0.0, 0.1, 0.9, 0.0, False, "", 0.8, VERSION, 1, 40, 50, 120, 130, False, ""]
+        )
+        w.writerow(
+            [
+                "field.png",
+                "neutrophil",
+                0.6,
+                0.0,
+                0.1,
+                0.3,
+                0.6,
+                True,
+                "",
+                0.8,
+                VERSION,
+                2,
+                260,
+                160,
+                340,
+                240,
+                False,
+                "",
+            ]
+        )
+        w.writerow(
+            [
+                "empty.png",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                False,
+                "",
+                0.8,
+                VERSION,
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "no white cell found",
+            ]
+        )
     c = rc.report_from_csv(path)
     assert c.field_mode and c.n_no_cell == 1 and c.total_cells == 2 and c.n_rows == 3
     view, empty = c.fields
@@ -301,6 +444,8 @@ def test_field_mode_crops_each_box_and_draws_numbered_boxes(tmp_path):
 
 def test_render_never_fails_on_odd_text_and_no_cells(tmp_path):
     results = write_results(tmp_path / "b", [("broken.png", None, 0)])
-    c = rc.report_from_csv(results, sample_id="<b>&amp; \u00fc\u00f1\u00ee\u00e7\u00f8d\u00e9 \u4e2d", operator="O'Brien <script>")
+    c = rc.report_from_csv(
+        results, sample_id="<b>&amp; \u00fc\u00f1\u00ee\u00e7\u00f8d\u00e9 \u4e2d", operator="O'Brien <script>"
+    )
     assert c.total_cells == 0 and c.gallery == ()
     assert render_pdf(c).startswith(b"%PDF")

@@ -41,8 +41,12 @@ REFERENCE_LABEL = "Adult reference intervals, for orientation only, not diagnost
 #: Relative counts (% of white cells) commonly quoted for healthy adults. They vary between
 #: laboratories, methods and populations: shown beside the differential for orientation only.
 ADULT_REFERENCE_PERCENT: dict[str, tuple[float, float]] = {
-    "neutrophil": (40.0, 75.0), "lymphocyte": (20.0, 45.0), "monocyte": (2.0, 10.0),
-    "eosinophil": (1.0, 6.0), "basophil": (0.0, 2.0)}
+    "neutrophil": (40.0, 75.0),
+    "lymphocyte": (20.0, 45.0),
+    "monocyte": (2.0, 10.0),
+    "eosinophil": (1.0, 6.0),
+    "basophil": (0.0, 2.0),
+}
 THUMB_PX = 128  # gallery thumbnail side (px): the framed cell as the network saw it, smaller
 FIELD_PX = 900  # a field image's longer side in the report (px)
 MAX_GALLERY = 2000  # cells shown in the gallery at most; the rest are counted as left out
@@ -240,7 +244,9 @@ def check_results(frame: pd.DataFrame, name: str = "results") -> pd.DataFrame:
         if err or not cls:
             continue  # an error row, or a field with no white cell found
         if cls not in classes:
-            raise ReportInputError(f"{name} row {k + 1}: predicted class {cls!r} is not one of its classes ({', '.join(classes)})")
+            raise ReportInputError(
+                f"{name} row {k + 1}: predicted class {cls!r} is not one of its classes ({', '.join(classes)})"
+            )
         if not math.isfinite(conf):
             raise ReportInputError(f"{name} row {k + 1}: confidence is not a number")
     if "sha256" not in out.columns:
@@ -297,7 +303,7 @@ def files_on_disk(base: str | Path | None = None, max_bytes: int = DEFAULT_LIMIT
         if not file:
             return None
         p = Path(file)
-        for candidate in ([p] if p.is_absolute() else [root / p for root in roots]):
+        for candidate in [p] if p.is_absolute() else [root / p for root in roots]:
             data = read_file(candidate)
             if data is not None:
                 return data
@@ -333,8 +339,10 @@ def model_info(version: str, model_dir: str | Path | None = None) -> ModelInfo:
     if ev.get("model_version") in (None, card.version):
         for s in ev.get("sets", {}).values():
             try:
-                figures.append(f"{s['name']}: accuracy {float(s['accuracy']):.1%} on {int(s['n_images'])} images, "
-                               f"macro-F1 {float(s['macro_f1']):.3f}")
+                figures.append(
+                    f"{s['name']}: accuracy {float(s['accuracy']):.1%} on {int(s['n_images'])} images, "
+                    f"macro-F1 {float(s['macro_f1']):.3f}"
+                )
             except (KeyError, TypeError, ValueError):
                 continue
     framing = card.framing if card.framing in FRAMINGS else "cell"
@@ -404,10 +412,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = "", store: ReviewStore | None = None,
-                 images: ImageLookup | None = None, model: ModelInfo | None = None, created_at: str | None = None,
-                 source: str = "", threshold: float | None = None, max_gallery: int = MAX_GALLERY,
-                 framed: MutableMapping | None = None) -> ReportContent:
+def build_report(
+    results: pd.DataFrame,
+    *,
+    sample_id: str = "",
+    operator: str = "",
+    store: ReviewStore | None = None,
+    images: ImageLookup | None = None,
+    model: ModelInfo | None = None,
+    created_at: str | None = None,
+    source: str = "",
+    threshold: float | None = None,
+    max_gallery: int = MAX_GALLERY,
+    framed: MutableMapping | None = None,
+) -> ReportContent:
     """Everything a differential report says, from ``classify`` results (see the module's docstring).
 
     ``results``: a CSV read by :func:`read_results`, or the Classify page's table (checked again here).
@@ -452,18 +470,30 @@ def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = 
 
     counts = group[has_cell].value_counts()
     total = int(sum(int(counts.get(c, 0)) for c in classes))
-    differential = tuple(DifferentialRow(c, int(counts.get(c, 0)), 100.0 * int(counts.get(c, 0)) / total if total else 0.0,
-                                         ADULT_REFERENCE_PERCENT.get(c)) for c in classes)
+    differential = tuple(
+        DifferentialRow(
+            c,
+            int(counts.get(c, 0)),
+            100.0 * int(counts.get(c, 0)) / total if total else 0.0,
+            ADULT_REFERENCE_PERCENT.get(c),
+        )
+        for c in classes
+    )
 
     flagged = has_cell & frame["flagged"].astype(bool)
     pred, rev = frame["predicted_class"], frame["reviewed_class"]
     done = has_cell & reviewed
     names = sorted({(r or "anonymous") for r in frame.loc[done, "reviewer"]})
     status = ReviewStatus(
-        n_flagged=int(flagged.sum()), n_flagged_unreviewed=int((flagged & ~reviewed).sum()), n_reviewed=int(done.sum()),
-        n_confirmed=int((done & (rev == pred)).sum()), n_reclassified=int((done & (rev != pred) & (rev != UNUSABLE)).sum()),
-        n_unusable=int((done & (rev == UNUSABLE)).sum()), reviewers=tuple(names),
-        last_reviewed_at=max(frame.loc[done, "reviewed_at"], default=""))
+        n_flagged=int(flagged.sum()),
+        n_flagged_unreviewed=int((flagged & ~reviewed).sum()),
+        n_reviewed=int(done.sum()),
+        n_confirmed=int((done & (rev == pred)).sum()),
+        n_reclassified=int((done & (rev != pred) & (rev != UNUSABLE)).sum()),
+        n_unusable=int((done & (rev == UNUSABLE)).sum()),
+        reviewers=tuple(names),
+        last_reviewed_at=max(frame.loc[done, "reviewed_at"], default=""),
+    )
 
     # The gallery: every cell, grouped by final class, what the network saw.
     order = classes + [UNIDENTIFIED, UNUSABLE]
@@ -500,13 +530,34 @@ def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = 
                 framed[key] = (image, where)
         missing += image is None
         label = f"field {field_no.get(f, 0)} \u00b7 cell {row['cell']}" if field_mode else Path(f).name or f
-        action = "" if not row["reviewed_class"] else (
-            UNUSABLE if row["reviewed_class"] == UNUSABLE else
-            "confirmed" if row["reviewed_class"] == row["predicted_class"] else "reclassified")
-        grouped[group[i]].append(GalleryCell(
-            number=int(i) + 1, file=f, label=label, predicted_class=row["predicted_class"], final_class=row["final_class"],
-            confidence=float(row["confidence"]), flagged=bool(row["flagged"]), action=action, reviewer=row["reviewer"],
-            image=image, image_source=where if image is not None else "", sha256=sha, model_version=version))
+        action = (
+            ""
+            if not row["reviewed_class"]
+            else (
+                UNUSABLE
+                if row["reviewed_class"] == UNUSABLE
+                else "confirmed"
+                if row["reviewed_class"] == row["predicted_class"]
+                else "reclassified"
+            )
+        )
+        grouped[group[i]].append(
+            GalleryCell(
+                number=int(i) + 1,
+                file=f,
+                label=label,
+                predicted_class=row["predicted_class"],
+                final_class=row["final_class"],
+                confidence=float(row["confidence"]),
+                flagged=bool(row["flagged"]),
+                action=action,
+                reviewer=row["reviewer"],
+                image=image,
+                image_source=where if image is not None else "",
+                sha256=sha,
+                model_version=version,
+            )
+        )
         shown += 1
     gallery = tuple(GalleryGroup(g, tuple(grouped[g])) for g in order if grouped[g])
 
@@ -527,24 +578,58 @@ def build_report(results: pd.DataFrame, *, sample_id: str = "", operator: str = 
             for _, r in rows.iterrows():
                 b = _box(r)
                 if b is not None:
-                    boxes.append(FieldBox(int(float(r["cell"])) if str(r["cell"]).strip() else 0, tuple(v * scale for v in b),
-                                          r["final_class"], bool(r["flagged"])))
+                    boxes.append(
+                        FieldBox(
+                            int(float(r["cell"])) if str(r["cell"]).strip() else 0,
+                            tuple(v * scale for v in b),
+                            r["final_class"],
+                            bool(r["flagged"]),
+                        )
+                    )
             fields.append(FieldView(k, f, image, tuple(boxes)))
 
     return ReportContent(
-        sample_id=str(sample_id or "").strip(), operator=str(operator or "").strip(), created_at=created_at or _now(),
-        hematovision_version=__version__, model=model, source=source, threshold=threshold, classes=tuple(classes),
-        differential=differential, total_cells=total, n_rows=len(frame),
+        sample_id=str(sample_id or "").strip(),
+        operator=str(operator or "").strip(),
+        created_at=created_at or _now(),
+        hematovision_version=__version__,
+        model=model,
+        source=source,
+        threshold=threshold,
+        classes=tuple(classes),
+        differential=differential,
+        total_cells=total,
+        n_rows=len(frame),
         n_unidentified=int((group == UNIDENTIFIED).sum()) if "unfamiliar" in frame.columns else None,
-        n_unusable=int((group == UNUSABLE).sum()), n_errors=int(is_err.sum()),
+        n_unusable=int((group == UNUSABLE).sum()),
+        n_errors=int(is_err.sum()),
         n_no_cell=int((~is_err & (frame["predicted_class"] == "")).sum()),
-        errors=tuple(zip(frame.loc[is_err, "file"], frame.loc[is_err, "error"])), status=status, gallery=gallery,
-        gallery_left_out=left_out, fields=tuple(fields), n_images_missing=missing, field_mode=field_mode)
+        errors=tuple(zip(frame.loc[is_err, "file"], frame.loc[is_err, "error"])),
+        status=status,
+        gallery=gallery,
+        gallery_left_out=left_out,
+        fields=tuple(fields),
+        n_images_missing=missing,
+        field_mode=field_mode,
+    )
 
 
-def report_from_csv(path: str | Path, *, sample_id: str = "", operator: str = "", store: ReviewStore | None = None,
-                    created_at: str | None = None) -> ReportContent:
+def report_from_csv(
+    path: str | Path,
+    *,
+    sample_id: str = "",
+    operator: str = "",
+    store: ReviewStore | None = None,
+    created_at: str | None = None,
+) -> ReportContent:
     """:func:`build_report` for a CSV on disk: images looked up beside it (the CLI's ``report``)."""
     path = Path(path)
-    return build_report(read_results(path), sample_id=sample_id, operator=operator, store=store,
-                        images=files_on_disk(path.resolve().parent), created_at=created_at, source=path.name)
+    return build_report(
+        read_results(path),
+        sample_id=sample_id,
+        operator=operator,
+        store=store,
+        images=files_on_disk(path.resolve().parent),
+        created_at=created_at,
+        source=path.name,
+    )

@@ -32,10 +32,19 @@ def report_filename(sample_id: str) -> str:
     return f"hematovision_report_{safe}.pdf" if safe else "hematovision_report.pdf"
 
 
-def report_pdf(frame: pd.DataFrame, clf, threshold: float, images: dict[str, bytes], sample_id: str, operator: str) -> bytes:
+def report_pdf(
+    frame: pd.DataFrame, clf, threshold: float, images: dict[str, bytes], sample_id: str, operator: str
+) -> bytes:
     """The batch's report as PDF bytes (the dashboard's frame has its reviews applied already)."""
-    content = build_report(frame, sample_id=sample_id, operator=operator, images=lambda file, sha: images.get(sha),
-                           model=_model(clf), threshold=threshold, source="dashboard batch")
+    content = build_report(
+        frame,
+        sample_id=sample_id,
+        operator=operator,
+        images=lambda file, sha: images.get(sha),
+        model=_model(clf),
+        threshold=threshold,
+        source="dashboard batch",
+    )
     return render_pdf(content)
 
 
@@ -49,18 +58,26 @@ def report_download(frame: pd.DataFrame, clf, threshold: float, images: dict[str
     sample = c1.text_input("Sample ID", key="hv_report_sample", placeholder="e.g. S-2026-0412")
     operator = c2.text_input("Operator", key="hv_report_operator", placeholder="your name")
     snapshot = frame.drop(columns=["thumbnail"], errors="ignore").copy()
-    c3.download_button("Download report (PDF)", lambda: report_pdf(snapshot, clf, threshold, images, sample, operator),
-                       file_name=report_filename(sample), mime="application/pdf", on_click="ignore", key="hv_report_pdf",
-                       help="PRELIMINARY while any flagged cell is unreviewed; once all are reviewed it names the reviewers "
-                            "and has a sign-off line.")
+    c3.download_button(
+        "Download report (PDF)",
+        lambda: report_pdf(snapshot, clf, threshold, images, sample, operator),
+        file_name=report_filename(sample),
+        mime="application/pdf",
+        on_click="ignore",
+        key="hv_report_pdf",
+        help="PRELIMINARY while any flagged cell is unreviewed; once all are reviewed it names the reviewers "
+        "and has a sign-off line.",
+    )
 
 
 def _draw(groups: Sequence[gal.TileGroup], on_open: Callable[[gal.Tile], None], key: str) -> None:
     if not groups:
         st.info("No classified cell to show.")
         return
-    st.caption("Each picture is the framed cell the model classified. Frame: **orange** flagged for review, "
-               "**blue** reclassified or unusable, **green** confirmed by a reviewer. *Open* shows the detail and review form.")
+    st.caption(
+        "Each picture is the framed cell the model classified. Frame: **orange** flagged for review, "
+        "**blue** reclassified or unusable, **green** confirmed by a reviewer. *Open* shows the detail and review form."
+    )
     show_all = True
     if any(len(g.tiles) > FIRST for g in groups):
         show_all = st.toggle(f"Show every cell (the first {FIRST} of each class otherwise)", key=f"{key}_all")
@@ -69,9 +86,15 @@ def _draw(groups: Sequence[gal.TileGroup], on_open: Callable[[gal.Tile], None], 
         tiles = g.tiles if show_all else g.tiles[:FIRST]
         for start in range(0, len(tiles), COLUMNS):
             cols = st.columns(COLUMNS)
-            for col, t in zip(cols, tiles[start:start + COLUMNS]):
+            for col, t in zip(cols, tiles[start : start + COLUMNS]):
                 col.image(t.image, caption=t.caption, width="stretch")
-                col.button(f"Open #{t.position + 1}", key=f"{key}_open_{g.name}_{t.position}", on_click=on_open, args=(t,), width="stretch")
+                col.button(
+                    f"Open #{t.position + 1}",
+                    key=f"{key}_open_{g.name}_{t.position}",
+                    on_click=on_open,
+                    args=(t,),
+                    width="stretch",
+                )
 
 
 def classify_gallery(view: pd.DataFrame, clf, images: dict[str, bytes], detail_key: str) -> None:

@@ -49,8 +49,15 @@ class TileGroup:
 
 def _framed(cell: GalleryCell) -> np.ndarray:
     rgb = cell.image if cell.image is not None else np.full((THUMB_PX, THUMB_PX, 3), MISSING_RGB, np.uint8)
-    colour = (CHANGED_RGB if cell.action in ("reclassified", UNUSABLE) else FLAGGED_RGB if cell.flagged
-              else CONFIRMED_RGB if cell.action == "confirmed" else None)
+    colour = (
+        CHANGED_RGB
+        if cell.action in ("reclassified", UNUSABLE)
+        else FLAGGED_RGB
+        if cell.flagged
+        else CONFIRMED_RGB
+        if cell.action == "confirmed"
+        else None
+    )
     if colour is None:
         return np.pad(rgb, ((BORDER, BORDER), (BORDER, BORDER), (0, 0)), constant_values=255)
     out = np.empty((rgb.shape[0] + 2 * BORDER, rgb.shape[1] + 2 * BORDER, 3), np.uint8)
@@ -82,8 +89,16 @@ def tiles(content: ReportContent) -> list[TileGroup]:
         n_flag = sum(c.flagged and not c.reviewed for c in g.cells)
         title = f"{names.get(g.name, g.name)} · {len(g.cells)} cell{'s' if len(g.cells) != 1 else ''}"
         title += f" ({n_flag} flagged, not reviewed)" if n_flag else ""
-        out.append(TileGroup(g.name, title, tuple(
-            Tile(c.number - 1, c.sha256, c.model_version, _framed(c), _caption(c), c.flagged, c.reviewed) for c in g.cells)))
+        out.append(
+            TileGroup(
+                g.name,
+                title,
+                tuple(
+                    Tile(c.number - 1, c.sha256, c.model_version, _framed(c), _caption(c), c.flagged, c.reviewed)
+                    for c in g.cells
+                ),
+            )
+        )
     return out
 
 
@@ -93,28 +108,46 @@ def _bounded(cache: MutableMapping | None) -> MutableMapping | None:
     return cache
 
 
-def batch_gallery(frame: pd.DataFrame, image_of: Callable[[str], "bytes | None"], model: ModelInfo,
-                  framed: MutableMapping | None = None) -> list[TileGroup]:
+def batch_gallery(
+    frame: pd.DataFrame,
+    image_of: Callable[[str], "bytes | None"],
+    model: ModelInfo,
+    framed: MutableMapping | None = None,
+) -> list[TileGroup]:
     """The Classify page's results (reviews already applied) as tile groups; ``image_of``: bytes by sha256."""
-    content = build_report(frame, images=lambda file, sha: image_of(sha) if sha else None, model=model,
-                           framed=_bounded(framed), source="dashboard batch")
+    content = build_report(
+        frame,
+        images=lambda file, sha: image_of(sha) if sha else None,
+        model=model,
+        framed=_bounded(framed),
+        source="dashboard batch",
+    )
     return tiles(content)
 
 
 def review_frame(items: Sequence[Item]) -> pd.DataFrame:
     """Queued review items as ``classify`` results with their current decisions applied."""
     classes = list(items[0].classes) if items else []
-    preds = [Prediction(it.file, it.predicted_class, it.confidence, tuple(it.probabilities), it.flagged, "", it.sha256)
-             for it in items]
+    preds = [
+        Prediction(it.file, it.predicted_class, it.confidence, tuple(it.probabilities), it.flagged, "", it.sha256)
+        for it in items
+    ]
     frame = report.predictions_frame(preds, classes)
     frame = report.with_reviews(frame, {it.sha256: it.decision for it in items if it.decision is not None})
     frame["model_version"] = [it.model_version for it in items]
     return frame
 
 
-def review_gallery(items: Sequence[Item], image_of: Callable[[Item], "bytes | None"], model: ModelInfo,
-                   framed: MutableMapping | None = None) -> list[TileGroup]:
-    """The Review page's queue (as filtered) as tile groups; ``image_of``: the original bytes or the stored thumbnail."""
+def review_gallery(
+    items: Sequence[Item],
+    image_of: Callable[[Item], "bytes | None"],
+    model: ModelInfo,
+    framed: MutableMapping | None = None,
+) -> list[TileGroup]:
+    """The Review page's queue (as filtered) as tile groups.
+
+    ``image_of``: an item's image bytes (the original while its batch is in the session, else the stored thumbnail).
+    """
     if not items:
         return []
     by_sha = {(it.sha256, it.model_version): it for it in items}
@@ -124,5 +157,7 @@ def review_gallery(items: Sequence[Item], image_of: Callable[[Item], "bytes | No
         it = next((by_sha[(sha, v)] for v in versions if (sha, v) in by_sha), None)
         return image_of(it) if it is not None else None
 
-    content = build_report(review_frame(items), images=lookup, model=model, framed=_bounded(framed), source="review queue")
+    content = build_report(
+        review_frame(items), images=lookup, model=model, framed=_bounded(framed), source="review queue"
+    )
     return tiles(content)

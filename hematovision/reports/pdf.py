@@ -29,8 +29,15 @@ GREEN = "#166534"
 GREEN_BG = "#dcfce7"
 FLAG = "#d97706"
 RECLASS = "#1d4ed8"
-CLASS_COLOURS = {"eosinophil": "#dc2626", "lymphocyte": "#2563eb", "monocyte": "#7c3aed", "neutrophil": "#059669",
-                 "basophil": "#0891b2", "unusable": "#6b7280", UNIDENTIFIED: "#6b7280"}
+CLASS_COLOURS = {
+    "eosinophil": "#dc2626",
+    "lymphocyte": "#2563eb",
+    "monocyte": "#7c3aed",
+    "neutrophil": "#059669",
+    "basophil": "#0891b2",
+    "unusable": "#6b7280",
+    UNIDENTIFIED: "#6b7280",
+}
 GALLERY_COLUMNS = 7
 
 
@@ -49,21 +56,51 @@ def _styles():
 
     base = getSampleStyleSheet()
     s = {
-        "title": ParagraphStyle("title", parent=base["Title"], fontName="Helvetica-Bold", fontSize=17, leading=21,
-                                alignment=0, spaceAfter=2, textColor=HexColor(INK)),
-        "subtitle": ParagraphStyle("subtitle", parent=base["Normal"], fontSize=9, leading=12, textColor=HexColor(MUTED)),
-        "h2": ParagraphStyle("h2", parent=base["Heading2"], fontName="Helvetica-Bold", fontSize=11.5, leading=14,
-                             spaceBefore=10, spaceAfter=4, textColor=HexColor(INK)),
-        "h3": ParagraphStyle("h3", parent=base["Heading3"], fontName="Helvetica-Bold", fontSize=9.5, leading=12,
-                             spaceBefore=6, spaceAfter=3, textColor=HexColor(INK)),
+        "title": ParagraphStyle(
+            "title",
+            parent=base["Title"],
+            fontName="Helvetica-Bold",
+            fontSize=17,
+            leading=21,
+            alignment=0,
+            spaceAfter=2,
+            textColor=HexColor(INK),
+        ),
+        "subtitle": ParagraphStyle(
+            "subtitle", parent=base["Normal"], fontSize=9, leading=12, textColor=HexColor(MUTED)
+        ),
+        "h2": ParagraphStyle(
+            "h2",
+            parent=base["Heading2"],
+            fontName="Helvetica-Bold",
+            fontSize=11.5,
+            leading=14,
+            spaceBefore=10,
+            spaceAfter=4,
+            textColor=HexColor(INK),
+        ),
+        "h3": ParagraphStyle(
+            "h3",
+            parent=base["Heading3"],
+            fontName="Helvetica-Bold",
+            fontSize=9.5,
+            leading=12,
+            spaceBefore=6,
+            spaceAfter=3,
+            textColor=HexColor(INK),
+        ),
         "body": ParagraphStyle("body", parent=base["Normal"], fontSize=8.5, leading=11, textColor=HexColor(INK)),
         "small": ParagraphStyle("small", parent=base["Normal"], fontSize=7.5, leading=9.5, textColor=HexColor(MUTED)),
         "label": ParagraphStyle("label", parent=base["Normal"], fontSize=7.5, leading=9.5, textColor=HexColor(MUTED)),
-        "value": ParagraphStyle("value", parent=base["Normal"], fontName="Helvetica-Bold", fontSize=9, leading=11.5,
-                                textColor=HexColor(INK)),
-        "cell": ParagraphStyle("cell", parent=base["Normal"], fontSize=6.3, leading=7.6, alignment=1, textColor=HexColor(INK)),
-        "missing": ParagraphStyle("missing", parent=base["Normal"], fontSize=6.5, leading=8, alignment=1,
-                                  textColor=HexColor(MUTED)),
+        "value": ParagraphStyle(
+            "value", parent=base["Normal"], fontName="Helvetica-Bold", fontSize=9, leading=11.5, textColor=HexColor(INK)
+        ),
+        "cell": ParagraphStyle(
+            "cell", parent=base["Normal"], fontSize=6.3, leading=7.6, alignment=1, textColor=HexColor(INK)
+        ),
+        "missing": ParagraphStyle(
+            "missing", parent=base["Normal"], fontSize=6.5, leading=8, alignment=1, textColor=HexColor(MUTED)
+        ),
         "status": ParagraphStyle("status", parent=base["Normal"], fontName="Helvetica-Bold", fontSize=12, leading=15),
     }
     return s
@@ -82,18 +119,23 @@ def _header_block(c: ReportContent, s, width: float):
         pair("Sample ID", c.sample_id) + pair("Operator", c.operator),
         pair("Report created", c.created_at) + pair("Results", f"{c.source or 'classify results'} ({what})"),
         pair("HematoVision version", c.hematovision_version) + pair("Model version", c.model.version),
-        pair("Review threshold", thr) + pair("Cell framing", "framed cell (nucleus located)" if c.model.framing == "cell"
-                                                          else "whole image"),
+        pair("Review threshold", thr)
+        + pair("Cell framing", "framed cell (nucleus located)" if c.model.framing == "cell" else "whole image"),
     ]
     lw = 0.17 * width
     t = Table(rows, colWidths=[lw, 0.5 * width - lw, lw, 0.5 * width - lw])
-    t.setStyle(TableStyle([
-        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-        ("BACKGROUND", (0, 0), (-1, -1), HexColor(SHADE)),
-        ("LINEBELOW", (0, 0), (-1, -2), 0.4, HexColor(RULE)),
-        ("BOX", (0, 0), (-1, -1), 0.6, HexColor(RULE)),
-        ("TOPPADDING", (0, 0), (-1, -1), 3.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 3.5),
-    ]))
+    t.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                ("BACKGROUND", (0, 0), (-1, -1), HexColor(SHADE)),
+                ("LINEBELOW", (0, 0), (-1, -2), 0.4, HexColor(RULE)),
+                ("BOX", (0, 0), (-1, -1), 0.6, HexColor(RULE)),
+                ("TOPPADDING", (0, 0), (-1, -1), 3.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 3.5),
+            ]
+        )
+    )
     return t
 
 
@@ -104,25 +146,43 @@ def _status_block(c: ReportContent, s, width: float):
     st = c.status
     colour, bg = (AMBER, AMBER_BG) if st.preliminary else (GREEN, GREEN_BG)
     lines = [Paragraph(f'<font color="{colour}">{escape(st.headline)}</font>', s["status"])]
-    done = (f"{st.n_reviewed} cell(s) reviewed: {st.n_confirmed} confirmed, {st.n_reclassified} reclassified, "
-            f"{st.n_unusable} not a white cell / unusable.")
+    done = (
+        f"{st.n_reviewed} cell(s) reviewed: {st.n_confirmed} confirmed, {st.n_reclassified} reclassified, "
+        f"{st.n_unusable} not a white cell / unusable."
+    )
+    n_cells = c.total_cells + c.n_unusable + (c.n_unidentified or 0)
     if st.preliminary:
-        lines.append(Paragraph(
-            f"{st.n_flagged} of {c.total_cells + c.n_unusable + (c.n_unidentified or 0)} cells were flagged for review "
-            f"(calibrated confidence below the threshold). {done} This differential is not final and must not be signed off "
-            "until every flagged cell has a decision (Review page); then issue the report again.", s["body"]))
+        lines.append(
+            Paragraph(
+                f"{st.n_flagged} of {n_cells} cells were flagged for review (calibrated confidence below the "
+                f"threshold). {done} This differential is not final and must not be signed off until every flagged "
+                "cell has a decision (Review page); then issue the report again.",
+                s["body"],
+            )
+        )
     else:
         who = ", ".join(st.reviewers) if st.reviewers else "\u2014"
         when = st.last_reviewed_at or "\u2014"
         lines.append(Paragraph(f"{done} Reviewed by: <b>{escape(who)}</b>; last decision {escape(when)}.", s["body"]))
-        lines.append(Paragraph("<br/>Signed off by: ______________________________ &nbsp;&nbsp; "
-                               "Date: ________________ &nbsp;&nbsp; Signature: ______________________", s["body"]))
+        lines.append(
+            Paragraph(
+                "<br/>Signed off by: ______________________________ &nbsp;&nbsp; "
+                "Date: ________________ &nbsp;&nbsp; Signature: ______________________",
+                s["body"],
+            )
+        )
     t = Table([[x] for x in lines], colWidths=[width])
-    t.setStyle(TableStyle([
-        ("BACKGROUND", (0, 0), (-1, -1), HexColor(bg)),
-        ("LINEBEFORE", (0, 0), (0, -1), 3, HexColor(colour)),
-        ("LEFTPADDING", (0, 0), (-1, -1), 9), ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
-    ]))
+    t.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), HexColor(bg)),
+                ("LINEBEFORE", (0, 0), (0, -1), 3, HexColor(colour)),
+                ("LEFTPADDING", (0, 0), (-1, -1), 9),
+                ("TOPPADDING", (0, 0), (-1, -1), 3),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
+            ]
+        )
+    )
     return t
 
 
@@ -137,31 +197,50 @@ def _differential_block(c: ReportContent, s, width: float):
         rows.append([r.cell_class, str(r.count), f"{r.percent:.1f}%", ref])
     rows.append(["Total white cells", str(c.total_cells), "100.0%" if c.total_cells else "\u2014", ""])
     t = Table(rows, colWidths=[0.36 * width, 0.14 * width, 0.14 * width, 0.36 * width], hAlign="LEFT")
-    t.setStyle(TableStyle([
-        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"), ("FONTSIZE", (0, 0), (-1, -1), 9),
-        ("TEXTCOLOR", (0, 0), (-1, -1), HexColor(INK)),
-        ("BACKGROUND", (0, 0), (-1, 0), HexColor(SHADE)),
-        ("LINEBELOW", (0, 0), (-1, 0), 0.8, HexColor(INK)),
-        ("LINEBELOW", (0, 1), (-1, -3), 0.3, HexColor(RULE)),
-        ("LINEABOVE", (0, -1), (-1, -1), 0.8, HexColor(INK)),
-        ("FONTNAME", (0, -1), (-1, -1), "Helvetica-Bold"),
-        ("ALIGN", (1, 0), (2, -1), "RIGHT"), ("ALIGN", (3, 0), (3, -1), "CENTER"),
-        ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
-    ]))
+    t.setStyle(
+        TableStyle(
+            [
+                ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
+                ("FONTSIZE", (0, 0), (-1, -1), 9),
+                ("TEXTCOLOR", (0, 0), (-1, -1), HexColor(INK)),
+                ("BACKGROUND", (0, 0), (-1, 0), HexColor(SHADE)),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.8, HexColor(INK)),
+                ("LINEBELOW", (0, 1), (-1, -3), 0.3, HexColor(RULE)),
+                ("LINEABOVE", (0, -1), (-1, -1), 0.8, HexColor(INK)),
+                ("FONTNAME", (0, -1), (-1, -1), "Helvetica-Bold"),
+                ("ALIGN", (1, 0), (2, -1), "RIGHT"),
+                ("ALIGN", (3, 0), (3, -1), "CENTER"),
+                ("TOPPADDING", (0, 0), (-1, -1), 3),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
+            ]
+        )
+    )
     unident = "not assessed by this model" if c.n_unidentified is None else str(c.n_unidentified)
-    other = [["Unidentified / unfamiliar (not in the differential)", unident],
-             ["Not a white cell / unusable (reviewed; not in the differential)", str(c.n_unusable)],
-             ["Images that could not be classified (errors)", str(c.n_errors)]]
+    other = [
+        ["Unidentified / unfamiliar (not in the differential)", unident],
+        ["Not a white cell / unusable (reviewed; not in the differential)", str(c.n_unusable)],
+        ["Images that could not be classified (errors)", str(c.n_errors)],
+    ]
     if c.field_mode:
         other.append(["Fields in which no white cell was found", str(c.n_no_cell)])
     o = Table(other, colWidths=[0.64 * width, 0.36 * width], hAlign="LEFT")
-    o.setStyle(TableStyle([
-        ("FONTSIZE", (0, 0), (-1, -1), 8.5), ("TEXTCOLOR", (0, 0), (-1, -1), HexColor(INK)),
-        ("LINEBELOW", (0, 0), (-1, -1), 0.3, HexColor(RULE)), ("ALIGN", (1, 0), (1, -1), "CENTER"),
-        ("TOPPADDING", (0, 0), (-1, -1), 2.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 2.5),
-    ]))
-    note = Paragraph(f"<i>{escape(c.reference_label)}.</i> Intervals differ between laboratories and populations; "
-                     "this count is a research result, not a clinical differential.", s["small"])
+    o.setStyle(
+        TableStyle(
+            [
+                ("FONTSIZE", (0, 0), (-1, -1), 8.5),
+                ("TEXTCOLOR", (0, 0), (-1, -1), HexColor(INK)),
+                ("LINEBELOW", (0, 0), (-1, -1), 0.3, HexColor(RULE)),
+                ("ALIGN", (1, 0), (1, -1), "CENTER"),
+                ("TOPPADDING", (0, 0), (-1, -1), 2.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 2.5),
+            ]
+        )
+    )
+    note = Paragraph(
+        f"<i>{escape(c.reference_label)}.</i> Intervals differ between laboratories and populations; "
+        "this count is a research result, not a clinical differential.",
+        s["small"],
+    )
     return [t, Paragraph("&nbsp;", s["small"]), note, Paragraph("&nbsp;", s["small"]), o]
 
 
@@ -183,7 +262,9 @@ def _gallery_cell(cell: GalleryCell, s, side: float):
     elif cell.action == "unusable":
         marks.append(f'<font color="{RECLASS}"><b>unusable</b> (was {escape(cell.predicted_class)})</font>')
     label = escape(cell.label if len(cell.label) <= 22 else cell.label[:10] + "\u2026" + cell.label[-10:])
-    caption = f"#{cell.number} \u00b7 {cell.confidence:.2f}<br/>{label}" + ("<br/>" + " \u00b7 ".join(marks) if marks else "")
+    caption = f"#{cell.number} \u00b7 {cell.confidence:.2f}<br/>{label}" + (
+        "<br/>" + " \u00b7 ".join(marks) if marks else ""
+    )
     return [pic, Paragraph(caption, s["cell"])]
 
 
@@ -191,31 +272,62 @@ def _gallery_block(c: ReportContent, s, width: float):
     from reportlab.lib.colors import HexColor
     from reportlab.platypus import CondPageBreak, Paragraph, Table, TableStyle
 
-    out = [CondPageBreak(60), Paragraph("Cell gallery: what the network saw", s["h2"]),
-           Paragraph(f"Every cell, grouped by its final class (the reviewed class where there is one). Each picture is the "
-                     f"square the model classified ({'the framed cell around the located nucleus' if c.model.framing == 'cell' else 'the whole image'}). "
-                     f'Under each: the row number in the results, the calibrated confidence, the image. '
-                     f'Frame: <font color="{FLAG}"><b>orange</b></font>, flagged and not yet reviewed; '
-                     f'<font color="{GREEN}"><b>green</b></font>, confirmed by a reviewer; '
-                     f'<font color="{RECLASS}"><b>blue</b></font>, reclassified (or unusable) by a reviewer.', s["small"])]
+    seen = "the framed cell around the located nucleus" if c.model.framing == "cell" else "the whole image"
+    out = [
+        CondPageBreak(60),
+        Paragraph("Cell gallery: what the network saw", s["h2"]),
+        Paragraph(
+            f"Every cell, grouped by its final class (the reviewed class where there is one). Each picture is the "
+            f"square the model classified ({seen}). "
+            f"Under each: the row number in the results, the calibrated confidence, the image. "
+            f'Frame: <font color="{FLAG}"><b>orange</b></font>, flagged and not yet reviewed; '
+            f'<font color="{GREEN}"><b>green</b></font>, confirmed by a reviewer; '
+            f'<font color="{RECLASS}"><b>blue</b></font>, reclassified (or unusable) by a reviewer.',
+            s["small"],
+        ),
+    ]
     if c.n_images_missing:
-        out.append(Paragraph(f"{c.n_images_missing} cell(s): {IMAGE_NOT_AVAILABLE} (the file has moved and the review "
-                             "store holds no thumbnail).", s["small"]))
+        out.append(
+            Paragraph(
+                f"{c.n_images_missing} cell(s): {IMAGE_NOT_AVAILABLE} (the file has moved and the review "
+                "store holds no thumbnail).",
+                s["small"],
+            )
+        )
     if c.gallery_left_out:
-        out.append(Paragraph(f"{c.gallery_left_out} further cell(s) are counted in the differential but not shown.", s["small"]))
+        out.append(
+            Paragraph(
+                f"{c.gallery_left_out} further cell(s) are counted in the differential but not shown.", s["small"]
+            )
+        )
     col_w = width / GALLERY_COLUMNS
     side = col_w - 8
     for g in c.gallery:
-        title = {UNIDENTIFIED: "unidentified / unfamiliar", "unusable": "not a white cell / unusable"}.get(g.name, g.name)
+        title = {UNIDENTIFIED: "unidentified / unfamiliar", "unusable": "not a white cell / unusable"}.get(
+            g.name, g.name
+        )
         colour = CLASS_COLOURS.get(g.name, INK)
         out.append(CondPageBreak(side + 60))
-        out.append(Paragraph(f'<font color="{colour}">\u25a0</font> {escape(title)} \u2014 {len(g.cells)} cell'
-                             f'{"s" if len(g.cells) != 1 else ""}', s["h3"]))
+        out.append(
+            Paragraph(
+                f'<font color="{colour}">\u25a0</font> {escape(title)} \u2014 {len(g.cells)} cell'
+                f"{'s' if len(g.cells) != 1 else ''}",
+                s["h3"],
+            )
+        )
         cells = list(g.cells)
-        rows = [cells[k:k + GALLERY_COLUMNS] for k in range(0, len(cells), GALLERY_COLUMNS)]
-        data, style = [], [("VALIGN", (0, 0), (-1, -1), "TOP"), ("ALIGN", (0, 0), (-1, -1), "CENTER"),
-                           ("LEFTPADDING", (0, 0), (-1, -1), 2), ("RIGHTPADDING", (0, 0), (-1, -1), 2),
-                           ("TOPPADDING", (0, 0), (-1, -1), 2), ("BOTTOMPADDING", (0, 0), (-1, -1), 4)]
+        rows = [cells[k : k + GALLERY_COLUMNS] for k in range(0, len(cells), GALLERY_COLUMNS)]
+        data, style = (
+            [],
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("ALIGN", (0, 0), (-1, -1), "CENTER"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 2),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 2),
+                ("TOPPADDING", (0, 0), (-1, -1), 2),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+            ],
+        )
         for r, row in enumerate(rows):
             data.append([_gallery_cell(cell, s, side) for cell in row] + [""] * (GALLERY_COLUMNS - len(row)))
             for k, cell in enumerate(row):
@@ -236,8 +348,11 @@ def _field_flowable(view: FieldView, s, width: float):
     from reportlab.platypus import Flowable, Paragraph
 
     if view.image is None:
-        return Paragraph(f"Field {view.number} ({escape(Path(view.file).name)}): {IMAGE_NOT_AVAILABLE}; "
-                         f"{len(view.boxes)} cell(s) found.", s["small"])
+        return Paragraph(
+            f"Field {view.number} ({escape(Path(view.file).name)}): {IMAGE_NOT_AVAILABLE}; "
+            f"{len(view.boxes)} cell(s) found.",
+            s["small"],
+        )
     h, w = view.image.shape[:2]
     scale = min(width / w, 70 * 72 / 25.4 / h)
     pic = _jpeg(view.image)
@@ -326,19 +441,40 @@ def render_pdf(content: ReportContent, out: str | Path | None = None) -> bytes:
     c = content
     s = _styles()
     buf = io.BytesIO()
-    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=16 * mm, rightMargin=16 * mm, topMargin=18 * mm,
-                            bottomMargin=19 * mm, title=f"HematoVision differential report {c.sample_id}".strip(),
-                            author=c.operator or "HematoVision", subject="White blood cell differential (research use)",
-                            creator=f"HematoVision {c.hematovision_version}")
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=16 * mm,
+        rightMargin=16 * mm,
+        topMargin=18 * mm,
+        bottomMargin=19 * mm,
+        title=f"HematoVision differential report {c.sample_id}".strip(),
+        author=c.operator or "HematoVision",
+        subject="White blood cell differential (research use)",
+        creator=f"HematoVision {c.hematovision_version}",
+    )
     width = doc.width
-    story = [Paragraph("White blood cell differential", s["title"]),
-             Paragraph(f"Automated classification by HematoVision with review by a person. {escape(c.disclaimer)}", s["subtitle"]),
-             Spacer(1, 8), _header_block(c, s, width)]
+    story = [
+        Paragraph("White blood cell differential", s["title"]),
+        Paragraph(
+            f"Automated classification by HematoVision with review by a person. {escape(c.disclaimer)}", s["subtitle"]
+        ),
+        Spacer(1, 8),
+        _header_block(c, s, width),
+    ]
     if c.model.figures:
-        story.append(Paragraph("Model on held-out test sets (never trained or tuned on): " + "; ".join(escape(f) for f in c.model.figures)
-                               + ".", s["small"]))
+        story.append(
+            Paragraph(
+                "Model on held-out test sets (never trained or tuned on): "
+                + "; ".join(escape(f) for f in c.model.figures)
+                + ".",
+                s["small"],
+            )
+        )
     elif not c.model.found:
-        story.append(Paragraph("The model's card is not on this machine: its test figures cannot be shown.", s["small"]))
+        story.append(
+            Paragraph("The model's card is not on this machine: its test figures cannot be shown.", s["small"])
+        )
     story += [Spacer(1, 8), _status_block(c, s, width), Paragraph("Differential", s["h2"])]
     story.append(KeepTogether(_differential_block(c, s, width)))
     if c.errors:
@@ -351,14 +487,25 @@ def render_pdf(content: ReportContent, out: str | Path | None = None) -> bytes:
         from reportlab.platypus import Table, TableStyle
 
         story.append(Paragraph("Fields with the cells found", s["h2"]))
-        story.append(Paragraph("Each white cell found, numbered as in the results' <i>cell</i> column; box colour: final class.",
-                               s["small"]))
+        story.append(
+            Paragraph(
+                "Each white cell found, numbered as in the results' <i>cell</i> column; box colour: final class.",
+                s["small"],
+            )
+        )
         half = width / 2
         views = [_field_flowable(v, s, half - 8) for v in c.fields]
-        pairs = [views[k:k + 2] + [""] * (2 - len(views[k:k + 2])) for k in range(0, len(views), 2)]
+        pairs = [views[k : k + 2] + [""] * (2 - len(views[k : k + 2])) for k in range(0, len(views), 2)]
         grid = Table(pairs, colWidths=[half, half], hAlign="LEFT")
-        grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                                  ("BOTTOMPADDING", (0, 0), (-1, -1), 8)]))
+        grid.setStyle(
+            TableStyle(
+                [
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                    ("BOTTOMPADDING", (0, 0), (-1, -1), 8),
+                ]
+            )
+        )
         story.append(grid)
     story += _gallery_block(c, s, width)
     doc.build(story, canvasmaker=_page_decorations(c))
