@@ -449,3 +449,10 @@ def test_render_never_fails_on_odd_text_and_no_cells(tmp_path):
     )
     assert c.total_cells == 0 and c.gallery == ()
     assert render_pdf(c).startswith(b"%PDF")
+
+
+def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
+    results = write_results(tmp_path / "b", MIXED[:3])
+    results.write_bytes(b"\xef\xbb\xbf" + results.read_bytes())  # as spreadsheet programs save "CSV UTF-8"
+    c = rc.report_from_csv(results)
+    assert c.total_cells == 3 and c.differential[0].count == 3

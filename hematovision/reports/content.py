@@ -209,7 +209,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise ReportInputError(f"{path}: no such file")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise ReportInputError(f"{path.name} is empty: expected the CSV written by 'classify'") from None
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
