@@ -142,6 +142,7 @@ def test_gallery_tiles_are_framed_by_status():
     assert tuple(gal._framed(cell(flagged=True))[0, 0]) == gal.FLAGGED_RGB
     assert tuple(gal._framed(cell(flagged=True, action="reclassified"))[0, 0]) == gal.CHANGED_RGB
     assert tuple(gal._framed(cell(action="confirmed"))[0, 0]) == gal.CONFIRMED_RGB
+    assert tuple(gal._framed(cell(flagged=True, action="confirmed"))[0, 0]) == gal.CONFIRMED_RGB  # reviewed wins
     assert tuple(gal._framed(cell())[0, 0]) == (255, 255, 255)
     missing = gal._framed(cell(image=None))
     assert missing.shape == (128 + 2 * gal.BORDER,) * 2 + (3,)

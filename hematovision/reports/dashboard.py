@@ -75,7 +75,7 @@ def _draw(groups: Sequence[gal.TileGroup], on_open: Callable[[gal.Tile], None], 
         st.info("No classified cell to show.")
         return
     st.caption(
-        "Each picture is the framed cell the model classified. Frame: **orange** flagged for review, "
+        "Each picture is the framed cell the model classified. Frame: **orange** flagged, not yet reviewed; "
         "**blue** reclassified or unusable, **green** confirmed by a reviewer. *Open* shows the detail and review form."
     )
     show_all = True

@@ -3,7 +3,7 @@
 Free of Streamlit. The Classify page shows its batch, the Review page its queue; both go
 through :func:`.content.build_report`, so the dashboard's groups, marks and counts are the
 PDF's. A tile is the framed cell (what the network saw) inside a coloured frame: orange when
-flagged for review, blue when a reviewer changed the class (or called it unusable), green
+flagged and not yet reviewed, blue when a reviewer changed the class (or called it unusable), green
 when a reviewer confirmed it, none otherwise.
 """
 
@@ -49,15 +49,14 @@ class TileGroup:
 
 def _framed(cell: GalleryCell) -> np.ndarray:
     rgb = cell.image if cell.image is not None else np.full((THUMB_PX, THUMB_PX, 3), MISSING_RGB, np.uint8)
-    colour = (
-        CHANGED_RGB
-        if cell.action in ("reclassified", UNUSABLE)
-        else FLAGGED_RGB
-        if cell.flagged
-        else CONFIRMED_RGB
-        if cell.action == "confirmed"
-        else None
-    )
+    if cell.action in ("reclassified", UNUSABLE):
+        colour = CHANGED_RGB
+    elif cell.action == "confirmed":
+        colour = CONFIRMED_RGB
+    elif cell.flagged:
+        colour = FLAGGED_RGB  # flagged and not yet reviewed
+    else:
+        colour = None
     if colour is None:
         return np.pad(rgb, ((BORDER, BORDER), (BORDER, BORDER), (0, 0)), constant_values=255)
     out = np.empty((rgb.shape[0] + 2 * BORDER, rgb.shape[1] + 2 * BORDER, 3), np.uint8)
