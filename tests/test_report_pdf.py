@@ -430,7 +430,7 @@ def test_field_mode_crops_each_box_and_draws_numbered_boxes(tmp_path):
             ]
         )
     c = rc.report_from_csv(path)
-    assert c.field_mode and c.n_no_cell == 1 and c.total_cells == 2 and c.n_rows == 3
+    assert c.field_mode and c.n_no_cell == 1 and c.total_cells == 2 and c.n_rows == 3 and c.fields_left_out == 0
     view, empty = c.fields
     assert view.image is not None and [b.cell for b in view.boxes] == [1, 2]
     assert empty.file == "empty.png" and empty.image is None and empty.boxes == ()  # listed, marked missing
@@ -440,6 +440,12 @@ def test_field_mode_crops_each_box_and_draws_numbered_boxes(tmp_path):
         assert cell.image is not None and cell.image.mean() < 200
     pdf = render_pdf(c)
     assert pdf.startswith(b"%PDF") and len(pdf) > 5_000
+
+
+def test_overlong_sample_id_is_refused_in_one_line(tmp_path, capsys):
+    results = write_results(tmp_path / "b", MIXED[:2])
+    code, err = run_report(results, "--out", tmp_path / "x.pdf", "--sample-id", "x " * 5000, capsys=capsys)
+    assert code == 2 and err.strip() == "error: the sample ID is longer than 200 characters"
 
 
 def test_render_never_fails_on_odd_text_and_no_cells(tmp_path):

@@ -50,6 +50,8 @@ ADULT_REFERENCE_PERCENT: dict[str, tuple[float, float]] = {
 THUMB_PX = 128  # gallery thumbnail side (px): the framed cell as the network saw it, smaller
 FIELD_PX = 900  # a field image's longer side in the report (px)
 MAX_GALLERY = 2000  # cells shown in the gallery at most; the rest are counted as left out
+MAX_FIELDS = 100  # field pictures in a report at most; the rest are counted as left out
+MAX_TEXT = 200  # characters of a sample ID or operator name
 IMAGE_NOT_AVAILABLE = "image not available"
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", ""}
@@ -176,6 +178,7 @@ class ReportContent:
     gallery: tuple[GalleryGroup, ...]
     gallery_left_out: int
     fields: tuple[FieldView, ...]
+    fields_left_out: int
     n_images_missing: int  # gallery cells without an image
     field_mode: bool
     reference_label: str = REFERENCE_LABEL
@@ -434,6 +437,9 @@ def build_report(
     ``framed``: a cache of gallery pictures kept between calls (the dashboard's session), so each cell is framed once.
     Raises :class:`ReportInputError` for results that are not a ``classify`` output.
     """
+    for what, text in (("sample ID", sample_id), ("operator", operator)):
+        if len(str(text or "").strip()) > MAX_TEXT:
+            raise ReportInputError(f"the {what} is longer than {MAX_TEXT} characters")
     frame = check_results(results, source or "results")
     classes = classes_of(frame)
     if "model_version" not in frame.columns or not (frame["model_version"] != "").any():
@@ -563,7 +569,7 @@ def build_report(
 
     fields: list[FieldView] = []
     if field_mode:
-        for f, k in field_no.items():
+        for f, k in list(field_no.items())[:MAX_FIELDS]:
             rows = frame[(frame["file"] == f) & has_cell]
             image, scale = None, 1.0
             data = fetched[(f, "")] if (f, "") in fetched else lookup(f, "")
@@ -608,6 +614,7 @@ def build_report(
         status=status,
         gallery=gallery,
         gallery_left_out=left_out,
+        fields_left_out=max(0, len(field_no) - MAX_FIELDS),
         fields=tuple(fields),
         n_images_missing=missing,
         field_mode=field_mode,

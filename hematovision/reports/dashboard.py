@@ -15,7 +15,7 @@ import streamlit as st
 
 from ..review import Item
 from . import gallery as gal
-from .content import ModelInfo, build_report, model_info
+from .content import MAX_TEXT, ModelInfo, build_report, model_info
 from .pdf import render_pdf
 
 COLUMNS = 6
@@ -55,8 +55,8 @@ def report_download(frame: pd.DataFrame, clf, threshold: float, images: dict[str
     """
     st.markdown("**Differential report (PDF)** for the whole batch: differential, review status, cell gallery.")
     c1, c2, c3 = st.columns([2, 2, 2], vertical_alignment="bottom")
-    sample = c1.text_input("Sample ID", key="hv_report_sample", placeholder="e.g. S-2026-0412")
-    operator = c2.text_input("Operator", key="hv_report_operator", placeholder="your name")
+    sample = c1.text_input("Sample ID", key="hv_report_sample", placeholder="e.g. S-2026-0412", max_chars=MAX_TEXT)
+    operator = c2.text_input("Operator", key="hv_report_operator", placeholder="your name", max_chars=MAX_TEXT)
     snapshot = frame.drop(columns=["thumbnail"], errors="ignore").copy()
     c3.download_button(
         "Download report (PDF)",

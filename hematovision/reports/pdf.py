@@ -507,6 +507,8 @@ def render_pdf(content: ReportContent, out: str | Path | None = None) -> bytes:
             )
         )
         story.append(grid)
+        if c.fields_left_out:
+            story.append(Paragraph(f"{c.fields_left_out} further field(s) are counted but not drawn.", s["small"]))
     story += _gallery_block(c, s, width)
     doc.build(story, canvasmaker=_page_decorations(c))
     data = buf.getvalue()
