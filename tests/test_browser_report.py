@@ -53,6 +53,14 @@ def _images(pdf: Path) -> int:
     )
 
 
+def _idle(page) -> None:
+    """Wait until the app's rerun is over (Streamlit shows a Stop button while the script runs)."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(300)
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0)
+
+
 def _download(page, path: Path) -> str:
     with page.expect_download(timeout=60_000) as dl:
         page.get_by_role("button", name="Download report (PDF)").click()
@@ -95,7 +103,7 @@ def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
                 box = page.get_by_label(label, exact=True)
                 box.fill(value)
                 box.press("Enter")
-                page.wait_for_timeout(600)
+                _idle(page)
             first = tmp_path / "first.pdf"
             assert _download(page, first) == "hematovision_report_SMP-7781.pdf"
             text = _text(first)
@@ -112,9 +120,8 @@ def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
             box = page.get_by_label("Operator", exact=True)
             box.fill("Dr. Browser Jr.")
             box.press("Enter")
-            expect(page.locator("[data-testid=stMetric]").filter(has_text="Reviewed")).to_contain_text(
-                str(N), timeout=30_000
-            )
+            expect(page.locator("[data-testid=stMetric]").filter(has_text="Reviewed")).to_contain_text(str(N))
+            _idle(page)
             second = tmp_path / "second.pdf"
             _download(page, second)
             text = _text(second)

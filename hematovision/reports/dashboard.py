@@ -21,6 +21,7 @@ from .pdf import render_pdf
 COLUMNS = 6
 FIRST = 36  # tiles per class before "show all"
 _FRAMED_KEY = "hv_gallery_framed"
+_LABELS_KEY = "hv_report_labels"  # sample ID and operator, read by the deferred PDF callable
 
 
 def _model(clf) -> ModelInfo:
@@ -51,17 +52,40 @@ def report_pdf(
 def report_download(frame: pd.DataFrame, clf, threshold: float, images: dict[str, bytes]) -> None:
     """Sample ID, operator and "Download report (PDF)" for the whole current batch.
 
-    The PDF is made when the button is clicked (Streamlit's deferred download), not on every rerun.
+    The PDF is made when the button is clicked (Streamlit's deferred download, on another thread), not on every
+    rerun. It reads the sample ID and operator from a plain dict that the inputs' callbacks update at the start of
+    the rerun they trigger, so a name typed just before the click is on the report.
     """
     st.markdown("**Differential report (PDF)** for the whole batch: differential, review status, cell gallery.")
+    labels: dict = st.session_state.setdefault(_LABELS_KEY, {})
+
+    def keep(name: str) -> None:
+        labels[name] = st.session_state.get(f"hv_report_{name}", "")
+
     c1, c2, c3 = st.columns([2, 2, 2], vertical_alignment="bottom")
-    sample = c1.text_input("Sample ID", key="hv_report_sample", placeholder="e.g. S-2026-0412", max_chars=MAX_TEXT)
-    operator = c2.text_input("Operator", key="hv_report_operator", placeholder="your name", max_chars=MAX_TEXT)
+    c1.text_input(
+        "Sample ID",
+        key="hv_report_sample",
+        placeholder="e.g. S-2026-0412",
+        max_chars=MAX_TEXT,
+        on_change=keep,
+        args=("sample",),
+    )
+    c2.text_input(
+        "Operator",
+        key="hv_report_operator",
+        placeholder="your name",
+        max_chars=MAX_TEXT,
+        on_change=keep,
+        args=("operator",),
+    )
+    keep("sample")
+    keep("operator")
     snapshot = frame.drop(columns=["thumbnail"], errors="ignore").copy()
     c3.download_button(
         "Download report (PDF)",
-        lambda: report_pdf(snapshot, clf, threshold, images, sample, operator),
-        file_name=report_filename(sample),
+        lambda: report_pdf(snapshot, clf, threshold, images, labels.get("sample", ""), labels.get("operator", "")),
+        file_name=report_filename(labels.get("sample", "")),
         mime="application/pdf",
         on_click="ignore",
         key="hv_report_pdf",
