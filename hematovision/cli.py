@@ -1,4 +1,5 @@
-"""Command line: ``python -m hematovision {train,loso,adapt,evaluate,classify,export-litert,fields} --help``.
+"""Command line: ``python -m hematovision COMMAND --help``, COMMAND one of
+``train, loso, stain-suite, adapt, evaluate, classify, report, export-litert, fields``.
 
 ``classify`` serves from ``model.tflite`` (LiteRT) when the model directory has a
 checked one, without importing TensorFlow; otherwise from ``model.keras``.
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import shlex
+import sqlite3
 import sys
 from collections import Counter
 from dataclasses import asdict
@@ -28,7 +30,10 @@ from .imaging.framing import FRAMINGS
 from .imaging.sources import iter_paths
 from .modeling import persistence
 from .modeling.network import INPUT_NORMS
+from .reports.content import ReportInputError, report_from_csv
+from .reports.pdf import render_pdf
 from .reports.tables import columns, neutralise
+from .review.reporting import report_reviews
 from .review.store import ReviewDBError, ReviewStore, db_path
 from .serving.classifier import Classifier
 from .serving.litert import check_images, export_litert
@@ -253,6 +258,22 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--out", help="write the reports (a JSON list, one per model) here")
     ss.add_argument("--record", action="store_true", help="write each report into its model's evaluation.json and card")
 
+    r = sub.add_parser(
+        "report",
+        help="the differential report of classify results as a PDF (sample, differential, review status, cell gallery)",
+    )
+    r.add_argument(
+        "results", metavar="RESULTS.csv", help="a CSV written by 'classify' (or downloaded from the Classify page)"
+    )
+    r.add_argument("--out", required=True, help="PDF file to write")
+    r.add_argument("--sample-id", default="", help="the sample's identifier, printed on every page")
+    r.add_argument("--operator", default="", help="who produced the report")
+    r.add_argument(
+        "--review-db",
+        help="apply the review decisions of this database, as the Classify page does "
+        "(default: $HEMATOVISION_REVIEW_DB or <user data dir>/reviews.sqlite3 when it exists)",
+    )
+
     f = sub.add_parser(
         "fields",
         help="find which Kaggle images are copies of one smear field (the unit the validation split keeps whole) and "
@@ -295,6 +316,30 @@ def cmd_fields(args) -> int:
     out = Path(args.out) if args.out else fields.TABLE
     fields.write_table(rows, out)
     print(f"written {out} ({len(rows)} images)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"folder for --out does not exist: {out.parent}")
+    dbp = db_path(args.review_db)
+    if args.review_db and not dbp.is_file():
+        raise UsageError(f"no review database at {dbp}")
+    try:
+        store = ReviewStore(dbp) if dbp.is_file() else None
+        reviews = report_reviews(store) if store is not None else None
+        content = report_from_csv(args.results, sample_id=args.sample_id, operator=args.operator, reviews=reviews)
+        render_pdf(content, out)
+    except (ReportInputError, ReviewDBError) as exc:
+        raise UsageError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot read the review database {dbp}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    pages = f"{content.total_cells} white cells, {content.status.headline}"
+    missing = f"; {content.n_images_missing} cell image(s) not available" if content.n_images_missing else ""
+    print(f"{args.results}: {pages}{missing} -> {out}", file=sys.stderr)
     return 0
 
 
@@ -559,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             "export-litert": cmd_export_litert,
             "fields": cmd_fields,
             "stain-suite": cmd_stain_suite,
+            "report": cmd_report,
         }[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ columns, the figures and reviews from the detail view in ``hematovision.app.resu
 import streamlit as st
 
 from hematovision.app import batching, results, samples
+from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
 from hematovision.config import data_root
 from hematovision.imaging.decode import decode_image
@@ -126,6 +127,12 @@ st.download_button(
     f"Download CSV ({len(out)} rows)", batching.csv_report(out, classes, threshold, clf.version),
     file_name="hematovision_predictions.csv", mime="text/csv", on_click="ignore",
 )
+
+# ------------------------------------------------------- report (PDF) and gallery: hematovision.app.report_views
+batch_images = {e.sha256: e.data for e in entries if e.data}
+report_ui.report_download(frame, clf, threshold, batch_images)
+if st.toggle("Gallery view: the rows shown, as cells grouped by class", key="hv_gallery_view"):
+    report_ui.classify_gallery(view, clf, batch_images, detail_key="hv_detail")
 
 # ---------------------------------------------------------------- detail
 st.subheader("Detail")

@@ -10,6 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 from hematovision.app import batching
+from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
 from hematovision.imaging.decode import decode_image
 from hematovision.review import store as review
@@ -210,6 +211,11 @@ else:
             "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
         },
     )
+
+    # ------------------------------------------------------------ gallery: hematovision.app.report_views
+    if st.toggle("Gallery view: the items shown, as cells grouped by class", key="hv_review_gallery_view"):
+        report_ui.review_gallery(shown, lambda it: (batching.image_of(batch.entries(), it.sha256) if batch else None)
+                                 or store.thumbnail(it.sha256, it.model_version), clf, current_key="hv_review_current")
 
 # ---------------------------------------------------------------- export
 n_decisions = len(store.history())

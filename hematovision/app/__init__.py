@@ -3,9 +3,21 @@
 ``state``: the model, the threshold and the review store shared by every page. ``batching``: a
 session's uploads as one batch, classified once. ``eval_views``: the evaluation page's figures.
 ``results``: the Classify page's table and figures. ``samples``: the sample images.
-``adapting``: what the Adapt button runs. ``devserver``: a dashboard and a browser for tests and screenshots.
+``adapting``: what the Adapt button runs. ``report_views``: the Download report (PDF) button and the cell
+gallery on Classify and Review; ``gallery``: that gallery's tiles (free of Streamlit). ``devserver``: a dashboard
+and a browser for tests and screenshots.
 
 Only the module names are listed: importing ``hematovision.app.devserver`` does not import Streamlit.
 """
 
-__all__ = ["adapting", "batching", "devserver", "eval_views", "results", "samples", "state"]
+__all__ = [
+    "adapting",
+    "batching",
+    "devserver",
+    "eval_views",
+    "gallery",
+    "report_views",
+    "results",
+    "samples",
+    "state",
+]

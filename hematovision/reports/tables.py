@@ -18,6 +18,9 @@ TAIL_COLUMNS = ["flagged", "error"]
 #: A person's decision beside the machine's: ``final_class`` is the reviewed class where there is
 #: one (``unusable`` included), else the prediction; error rows have none.
 REVIEW_COLUMNS = ["reviewed_class", "reviewer", "reviewed_at", "final_class"]
+#: The decision for "not a white cell / unusable image": a value of ``reviewed_class`` (the review store's
+#: too: defined here, below it, so that the report reads it without importing the store).
+UNUSABLE = "unusable"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import user_data_dir
 from ..imaging.decode import decode_image
-from ..reports.tables import to_csv
+from ..reports.tables import UNUSABLE, to_csv  # UNUSABLE: a value of reviewed_class, defined beside the review columns
 from ..serving.classifier import Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,8 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DB_ENV = "HEMATOVISION_REVIEW_DB"
 DB_FILENAME = "reviews.sqlite3"
 SCHEMA_VERSION = 1
-#: The decision for "not a white cell / unusable image": a value of ``reviewed_class``.
-UNUSABLE = "unusable"
 THUMB_SIDE = 256
 BUSY_TIMEOUT_MS = 5_000
 RETRY_SECONDS = 30.0
