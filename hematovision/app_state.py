@@ -13,6 +13,7 @@ import streamlit as st
 
 from . import DISCLAIMER, persistence
 from .config import model_dir
+from .display import round_threshold
 
 THRESHOLD_KEY = "threshold"
 #: Widget values that must survive a switch to another page and back (Streamlit drops
@@ -52,13 +53,27 @@ def model_path() -> Path:
     return Path(chosen) if chosen and (Path(chosen) / persistence.CARD_FILE).is_file() else model_dir()
 
 
+#: A threshold to give the sidebar slider at the top of the next run. A widget's value cannot be
+#: changed once the widget is drawn in a run, so a switch made mid-page (Model versions) leaves it here.
+PENDING_THRESHOLD = "hv_pending_threshold"
+
+
 def use_model(path: Path) -> None:
-    """Switch this session to another model version; its own default threshold comes with it."""
+    """Switch this session to another model version; its own default threshold comes with it.
+
+    Safe from a callback or mid-script: the threshold is applied by :func:`apply_pending_threshold`
+    before the slider is drawn (at once from a callback, on the next run otherwise)."""
     st.session_state[MODEL_KEY] = str(path)
     try:
-        st.session_state[THRESHOLD_KEY] = float(persistence.load_card(path).default_threshold)
+        st.session_state[PENDING_THRESHOLD] = round_threshold(persistence.load_card(path).default_threshold)
     except persistence.ModelError:
         pass
+
+
+def apply_pending_threshold() -> None:
+    """Called by ``Home.py`` before the sidebar slider exists: hand it a threshold set elsewhere."""
+    if PENDING_THRESHOLD in st.session_state:
+        st.session_state[THRESHOLD_KEY] = st.session_state.pop(PENDING_THRESHOLD)
 
 
 def model_sidebar() -> None:
@@ -121,22 +136,24 @@ def threshold() -> float:
     """The shared review threshold (set in the sidebar, or by the evaluation page)."""
     if THRESHOLD_KEY not in st.session_state:
         card = get_card()
-        st.session_state[THRESHOLD_KEY] = float(card.default_threshold) if card else 0.9
-    return float(st.session_state[THRESHOLD_KEY])
+        st.session_state[THRESHOLD_KEY] = round_threshold(card.default_threshold if card else 0.9)
+    return round_threshold(st.session_state[THRESHOLD_KEY])
 
 
 def set_threshold(value: float) -> None:
-    st.session_state[THRESHOLD_KEY] = float(min(max(value, 0.0), 1.0))
+    """From a callback only (a widget's value cannot change after it is drawn)."""
+    st.session_state[THRESHOLD_KEY] = round_threshold(value)
 
 
 def threshold_sidebar() -> float:
     """Draw the one threshold control (called once, from ``Home.py``, so it shows on every page)."""
+    apply_pending_threshold()
     threshold()
     st.sidebar.slider(
         "Review threshold (confidence)", 0.0, 1.0, key=THRESHOLD_KEY, step=0.005, format="%.3f",
         help="Predictions with a calibrated confidence below this are flagged for human review. Nothing is hidden.",
     )
-    t = float(st.session_state[THRESHOLD_KEY])
+    t = round_threshold(st.session_state[THRESHOLD_KEY])
     ev = get_evaluation()
     if ev:
         lines = []

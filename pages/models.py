@@ -5,38 +5,29 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
-from hematovision import app_state, persistence, versions
+from hematovision import app_state, display, persistence, versions
 from hematovision.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
 from hematovision.evaluation import labeled_from_zip
+
+LAST_ADAPT = "hv_adapt_last"
 
 st.title("Model versions")
 app_state.disclaimer()
 
 found = versions.list_versions()
 current = app_state.model_path()
-rows = []
-for v in found:
-    card = persistence.load_card(v.path)
-    ad = card.training.get("adaptation", {})
-    rows.append({
-        "in use": str(v.path) == str(current),
-        "version": v.version,
-        "kind": "shipped" if v.shipped else "adapted",
-        "adapted from": v.parent or "",
-        "labeled images": sum(ad.get("labeled_counts", {}).values()) if ad else None,
-        "cross-fitted accuracy": ad.get("crossfit_accuracy") if ad else None,
-        "default threshold": card.default_threshold,
-        "created": v.created,
-        "folder": str(v.path),
-    })
+cards = [persistence.load_card(v.path) for v in found]
 st.dataframe(
-    pd.DataFrame(rows).astype({"labeled images": "Int64", "cross-fitted accuracy": "Float64"}), hide_index=True, width="stretch",
+    display.versions_rows(found, cards, str(current), st.context.timezone), hide_index=True, width="stretch",
     column_config={
         "in use": st.column_config.CheckboxColumn("In use", width="small"),
-        "labeled images": st.column_config.NumberColumn("Labeled images", help="Images of your laboratory it was adapted on"),
-        "cross-fitted accuracy": st.column_config.NumberColumn("Cross-fitted accuracy", format="percent", help="Each labeled image scored by a head fitted without it"),
-        "default threshold": st.column_config.NumberColumn("Default threshold", format="%.3f"),
-        "created": st.column_config.TextColumn("Created (UTC)"),
+        "version": st.column_config.TextColumn("Version", width="medium"),
+        "kind": st.column_config.TextColumn("Kind", width="small"),
+        "adapted from": st.column_config.TextColumn("Adapted from"),
+        "labeled images": st.column_config.TextColumn("Labeled images", help="Images of your laboratory it was adapted on"),
+        "cross-fitted accuracy": st.column_config.TextColumn("Cross-fitted accuracy", help="Each labeled image scored by a head fitted without it"),
+        "default threshold": st.column_config.TextColumn("Default threshold"),
+        "created": st.column_config.TextColumn("Created", width="medium", help="In your browser's time zone"),
         "folder": None,
     },
 )
@@ -44,9 +35,8 @@ if len(found) > 1:
     paths = [str(v.path) for v in found]
     choice = st.selectbox("Serve predictions with", paths, index=paths.index(str(current)) if str(current) in paths else 0,
                           format_func={str(v.path): v.label for v in found}.get, key="hv_models_choice")
-    if st.button("Use this version", disabled=choice == str(current)):
-        app_state.use_model(choice)
-        st.rerun()
+    st.button("Use this version", disabled=choice == str(current), on_click=app_state.use_model, args=(choice,),
+              help="Its own default threshold comes with it (sidebar).")
 st.caption(f"Adapted versions are kept in `{versions.adapted_root()}` (set `HEMATOVISION_HOME` to move it); the shipped model is never changed.")
 
 st.header("Adapt to your laboratory")
@@ -64,6 +54,7 @@ with st.form("hv_adapt_form"):
                          help="Letters, digits, '.', '_' or '-'. Names are never reused.")
     go = st.form_submit_button("Adapt", type="primary")
 if go:
+    st.session_state.pop(LAST_ADAPT, None)
     base_card = persistence.load_card(current)
     labeled = None
     if source.startswith("A zip"):
@@ -87,15 +78,25 @@ if go:
                 st.dataframe(pd.DataFrame(labeled.skipped, columns=["file", "reason"]), hide_index=True)
         else:
             bar.progress(1.0, text="Done")
-            app_state.use_model(res.path)
-            st.success(
-                f"**{res.version}** saved and now in use: adapted from `{res.parent}` on {sum(res.counts.values())} images "
-                f"({', '.join(f'{c} {n}' for c, n in res.counts.items())}) in {res.seconds:.0f} s. Cross-fitted accuracy "
-                f"{res.crossfit_accuracy:.1%}; temperature {res.temperature:.3f}; default threshold {res.threshold:.3f}."
-            )
-            if res.note:
-                st.warning(res.note)
-            if res.skipped:
-                st.warning(f"{len(res.skipped)} file(s) were not used:")
-                st.dataframe(pd.DataFrame(res.skipped, columns=["file", "reason"]), hide_index=True)
-            st.button("Show the new version in the table")
+            st.session_state[LAST_ADAPT] = res  # shown (with the choice to use it) until dismissed
+            st.rerun()  # so the table above lists the new version
+
+last = st.session_state.get(LAST_ADAPT)
+if last is not None:
+    in_use = str(app_state.model_path()) == str(last.path)
+    st.success(
+        f"**{last.version}** saved: adapted from `{last.parent}` on {sum(last.counts.values())} images "
+        f"({', '.join(f'{c} {n}' for c, n in last.counts.items())}) in {last.seconds:.0f} s. Cross-fitted accuracy "
+        f"{last.crossfit_accuracy:.1%}; temperature {last.temperature:.3f}; default threshold {display.threshold_text(last.threshold)}. "
+        + ("It is now in use." if in_use else "It is in the table above; the model in use has not changed."), icon="✅")
+    if last.note:
+        st.warning(last.note)
+    if last.skipped:
+        st.warning(f"{len(last.skipped)} file(s) were not used:")
+        st.dataframe(pd.DataFrame(last.skipped, columns=["file", "reason"]), hide_index=True)
+    b1, b2, _ = st.columns([2, 1, 2])
+    if not in_use:
+        b1.button(f"Use {last.version} now", type="primary", key="hv_adapt_use", on_click=app_state.use_model, args=(last.path,),
+                  help="Predictions, flags and review decisions then come from this version; the sidebar threshold "
+                       "becomes its default. You can switch back at any time.")
+    b2.button("Dismiss", key="hv_adapt_dismiss", on_click=lambda: st.session_state.pop(LAST_ADAPT, None))
