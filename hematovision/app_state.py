@@ -19,7 +19,8 @@ THRESHOLD_KEY = "threshold"
 #: Widget values that must survive a switch to another page and back (Streamlit drops
 #: the state of widgets a run did not draw, unless it is re-assigned on every run).
 PERSISTENT_KEYS = ("hv_filter_classes", "hv_flagged_only", "hv_show_errors", "hv_conf_range", "hv_download_scope",
-                   "hv_reviewer", "hv_review_status", "hv_review_classes", "hv_review_version", "hv_review_gradcam", "hv_detail_gradcam")
+                   "hv_reviewer", "hv_review_status", "hv_review_classes", "hv_review_version", "hv_review_gradcam", "hv_detail_gradcam",
+                   "hv_review_batch")
 
 
 def keep_widget_state() -> None:
@@ -198,8 +199,10 @@ def review_store():
 
 
 def queue_batch_for_review(store, clf, threshold: float) -> int:
-    """Put this session's flagged predictions (at ``threshold``) into the review queue, each once
-    per session; the image bytes give the stored thumbnail. Returns how many were queued now."""
+    """Put this session's flagged predictions (at ``threshold``) into the review queue, each once per
+    batch and session, named by their batch; the image bytes give the stored thumbnail. Returns how
+    many were queued now. (What is *pending* is decided when the queue is read: flagged at the
+    current threshold, or sent on purpose; see :meth:`review.Item.in_queue`.)"""
     from . import batching, review
 
     cache = st.session_state.get("hv_cache")
@@ -207,11 +210,12 @@ def queue_batch_for_review(store, clf, threshold: float) -> int:
     if cache is None or not batch:
         return 0
     done: set = st.session_state.setdefault("hv_queued", set())
-    todo = batching.for_review(batch.entries(), cache, clf.version, threshold, skip=done)
+    skip = {(sha, version) for sha, version, b in done if b == batch.id}
+    todo = batching.for_review(batch.entries(), cache, clf.version, threshold, skip=skip)
     if not todo:
         return 0
-    n = review.queue_with_images(store, todo, clf.classes_, clf.version, threshold)
-    done.update((p.sha256, clf.version) for p, _ in todo)
+    n = review.queue_with_images(store, todo, clf.classes_, clf.version, threshold, batch=batch.id)
+    done.update((p.sha256, clf.version, batch.id) for p, _ in todo)
     return n
 
 

@@ -8,10 +8,13 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from hematovision import app_state, batching, report, review, samples
+from hematovision import app_state, batching, display, report, review, samples
 from hematovision.imaging import decode_image
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
+#: Measured (docs/dashboard-benchmarks.md): the browser sends separate files one request at a time and
+#: slows as the list grows, while a zip is one request. Above this many files the page says so.
+MANY_FILES = 200
 
 st.title("🔬 Classify white blood cells")
 app_state.disclaimer()
@@ -27,35 +30,58 @@ cache: batching.ResultCache = st.session_state.setdefault("hv_cache", batching.R
 batch: batching.Batch = st.session_state.setdefault("hv_batch", batching.Batch())
 
 
+def _uploader_key() -> str:
+    # A new key empties the uploader: loading the samples or clearing must not leave old files showing there.
+    return f"hv_uploader_{st.session_state.get('hv_uploader_gen', 0)}"
+
+
+def _reset_uploader() -> None:
+    st.session_state["hv_uploader_gen"] = st.session_state.get("hv_uploader_gen", 0) + 1
+
+
 def _on_upload() -> None:
-    files = st.session_state.get("hv_uploader") or []
-    batch.set_uploaded([(f.name, f.getvalue()) for f in files])
+    files = st.session_state.get(_uploader_key()) or []
+    batch.set_uploaded([(f.name, f.getvalue()) for f in files])  # a new upload is a new batch
+
+
+def _load_samples() -> None:
+    found, missing = samples.load_samples()
+    if found:
+        batch.set_samples(found)  # the samples replace an upload; never mixed with it
+        _reset_uploader()
+    st.session_state["hv_samples_missing"] = (len(missing), len(missing) + len(found))
+
+
+def _clear() -> None:
+    batch.clear()
+    _reset_uploader()
 
 
 st.file_uploader(
     "Images of single white blood cells (JPEG, PNG, BMP, TIFF) or zip archives of them",
-    type=IMAGE_TYPES, accept_multiple_files=True, key="hv_uploader", on_change=_on_upload,
-    help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified.",
+    type=IMAGE_TYPES, accept_multiple_files=True, key=_uploader_key(), on_change=_on_upload,
+    help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified. "
+         f"More than {MANY_FILES} images? Put them in one .zip: the browser sends separate files one at a time.",
 )
 c1, c2, _ = st.columns([1, 1, 3])
-if c1.button("Load sample images", help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv"):
-    found, missing = samples.load_samples()
-    if found:
-        batch.set_samples(found)
-    if missing:
-        from hematovision.config import data_root
+c1.button("Load sample images", on_click=_load_samples, key="hv_load_samples",
+          help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv. They replace an upload.")
+missing, total = st.session_state.pop("hv_samples_missing", (0, 0))
+if missing:
+    from hematovision.config import data_root
 
-        st.warning(f"{len(missing)} of {len(missing) + len(found)} sample images are missing. "
-                   + samples.HOW_TO_GET_DATA.format(root=data_root()))
-if batch and c2.button("Clear results"):
-    batch.clear()
-    st.rerun()
+    st.warning(f"{missing} of {total} sample images are missing. " + samples.HOW_TO_GET_DATA.format(root=data_root()))
+if batch:
+    c2.button("Clear results", on_click=_clear, key="hv_clear")
 
 if not batch:
     st.info("Upload images or load the sample images to start.")
     st.stop()
-if batch.uploaded and not st.session_state.get("hv_uploader"):
-    st.caption(f"Showing your last upload ({len(batch.uploaded)} files). Upload new files to replace it, or press *Clear results*.")
+st.info(batch.describe(), icon="🗂️")
+if batch.kind == batching.UPLOAD and len(batch.files) > MANY_FILES:
+    st.caption(f"{len(batch.files)} separate files: next time, upload them as one .zip. The browser sends separate files one "
+               "request at a time and slows down as the list grows (about a minute for 1,000 files here); a zip of the same "
+               "images is one request.")
 
 entries = batch.entries()
 todo = len(batching.pending(entries, cache, clf.version))
@@ -82,7 +108,7 @@ st.subheader("Summary")
 m = st.columns(5)
 m[0].metric("Images", summary.n_images)
 m[1].metric("Classified", summary.n_classified)
-m[2].metric("Flagged for review", summary.n_flagged, help=f"Confidence below the threshold {threshold:.3f} (sidebar)")
+m[2].metric("Flagged for review", summary.n_flagged, help=f"Confidence below the threshold {display.threshold_text(threshold)} (sidebar)")
 m[3].metric("Reviewed", summary.n_reviewed, help="Confirmed or corrected by a person (Review page or the detail view below). "
             "Counts use the final class: the reviewed one where there is one.")
 m[4].metric("Errors", summary.n_errors)
@@ -100,33 +126,38 @@ s2.plotly_chart(fig, width="stretch")
 
 # ---------------------------------------------------------------- filters + table
 st.subheader("Results")
-f1, f2, f3, f4 = st.columns([3, 1, 1, 2])
 # Defaults go into session state (not the widgets), so Home.py can keep them across page switches.
 app_state.init_state({"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)})
-chosen = f1.multiselect("Predicted class", classes, key="hv_filter_classes")
+chosen = st.pills("Predicted class", classes, selection_mode="multi", key="hv_filter_classes")
+f2, f3, f4 = st.columns([1, 1, 2])
 flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
 show_errors = f3.checkbox("Show errors", key="hv_show_errors")
 conf = f4.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range")
-view = batching.filter_frame(frame, batching.Filters(tuple(chosen), flagged_only, tuple(conf), show_errors))
-st.caption(f"{len(view)} of {len(frame)} rows shown · threshold {threshold:.3f} · model `{clf.version}`")
+view = batching.filter_frame(frame, batching.Filters(tuple(chosen or ()), flagged_only, tuple(conf), show_errors))
+st.caption(f"{len(view)} of {len(frame)} rows shown · threshold {display.threshold_text(threshold)} · model `{clf.version}`")
 
+table = view.assign(status=display.status_marks(view), name=[display.short_name(f) for f in view["file"]],
+                    reviewed_at=[display.local_time(t, st.context.timezone) for t in view["reviewed_at"]])
 col_cfg = {
-    "thumbnail": st.column_config.ImageColumn("Image", width="small"),
-    "file": st.column_config.TextColumn("File"),
+    "status": st.column_config.TextColumn("Status", width="small", help="⚠️ flagged for review (confidence below the threshold), "
+                                          "✓ accepted, 🧑‍🔬 reviewed by a person, ✗ could not be read"),
+    "thumbnail": st.column_config.ImageColumn("Cell", width="small", help="What the network saw: the framed cell"),
+    "name": st.column_config.TextColumn("File", width="medium", help="The end of the file name; the full name is in the CSV and the File path column"),
     "predicted_class": st.column_config.TextColumn("Predicted class"),
-    "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
-    "flagged": st.column_config.CheckboxColumn("Flagged"),
+    "confidence": st.column_config.NumberColumn("Confidence", format="%.3f"),
+    "flagged": st.column_config.CheckboxColumn("Flagged", width="small"),
     "error": st.column_config.TextColumn("Error"),
     "final_class": st.column_config.TextColumn("Final class", help="The reviewed class where there is one, else the prediction"),
     "reviewed_class": st.column_config.TextColumn("Reviewed as"),
     "reviewer": st.column_config.TextColumn("Reviewer"),
-    "reviewed_at": st.column_config.TextColumn("Reviewed at (UTC)"),
+    "reviewed_at": st.column_config.TextColumn("Reviewed at", help="In your browser's time zone"),
+    "file": st.column_config.TextColumn("File path"),
     "model_version": st.column_config.TextColumn("Model version", help="The model version that made the prediction (Model versions page)"),
 }
 col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
-order = ["thumbnail", "file", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes], "flagged",
-         "reviewed_class", "reviewer", "reviewed_at", "error", "model_version"]
-st.dataframe(view, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
+order = ["status", "thumbnail", "name", "predicted_class", "confidence", "flagged", "final_class", *[f"p_{c}" for c in classes],
+         "reviewed_class", "reviewer", "reviewed_at", "error", "file", "model_version"]
+st.dataframe(table, column_config=col_cfg, column_order=order, hide_index=True, width="stretch", row_height=60)
 
 # ---------------------------------------------------------------- download
 scope = st.radio("Rows to download", ["Filtered rows", "All rows"], horizontal=True, key="hv_download_scope")
@@ -142,11 +173,17 @@ ok_rows = [i for i in view.index if not view.at[i, "error"]]
 if not ok_rows:
     st.info("No classified image among the rows shown.")
     st.stop()
-pick = st.selectbox("Image", ok_rows, format_func=lambda i: frame.at[i, "file"], key="hv_detail")
+# Keyed by the image (its content hash), never by row position: filters and the threshold reorder rows.
+names = {}
+for i in ok_rows:
+    names.setdefault(frame.at[i, "sha256"], frame.at[i, "file"])
+if st.session_state.get("hv_detail") not in names:
+    st.session_state["hv_detail"] = next(iter(names))
+sha = st.selectbox("Image", list(names), format_func=names.get, key="hv_detail")
+pick = next(i for i in ok_rows if frame.at[i, "sha256"] == sha)
 d1, d2 = st.columns([1, 1])
-sha = frame.at[pick, "sha256"]
 try:
-    rgb = decode_image(entries[pick].data).rgb
+    rgb = decode_image(batching.image_of(entries, sha)).rgb
 except Exception as exc:  # shown as text, never as a traceback
     rgb = None
     d1.warning(f"Could not display this image ({type(exc).__name__}).")
@@ -154,7 +191,7 @@ if rgb is not None:
     app_state.init_state({"hv_detail_gradcam": False})
     show_cam = d1.toggle("Grad-CAM heat map", key="hv_detail_gradcam", help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.")
     shown = [rgb]
-    captions = [frame.at[pick, "file"]]
+    captions = [names[sha]]
     if show_cam:
         try:
             over, explained = app_state.gradcam_overlay(clf, sha, "original", rgb)
@@ -186,7 +223,18 @@ if store is not None:
         note = st.text_input("Note (optional)", key="hv_detail_note")
         if st.form_submit_button("Save review"):
             p = replace(preds[pick], flagged=bool(frame.at[pick, "flagged"]))
-            review.queue_with_images(store, [(p, entries[pick].data or b"")], classes, clf.version, threshold)
+            review.queue_with_images(store, [(p, batching.image_of(entries, sha) or b"")], classes, clf.version, threshold, batch=batch.id)
             store.decide(sha, clf.version, verdict, who, note)
             st.session_state["hv_reviewer"] = who
             st.rerun()
+    queued = {(it.sha256, it.model_version): it for it in store.items(clf.version)}.get((sha, clf.version))
+    if queued is not None and queued.in_queue(threshold) and current is None:
+        d2.caption("This image is on the review list (Review page).")
+    elif current is None:
+        def _send() -> None:
+            p = replace(preds[pick], flagged=bool(frame.at[pick, "flagged"]))
+            review.queue_with_images(store, [(p, batching.image_of(entries, sha) or b"")], classes, clf.version, threshold,
+                                     batch=batch.id, sent=True)
+
+        d2.button("Send to the review list", key="hv_detail_send", on_click=_send,
+                  help="Put this image on the Review page's list whatever its confidence, for a person to check.")

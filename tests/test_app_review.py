@@ -124,7 +124,7 @@ def test_detail_view_review_and_gradcam_then_a_new_session_sees_the_queue(env):
     box = next(s for s in at.selectbox if s.key.startswith("hv_detail_class_"))
     box.set_value(review.UNUSABLE)
     at.text_input(key="hv_detail_reviewer").input("bob")
-    at.button[-1].click()  # the form's "Save review"
+    next(b for b in at.button if b.label == "Save review").click()
     _run(at, threshold=0.0)
     [item] = ReviewStore(env).items()
     assert item.sha256 == sha and not item.flagged and item.status == "unusable" and item.decision.reviewer == "bob"
