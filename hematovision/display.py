@@ -90,3 +90,20 @@ def versions_rows(versions: Sequence, cards: Sequence, current: str, tz: str | N
             "folder": str(v.path),
         })
     return pd.DataFrame(rows)
+
+
+def ece_worse_note(sets: dict) -> str:
+    """One sentence for the sets whose calibration error is higher after temperature scaling ("" when none)."""
+    worse = [s for s in sets.values() if s.get("ece_before_calibration") is not None and s.get("ece_after_calibration") is not None
+             and s["ece_after_calibration"] > s["ece_before_calibration"]]
+    if not worse:
+        return ""
+    parts = []
+    for s in worse:
+        floor = (s.get("ece_floor") or {}).get("median")
+        parts.append(f"{s.get('name', '?')} {s['ece_before_calibration']:.3f} → {s['ece_after_calibration']:.3f}"
+                     + (f" (noise floor {floor:.3f})" if floor is not None else ""))
+    return ("Why calibration error can be higher after temperature scaling (" + "; ".join(parts) + "): the one temperature is "
+            "fitted on the validation images, so it corrects the model's over- or under-confidence as it was there; a test set "
+            "from another source, made of few distinct cells, can need a different correction, and a difference of this size is "
+            "within what its small number of cells can measure (the noise floor).")

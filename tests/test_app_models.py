@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_adapt_from_zip_saves_a_version_and_switches_only_when_asked(models_page
     at.switch_page("pages/models.py").run()
     assert t["adapted from"][1].startswith("tiny-test-model@")
     assert "None" not in _table(at).astype(str).to_numpy().ravel().tolist()
+    assert re.fullmatch(r"\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2}( UTC)?", _table(at)["created"][1])
     assert any("It is now in use" in s.value for s in at.success)
     # The Classify page now predicts with the adapted version, and says so on every row.
     from conftest import image_bytes
