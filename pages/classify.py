@@ -88,7 +88,9 @@ todo = len(batching.pending(entries, cache, clf.version))
 if todo:
     bar = st.progress(0.0, text=f"Classifying {todo} new image(s)…")
     batching.classify_pending(clf, entries, cache, threshold,
-                              progress=lambda d, t: bar.progress(d / t, text=f"Classified {d} of {t}"))
+                              # at most ~100 bar updates: each one is a message to the browser
+                              progress=lambda d, t: (d == t or d % max(1, t // 100) == 0)
+                              and bar.progress(d / t, text=f"Classified {d} of {t}"))
     bar.empty()
 
 preds, thumbs = batching.assemble(entries, cache, clf.version)

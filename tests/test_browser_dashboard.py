@@ -48,7 +48,7 @@ def server(tiny_model_dir, tmp_path):
 def browser():
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=60_000)  # a loaded 2-core machine: generous waits, never a sleep
+    expect.set_options(timeout=240_000)  # a loaded 2-core machine (TensorFlow import included): generous waits
     with sync_playwright() as p:
         b = launch_chromium(p)
         try:
@@ -61,7 +61,7 @@ def _open(browser, url: str, width: int = 1400, path: str = ""):
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": width, "height": 1400})
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(240_000)
     page.goto(url)  # Home first: until Home.py has run st.navigation once, other paths are not routed
     expect(page.get_by_text("Start here")).to_be_visible()
     if path:
