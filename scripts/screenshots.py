@@ -81,6 +81,8 @@ def main() -> None:
                 slider = page.locator("[data-testid=stSidebar] input[type=range]").first
                 slider.focus()
                 slider.press("End")
+            expect(page.get_by_role("button", name="✗ Unusable")).to_be_visible(timeout=300_000)
+            page.get_by_text("Grad-CAM heat map").click()  # on request only
             expect(page.get_by_text("Grad-CAM for")).to_be_visible(timeout=300_000)
             expect(page.get_by_role("button", name="✗ Unusable")).to_be_visible()
             page.wait_for_timeout(3000)

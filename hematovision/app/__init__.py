@@ -2,10 +2,11 @@
 
 ``state``: the model, the threshold and the review store shared by every page. ``batching``: a
 session's uploads as one batch, classified once. ``eval_views``: the evaluation page's figures.
-``results``: the Classify page's table and figures. ``samples``: the sample images.
+``results``: the Classify page's table and figures. ``samples``: the sample images. ``display``: how
+numbers, names, statuses and times are shown (one rounding of the threshold for screen, flags and CSV).
 ``adapting``: what the Adapt button runs. ``devserver``: a dashboard and a browser for tests and screenshots.
 
 Only the module names are listed: importing ``hematovision.app.devserver`` does not import Streamlit.
 """
 
-__all__ = ["adapting", "batching", "devserver", "eval_views", "results", "samples", "state"]
+__all__ = ["adapting", "batching", "devserver", "display", "eval_views", "results", "samples", "state"]
