@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     from hematovision.devserver import dashboard, launch_chromium
     from hematovision.persistence import machine_description
 
+    expect.set_options(timeout=600_000)  # what is measured is the wait itself; a timeout only guards a hang
+
     home = Path(tempfile.mkdtemp(prefix="hv-bench-"))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HEMATOVISION_HOME=str(home), HEMATOVISION_REVIEW_DB=str(home / "reviews.sqlite3"))
     if a.model:
