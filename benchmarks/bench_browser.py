@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     from hematovision.app.devserver import dashboard, launch_chromium
     from hematovision.modeling.persistence import machine_description
 
+    expect.set_options(timeout=600_000)  # what is measured is the wait itself; a timeout only guards a hang
+
     home = Path(tempfile.mkdtemp(prefix="hv-bench-"))
     env = dict(
         os.environ,
