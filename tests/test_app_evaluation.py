@@ -116,8 +116,62 @@ def test_threshold_by_target_accuracy_sets_shared_threshold(app):
     assert rc["layout"]["yaxis"]["range"][1] <= 1.0
 
 
-def test_small_uploaded_set_is_told_it_is_too_small(app):
+def test_a_set_too_small_gets_no_threshold_and_no_button(app):
     at, report = app
     at.selectbox(key="eval_set").set_value("kaggle_test").run()
     assert any("too small" in w.value for w in at.warning) or any("No threshold" in w.value for w in at.warning)
     assert not [b for b in at.button if b.key == "eval_set_threshold"]
+
+
+def test_upload_labeled_zip_adds_a_set(app):
+    at, report = app
+    at.file_uploader(key="eval_zip").upload("mine.zip", labeled_zip(), "application/zip").run()
+    at.button(key="eval_zip_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="eval_set").value == "user_1"
+    user = at.session_state["eval_user_sets"]["user_1"]["report"]
+    assert user["n_images"] == 8 and metric(at, "Images") == "8"
+    assert chart(at, "eval_cm")["data"][0]["z"] == user["confusion_matrix"]
+    skipped = {s[0] for s in user["skipped"]}
+    assert {"basophil/x.png", "lymphocyte/broken.png"} <= skipped
+    assert len(at.get("download_button")) == 2
+    # The shipped sets are still there.
+    assert set(at.selectbox(key="eval_set").options) >= {"Kaggle TEST", "PBC test"}
+
+
+def test_upload_images_and_csv_lists_unknown_labels(app):
+    from conftest import image_bytes
+
+    at, _ = app
+    imgs = [(f"cell{i}.png", image_bytes(seed=i), "image/png") for i in range(4)]
+    csv = b"file,label\ncell0.png,lymphocyte\ncell1.png,Neutrophils\ncell2.png,basophil\n"
+    at.file_uploader(key="eval_imgs").set_value(imgs).run()
+    at.file_uploader(key="eval_csv").upload("labels.csv", csv, "text/csv").run()
+    at.button(key="eval_csv_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    user = at.session_state["eval_user_sets"]["user_1"]["report"]
+    assert user["n_images"] == 2
+    assert dict(user["skipped"]) == {"cell2.png": "unknown class 'basophil'", "cell3.png": "no label in the CSV"}
+    assert metric(at, "Images") == "2"
+
+
+def test_gallery_shows_images_from_the_data_root(eval_model_dir, monkeypatch, tmp_path):
+    import pandas as pd
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import image_bytes
+    from hematovision import eval_views as ev
+
+    d, _ = eval_model_dir
+    wrong = ev.misclassified(pd.read_csv(d / "test_predictions.csv"), "kaggle_test")
+    for f in wrong["file"][:3]:  # only some present: the others say so
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(image_bytes())
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(d))
+    monkeypatch.setenv("HEMATOVISION_DATA", str(tmp_path))
+    at = AppTest.from_file(str(REPO / "Home.py"), default_timeout=60)
+    at.switch_page("pages/evaluation.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.image) == 3 and all("predicted" in im.captions[0] for im in at.image)
+    assert sum("image absent" in t.value for t in at.text) == len(wrong) - 3
