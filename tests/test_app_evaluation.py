@@ -116,7 +116,7 @@ def test_threshold_by_target_accuracy_sets_shared_threshold(app):
     assert rc["layout"]["yaxis"]["range"][1] <= 1.0
 
 
-def test_small_uploaded_set_is_told_it_is_too_small(app):
+def test_a_set_too_small_gets_no_threshold_and_no_button(app):
     at, report = app
     at.selectbox(key="eval_set").set_value("kaggle_test").run()
     assert any("too small" in w.value for w in at.warning) or any("No threshold" in w.value for w in at.warning)
