@@ -6,7 +6,7 @@ columns, the figures and reviews from the detail view in ``hematovision.app.resu
 
 import streamlit as st
 
-from hematovision.app import batching, results, samples
+from hematovision.app import batching, display, results, samples
 from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
 from hematovision.config import data_root
@@ -14,6 +14,9 @@ from hematovision.imaging.decode import decode_image
 from hematovision.review import store as review
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
+#: Measured (docs/dashboard-benchmarks.md): the browser sends separate files one request at a time and
+#: slows as the list grows, while a zip is one request. Above this many files the page says so.
+MANY_FILES = 200
 
 st.title("🔬 Classify white blood cells")
 app_state.disclaimer()
@@ -32,35 +35,61 @@ cache: batching.ResultCache = st.session_state.setdefault("hv_cache", batching.R
 batch: batching.Batch = st.session_state.setdefault("hv_batch", batching.Batch())
 
 
+def _uploader_key() -> str:
+    # A new key empties the uploader: loading the samples or clearing must not leave old files showing there.
+    return f"hv_uploader_{st.session_state.get('hv_uploader_gen', 0)}"
+
+
+def _reset_uploader() -> None:
+    st.session_state["hv_uploader_gen"] = st.session_state.get("hv_uploader_gen", 0) + 1
+
+
 def _on_upload() -> None:
-    files = st.session_state.get("hv_uploader") or []
-    batch.set_uploaded([(f.name, f.getvalue()) for f in files])
+    files = st.session_state.get(_uploader_key()) or []
+    batch.set_uploaded([(f.name, f.getvalue()) for f in files])  # a new upload is a new batch
+
+
+def _load_samples() -> None:
+    # The samples replace an upload (never mixed with it); what is missing, if anything, is said on the next run.
+    st.session_state["hv_samples_note"] = results.load_samples(batch, data_root())
+    if batch.kind == batching.SAMPLES:
+        _reset_uploader()
+
+
+def _clear() -> None:
+    batch.clear()
+    _reset_uploader()
 
 
 st.file_uploader(
     "Images of single white blood cells (JPEG, PNG, BMP, TIFF) or zip archives of them",
-    type=IMAGE_TYPES, accept_multiple_files=True, key="hv_uploader", on_change=_on_upload,
-    help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified.",
+    type=IMAGE_TYPES, accept_multiple_files=True, key=_uploader_key(), on_change=_on_upload,
+    help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified. "
+         f"More than {MANY_FILES} images? Put them in one .zip: the browser sends separate files one at a time.",
 )
 c1, c2, _ = st.columns([1, 1, 3])
-if c1.button(
+c1.button(
     "Load sample images",
-    help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv",
-):
-    note = results.load_samples(batch, data_root())  # what is missing, if anything
-    if note:
-        st.warning(note)
-if batch and c2.button("Clear results"):
-    batch.clear()
-    st.rerun()
+    on_click=_load_samples,
+    key="hv_load_samples",
+    help="32 held-out test images (Kaggle TEST and PBC test split), listed in sample_data/manifest.csv. They replace "
+         "an upload.",
+)
+note = st.session_state.pop("hv_samples_note", "")
+if note:
+    st.warning(note)
+if batch:
+    c2.button("Clear results", on_click=_clear, key="hv_clear")
 
 if not batch:
     st.info("Upload images or load the sample images to start.")
     st.stop()
-if batch.uploaded and not st.session_state.get("hv_uploader"):
+st.info(batch.describe(), icon="🗂️")
+if batch.kind == batching.UPLOAD and len(batch.files) > MANY_FILES:
     st.caption(
-        f"Showing your last upload ({len(batch.uploaded)} files). Upload new files to replace it, or press *Clear "
-        f"results*."
+        f"{len(batch.files)} separate files: next time, upload them as one .zip. The browser sends separate files one "
+        "request at a time and slows down as the list grows (about a minute for 1,000 files here); a zip of the same "
+        "images is one request."
     )
 
 entries = batch.entries()
@@ -68,7 +97,9 @@ todo = len(batching.pending(entries, cache, clf.version))
 if todo:
     bar = st.progress(0.0, text=f"Classifying {todo} new image(s)…")
     batching.classify_pending(clf, entries, cache, threshold,
-                              progress=lambda d, t: bar.progress(d / t, text=f"Classified {d} of {t}"))
+                              # at most ~100 bar updates: each one is a message to the browser
+                              progress=lambda d, t: (d == t or d % max(1, t // 100) == 0)
+                              and bar.progress(d / t, text=f"Classified {d} of {t}"))
     bar.empty()
 
 preds, thumbs = batching.assemble(entries, cache, clf.version)
@@ -85,7 +116,11 @@ st.subheader("Summary")
 m = st.columns(5)
 m[0].metric("Images", summary.n_images)
 m[1].metric("Classified", summary.n_classified)
-m[2].metric("Flagged for review", summary.n_flagged, help=f"Confidence below the threshold {threshold:.3f} (sidebar)")
+m[2].metric(
+    "Flagged for review",
+    summary.n_flagged,
+    help=f"Confidence below the threshold {display.threshold_text(threshold)} (sidebar)",
+)
 m[3].metric(
     "Reviewed",
     summary.n_reviewed,
@@ -105,20 +140,23 @@ s2.plotly_chart(results.differential_figure(summary.differential), width="stretc
 
 # ---------------------------------------------------------------- filters + table
 st.subheader("Results")
-f1, f2, f3, f4 = st.columns([3, 1, 1, 2])
 # Defaults go into session state (not the widgets), so Home.py can keep them across page switches.
 app_state.init_state(
     {"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)}
 )
-chosen = f1.multiselect("Predicted class", classes, key="hv_filter_classes")
+chosen = st.pills("Predicted class", classes, selection_mode="multi", key="hv_filter_classes")
+f2, f3, f4 = st.columns([1, 1, 2])
 flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
 show_errors = f3.checkbox("Show errors", key="hv_show_errors")
 conf = f4.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range")
-view = batching.filter_frame(frame, batching.Filters(tuple(chosen), flagged_only, tuple(conf), show_errors))
-st.caption(f"{len(view)} of {len(frame)} rows shown · threshold {threshold:.3f} · model `{clf.version}`")
+view = batching.filter_frame(frame, batching.Filters(tuple(chosen or ()), flagged_only, tuple(conf), show_errors))
+st.caption(
+    f"{len(view)} of {len(frame)} rows shown · threshold {display.threshold_text(threshold)} · model `{clf.version}`"
+)
 
 col_cfg, order = results.table_columns(classes)
-st.dataframe(view, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
+st.dataframe(results.table_rows(view, st.context.timezone), column_config=col_cfg, column_order=order,
+             hide_index=True, width="stretch", row_height=60)
 
 # ---------------------------------------------------------------- download
 scope = st.radio("Rows to download", ["Filtered rows", "All rows"], horizontal=True, key="hv_download_scope")
@@ -140,11 +178,17 @@ ok_rows = [i for i in view.index if not view.at[i, "error"]]
 if not ok_rows:
     st.info("No classified image among the rows shown.")
     st.stop()
-pick = st.selectbox("Image", ok_rows, format_func=lambda i: frame.at[i, "file"], key="hv_detail")
+# Keyed by the image (its content hash), never by row position: filters and the threshold reorder rows.
+names = {}
+for i in ok_rows:
+    names.setdefault(frame.at[i, "sha256"], frame.at[i, "file"])
+if st.session_state.get("hv_detail") not in names:
+    st.session_state["hv_detail"] = next(iter(names))
+sha = st.selectbox("Image", list(names), format_func=names.get, key="hv_detail")
+pick = next(i for i in ok_rows if frame.at[i, "sha256"] == sha)
 d1, d2 = st.columns([1, 1])
-sha = frame.at[pick, "sha256"]
 try:
-    rgb = decode_image(entries[pick].data).rgb
+    rgb = decode_image(batching.image_of(entries, sha)).rgb
 except Exception as exc:  # shown as text, never as a traceback
     rgb = None
     d1.warning(f"Could not display this image ({type(exc).__name__}).")
@@ -155,7 +199,7 @@ if rgb is not None:
         key="hv_detail_gradcam",
         help="Where the model looked for the predicted class (red: most evidence). Loads TensorFlow the first time.",
     )
-    shown, captions, cam_warning = results.detail_images(clf, sha, rgb, frame.at[pick, "file"], show_cam)
+    shown, captions, cam_warning = results.detail_images(clf, sha, rgb, names[sha], show_cam)
     if cam_warning:
         d1.warning(cam_warning)
     d1.image(shown, caption=captions, width=260 if show_cam else "stretch")
@@ -185,7 +229,19 @@ if store is not None:
         who = st.text_input("Reviewer", value=st.session_state.get("hv_reviewer", ""), key="hv_detail_reviewer")
         note = st.text_input("Note (optional)", key="hv_detail_note")
         if st.form_submit_button("Save review"):
-            results.save_review(store, preds[pick], entries[pick].data, frame.at[pick, "flagged"], classes, clf.version,
-                                threshold, verdict, who, note)
+            results.save_review(store, preds[pick], batching.image_of(entries, sha), frame.at[pick, "flagged"], classes,
+                                clf.version, threshold, verdict, who, note, batch=batch.id)
             st.session_state["hv_reviewer"] = who
             st.rerun()
+    if current is None and results.on_review_list(store, sha, clf.version, threshold):
+        d2.caption("This image is on the review list (Review page).")
+    elif current is None:
+        d2.button(
+            "Send to the review list",
+            key="hv_detail_send",
+            on_click=results.send_to_review,
+            args=(store, preds[pick], batching.image_of(entries, sha), frame.at[pick, "flagged"], classes, clf.version,
+                  threshold),
+            kwargs={"batch": batch.id},
+            help="Put this image on the Review page's list whatever its confidence, for a person to check.",
+        )

@@ -17,7 +17,7 @@ from hematovision.config import data_root
 from hematovision.data.labeled import labeled_from_csv, labeled_from_zip
 from hematovision.evaluation.evaluate import evaluate_labeled
 from hematovision.modeling import persistence
-from hematovision.stats import calibration as cal
+from hematovision.stats.threshold_advice import MAX_FLAGGED, MIN_ACCEPTED, advise
 
 USER_SETS = "eval_user_sets"  # {key: {"report": dict, "frame": DataFrame}} added this session
 SET_KEY = "eval_set"
@@ -108,28 +108,30 @@ def threshold_section(s: dict) -> None:
         target = st.number_input(
             "Target accuracy on accepted images",
             min_value=0.5,
-            max_value=1.0,
+            max_value=0.999,
             value=0.99,
             step=0.001,
             format="%.3f",
             key="eval_target",
         )
-        chosen = cal.threshold_for_accuracy(s.get("risk_coverage", []), float(target))
-        if chosen is None:
-            st.warning("No threshold on this set reaches that accuracy on accepted images.")
+        many, unit = ev.independent_images(s)
+        advice = advise(s.get("risk_coverage", []), s.get("n_images", 0), float(target), many, unit)
+        if advice.threshold is None:
+            st.warning(advice.message)
         else:
-            pt = ev.point_at_threshold(s["risk_coverage"], chosen)
-            st.markdown(
-                f"Lowest threshold reaching {target:.1%}: **{chosen:.3f}** "
-                f"({pt['accuracy_accepted']:.2%} accurate, {pt['flagged_share']:.1%} flagged)."
-            )
+            st.markdown(advice.message)
             st.button(
-                f"Use threshold {chosen:.3f} everywhere",
+                f"Use threshold {advice.threshold:.3f} everywhere",
                 key="eval_set_threshold",
                 on_click=app_state.set_threshold,
-                args=(chosen,),
+                args=(advice.threshold,),
                 help="Sets the shared review threshold (the sidebar slider) for every page.",
             )
+        st.caption(
+            f"A threshold is proposed only where the 95% lower bound of the accuracy on accepted {unit} reaches the "
+            f"target, at least {MIN_ACCEPTED} {unit} are accepted and at most {MAX_FLAGGED:.0%} are flagged"
+            + (f"; copies of one cell count once ({many} cells)." if unit == "cells" else ".")
+        )
 
 
 def gallery_section(s: dict, key: str, user: dict | None) -> None:

@@ -5,46 +5,35 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
-from hematovision.app import adapting
+from hematovision.app import adapting, display
 from hematovision.app import state as app_state
 from hematovision.modeling import persistence, versions
+
+LAST_ADAPT = "hv_adapt_last"
 
 st.title("Model versions")
 app_state.disclaimer()
 
 found = versions.list_versions()
 current = app_state.model_path()
-rows = []
-for v in found:
-    card = persistence.load_card(v.path)
-    ad = card.training.get("adaptation", {})
-    rows.append(
-        {
-            "in use": str(v.path) == str(current),
-            "version": v.version,
-            "kind": "shipped" if v.shipped else "adapted",
-            "adapted from": v.parent or "",
-            "labeled images": sum(ad.get("labeled_counts", {}).values()) if ad else None,
-            "cross-fitted accuracy": ad.get("crossfit_accuracy") if ad else None,
-            "default threshold": card.default_threshold,
-            "created": v.created,
-            "folder": str(v.path),
-        }
-    )
+cards = [persistence.load_card(v.path) for v in found]
 st.dataframe(
-    pd.DataFrame(rows).astype({"labeled images": "Int64", "cross-fitted accuracy": "Float64"}),
+    display.versions_rows(found, cards, str(current), st.context.timezone),
     hide_index=True,
     width="stretch",
     column_config={
         "in use": st.column_config.CheckboxColumn("In use", width="small"),
-        "labeled images": st.column_config.NumberColumn(
+        "version": st.column_config.TextColumn("Version", width="medium"),
+        "kind": st.column_config.TextColumn("Kind", width="small"),
+        "adapted from": st.column_config.TextColumn("Adapted from"),
+        "labeled images": st.column_config.TextColumn(
             "Labeled images", help="Images of your laboratory it was adapted on"
         ),
-        "cross-fitted accuracy": st.column_config.NumberColumn(
-            "Cross-fitted accuracy", format="percent", help="Each labeled image scored by a head fitted without it"
+        "cross-fitted accuracy": st.column_config.TextColumn(
+            "Cross-fitted accuracy", help="Each labeled image scored by a head fitted without it"
         ),
-        "default threshold": st.column_config.NumberColumn("Default threshold", format="%.3f"),
-        "created": st.column_config.TextColumn("Created (UTC)"),
+        "default threshold": st.column_config.TextColumn("Default threshold"),
+        "created": st.column_config.TextColumn("Created", width="medium", help="In your browser's time zone"),
         "folder": None,
     },
 )
@@ -57,9 +46,13 @@ if len(found) > 1:
         format_func={str(v.path): v.label for v in found}.get,
         key="hv_models_choice",
     )
-    if st.button("Use this version", disabled=choice == str(current)):
-        app_state.use_model(choice)
-        st.rerun()
+    st.button(
+        "Use this version",
+        disabled=choice == str(current),
+        on_click=app_state.use_model,
+        args=(choice,),
+        help="Its own default threshold comes with it (sidebar).",
+    )
 st.caption(
     f"Adapted versions are kept in `{versions.adapted_root()}` (set `HEMATOVISION_HOME` to move it); the shipped "
     f"model is never changed."
@@ -90,6 +83,7 @@ with st.form("hv_adapt_form"):
     )
     go = st.form_submit_button("Adapt", type="primary")
 if go:
+    st.session_state.pop(LAST_ADAPT, None)
     store = None if source.startswith("A zip") else app_state.review_store()
     if source.startswith("A zip") and upload is None:
         st.warning("Upload a zip of class folders first.")
@@ -102,15 +96,31 @@ if go:
         if not attempt.ok:
             bar.empty()
             st.error(attempt.error, icon="🚫")
+            if attempt.skipped:
+                st.dataframe(pd.DataFrame(attempt.skipped, columns=["file", "reason"]), hide_index=True)
         else:
             bar.progress(1.0, text="Done")
-            app_state.use_model(attempt.outcome.path)
-            st.success(attempt.summary)
-            if attempt.outcome.note:
-                st.warning(attempt.outcome.note)
-            if attempt.skipped:
-                st.warning(f"{len(attempt.skipped)} file(s) were not used:")
-        if attempt.skipped:
-            st.dataframe(pd.DataFrame(attempt.skipped, columns=["file", "reason"]), hide_index=True)
-        if attempt.ok:
-            st.button("Show the new version in the table")
+            st.session_state[LAST_ADAPT] = attempt  # shown (with the choice to use it) until dismissed
+            st.rerun()  # so the table above lists the new version
+
+last = st.session_state.get(LAST_ADAPT)
+if last is not None:
+    in_use = str(app_state.model_path()) == str(last.outcome.path)
+    st.success(last.message(in_use), icon="✅")
+    if last.outcome.note:
+        st.warning(last.outcome.note)
+    if last.skipped:
+        st.warning(f"{len(last.skipped)} file(s) were not used:")
+        st.dataframe(pd.DataFrame(last.skipped, columns=["file", "reason"]), hide_index=True)
+    b1, b2, _ = st.columns([2, 1, 2])
+    if not in_use:
+        b1.button(
+            f"Use {last.outcome.version} now",
+            type="primary",
+            key="hv_adapt_use",
+            on_click=app_state.use_model,
+            args=(last.outcome.path,),
+            help="Predictions, flags and review decisions then come from this version; the sidebar threshold "
+                 "becomes its default. You can switch back at any time.",
+        )
+    b2.button("Dismiss", key="hv_adapt_dismiss", on_click=lambda: st.session_state.pop(LAST_ADAPT, None))

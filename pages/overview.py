@@ -4,29 +4,48 @@ import pandas as pd
 import streamlit as st
 
 from hematovision import DISCLAIMER
+from hematovision.app import display
 from hematovision.app import state as app_state
 
 st.title("🩸 HematoVision")
 st.markdown(
     "HematoVision classifies microscope images of **single white blood cells** into four types "
     "(eosinophil, lymphocyte, monocyte, neutrophil) and counts them into a differential. "
-    "It is built for **students, teachers and researchers** who want to explore how a calibrated image "
+    "It is built for **hematology lab staff, researchers and students** who want to see how a calibrated image "
     "classifier behaves on blood-smear images, and where it should not be trusted."
 )
 st.warning(f"**{DISCLAIMER}** Results can be wrong, especially on images unlike the training data "
            "(other stains, microscopes or cell types).", icon="⚠️")
 
+st.subheader("Start here")
+s1, s2, s3 = st.columns(3)
+with s1:
+    st.markdown("**1. Classify**")
+    st.page_link("pages/classify.py", label="Load the sample images, or upload yours", icon="🔬")
+    st.caption("Single-cell images (JPEG, PNG, BMP, TIFF); many images as one .zip.")
+with s2:
+    st.markdown("**2. Review what is flagged**")
+    st.page_link("pages/review.py", label="Confirm or correct uncertain cells", icon="🧑‍🔬")
+    st.caption("Flagged: confidence below the review threshold (sidebar). Keys: Y confirm, 1–4 a class, U unusable.")
+with s3:
+    st.markdown("**3. Download the report**")
+    st.page_link("pages/classify.py", label="CSV of the batch, with reviewed classes", icon="⬇️")
+    st.caption("On Classify, below the table; every review decision is downloadable on the Review page.")
+
 st.subheader("Pages")
-p1, p2, p3 = st.columns(3)
-with p1:
-    st.page_link("pages/overview.py", label="Home", icon="🏠")
-    st.caption("This page: purpose, model card, threshold.")
-with p2:
-    st.page_link("pages/classify.py", label="Classify", icon="🔬")
-    st.caption("Upload images or zips, review flagged cells, download a CSV.")
-with p3:
-    st.page_link("pages/evaluation.py", label="Model evaluation", icon="📊")
-    st.caption("Accuracy, calibration and the accuracy/coverage trade-off on held-out test sets.")
+p1, p2, p3, p4, p5 = st.columns(5)
+for col, (page, label, icon, what) in zip((p1, p2, p3, p4, p5), [
+    ("pages/overview.py", "Home", "🏠", "This page: purpose, model card, threshold."),
+    ("pages/classify.py", "Classify", "🔬",
+     "Upload images or zips, the table and differential, the detail view, a CSV."),
+    ("pages/review.py", "Review", "🧑‍🔬", "Flagged images one at a time: confirm, reclassify or mark unusable."),
+    ("pages/evaluation.py", "Model evaluation", "📊",
+     "Accuracy, calibration and the accuracy/coverage trade-off on held-out test sets."),
+    ("pages/models.py", "Model versions", "🧬", "The shipped model and versions adapted to your laboratory's images."),
+]):
+    with col:
+        st.page_link(page, label=label, icon=icon)
+        st.caption(what)
 
 st.subheader("The review threshold")
 t = app_state.threshold()
@@ -110,3 +129,6 @@ if rows:
         "its interval resamples whole cells and the per-cell figure counts each cell once. Details on the "
         "*Model evaluation* page."
     )
+    note = display.ece_worse_note(ev.get("sets", {}))
+    if note:
+        st.caption(note)

@@ -9,7 +9,7 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from hematovision.app import batching
+from hematovision.app import batching, display
 from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
 from hematovision.imaging.decode import decode_image
@@ -41,7 +41,8 @@ STATUS = {
     "Not a white cell / unusable": "unusable",
 }
 default_version = clf.version if clf is not None and clf.version in versions else versions[-1]
-app_state.init_state({"hv_review_status": "All", "hv_review_version": default_version, "hv_review_gradcam": True})
+# Grad-CAM on request only: it takes seconds an image on a CPU, and a decision must take under one.
+app_state.init_state({"hv_review_status": "All", "hv_review_version": default_version, "hv_review_gradcam": False})
 if st.session_state["hv_review_version"] not in versions:
     st.session_state["hv_review_version"] = default_version
 f1, f2, f3 = st.columns([2, 3, 2])
@@ -59,8 +60,34 @@ st.session_state["hv_review_classes"] = [
 ]
 status = f3.selectbox("Show", list(STATUS), key="hv_review_status")
 chosen = f2.multiselect("Class (predicted or reviewed)", classes + [review.UNUSABLE], key="hv_review_classes")
-queue = review.select(everything, "all")
-shown = review.select(everything, STATUS[status], chosen)
+# Pending = flagged at the current threshold (sidebar) or sent on purpose; decided items always stay.
+batches = sorted({it.batch for it in review.select(everything, "all", threshold=threshold) if it.batch}, reverse=True)
+ALL_BATCHES = "All batches"
+if st.session_state.get("hv_review_batch") not in [ALL_BATCHES, *batches]:
+    st.session_state["hv_review_batch"] = ALL_BATCHES
+b1, b2 = st.columns([3, 2], vertical_alignment="bottom")
+picked = b1.selectbox("Batch", [ALL_BATCHES, *batches], key="hv_review_batch",
+                      help="The Classify page's batch an image came from: an upload, or the sample images.")
+batch_id = None if picked == ALL_BATCHES else picked
+queue = review.select(everything, "all", threshold=threshold, batch=batch_id)
+shown = review.select(everything, STATUS[status], chosen, threshold=threshold, batch=batch_id)
+n_pending = sum(it.decision is None for it in queue)
+if batch_id is not None and n_pending:
+    def _clear_batch(b=batch_id, v=version) -> None:
+        n = store.dismiss(b, v)
+        st.session_state["hv_review_cleared"] = (
+            f"{n} pending item(s) of “{b}” cleared; decisions already made are kept."
+        )
+
+    b2.button(f"Clear this batch's {n_pending} pending item(s)", key="hv_review_clear", on_click=_clear_batch,
+              help="They leave the review list; images already reviewed, and every decision, stay.")
+if "hv_review_cleared" in st.session_state:
+    st.success(st.session_state.pop("hv_review_cleared"))
+st.caption(
+    f"On the list: images flagged at the threshold {display.threshold_text(threshold)} (sidebar) or sent to review "
+    "on purpose, and every image already reviewed. Lower the threshold and an unreviewed image that is no longer "
+    "flagged leaves the list."
+)
 
 prog = review.progress(queue)
 st.progress(prog.reviewed / prog.total if prog.total else 1.0, text=prog.text)
@@ -86,10 +113,7 @@ else:
         marked = [replace(x, decision=done) if k == at else x for k, x in enumerate(items)]
         st.session_state["hv_review_current"] = marked[review.next_index(marked, at)].key
 
-    nav1, nav2, nav3 = st.columns([1, 4, 1])
-    nav1.button("◀ Previous", on_click=_go, args=(keys[(pos - 1) % len(keys)],), width="stretch")
-    nav2.markdown(f"**{pos + 1} of {len(shown)}** shown · `{item.file}` · status: **{item.status}**")
-    nav3.button("Next ▶", on_click=_go, args=(keys[(pos + 1) % len(keys)],), width="stretch")
+    st.markdown(f"**{pos + 1} of {len(shown)}** shown · `{display.short_name(item.file)}` · status: **{item.status}**")
 
     # ------------------------------------------------------------ the image, what the model saw, its probabilities
     batch = st.session_state.get("hv_batch")
@@ -131,7 +155,8 @@ else:
     c3.plotly_chart(fig, width="stretch")
     if item.decision is not None:
         d = item.decision
-        c3.success(f"Reviewed: **{d.reviewed_class}** ({d.action}) by {d.reviewer or 'anonymous'} at {d.reviewed_at}"
+        c3.success(f"Reviewed: **{d.reviewed_class}** ({d.action}) by {d.reviewer or 'anonymous'}, "
+                   f"{display.local_time(d.reviewed_at, st.context.timezone)}"
                    + (f" — {d.note}" if d.note else ""))
 
     # ------------------------------------------------------------ the decision: one click per image
@@ -139,25 +164,42 @@ else:
     r1, r2 = st.columns([1, 2])
     r1.text_input("Reviewer", key="hv_reviewer", placeholder="your name or initials")
     r2.text_input("Note (optional)", key="hv_review_note")
-    buttons = st.columns(len(item.classes) + 1)
-    for k, c in enumerate(item.classes):
-        label = f"✓ Confirm {c}" if c == item.predicted_class else f"Reclassify as {c}"
-        buttons[k].button(
-            label,
-            key=f"hv_decide_{c}",
+    # Fixed places and keys, whatever the prediction: Confirm (Y), Unusable (U), a class (1-4), previous / next
+    # (arrows). Buttons sit in wrapping rows, so their labels stay whole on a narrow screen.
+    with st.container(horizontal=True):
+        st.button(
+            f"✓ Confirm {item.predicted_class}",
+            key="hv_decide_confirm",
             on_click=_decide,
-            args=(item, c, pos, shown),
-            type="primary" if c == item.predicted_class else "secondary",
-            width="stretch",
+            shortcut="Y",
+            type="primary",
+            args=(item, item.predicted_class, pos, shown),
+            help="The prediction is right (key Y)",
         )
-    buttons[-1].button(
-        "✗ Unusable",
-        key="hv_decide_unusable",
-        on_click=_decide,
-        help="Not a white cell, or an unusable image",
-        args=(item, review.UNUSABLE, pos, shown),
-        width="stretch",
-    )
+        st.button(
+            "✗ Unusable",
+            key="hv_decide_unusable",
+            on_click=_decide,
+            shortcut="U",
+            help="Not a white cell, or an unusable image (key U)",
+            args=(item, review.UNUSABLE, pos, shown),
+        )
+        st.button(
+            "◀ Previous", key="hv_review_prev", on_click=_go, args=(keys[(pos - 1) % len(keys)],), shortcut="Left"
+        )
+        st.button("Next ▶", key="hv_review_next", on_click=_go, args=(keys[(pos + 1) % len(keys)],), shortcut="Right")
+    st.caption("Reclassify as:")
+    with st.container(horizontal=True):
+        for k, c in enumerate(item.classes):
+            st.button(
+                c,
+                key=f"hv_decide_{c}",
+                on_click=_decide,
+                args=(item, c, pos, shown),
+                shortcut=str(k + 1) if k < 9 else None,
+                help=f"Record '{c}' (key {k + 1})"
+                + (" — the prediction, so this confirms it" if c == item.predicted_class else ""),
+            )
 
     hist = store.history(item.sha256, item.model_version)
     if hist:
@@ -165,7 +207,7 @@ else:
             st.dataframe(
                 [
                     {
-                        "reviewed_at": d.reviewed_at,
+                        "reviewed_at": display.local_time(d.reviewed_at, st.context.timezone),
                         "reviewer": d.reviewer,
                         "reviewed_class": d.reviewed_class,
                         "action": d.action,
@@ -176,7 +218,7 @@ else:
                 hide_index=True,
                 width="stretch",
                 column_config={
-                    "reviewed_at": "Reviewed at (UTC)",
+                    "reviewed_at": "Reviewed at",
                     "reviewer": "Reviewer",
                     "reviewed_class": "Reviewed as",
                     "action": "Action",
@@ -189,13 +231,13 @@ else:
     st.dataframe(
         [
             {
-                "file": it.file,
+                "file": display.short_name(it.file),
                 "predicted_class": it.predicted_class,
                 "confidence": it.confidence,
                 "status": it.status,
                 "final_class": it.final_class,
                 "reviewer": it.decision.reviewer if it.decision else "",
-                "reviewed_at": it.decision.reviewed_at if it.decision else "",
+                "reviewed_at": display.local_time(it.decision.reviewed_at, st.context.timezone) if it.decision else "",
             }
             for it in shown
         ],
@@ -207,7 +249,7 @@ else:
             "status": "Status",
             "final_class": "Final class",
             "reviewer": "Reviewer",
-            "reviewed_at": "Reviewed at (UTC)",
+            "reviewed_at": "Reviewed at",
             "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
         },
     )

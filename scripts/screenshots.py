@@ -53,7 +53,8 @@ def main() -> None:
         with dashboard(env, timeout=40) as url, sync_playwright() as p:
             browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
-            page.set_default_timeout(90_000)
+            page.set_default_timeout(300_000)
+            expect.set_options(timeout=300_000)  # a busy machine: wait for what is awaited, however long
             page.goto(url)
             expect(page.get_by_text("Model card at a glance")).to_be_visible()
             page.wait_for_timeout(1500)
@@ -81,6 +82,8 @@ def main() -> None:
                 slider = page.locator("[data-testid=stSidebar] input[type=range]").first
                 slider.focus()
                 slider.press("End")
+            expect(page.get_by_role("button", name="✗ Unusable")).to_be_visible(timeout=300_000)
+            page.get_by_text("Grad-CAM heat map").click()  # on request only
             expect(page.get_by_text("Grad-CAM for")).to_be_visible(timeout=300_000)
             expect(page.get_by_role("button", name="✗ Unusable")).to_be_visible()
             page.wait_for_timeout(3000)

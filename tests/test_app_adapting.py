@@ -38,8 +38,11 @@ def test_a_zip_becomes_a_new_version_with_a_summary_and_the_skipped_files(tmp_pa
     res = attempt.outcome
     assert res.path == versions.adapted_root() / "lab-z" and (res.path / persistence.CARD_FILE).is_file()
     assert res.counts == dict.fromkeys(CLASSES, 5) and seen[-1] == (20, 20)
-    head = f"**{res.version}** saved and now in use: adapted from `{res.parent}` on 20 images"
+    head = f"**{res.version}** saved: adapted from `{res.parent}` on 20 images"
     assert attempt.summary.startswith(head)
+    # Saving does not switch: the message says which version is in use.
+    assert attempt.message(False).endswith("the model in use has not changed.")
+    assert attempt.message(True).endswith("It is now in use.")
     assert [f for f, _ in attempt.skipped] == ["basophil/b.png"]
     assert persistence.load_card(res.path).training["adaptation"]["source"] == "lab.zip"
 

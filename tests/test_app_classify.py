@@ -151,3 +151,75 @@ def test_sample_images_button(calls, monkeypatch, tmp_path):
     at = _classify_page()
     at.button[0].click().run()
     assert any("32 of 32 sample images are missing" in w.value and "HEMATOVISION_DATA" in w.value for w in at.warning)
+
+
+def test_samples_then_an_upload_is_a_new_batch_of_just_the_upload(calls):
+    from hematovision.app import samples
+
+    if not all((samples.data_root() / s.relpath).is_file() for s in samples.read_manifest()):
+        pytest.skip("sample images not on this machine")
+    at = _classify_page()
+    at.button(key="hv_load_samples").click().run()
+    assert len(_results(at)) == 32
+    assert any("32 sample images" in i.value for i in at.info)
+    twelve = [(f"mine_{k:02d}.png", image_bytes("PNG", seed=100 + k), "image/png") for k in range(12)]
+    _upload(at, twelve)
+    frame = _results(at)
+    assert len(frame) == 12 and list(frame["file"]) == [f"mine_{k:02d}.png" for k in range(12)]
+    assert {m.label: m.value for m in at.metric}["Images"] == "12"
+    assert any("your upload: 12 files" in i.value for i in at.info)
+    diff = next(d.value for d in at.dataframe if "percent" in d.value.columns)
+    assert int(diff["count"].sum()) == 12  # the differential holds the upload only
+    # Loading the samples again replaces the upload (and empties the uploader), never adds to it.
+    at.button(key="hv_load_samples").click().run()
+    assert len(_results(at)) == 32 and not at.file_uploader[0].value
+
+
+def test_detail_view_follows_the_image_not_the_row(calls):
+    from hematovision.imaging import decode_image
+
+    at = _classify_page()
+    _upload(at, BATCH)
+    frame = _results(at)
+    target = frame.loc[3]  # cell_c.bmp
+    box = at.selectbox(key="hv_detail")
+    box.set_value(target["sha256"]).run()
+    assert at.selectbox(key="hv_detail").value == target["sha256"]
+    # Rows move: the first image leaves the view (class filter), the threshold changes; the detail stays on cell_c.
+    first_class = frame.loc[0, "predicted_class"]
+    keep = [c for c in ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+            if c != first_class or c == target["predicted_class"]]
+    at.session_state["threshold"] = 0.9
+    at.session_state["hv_filter_classes"] = keep
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="hv_detail").value == target["sha256"]
+    [img] = at.get("image")
+    assert img.captions == ["cell_c.bmp"]
+    chart = next(c for c in at.get("plotly_chart") if "Predicted:" in c.proto.spec)
+    assert f"Predicted: {target['predicted_class']} ({target['confidence']:.3f})" in chart.proto.spec
+    assert decode_image(BATCH[3][1]).rgb.shape[:2] == (48, 64)
+
+
+def test_csv_threshold_is_rounded_as_on_screen(monkeypatch, tmp_path, tiny_model_dir):
+    import shutil
+
+    from hematovision.app import batching
+    from hematovision.modeling import persistence
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    persistence.update_card(model, lambda c: c.__dict__.update(default_threshold=0.948737))
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(model))
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.run()
+    assert at.sidebar.slider(key="threshold").value == pytest.approx(0.949)
+    at.switch_page("pages/classify.py").run()
+    _upload(at, BATCH)
+    caption = next(c.value for c in at.caption if "rows shown" in c.value)
+    assert "threshold 0.949 " in caption
+    frame = _results(at)
+    # The page hands csv_report the threshold it shows; even an unrounded one is written as shown.
+    text = batching.csv_report(frame, ["eosinophil", "lymphocyte", "monocyte", "neutrophil"], 0.948737, "v")
+    out = pd.read_csv(io.StringIO(text), keep_default_na=False, dtype=str)
+    assert set(out["threshold"]) == {"0.949"}

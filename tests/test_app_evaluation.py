@@ -93,20 +93,34 @@ def test_switching_set_changes_figures(app):
 
 
 def test_threshold_by_target_accuracy_sets_shared_threshold(app):
-    from hematovision.stats.calibration import threshold_for_accuracy
+    from hematovision.stats.threshold_advice import advise
 
     at, report = app
-    pts = report["sets"]["kaggle_test"]["risk_coverage"]
-    target = next(t for t in (0.99, 0.98, 0.95, 0.9, 0.8) if threshold_for_accuracy(pts, t) is not None)
-    want = threshold_for_accuracy(pts, target)
+    s = report["sets"]["pbc_test"]
+    at.selectbox(key="eval_set").set_value("pbc_test").run()
+    pts = s["risk_coverage"]
+    targets = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6)
+    target = next((t for t in targets if advise(pts, s["n_images"], t).threshold is not None), None)
+    if target is None:  # the generated set supports no threshold: the page says so, offers no button
+        assert any("too small" in w.value or "No threshold" in w.value for w in at.warning)
+        assert not [b for b in at.button if b.key == "eval_set_threshold"]
+        return
+    want = advise(pts, s["n_images"], target).threshold
     at.number_input(key="eval_target").set_value(target).run()
-    assert at.session_state["threshold"] != pytest.approx(want)
     at.button(key="eval_set_threshold").click().run()
     assert not at.exception
     assert at.session_state["threshold"] == pytest.approx(want)
     rc = chart(at, "eval_rc")
     cur = [p for p in pts if p["threshold"] <= want + 1e-9][-1]
     assert rc["data"][1]["x"] == [cur["flagged_share"]] and rc["data"][1]["y"] == [cur["accuracy_accepted"]]
+    assert rc["layout"]["yaxis"]["range"][1] <= 1.0
+
+
+def test_a_set_too_small_gets_no_threshold_and_no_button(app):
+    at, report = app
+    at.selectbox(key="eval_set").set_value("kaggle_test").run()
+    assert any("too small" in w.value for w in at.warning) or any("No threshold" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.key == "eval_set_threshold"]
 
 
 def test_upload_labeled_zip_adds_a_set(app):

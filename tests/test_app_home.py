@@ -78,10 +78,17 @@ def test_home_with_evaluation(tmp_path, tiny_model_dir, monkeypatch):
     assert "HematoVision" in at.title[0].value
     assert "not a medical device" in text.lower() and "diagnosis" in text.lower()
     assert "review threshold" in text.lower()
-    assert "students" in text
-    # every page is linked
+    assert "hematology lab staff, researchers and students" in text  # the README's audience
+    readme = (Path(HOME).parent / "README.md").read_text()
+    assert "For hematology lab staff, researchers and students." in readme
+    # every page is linked, and a three-step start
     links = {p.proto.label: p.proto.page for p in at.get("page_link")}
-    assert links == {"Home": "", "Classify": "classify", "Model evaluation": "evaluation"}
+    assert {"Home": "", "Classify": "classify", "Review": "review", "Model evaluation": "evaluation",
+            "Model versions": "models"}.items() <= links.items()
+    assert [m.value for m in at.markdown if m.value.startswith("**") and ". " in m.value[:6]] == [
+        "**1. Classify**", "**2. Review what is flagged**", "**3. Download the report**"]
+    # Kaggle's ECE is lower after temperature scaling here; the note appears only where it is higher
+    assert "Why calibration error can be higher" not in text
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Classes"] == "4" and metrics["Default threshold"] == "0.300"
     table = at.dataframe[0].value
@@ -115,4 +122,17 @@ def test_home_without_model(tmp_path, monkeypatch):
     monkeypatch.setenv("HEMATOVISION_MODEL", str(tmp_path / "nothing-here"))
     at = _app()
     assert "No model found yet" in _text(at)
-    assert len(at.get("page_link")) == 3
+    assert len(at.get("page_link")) == 8
+
+
+def test_home_says_why_calibration_error_can_be_worse(tmp_path, tiny_model_dir, monkeypatch):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    worse = json.loads(json.dumps(EVALUATION))
+    worse["sets"]["kaggle_test"].update(ece_before_calibration=0.062, ece_after_calibration=0.070)
+    (model / "evaluation.json").write_text(json.dumps(worse))
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(model))
+    text = _text(_app())
+    want = ("Why calibration error can be higher after temperature scaling "
+            "(Kaggle TEST 0.062 → 0.070 (noise floor 0.039))")
+    assert want in text

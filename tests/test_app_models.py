@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -47,23 +48,37 @@ def _submit(at, data: bytes, name: str):
     assert not at.exception, at.exception
 
 
-def test_adapt_from_zip_creates_a_version_in_use_and_keeps_the_shipped_one(models_page, tiny_model_dir, tmp_path):
+def test_adapt_from_zip_saves_a_version_and_switches_only_when_asked(models_page, tiny_model_dir, tmp_path):
+    from hematovision.modeling import persistence
+
     at = models_page
     t = _table(at)
     assert len(t) == 1 and bool(t["in use"][0]) and t["kind"][0] == "shipped"
     _submit(at, _zip(5), "lab-one")
-    assert any("saved and now in use" in s.value for s in at.success), [e.value for e in at.error]
+    assert any("saved" in s.value and "has not changed" in s.value for s in at.success), [e.value for e in at.error]
     new_path = tmp_path / "home" / "models" / "lab-one"
     assert (new_path / "model_card.json").is_file()
-    assert at.session_state["hv_model_path"] == str(new_path)
-    at.run()
+    # Saved and listed, but not switched to behind the user's back.
+    assert "hv_model_path" not in at.session_state and "hv_pending_threshold" not in at.session_state
     t = _table(at)
-    assert list(t["kind"]) == ["shipped", "adapted"]
-    assert list(t["in use"]) == [False, True]
+    assert list(t["kind"]) == ["shipped", "adapted"] and list(t["in use"]) == [True, False]
+    # The explicit choice: the version and its own default threshold come together, with no exception.
+    at.button(key="hv_adapt_use").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["hv_model_path"] == str(new_path)
+    assert list(_table(at)["in use"]) == [False, True]
+    # (AppTest runs a page alone after switch_page; Home.py, which draws the sidebar, runs again here.)
+    at.switch_page("Home.py").run()
+    assert not at.exception, at.exception
+    new_default = round(persistence.load_card(new_path).default_threshold, 3)
+    assert at.sidebar.slider(key="threshold").value == pytest.approx(new_default)
+    at.switch_page("pages/models.py").run()
     assert t["adapted from"][1].startswith("tiny-test-model@")
+    assert "None" not in _table(at).astype(str).to_numpy().ravel().tolist()
+    assert re.fullmatch(r"\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2}( UTC)?", _table(at)["created"][1])
+    assert any("It is now in use" in s.value for s in at.success)
     # The Classify page now predicts with the adapted version, and says so on every row.
     from conftest import image_bytes
-    from hematovision.modeling import persistence
 
     at.switch_page("pages/classify.py").run()
     at.file_uploader[0].set_value([("cell.png", image_bytes("PNG", seed=4), "image/png")]).run()
@@ -71,11 +86,14 @@ def test_adapt_from_zip_creates_a_version_in_use_and_keeps_the_shipped_one(model
     rows = next(d.value for d in at.dataframe if "predicted_class" in d.value.columns)
     assert list(rows["model_version"]) == [persistence.load_card(new_path).version]
     at.switch_page("pages/models.py").run()
-    # Switch back to the shipped model from the page.
+    # Switch back to the shipped model from the page: its threshold comes back too.
     at.selectbox(key="hv_models_choice").set_value(str(tiny_model_dir)).run()
     next(b for b in at.button if b.label == "Use this version").click().run()
+    assert not at.exception, at.exception
     assert at.session_state["hv_model_path"] == str(tiny_model_dir)
     assert list(_table(at)["in use"]) == [True, False]
+    at.switch_page("Home.py").run()
+    assert at.sidebar.slider(key="threshold").value == pytest.approx(0.3)
 
 
 def test_missing_class_and_taken_name_are_refused_with_a_message(models_page, tmp_path):

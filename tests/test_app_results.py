@@ -38,7 +38,9 @@ def test_decisions_become_final_classes_of_this_model_version_only(tmp_path):
 def test_table_columns_cover_every_class_and_the_figures_carry_the_numbers():
     cfg, order = results.table_columns(CLASSES)
     assert [c for c in order if c.startswith("p_")] == [f"p_{c}" for c in CLASSES]
-    assert set(order) <= set(cfg) and order[:3] == ["thumbnail", "file", "predicted_class"]
+    # A leading status, the framed cell, the short name; the full path and the model version last.
+    assert set(order) <= set(cfg) and order[:4] == ["status", "thumbnail", "name", "predicted_class"]
+    assert order[-2:] == ["file", "model_version"]
     frame = batching.results_frame(_preds(), ["", "", ""], CLASSES, 0.5)
     fig = results.probability_figure(frame, 1, CLASSES)
     assert "monocyte (0.400)" in fig.layout.title.text and list(fig.data[0].x) == [0.2, 0.1, 0.4, 0.3]
@@ -63,3 +65,31 @@ def test_detail_images_without_and_with_a_failing_grad_cam(monkeypatch):
     monkeypatch.setattr(results.app_state, "gradcam_overlay", lambda clf, sha, source, img: ("overlay", "monocyte"))
     shown, captions, warning = results.detail_images(None, "s", rgb, "a.png", True)
     assert (shown, captions, warning) == ([rgb, "overlay"], ["a.png", "Grad-CAM for 'monocyte'"], "")
+
+
+def test_table_rows_lead_with_a_status_a_short_name_and_local_review_times(tmp_path):
+    from hematovision.app import display
+
+    preds = _preds()
+    preds[0] = Prediction("batch.zip/x/a.png", "lymphocyte", 0.95, (0.01, 0.95, 0.02, 0.02), False, "", "a" * 64)
+    frame = batching.results_frame(preds, ["", "", ""], CLASSES, 0.5)
+    store = ReviewStore(tmp_path / "r.sqlite3")
+    results.save_review(store, preds[0], b"", False, CLASSES, "m@1", 0.5, "neutrophil", "ann", "", batch="upload A")
+    reviewed, _ = results.with_decisions(frame, store, "m@1")
+    rows = results.table_rows(reviewed, "Europe/Berlin")
+    assert list(rows["status"]) == [display.REVIEWED_MARK, display.FLAGGED_MARK, display.ERROR_MARK]
+    assert list(rows["name"]) == ["x/a.png", "b.png", "c.png"] and rows.loc[0, "file"] == "batch.zip/x/a.png"
+    assert rows.loc[0, "reviewed_at"] == display.local_time(reviewed.loc[0, "reviewed_at"], "Europe/Berlin") != ""
+    assert not rows.loc[0, "reviewed_at"].endswith("UTC") and rows.loc[1, "reviewed_at"] == ""
+    assert store.items("m@1")[0].batch == "upload A"
+
+
+def test_send_to_review_puts_an_accepted_image_on_the_list(tmp_path):
+    preds = _preds()
+    store = ReviewStore(tmp_path / "r.sqlite3")
+    assert not results.on_review_list(store, "a" * 64, "m@1", 0.5)
+    assert results.send_to_review(store, preds[0], None, False, CLASSES, "m@1", 0.5, batch="upload A") == 1
+    # Confidence 0.95 is above the threshold: it is on the list only because it was sent.
+    assert results.on_review_list(store, "a" * 64, "m@1", 0.5)
+    [item] = store.items("m@1")
+    assert item.sent and not item.flagged and item.batch == "upload A"

@@ -134,7 +134,7 @@ def test_detail_view_review_and_gradcam_then_a_new_session_sees_the_queue(env):
     box = next(s for s in at.selectbox if s.key.startswith("hv_detail_class_"))
     box.set_value(review.UNUSABLE)
     at.text_input(key="hv_detail_reviewer").input("bob")
-    at.button[-1].click()  # the form's "Save review"
+    next(b for b in at.button if b.label == "Save review").click()
     _run(at, threshold=0.0)
     [item] = ReviewStore(env).items()
     assert item.sha256 == sha and not item.flagged and item.status == "unusable" and item.decision.reviewer == "bob"
@@ -146,5 +146,41 @@ def test_detail_view_review_and_gradcam_then_a_new_session_sees_the_queue(env):
     _page(fresh, "pages/review.py")
     assert "1 of 1 reviewed" in _progress(fresh)
     captions = [c for i in fresh.get("image") for c in i.captions]
-    assert "Image (stored thumbnail)" in captions and any(c.startswith("Grad-CAM for") for c in captions)
+    # Grad-CAM on request only
+    assert "Image (stored thumbnail)" in captions and not any(c.startswith("Grad-CAM for") for c in captions)
+    fresh.toggle(key="hv_review_gradcam").set_value(True)
+    _run(fresh, threshold=0.0)
+    captions = [c for i in fresh.get("image") for c in i.captions]
+    assert any(c.startswith("Grad-CAM for") for c in captions)
     assert any("Reviewed: **unusable**" in s.value for s in fresh.success)
+
+
+def test_pending_follows_the_threshold_decisions_stay_and_a_batch_can_be_cleared(env):
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.run()
+    _page(at, "pages/classify.py")
+    at.file_uploader[0].set_value(BATCH)
+    _run(at, threshold=1.0)  # a moment at 1.0: all three flagged and queued
+    _page(at, "pages/review.py")
+    assert "0 of 3 reviewed" in _progress(at)
+    # Fixed places and keyboard keys, whatever the prediction.
+    keys = [b.key for b in at.button if b.key and b.key.startswith("hv_decide_")]
+    assert keys == ["hv_decide_confirm", "hv_decide_unusable", "hv_decide_eosinophil", "hv_decide_lymphocyte",
+                    "hv_decide_monocyte", "hv_decide_neutrophil"]
+    assert [at.button(key=k).proto.shortcut.upper() for k in keys] == ["Y", "U", "1", "2", "3", "4"]
+    at.button(key="hv_decide_confirm").click()
+    _run(at, threshold=1.0)
+    assert "1 of 3 reviewed" in _progress(at)
+    # Back to a threshold that flags nothing: the two unreviewed leave the list, the decision stays.
+    _run(at, threshold=0.0)
+    assert "1 of 1 reviewed" in _progress(at)
+    _run(at, threshold=1.0)
+    assert "1 of 3 reviewed" in _progress(at)
+    # Clear the batch's pending items: the decided one stays, with its decision.
+    batch = next(o for o in at.selectbox(key="hv_review_batch").options if o.startswith("upload"))
+    at.selectbox(key="hv_review_batch").set_value(batch)
+    _run(at, threshold=1.0)
+    at.button(key="hv_review_clear").click()
+    _run(at, threshold=1.0)
+    assert "1 of 1 reviewed" in _progress(at)
+    assert len(ReviewStore(env).history()) == 1

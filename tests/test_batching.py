@@ -71,7 +71,7 @@ def test_errors_become_rows_and_order_is_kept():
     assert frame.loc[1, "error"] == "empty file (0 bytes)"
     assert "not an image" in frame.loc[2, "error"]
     assert (frame.loc[[0, 3, 4], "error"] == "").all()
-    assert frame.loc[0, "thumbnail"].startswith("data:image/png;base64,")
+    assert frame.loc[0, "thumbnail"].startswith("data:image/jpeg;base64,")
     assert frame.loc[1, "thumbnail"] == ""
     assert "empty.png" not in clf.seen  # nothing to send to the model
 
@@ -195,10 +195,21 @@ def test_batch_memoises_the_plan():
     b.set_uploaded([("a.png", b"x")])
     first = b.entries()
     assert b.entries() is first
-    b.set_samples([("s.png", b"y")])
-    assert [e.name for e in b.entries()] == ["a.png", "s.png"]
     b.clear()
     assert not b and b.entries() == []
+
+
+def test_a_new_upload_or_the_samples_replace_the_batch_never_mix():
+    b = batching.Batch()
+    b.set_samples([(f"s{k}.png", bytes([k])) for k in range(32)])
+    first_id = b.id
+    assert b.kind == "samples" and "32 sample images" in b.describe()
+    b.set_uploaded([(f"u{k}.png", bytes([100 + k])) for k in range(12)])
+    assert [e.name for e in b.entries()] == [f"u{k}.png" for k in range(12)]
+    assert b.samples == [] and len(b.uploaded) == 12 and b.id != first_id
+    assert "your upload: 12 files" in b.describe()
+    b.set_samples([("s.png", b"y")])
+    assert [e.name for e in b.entries()] == ["s.png"] and b.uploaded == []
 
 
 def test_unreadable_zip_member_is_an_error_row():
@@ -212,3 +223,19 @@ def test_unreadable_zip_member_is_an_error_row():
         "cannot read (ValueError: file too large after decompression)",
         "nested archive",
     ]
+
+
+def test_table_thumbnail_is_the_framed_cell_the_network_saw():
+    from conftest import image_bytes
+    from hematovision.imaging import DEFAULT_LIMITS, decode_image, framing, thumbnail
+    from hematovision.imaging.sources import from_bytes
+    from hematovision.serving import classifier
+
+    data = image_bytes("PNG", size=(320, 240), seed=5)
+    prep = classifier._prepare(from_bytes("f.png", data), 96, "cell", DEFAULT_LIMITS, True)
+    framed = framing.model_input(decode_image(data).rgb, 96, "cell")
+    side = classifier.TABLE_THUMB_SIDE
+    assert prep.thumb.shape == (side, side, 3)  # square, like the network's input
+    assert np.array_equal(prep.thumb, thumbnail(framed, side))
+    uri = batching.thumbnail_uri(prep.thumb)
+    assert uri.startswith("data:image/jpeg;base64,") and len(uri) < 6000  # small: every rerun sends the column

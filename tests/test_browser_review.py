@@ -69,9 +69,10 @@ def test_review_journey_survives_a_reload(server, tmp_path):
             who.fill("Dr. Test")
             who.press("Enter")
             page.wait_for_timeout(500)
-            target = page.get_by_role("button", name=re.compile(r"^Reclassify as ")).first
-            new_class = target.inner_text().strip().removeprefix("Reclassify as ").strip()
-            target.click()
+            # the class buttons sit in fixed places (key 1-4); pick one that is not the prediction
+            predicted = page.locator(".st-key-hv_decide_confirm button").inner_text().split("Confirm", 1)[1].split()[0]
+            new_class = next(c for c in ["eosinophil", "lymphocyte", "monocyte", "neutrophil"] if c != predicted)
+            page.locator(f".st-key-hv_decide_{new_class} button").click()
             expect(page.get_by_text("1 of 3 reviewed")).to_be_visible(timeout=30_000)
             expect(
                 page.get_by_role("button", name=re.compile(r"Download all reviews \(CSV, 1 decision\)"))

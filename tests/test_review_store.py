@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -199,7 +200,9 @@ KILLED = """
                      "VALUES ('uncommitted', 'm@1', 'monocyte', 'monocyte', 'killed', '', 'now')")
         for k in range(200):  # a big uncommitted write: some of it spills into the WAL
             conn.execute(
-                "INSERT INTO items VALUES (?, 'm@1', 'f', 'monocyte', 0.5, '[]', '[]', 1, NULL, zeroblob(4096), 'now')",
+                "INSERT INTO items (sha256, model_version, file, predicted_class, confidence, classes, probabilities, "
+                "flagged, threshold, thumbnail, queued_at) "
+                "VALUES (?, 'm@1', 'f', 'monocyte', 0.5, '[]', '[]', 1, NULL, zeroblob(4096), 'now')",
                 (f"x{k}",),
             )
         ready.touch()
@@ -361,3 +364,51 @@ def test_queue_with_images_stores_a_bounded_thumbnail(tmp_path):
     )
     assert Image.open(io.BytesIO(store.thumbnail("big", "v"))).size == (256, 192)
     assert store.thumbnail("junk", "v") is None and len(store.items()) == 2
+
+
+def test_pending_is_what_is_flagged_now_or_sent_and_decisions_are_never_dropped(tmp_path):
+    store = ReviewStore(tmp_path / "r.db")
+    # Raised to 1.0 for a moment, every image of the batch was queued.
+    preds = [_pred(f"{k}.png", f"s{k}", conf=c) for k, c in enumerate([0.40, 0.80, 0.95, 0.99])]
+    store.queue(preds, CLASSES, "m@1", threshold=1.0, batch="upload A")
+    store.decide("s3", "m@1", "lymphocyte", "ann")
+    items = store.items("m@1")
+    # Back at 0.9: only what is flagged now is pending; the decided one stays.
+    assert [i.file for i in review.select(items, "all", threshold=0.9)] == ["0.png", "1.png", "3.png"]
+    assert review.progress(review.select(items, "all", threshold=0.9)).text == "1 of 3 reviewed"
+    assert [i.file for i in review.select(items, "unreviewed", threshold=0.5)] == ["0.png"]
+    # Sent on purpose: pending whatever the threshold.
+    store.queue([_pred("2.png", "s2", conf=0.95, flagged=False)], CLASSES, "m@1", sent=True)
+    assert "2.png" in [i.file for i in review.select(store.items("m@1"), "unreviewed", threshold=0.5)]
+
+
+def test_a_batch_can_be_cleared_without_losing_a_decision(tmp_path):
+    store = ReviewStore(tmp_path / "r.db")
+    store.queue([_pred(f"{k}.png", f"a{k}") for k in range(3)], CLASSES, "m@1", batch="samples")
+    store.queue([_pred("u.png", "u0")], CLASSES, "m@1", batch="upload B")
+    store.decide("a0", "m@1", "monocyte", "ann")
+    assert store.dismiss("samples") == 2
+    shown = review.select(store.items(), "all", threshold=1.0)
+    assert sorted(i.file for i in shown) == ["0.png", "u.png"] and len(store.history()) == 1
+    # The same image queued again from a new batch is pending again.
+    store.queue([_pred("1.png", "a1")], CLASSES, "m@1", batch="upload C")
+    assert "1.png" in [i.file for i in review.select(store.items(), "unreviewed", threshold=1.0)]
+
+
+def test_schema_1_database_is_migrated_keeping_items_and_decisions(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        schema = review._SCHEMA
+        old_schema = schema.replace(schema[schema.index("    batch TEXT"):schema.index("    PRIMARY KEY")], "")
+        for stmt in review._statements(old_schema):
+            conn.execute(stmt)
+        conn.execute("INSERT INTO items VALUES ('s1', 'm@1', 'f.png', 'monocyte', 0.5, ?, '[0.1,0.1,0.5,0.3]', 1, 0.9, "
+                     "NULL, 'now')", (json.dumps(CLASSES),))
+        conn.execute("INSERT INTO decisions (sha256, model_version, predicted_class, reviewed_class, reviewer, note, "
+                     "reviewed_at) VALUES ('s1', 'm@1', 'monocyte', 'neutrophil', 'ann', '', 'now')")
+        conn.execute("PRAGMA user_version = 1")
+    store = ReviewStore(path)
+    [item] = store.items()
+    assert item.decision.reviewed_class == "neutrophil" and item.batch == "" and not item.sent and not item.dismissed
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == review.SCHEMA_VERSION == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..data.labeled import LabeledInputs, labeled_from_zip
 from ..modeling import persistence
 from ..training.adapt import AdaptConfig, AdaptOutcome, adapt_labeled, labeled_from_reviews
+from .display import threshold_text
 
 
 @dataclass
@@ -30,15 +31,24 @@ class AdaptAttempt:
 
     @property
     def summary(self) -> str:
-        """One Markdown paragraph about the new version ("" when there is none)."""
+        """One Markdown paragraph about the new version ("" when there is none). Saving a version does not
+        switch to it: :meth:`message` says which is in use."""
         res = self.outcome
         if res is None:
             return ""
         counts = ", ".join(f"{c} {n}" for c, n in res.counts.items())
         return (
-            f"**{res.version}** saved and now in use: adapted from `{res.parent}` on {sum(res.counts.values())} images "
+            f"**{res.version}** saved: adapted from `{res.parent}` on {sum(res.counts.values())} images "
             f"({counts}) in {res.seconds:.0f} s. Cross-fitted accuracy {res.crossfit_accuracy:.1%}; "
-            f"temperature {res.temperature:.3f}; default threshold {res.threshold:.3f}."
+            f"temperature {res.temperature:.3f}; default threshold {threshold_text(res.threshold)}."
+        )
+
+    def message(self, in_use: bool) -> str:
+        """The summary and whether the new version is the one in use (it is only after an explicit choice)."""
+        if self.outcome is None:
+            return ""
+        return self.summary + (
+            " It is now in use." if in_use else " It is in the table above; the model in use has not changed."
         )
 
 

@@ -10,11 +10,12 @@ on the threshold, and it is recomputed from the cached confidence.
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import hashlib
-import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -22,6 +23,7 @@ from ..imaging.sources import ImageInput, from_bytes, iter_uploads
 from ..reports import tables as report
 from ..review.store import UNUSABLE
 from ..serving.classifier import Prediction
+from .display import threshold_text
 
 CacheKey = tuple[str, str]  # (sha256 of the bytes, model version)
 
@@ -60,15 +62,16 @@ class ResultCache:
         self.thumbnails[key] = thumbnail_uri(pred.thumbnail)
 
 
-def thumbnail_uri(thumb: np.ndarray | None) -> str:
-    """A PNG data URI for ``st.column_config.ImageColumn``; empty when there is no image."""
+def thumbnail_uri(thumb: np.ndarray | None, quality: int = 85) -> str:
+    """A small JPEG data URI for ``st.column_config.ImageColumn``; empty when there is no image.
+
+    JPEG, not PNG: a 72-px cell is about 2 KB instead of 15 KB, and every rerun sends the whole
+    column to the browser (2,000 PNG thumbnails were 29 MB a rerun)."""
     if thumb is None:
         return ""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(thumb, dtype=np.uint8)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(np.asarray(thumb, dtype=np.uint8)[..., ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii") if ok else ""
 
 
 def plan(inputs: Iterable[ImageInput]) -> list[Entry]:
@@ -212,8 +215,11 @@ def csv_report(frame: pd.DataFrame, classes: Sequence[str], threshold: float, mo
     """The CLI's CSV columns, the review columns, then ``threshold`` and ``model_version``; formula cells
     neutralised."""
     frame = report.ensure_review_columns(frame)
+    # The threshold as the screen shows it (display.threshold_text), and as the flags were computed.
     return report.to_csv(
-        frame[report.columns(classes) + report.REVIEW_COLUMNS], threshold=float(threshold), model_version=model_version
+        frame[report.columns(classes) + report.REVIEW_COLUMNS],
+        threshold=threshold_text(threshold),
+        model_version=model_version,
     )
 
 
@@ -239,36 +245,71 @@ def image_of(entries: Sequence[Entry], sha256: str) -> bytes | None:
     return next((e.data for e in entries if e.sha256 == sha256 and e.data), None)
 
 
+SAMPLES = "samples"
+UPLOAD = "upload"
+
+
 @dataclass
 class Batch:
-    """What the user handed over (uploads and samples), kept across reruns and page changes.
+    """The one batch on the Classify page: the user's last upload, or the sample images, never both.
 
-    A file uploader forgets its files when the user leaves the page; keeping the
-    bytes here lets the results come back without asking for the files again.
-    The plan (read, hash) is memoised per change so reruns do not re-read zips.
+    A new upload replaces the samples and the previous upload (and loading the samples replaces an
+    upload), so the table, the differential and the CSV only ever hold one batch. A file uploader
+    forgets its files when the user leaves the page; keeping the bytes here lets the results come
+    back without asking for the files again. The plan (read, hash) is memoised per change.
     """
 
-    uploaded: list[tuple[str, bytes]] = field(default_factory=list)
-    samples: list[tuple[str, bytes]] = field(default_factory=list)
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    kind: str = ""  # UPLOAD, SAMPLES, or "" when empty
+    id: str = ""  # names the batch in the review queue, e.g. "upload 2026-11-29 20:01:33 UTC (12 files)"
     generation: int = 0
     _planned: tuple[int, list[Entry]] | None = field(default=None, repr=False)
 
-    def set_uploaded(self, pairs: Iterable[tuple[str, bytes]]) -> None:
-        self.uploaded = list(pairs)
+    def _set(self, kind: str, pairs: Iterable[tuple[str, bytes]]) -> None:
+        self.files = list(pairs)
+        self.kind = kind if self.files else ""
         self.generation += 1
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        n = len(self.files)
+        what = "sample images" if kind == SAMPLES else f"upload, {n} file{'s' if n != 1 else ''}"
+        self.id = f"{what} ({stamp}, #{self.generation})" if self.files else ""
+
+    def set_uploaded(self, pairs: Iterable[tuple[str, bytes]]) -> None:
+        """A new upload: a new batch (the samples and any earlier upload leave the table)."""
+        self._set(UPLOAD, pairs)
 
     def set_samples(self, pairs: Iterable[tuple[str, bytes]]) -> None:
-        self.samples = list(pairs)
-        self.generation += 1
+        """The sample images: a new batch of their own (an upload leaves the table)."""
+        self._set(SAMPLES, pairs)
 
     def clear(self) -> None:
-        self.uploaded, self.samples = [], []
-        self.generation += 1
+        self._set("", [])
+
+    @property
+    def uploaded(self) -> list[tuple[str, bytes]]:
+        return self.files if self.kind == UPLOAD else []
+
+    @property
+    def samples(self) -> list[tuple[str, bytes]]:
+        return self.files if self.kind == SAMPLES else []
 
     def __bool__(self) -> bool:
-        return bool(self.uploaded or self.samples)
+        return bool(self.files)
 
     def entries(self) -> list[Entry]:
         if self._planned is None or self._planned[0] != self.generation:
-            self._planned = (self.generation, plan_uploads(self.uploaded + self.samples))
+            self._planned = (self.generation, plan_uploads(self.files))
         return self._planned[1]
+
+    def describe(self) -> str:
+        """What the table holds, in words (the page's summary line)."""
+        if not self.files:
+            return "The table is empty."
+        n = len(self.entries())
+        if self.kind == SAMPLES:
+            return (f"The table holds the {n} sample images (held-out test images from public datasets, not yours). "
+                    "Uploading files replaces them.")
+        files = len(self.files)
+        extra = f", {n} images once zips are opened" if n != files else ""
+        return (f"The table holds your upload: {files} file{'s' if files != 1 else ''}{extra}. "
+                "A new upload, or the sample images, replaces it.")

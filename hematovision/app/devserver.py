@@ -30,6 +30,12 @@ CHROMIUM_ARGS = [
 ]
 
 
+class ServerURL(str):
+    """The dashboard's URL, with the server's process id (for resource measurements)."""
+
+    pid: int = 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,8 +43,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def dashboard(env: dict, log_path: Path | None = None, timeout: float = 60, poll: float = 0.3) -> Iterator[str]:
+def dashboard(env: dict, log_path: Path | None = None, timeout: float = 60, poll: float = 0.3) -> Iterator[ServerURL]:
     """Start ``streamlit run Home.py`` with ``env``, wait until it is healthy, yield its URL, stop it.
+
+    Every other setting comes from ``.streamlit/config.toml``, as for ``make run`` (the file
+    watcher among them), so what the tests measure is what a user runs.
 
     Raises ``RuntimeError`` (with the end of the server log, if one is kept) when it does not start in time.
     """
@@ -46,10 +55,11 @@ def dashboard(env: dict, log_path: Path | None = None, timeout: float = 60, poll
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed when the server stops)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = ServerURL(f"http://127.0.0.1:{port}")
+    url.pid = proc.pid
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -235,6 +235,9 @@ def risk_coverage_figure(set_report: dict, threshold: float | None = None) -> go
                                   "%{y:.2%}<extra></extra>",
                 )
             )
+    # Fixed ranges inside 0-100%: left to itself, plotly pads a flat line of 100% out to 200%.
+    ys = [p["accuracy_accepted"] for p in pts]
+    low = max(0.0, min(ys) - 0.02) if ys else 0.0
     fig.update_layout(
         title="Risk–coverage: accuracy on accepted vs share flagged",
         xaxis_title="Share flagged for review",
@@ -242,8 +245,17 @@ def risk_coverage_figure(set_report: dict, threshold: float | None = None) -> go
         xaxis_tickformat=".0%",
         yaxis_tickformat=".1%",
         height=420,
+        xaxis_range=[0.0, 1.0],
+        yaxis_range=[low, 1.0],
     )
     return fig
+
+
+def independent_images(set_report: dict) -> tuple[int, str]:
+    """How many independent images a set holds, and what they are: its cells where images are copies of few cells."""
+    if has_copies(set_report):
+        return int(set_report["per_cell"]["n_cells"]), "cells"
+    return int(set_report.get("n_images", 0)), "images"
 
 
 def has_copies(set_report: dict) -> bool:

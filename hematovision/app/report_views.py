@@ -126,8 +126,8 @@ def classify_gallery(view: pd.DataFrame, clf, images: dict[str, bytes], detail_k
     framed = st.session_state.setdefault(_FRAMED_KEY, {})
     groups = gal.batch_gallery(view.drop(columns=["thumbnail"], errors="ignore"), images.get, _model(clf), framed)
 
-    def open_row(tile: gal.Tile) -> None:
-        st.session_state[detail_key] = view.index[tile.position]
+    def open_row(tile: gal.Tile) -> None:  # the detail view is keyed by the image's hash, not by row position
+        st.session_state[detail_key] = view.at[view.index[tile.position], "sha256"]
 
     _draw(groups, open_row, "hv_gallery")
 

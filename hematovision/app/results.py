@@ -12,7 +12,7 @@ import streamlit as st
 from ..reports import tables as report
 from ..review import store as review
 from ..serving.classifier import Prediction
-from . import samples
+from . import display, samples
 from . import state as app_state
 
 
@@ -26,28 +26,51 @@ def with_decisions(frame: pd.DataFrame, store, model_version: str) -> tuple[pd.D
 
 
 def table_columns(classes: list[str]) -> tuple[dict, list[str]]:
-    """Column configuration and order of the results table."""
+    """Column configuration and order of the results table (the rows from :func:`table_rows`): a leading
+    status, the framed cell, a short name, then the prediction; the full path and the model version last."""
     col_cfg = {
-        "thumbnail": st.column_config.ImageColumn("Image", width="small"),
-        "file": st.column_config.TextColumn("File"),
+        "status": st.column_config.TextColumn(
+            "Status",
+            width="small",
+            help="⚠️ flagged for review (confidence below the threshold), ✓ accepted, 🧑‍🔬 reviewed by a person, "
+                 "✗ could not be read",
+        ),
+        "thumbnail": st.column_config.ImageColumn("Cell", width="small", help="What the network saw: the framed cell"),
+        "name": st.column_config.TextColumn(
+            "File",
+            width="medium",
+            help="The end of the file name; the full name is in the CSV and the File path column",
+        ),
         "predicted_class": st.column_config.TextColumn("Predicted class"),
-        "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
-        "flagged": st.column_config.CheckboxColumn("Flagged"),
+        "confidence": st.column_config.NumberColumn("Confidence", format="%.3f"),
+        "flagged": st.column_config.CheckboxColumn("Flagged", width="small"),
         "error": st.column_config.TextColumn("Error"),
         "final_class": st.column_config.TextColumn(
             "Final class", help="The reviewed class where there is one, else the prediction"
         ),
         "reviewed_class": st.column_config.TextColumn("Reviewed as"),
         "reviewer": st.column_config.TextColumn("Reviewer"),
-        "reviewed_at": st.column_config.TextColumn("Reviewed at (UTC)"),
+        "reviewed_at": st.column_config.TextColumn("Reviewed at", help="In your browser's time zone"),
+        "file": st.column_config.TextColumn("File path"),
         "model_version": st.column_config.TextColumn(
             "Model version", help="The model version that made the prediction (Model versions page)"
         ),
     }
     col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
-    order = ["thumbnail", "file", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes],
-             "flagged", "reviewed_class", "reviewer", "reviewed_at", "error", "model_version"]
+    order = ["status", "thumbnail", "name", "predicted_class", "confidence", "flagged", "final_class",
+             *[f"p_{c}" for c in classes], "reviewed_class", "reviewer", "reviewed_at", "error", "file",
+             "model_version"]
     return col_cfg, order
+
+
+def table_rows(view: pd.DataFrame, tz: str | None) -> pd.DataFrame:
+    """The rows as the table shows them: a leading status mark, the file's short name, and review times in the
+    viewer's time zone ``tz`` (UTC when unknown); the other columns as they are."""
+    return view.assign(
+        status=display.status_marks(view),
+        name=[display.short_name(f) for f in view["file"]],
+        reviewed_at=[display.local_time(t, tz) for t in view["reviewed_at"]],
+    )
 
 
 def differential_figure(differential: pd.DataFrame):
@@ -67,12 +90,27 @@ def probability_figure(frame: pd.DataFrame, row, classes: list[str]):
 
 
 def save_review(store, prediction: Prediction, data: bytes | None, flagged: bool, classes: list[str],
-                model_version: str, threshold: float, verdict: str, reviewer: str, note: str) -> None:
+                model_version: str, threshold: float, verdict: str, reviewer: str, note: str, *,
+                batch: str = "") -> None:
     """A decision made in the detail view, flagged or not: the prediction is queued first (with its image,
-    once), then the decision is recorded."""
+    once, named by its ``batch``), then the decision is recorded."""
     p = replace(prediction, flagged=bool(flagged))
-    review.queue_with_images(store, [(p, data or b"")], classes, model_version, threshold)
+    review.queue_with_images(store, [(p, data or b"")], classes, model_version, threshold, batch=batch)
     store.decide(p.sha256, model_version, verdict, reviewer, note)
+
+
+def send_to_review(store, prediction: Prediction, data: bytes | None, flagged: bool, classes: list[str],
+                   model_version: str, threshold: float, *, batch: str = "") -> int:
+    """Put one image on the review list on purpose, whatever its confidence (the detail view's button)."""
+    p = replace(prediction, flagged=bool(flagged))
+    return review.queue_with_images(store, [(p, data or b"")], classes, model_version, threshold, batch=batch,
+                                    sent=True)
+
+
+def on_review_list(store, sha256: str, model_version: str, threshold: float) -> bool:
+    """Whether the image is on the Review page's list at ``threshold`` (flagged there, or sent on purpose)."""
+    item = next((it for it in store.items(model_version) if it.sha256 == sha256), None)
+    return item is not None and item.in_queue(threshold)
 
 
 def load_samples(batch, root) -> str:

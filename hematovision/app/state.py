@@ -19,6 +19,7 @@ from ..review.store import ReviewDBError, ReviewStore, db_path
 from ..serving.classifier import Classifier
 from ..serving.gradcam import for_classifier, overlay
 from . import batching
+from .display import round_threshold
 
 THRESHOLD_KEY = "threshold"
 #: Widget values that must survive a switch to another page and back (Streamlit drops
@@ -35,6 +36,7 @@ PERSISTENT_KEYS = (
     "hv_review_version",
     "hv_review_gradcam",
     "hv_detail_gradcam",
+    "hv_review_batch",
 )
 
 
@@ -67,13 +69,27 @@ def model_path() -> Path:
     return Path(chosen) if chosen and (Path(chosen) / persistence.CARD_FILE).is_file() else model_dir()
 
 
+#: A threshold to give the sidebar slider at the top of the next run. A widget's value cannot be
+#: changed once the widget is drawn in a run, so a switch made mid-page (Model versions) leaves it here.
+PENDING_THRESHOLD = "hv_pending_threshold"
+
+
 def use_model(path: Path) -> None:
-    """Switch this session to another model version; its own default threshold comes with it."""
+    """Switch this session to another model version; its own default threshold comes with it.
+
+    Safe from a callback or mid-script: the threshold is applied by :func:`apply_pending_threshold`
+    before the slider is drawn (at once from a callback, on the next run otherwise)."""
     st.session_state[MODEL_KEY] = str(path)
     try:
-        st.session_state[THRESHOLD_KEY] = float(persistence.load_card(path).default_threshold)
+        st.session_state[PENDING_THRESHOLD] = round_threshold(persistence.load_card(path).default_threshold)
     except persistence.ModelError:
         pass
+
+
+def apply_pending_threshold() -> None:
+    """Called by ``Home.py`` before the sidebar slider exists: hand it a threshold set elsewhere."""
+    if PENDING_THRESHOLD in st.session_state:
+        st.session_state[THRESHOLD_KEY] = st.session_state.pop(PENDING_THRESHOLD)
 
 
 def model_sidebar() -> None:
@@ -140,22 +156,24 @@ def threshold() -> float:
     """The shared review threshold (set in the sidebar, or by the evaluation page)."""
     if THRESHOLD_KEY not in st.session_state:
         card = get_card()
-        st.session_state[THRESHOLD_KEY] = float(card.default_threshold) if card else 0.9
-    return float(st.session_state[THRESHOLD_KEY])
+        st.session_state[THRESHOLD_KEY] = round_threshold(card.default_threshold if card else 0.9)
+    return round_threshold(st.session_state[THRESHOLD_KEY])
 
 
 def set_threshold(value: float) -> None:
-    st.session_state[THRESHOLD_KEY] = float(min(max(value, 0.0), 1.0))
+    """From a callback only (a widget's value cannot change after it is drawn)."""
+    st.session_state[THRESHOLD_KEY] = round_threshold(value)
 
 
 def threshold_sidebar() -> float:
     """Draw the one threshold control (called once, from ``Home.py``, so it shows on every page)."""
+    apply_pending_threshold()
     threshold()
     st.sidebar.slider(
         "Review threshold (confidence)", 0.0, 1.0, key=THRESHOLD_KEY, step=0.005, format="%.3f",
         help="Predictions with a calibrated confidence below this are flagged for human review. Nothing is hidden.",
     )
-    t = float(st.session_state[THRESHOLD_KEY])
+    t = round_threshold(st.session_state[THRESHOLD_KEY])
     ev = get_evaluation()
     if ev:
         lines = []
@@ -199,18 +217,21 @@ def review_store():
 
 
 def queue_batch_for_review(store, clf, threshold: float) -> int:
-    """Put this session's flagged predictions (at ``threshold``) into the review queue, each once
-    per session; the image bytes give the stored thumbnail. Returns how many were queued now."""
+    """Put this session's flagged predictions (at ``threshold``) into the review queue, each once per
+    batch and session, named by their batch; the image bytes give the stored thumbnail. Returns how
+    many were queued now. (What is *pending* is decided when the queue is read: flagged at the
+    current threshold, or sent on purpose; see :meth:`review.store.Item.in_queue`.)"""
     cache = st.session_state.get("hv_cache")
     batch = st.session_state.get("hv_batch")
     if cache is None or not batch:
         return 0
     done: set = st.session_state.setdefault("hv_queued", set())
-    todo = batching.for_review(batch.entries(), cache, clf.version, threshold, skip=done)
+    skip = {(sha, version) for sha, version, b in done if b == batch.id}
+    todo = batching.for_review(batch.entries(), cache, clf.version, threshold, skip=skip)
     if not todo:
         return 0
-    n = review.queue_with_images(store, todo, clf.classes_, clf.version, threshold)
-    done.update((p.sha256, clf.version) for p, _ in todo)
+    n = review.queue_with_images(store, todo, clf.classes_, clf.version, threshold, batch=batch.id)
+    done.update((p.sha256, clf.version, batch.id) for p, _ in todo)
     return n
 
 

@@ -28,6 +28,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DB_ENV = "HEMATOVISION_REVIEW_DB"
 DB_FILENAME = "reviews.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 THUMB_SIDE = 256
 BUSY_TIMEOUT_MS = 5_000
 RETRY_SECONDS = 30.0
@@ -65,6 +66,9 @@ CREATE TABLE items (
     threshold REAL,
     thumbnail BLOB,                 -- PNG, longest side <= 256 px
     queued_at TEXT NOT NULL,
+    batch TEXT NOT NULL DEFAULT '',     -- the Classify page's batch it came from (schema 2)
+    sent INTEGER NOT NULL DEFAULT 0,    -- a person sent it to review on purpose (schema 2)
+    dismissed INTEGER NOT NULL DEFAULT 0, -- its batch's pending items were cleared (schema 2)
     PRIMARY KEY (sha256, model_version)
 );
 CREATE TABLE decisions (
@@ -79,6 +83,13 @@ CREATE TABLE decisions (
 );
 CREATE INDEX decisions_key ON decisions (sha256, model_version, id);
 """
+#: Schema 1 -> 2: what pending means became "flagged at the current threshold, or sent on purpose",
+#: so an item records its batch, whether it was sent, and whether its batch's pending items were cleared.
+_MIGRATE_1_TO_2 = [
+    "ALTER TABLE items ADD COLUMN batch TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE items ADD COLUMN sent INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE items ADD COLUMN dismissed INTEGER NOT NULL DEFAULT 0",
+]
 
 
 def _statements(script: str) -> list[str]:
@@ -122,9 +133,12 @@ class Item:
     confidence: float
     classes: tuple[str, ...]
     probabilities: tuple[float, ...]
-    flagged: bool
+    flagged: bool  # when it was queued
     queued_at: str
     decision: Decision | None = None
+    batch: str = ""
+    sent: bool = False
+    dismissed: bool = False
 
     @property
     def key(self) -> Key:
@@ -138,6 +152,16 @@ class Item:
     @property
     def final_class(self) -> str:
         return final_class(self.predicted_class, self.decision)
+
+    def in_queue(self, threshold: float | None = None) -> bool:
+        """Whether it belongs on the review list: decided (never dropped), sent on purpose, or, unless
+        its batch was cleared, flagged: below ``threshold`` when one is given, else when it was queued."""
+        if self.decision is not None:
+            return True
+        if self.dismissed:
+            return False
+        flagged = self.flagged if threshold is None else self.confidence < threshold
+        return self.sent or flagged
 
 
 def final_class(predicted: str, decision: Decision | None) -> str:
@@ -261,6 +285,18 @@ class ReviewStore:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version == SCHEMA_VERSION:
                     return
+                if version == 1:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        if conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # nobody migrated it meanwhile
+                            for stmt in _MIGRATE_1_TO_2:
+                                conn.execute(stmt)
+                            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    return
                 if version > SCHEMA_VERSION:
                     raise ReviewDBError(
                         f"{self.path} has review schema version {version}, newer than this HematoVision understands "
@@ -290,16 +326,19 @@ class ReviewStore:
     # ------------------------------------------------------------------ writes
 
     def queue(self, preds: Iterable[Prediction], classes: Sequence[str], model_version: str,
-              thumbnails: dict[str, bytes] | None = None, threshold: float | None = None) -> int:
+              thumbnails: dict[str, bytes] | None = None, threshold: float | None = None, *, batch: str = "",
+              sent: bool = False) -> int:
         """Put classified predictions up for review (insert or refresh), in one transaction; returns how many.
 
         ``thumbnails``: PNG bytes by sha256 (see :func:`thumbnail_png`). An item already
-        queued keeps its thumbnail when none is given, and stays flagged once flagged.
+        queued keeps its thumbnail when none is given, and stays flagged once flagged. ``batch``
+        names the batch it came from; ``sent``: a person asked for its review. Queued again from
+        another batch, or sent, an item whose batch was cleared is pending again.
         """
         thumbnails = thumbnails or {}
         rows = [(p.sha256, model_version, p.file, p.predicted_class, float(p.confidence), json.dumps(list(classes)),
                  json.dumps([float(v) for v in p.probabilities]), int(bool(p.flagged)), threshold,
-                 thumbnails.get(p.sha256), now_utc())
+                 thumbnails.get(p.sha256), now_utc(), batch, int(bool(sent)))
                 for p in preds if p.ok and p.sha256]
         if not rows:
             return 0
@@ -307,14 +346,32 @@ class ReviewStore:
         def work(conn):
             conn.executemany(
                 "INSERT INTO items (sha256, model_version, file, predicted_class, confidence, classes, probabilities, "
-                "flagged, threshold, thumbnail, queued_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "flagged, threshold, thumbnail, queued_at, batch, sent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sha256, model_version) DO UPDATE SET file = excluded.file, "
-                "flagged = MAX(items.flagged, excluded.flagged), threshold = COALESCE(excluded.threshold, "
-                "items.threshold), "
-                "thumbnail = COALESCE(excluded.thumbnail, items.thumbnail)", rows)
+                "flagged = MAX(items.flagged, excluded.flagged), "
+                "threshold = COALESCE(excluded.threshold, items.threshold), "
+                "thumbnail = COALESCE(excluded.thumbnail, items.thumbnail), "
+                "dismissed = CASE WHEN excluded.sent OR (excluded.batch != '' AND excluded.batch != items.batch) "
+                "THEN 0 ELSE items.dismissed END, "  # (SQLite evaluates every SET expression on the old row)
+                "batch = CASE WHEN excluded.batch != '' THEN excluded.batch ELSE items.batch END, "
+                "sent = MAX(items.sent, excluded.sent)", rows)
         self._write(work)
         return len(rows)
+
+    def dismiss(self, batch: str, model_version: str | None = None) -> int:
+        """Clear a batch's pending items: its unreviewed items leave the review list (decided ones, and
+        every decision, stay). Returns how many were cleared."""
+        sql = ("UPDATE items SET dismissed = 1, sent = 0 WHERE batch = ? AND dismissed = 0 AND NOT EXISTS "
+               "(SELECT 1 FROM decisions d WHERE d.sha256 = items.sha256 AND d.model_version = items.model_version)")
+        params: list = [batch]
+        if model_version is not None:
+            sql, params = sql + " AND model_version = ?", params + [model_version]
+        out: dict = {}
+
+        def work(conn):
+            out["n"] = conn.execute(sql, params).rowcount
+        self._write(work)
+        return out["n"]
 
     def decide(self, sha256: str, model_version: str, reviewed_class: str, reviewer: str = "", note: str = "",
                *, predicted_class: str | None = None, classes: Sequence[str] | None = None) -> Decision:
@@ -387,7 +444,7 @@ class ReviewStore:
         """Queued items (oldest first) with their current decisions."""
         sql = (
             "SELECT sha256, model_version, file, predicted_class, confidence, classes, probabilities, flagged, "
-            "queued_at FROM items"
+            "queued_at, batch, sent, dismissed FROM items"
         )
         params: tuple = ()
         if model_version is not None:
@@ -397,7 +454,7 @@ class ReviewStore:
         for r in self._read(sql + " ORDER BY queued_at, rowid", params):
             key = (r[0], r[1])
             out.append(Item(r[0], r[1], r[2], r[3], float(r[4]), tuple(json.loads(r[5])), tuple(json.loads(r[6])),
-                            bool(r[7]), r[8], current.get(key)))
+                            bool(r[7]), r[8], current.get(key), r[9], bool(r[10]), bool(r[11])))
         return out
 
     def thumbnail(self, sha256: str, model_version: str) -> bytes | None:
@@ -464,13 +521,19 @@ def progress(items: Sequence[Item]) -> Progress:
 
 
 def select(items: Sequence[Item], status: str = "all", classes: Sequence[str] | None = None,
-           flagged_only: bool = True) -> list[Item]:
-    """The items a reviewer asked to see. ``classes`` restricts by predicted or reviewed class."""
+           flagged_only: bool = True, threshold: float | None = None, batch: str | None = None) -> list[Item]:
+    """The items a reviewer asked to see. ``classes`` restricts by predicted or reviewed class.
+
+    With ``flagged_only``, only items on the review list (:meth:`Item.in_queue` at ``threshold``):
+    an unreviewed item no longer flagged at the current threshold leaves it; a decided one never does.
+    ``batch`` restricts to one batch."""
     if status not in STATUS_FILTERS:
         raise ValueError(f"status must be one of {STATUS_FILTERS}")
     out = []
     for it in items:
-        if flagged_only and not it.flagged and it.decision is None:
+        if flagged_only and not it.in_queue(threshold):
+            continue
+        if batch is not None and it.batch != batch:
             continue
         st = it.status
         if status == "unreviewed" and st != "unreviewed":
@@ -497,16 +560,25 @@ def next_index(items: Sequence[Item], after: int) -> int:
     return min(after + 1, n - 1)
 
 
+def _thumbnail_of(data: bytes) -> bytes | None:
+    """A queue thumbnail (PNG) from an image's bytes, or ``None`` when they do not decode."""
+    try:
+        return thumbnail_png(decode_image(data).rgb)
+    except Exception:  # the prediction still deserves review; it just has no picture
+        return None
+
+
 def queue_with_images(store: ReviewStore, items: Sequence[tuple[Prediction, bytes]], classes: Sequence[str],
-                      model_version: str, threshold: float | None = None) -> int:
-    """Queue predictions with a bounded thumbnail made from each image's bytes (undecodable: no thumbnail)."""
-    thumbs = {}
-    for p, data in items:
-        try:
-            thumbs[p.sha256] = thumbnail_png(decode_image(data).rgb)
-        except Exception:  # the prediction still deserves review; it just has no picture
-            pass
-    return store.queue([p for p, _ in items], classes, model_version, thumbs, threshold)
+                      model_version: str, threshold: float | None = None, *, batch: str = "",
+                      sent: bool = False) -> int:
+    """Queue predictions with a bounded thumbnail made from each image's bytes (undecodable: no thumbnail).
+
+    Thumbnails are made on two threads (decoding and PNG encoding release the GIL): a batch with
+    hundreds of flagged images is queued while its page draws."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        made = list(pool.map(_thumbnail_of, [data for _, data in items]))
+    thumbs = {p.sha256: t for (p, _), t in zip(items, made) if t is not None}
+    return store.queue([p for p, _ in items], classes, model_version, thumbs, threshold, batch=batch, sent=sent)
 
 
 def export_csv(store: ReviewStore) -> str:

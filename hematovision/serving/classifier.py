@@ -245,6 +245,10 @@ def _chunks(items: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
+#: Side (px) of the results table's thumbnails.
+TABLE_THUMB_SIDE = 72
+
+
 def _prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thumbnails: bool) -> _Prepared:
     """Read, hash, decode and frame one input in a worker thread; never raises."""
     if item.error:
@@ -262,6 +266,6 @@ def _prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thu
         return _Prepared(item, sha, error=str(exc))
     except Exception as exc:  # defensive: the reader must never take the batch down
         return _Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
-    return _Prepared(
-        item, sha, model_input(dec.rgb, size, framing), thumbnail(dec.rgb) if thumbnails else None, note=dec.note
-    )
+    pixels = model_input(dec.rgb, size, framing)
+    # The table's thumbnail is what the network saw (the framed cell), not the whole field.
+    return _Prepared(item, sha, pixels, thumbnail(pixels, TABLE_THUMB_SIDE) if thumbnails else None, note=dec.note)

@@ -2,6 +2,7 @@
 
 ``metrics``: confusion matrix, per-class precision/recall/F1, ROC, Wilson and cluster-bootstrap
 intervals. ``calibration``: temperature scaling, reliability and ECE, the review threshold.
+``threshold_advice``: which threshold a test set supports for a target accuracy (on a 95% lower bound), or none.
 """
 
 from .calibration import (
@@ -16,9 +17,12 @@ from .calibration import (
     threshold_for_accuracy,
 )
 from .metrics import cluster_bootstrap, confusion_matrix, macro_f1, per_class, roc_curve_ovr, wilson_interval
+from .threshold_advice import Advice, advise
 
 __all__ = [
+    "Advice",
     "ThresholdChoice",
+    "advise",
     "choose_threshold",
     "cluster_bootstrap",
     "confusion_matrix",
