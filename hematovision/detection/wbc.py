@@ -94,7 +94,9 @@ class DetectorParams:
     #: closing diameter (red-cell diameters) that merges the lobes of one nucleus
     merge: float = 0.35
     #: a nucleus region smaller than this (red-cell areas) is a platelet or a speck
-    min_area: float = 0.18
+    min_area: float = 0.4
+    #: nucleus pixels must fill at least this share of their merged region (platelet clumps fill less)
+    min_fill: float = 0.7
     #: one cell's nucleus region is at most this (red-cell areas); larger is split or, past max_area, dropped
     split_area: float = 2.5
     max_area: float = 12.0
@@ -266,6 +268,8 @@ def _regions(merged: np.ndarray, mask: np.ndarray, rbc: float, rbc_area: float, 
         ys, xs = np.nonzero(lab == i)
         area = int(mask[ys, xs].sum())
         if area < params.min_area * rbc_area or area > params.max_area * rbc_area:
+            continue
+        if area < params.min_fill * len(ys):  # scattered specks bridged by the closing: a platelet clump
             continue
         if area <= params.split_area * rbc_area:
             out.append((ys, xs))
