@@ -157,3 +157,41 @@ class BoxScore:
 def score(matches: Iterable[Match]) -> BoxScore:
     ms = list(matches)
     return BoxScore(len(ms), sum(m.n_truth for m in ms), sum(m.n_found for m in ms), sum(m.tp for m in ms))
+
+
+@dataclass
+class SetResult:
+    """Boxes and classes of one split of BCCD under one colouring."""
+
+    boxes: BoxScore
+    class_fields: int  # fields with one labelled class and one annotated white cell
+    class_found: int  # ... whose white cell was found (IoU >= 0.5)
+    class_correct: int  # ... and classified as labelled
+    missed: list[str]
+    extra: list[str]
+
+    def as_dict(self) -> dict:
+        d = self.boxes.as_dict()
+        d.update(class_fields=self.class_fields, class_found=self.class_found, class_correct=self.class_correct,
+                 class_accuracy=round(self.class_correct / self.class_found, 4) if self.class_found else None)
+        return d
+
+
+def evaluate(fields: Sequence[Field], results: Sequence, recolour_name: str = "") -> SetResult:
+    """Score :class:`~.cells.FieldResult` s (same order as ``fields``) against the annotations."""
+    matches, missed, extra = [], [], []
+    n_cls = n_found = n_ok = 0
+    for f, r in zip(fields, results):
+        found = [(c.box.x0, c.box.y0, c.box.x1, c.box.y1) for c in r.cells]
+        m = match_boxes(found, f.wbc)
+        matches.append(m)
+        if m.tp < m.n_truth:
+            missed.append(f.name)
+        if m.tp < m.n_found:
+            extra.append(f.name)
+        if f.label and len(f.wbc) == 1:
+            n_cls += 1
+            if m.pairs:
+                n_found += 1
+                n_ok += r.cells[m.pairs[0][0]].prediction.predicted_class == f.label
+    return SetResult(score(matches), n_cls, n_found, n_ok, missed, extra)
