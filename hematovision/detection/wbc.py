@@ -40,6 +40,8 @@ import numpy as np
 FIRST_SIDE = 256
 #: Red-cell diameter (px) in the working copy the detection runs on.
 TARGET_RBC = 30.0
+#: A field's stained share below which the foreground split is taken to have cut off the red cells.
+MIN_FOREGROUND = 0.15
 #: Never work on a copy smaller than this on its longer side (a field with huge cells: keep detail).
 MIN_WORK_SIDE = 160
 
@@ -91,6 +93,8 @@ class DetectorParams:
     rbc_score_factor: float = 4.5
     #: and never below this (OD units)
     min_score: float = 0.08
+    #: nor below this share of the field's strongest score (a nucleus's), which keeps pale cytoplasm out
+    peak_share: float = 0.4
     #: closing diameter (red-cell diameters) that merges the lobes of one nucleus
     merge: float = 0.35
     #: a nucleus region smaller than this (red-cell areas) is a platelet or a speck
@@ -104,6 +108,10 @@ class DetectorParams:
     #: nucleus, not a lobe) and parts at least this large (red-cell areas)
     split_peak: float = 0.3
     split_min_part: float = 0.6
+    #: nucleus pieces of two cells have centres at least this far apart (red-cell diameters)
+    split_dist: float = 0.9
+    #: and a gap between them of at least this (red-cell diameters; a nucleus's lobes nearly touch)
+    split_gap: float = 0.28
     #: the box grows from the nucleus by this many red-cell diameters on each side
     margin: float = 0.2
     #: and is at least this many red-cell diameters on a side
@@ -151,11 +159,25 @@ def optical_density(rgb: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return out
 
 
-def _foreground(od_sum: np.ndarray) -> np.ndarray:
-    """Stained pixels (cells), by Otsu on the total density, with a floor for near-empty fields."""
-    v = np.clip(od_sum * 100, 0, 255).astype(np.uint8)
+def _otsu(values: np.ndarray) -> float:
+    v = np.clip(values * 100, 0, 255).astype(np.uint8).reshape(-1, 1)
     t, _ = cv2.threshold(v, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return od_sum > max(t / 100, 0.12)
+    return t / 100
+
+
+def _foreground(od_sum: np.ndarray) -> np.ndarray:
+    """Stained pixels (cells), by Otsu on the total density, with a floor for near-empty fields.
+
+    Where nuclei are far darker than pale red cells, Otsu splits nuclei from everything else; when
+    that leaves under :data:`MIN_FOREGROUND` of the field stained, the split is made again among the
+    lighter pixels (background against red cells).
+    """
+    t = _otsu(od_sum)
+    if (od_sum > t).mean() < MIN_FOREGROUND:
+        lighter = od_sum[od_sum <= t]
+        if lighter.size:
+            t = _otsu(lighter)
+    return od_sum > max(t, 0.12)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -229,7 +251,8 @@ def analyse_field(rgb: np.ndarray, params: DetectorParams = DEFAULT_PARAMS, keep
     fg = _foreground(od.sum(axis=2))
     score = cv2.GaussianBlur(nucleus_map(od, fg, params.density_weight), (0, 0), 0.8)
     ref = float(np.median(score[fg])) if fg.any() else 0.0
-    thr = max(params.min_score, params.rbc_score_factor * ref)
+    peak = float(np.percentile(score, 99.9))
+    thr = max(params.min_score, params.rbc_score_factor * ref, params.peak_share * peak)
     mask = (score > thr).astype(np.uint8)
     k_open = max(3, round(0.08 * rbc)) | 1
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k_open, k_open)))
@@ -258,24 +281,79 @@ def _regions(merged: np.ndarray, mask: np.ndarray, rbc: float, rbc_area: float, 
     """Pixel coordinates of each white cell's nucleus region: size rules, and touching cells split.
 
     Sizes count the nucleus pixels themselves (``mask``), not the gaps the closing bridged, so a
-    scatter of platelets merged into one region stays small.
+    scatter of platelets merged into one region stays small. Two cells whose nuclei the closing
+    bridged are told apart by their nuclei: a region holding two or more separate nucleus pieces of a
+    whole nucleus's size is divided between them (each pixel to the nearest); a lobe is far smaller.
     """
     n, lab, stats, _ = cv2.connectedComponentsWithStats(merged)
+    nm, mlab, mstats, mcent = cv2.connectedComponentsWithStats(mask)
+    big_piece = mstats[:, cv2.CC_STAT_AREA] >= params.split_min_part * rbc_area
+    big_piece[0] = False
     out = []
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_AREA] < params.min_area * rbc_area:
             continue
         ys, xs = np.nonzero(lab == i)
-        area = int(mask[ys, xs].sum())
+        pieces = mlab[ys, xs]
+        area = int((pieces > 0).sum())
         if area < params.min_area * rbc_area or area > params.max_area * rbc_area:
             continue
         if area < params.min_fill * len(ys):  # scattered specks bridged by the closing: a platelet clump
             continue
-        if area <= params.split_area * rbc_area:
+        groups = _far_apart(ys, xs, pieces, [k for k in np.unique(pieces) if big_piece[k]], mcent,
+                            params.split_dist * rbc, params.split_gap * rbc)
+        if len(groups) >= 2:
+            out.extend(_nearest_piece(ys, xs, pieces, groups))
+        elif area <= params.split_area * rbc_area:
             out.append((ys, xs))
-            continue
-        out.extend(_split(ys, xs, rbc, rbc_area, params))
+        else:
+            out.extend(_split(ys, xs, rbc, rbc_area, params))
     return out
+
+
+def _far_apart(ys: np.ndarray, xs: np.ndarray, pieces: np.ndarray, big: list[int], centroids: np.ndarray,
+               min_dist: float, min_gap: float) -> list[list[int]]:
+    """Group the large nucleus pieces of a region: one group per cell.
+
+    Two pieces are lobes of one nucleus unless their centres are at least ``min_dist`` apart *and*
+    the gap between them is at least ``min_gap`` (two cells' nuclei are kept apart by two rims of
+    cytoplasm; a nucleus's lobes nearly touch).
+    """
+    if len(big) < 2:
+        return [big] if big else []
+    y0, x0 = ys.min(), xs.min()
+    shape = (ys.max() - y0 + 1, xs.max() - x0 + 1)
+    dists = {}
+    for k in big:
+        free = np.ones(shape, np.uint8)
+        sel = pieces == k
+        free[ys[sel] - y0, xs[sel] - x0] = 0
+        dists[k] = cv2.distanceTransform(free, cv2.DIST_L2, 5)
+    groups: list[list[int]] = []
+    for k in big:
+        def same_cell(j):
+            sel = pieces == j
+            gap = float(dists[k][ys[sel] - y0, xs[sel] - x0].min())
+            return np.hypot(*(centroids[k] - centroids[j])) < min_dist or gap < min_gap
+        near = [g for g in groups if any(same_cell(j) for j in g)]
+        groups = [g for g in groups if g not in near] + [[k] + [j for g in near for j in g]]
+    return groups
+
+
+def _nearest_piece(ys: np.ndarray, xs: np.ndarray, pieces: np.ndarray, groups: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Divide a region between groups of large nucleus pieces: each pixel goes to the nearest group."""
+    y0, x0 = ys.min(), xs.min()
+    shape = (ys.max() - y0 + 1, xs.max() - x0 + 1)
+    best = np.full(len(ys), np.inf, np.float32)
+    owner = np.zeros(len(ys), np.int32)
+    for j, group in enumerate(groups):
+        free = np.ones(shape, np.uint8)
+        sel = np.isin(pieces, group)
+        free[ys[sel] - y0, xs[sel] - x0] = 0
+        d = cv2.distanceTransform(free, cv2.DIST_L2, 5)[ys - y0, xs - x0]
+        closer = d < best
+        best[closer], owner[closer] = d[closer], j
+    return [(ys[owner == j], xs[owner == j]) for j in range(len(groups))]
 
 
 def _split(ys: np.ndarray, xs: np.ndarray, rbc: float, rbc_area: float, params: DetectorParams) -> list[tuple[np.ndarray, np.ndarray]]:
