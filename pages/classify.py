@@ -23,6 +23,13 @@ if clf is None:
 
 classes = list(clf.classes_)
 threshold = app_state.threshold()
+mode = st.radio("Mode", ["Single cells", "Whole fields"], horizontal=True, key="hv_mode",
+                help="Single cells: each image is one white cell. Whole fields: every white cell in a microscope field is found, boxed and classified.")
+if mode == "Whole fields":
+    from hematovision.detection import view as field_view
+
+    field_view.render(clf, threshold, app_state.review_store())
+    st.stop()
 cache: batching.ResultCache = st.session_state.setdefault("hv_cache", batching.ResultCache())
 batch: batching.Batch = st.session_state.setdefault("hv_batch", batching.Batch())
 

@@ -117,7 +117,7 @@ def test_split_is_by_name_hash_and_stable():
 
 def test_crop_and_cell_key():
     rgb = np.zeros((100, 200, 3), np.uint8)
-    box = CellBox(10, 20, 50, 60, False, 2.0)
+    box = CellBox(5, 20, 45, 60, False, 2.0)
     crop = crop_cell(rgb, box, margin=0.25)
-    assert crop.shape == (70, 60, 3)  # 10 px margin, clipped at the left edge
-    assert cell_key("ab" * 32, box) == "ab" * 32 + "#10,20,50,60"
+    assert crop.shape == (60, 55, 3)  # 10 px margin, clipped at the left edge
+    assert cell_key("ab" * 32, box) == "ab" * 32 + "#5,20,45,60"
