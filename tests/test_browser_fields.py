@@ -48,7 +48,8 @@ def test_fields_journey(server, tmp_path):
             page.goto(server + "/classify", timeout=180_000)  # a loaded CI machine can be slow to serve the first page
             expect(page.get_by_text("Whole fields")).to_be_visible(timeout=90_000)  # first model load
             page.get_by_text("Whole fields", exact=True).click()
-            uploader = page.locator("input[type=file]").first
+            expect(page.get_by_text("Upload smear fields, or load the sample field, to start.")).to_be_visible(timeout=90_000)
+            uploader = page.locator("[data-testid=stFileUploader]").filter(has_text="Smear fields").locator("input[type=file]")
             expect(uploader).to_be_attached()
             uploader.set_input_files([
                 {"name": "field_three.png", "mimeType": "image/png", "buffer": _png(make_field(cells=THREE, seed=1))},
