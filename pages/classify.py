@@ -9,6 +9,7 @@ import plotly.express as px
 import streamlit as st
 
 from hematovision import app_state, batching, report, review, samples
+from hematovision.detection import view as field_view
 from hematovision.imaging import decode_image
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
@@ -23,11 +24,7 @@ if clf is None:
 
 classes = list(clf.classes_)
 threshold = app_state.threshold()
-mode = st.radio("Mode", ["Single cells", "Whole fields"], horizontal=True, key="hv_mode",
-                help="Single cells: each image is one white cell. Whole fields: every white cell in a microscope field is found, boxed and classified.")
-if mode == "Whole fields":
-    from hematovision.detection import view as field_view
-
+if field_view.mode_toggle() == "Whole fields":  # every white cell of a field: hematovision/detection/view.py
     field_view.render(clf, threshold, app_state.review_store())
     st.stop()
 cache: batching.ResultCache = st.session_state.setdefault("hv_cache", batching.ResultCache())

@@ -93,3 +93,17 @@ def test_draw_cells_colours_boxes_by_class(tiny_model_dir):
         assert tuple(int(v) for v in edge) == view.class_colour(c.prediction.predicted_class, CLASSES)
     empty = view.draw_cells(rgb, FieldResult("e.png"), CLASSES)
     assert np.array_equal(empty, rgb)
+
+
+def test_mode_and_fields_survive_leaving_the_page(env):
+    at = AppTest.from_file(HOME, default_timeout=90)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    at.radio(key="hv_mode").set_value("Whole fields").run()
+    at.file_uploader(key="hv_fields_uploader").set_value([("three.png", _png(make_field(cells=THREE, seed=1)), "image/png")]).run()
+    assert list(_cells_table(at)["cell"]) == [1, 2, 3]
+    at.switch_page("pages/evaluation.py").run()
+    at.switch_page("pages/classify.py").run()
+    assert not at.exception, at.exception
+    assert at.radio(key="hv_mode").value == "Whole fields"
+    assert list(_cells_table(at)["cell"]) == [1, 2, 3]  # the session's fields, not re-uploaded

@@ -30,6 +30,20 @@ from .report import CELL_COLUMNS, fields_frame
 PALETTE = [(230, 120, 20), (40, 120, 230), (30, 160, 60), (200, 40, 160), (120, 120, 120)]
 SAMPLE_FIELDS = sorted((Path(__file__).resolve().parents[2] / "sample_data").glob("field_*.jpg"))
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
+MODES = ("Single cells", "Whole fields")
+
+
+def mode_toggle() -> str:
+    """The Classify page's mode radio; the choice survives leaving the page (widget state does not)."""
+    import streamlit as st
+
+    if "hv_mode" not in st.session_state:
+        st.session_state["hv_mode"] = st.session_state.get("hv_mode_kept", MODES[0])
+    mode = st.radio("Mode", MODES, horizontal=True, key="hv_mode",
+                    help="Single cells: each image is one white cell. Whole fields: every white cell in a microscope "
+                         "field is found, boxed and classified.")
+    st.session_state["hv_mode_kept"] = mode
+    return mode
 
 
 def class_colour(cls: str, classes: Sequence[str]) -> tuple[int, int, int]:
