@@ -2,10 +2,11 @@
 
 ``state``: the model, the threshold and the review store shared by every page. ``batching``: a
 session's uploads as one batch, classified once. ``eval_views``: the evaluation page's figures.
-``results``: the Classify page's table and figures. ``samples``: the sample images.
+``results``: the Classify page's table and figures. ``fields``: its Whole fields mode (smear fields, every
+white cell boxed). ``samples``: the sample images.
 ``adapting``: what the Adapt button runs. ``devserver``: a dashboard and a browser for tests and screenshots.
 
 Only the module names are listed: importing ``hematovision.app.devserver`` does not import Streamlit.
 """
 
-__all__ = ["adapting", "batching", "devserver", "eval_views", "results", "samples", "state"]
+__all__ = ["adapting", "batching", "devserver", "eval_views", "fields", "results", "samples", "state"]
