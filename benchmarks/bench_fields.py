@@ -103,8 +103,13 @@ def main() -> int:
     big_cells = len(r[0].cells)
     with tempfile.TemporaryDirectory() as tmp:  # the photograph is made here: the child only reads and classifies it
         (Path(tmp) / "photo.jpg").write_bytes(photo)
-        child = subprocess.run([sys.executable, __file__, "--child-big", str(Path(tmp) / "photo.jpg")]
-                               + (["--model", args.model] if args.model else []), capture_output=True, text=True, cwd=REPO)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child-big", str(Path(tmp) / "photo.jpg")]
+            + (["--model", args.model] if args.model else []),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
     rss = float(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / items[0][0]
@@ -112,18 +117,38 @@ def main() -> int:
         cli = []
         for _ in range(3):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "hematovision", "classify", str(f), "--fields", "--out", str(Path(tmp) / "c.csv"),
-                            "--quiet"] + (["--model", args.model] if args.model else []), cwd=REPO, check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hematovision",
+                    "classify",
+                    str(f),
+                    "--fields",
+                    "--out",
+                    str(Path(tmp) / "c.csv"),
+                    "--quiet",
+                ]
+                + (["--model", args.model] if args.model else []),
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
             cli.append(time.perf_counter() - t0)
     load_after = os.getloadavg()
-    print(f"Measured with `benchmarks/bench_fields.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-          f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, model `{clf.version}` ({clf.backend}); "
-          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n")
+    print(
+        f"Measured with `benchmarks/bench_fields.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, model `{clf.version}` ({clf.backend}); "
+        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n"
+    )
     print("| measurement | value |\n|---|---:|")
     print(f"| {source}, streamed through `classify_fields` ({n_cells} cells): seconds per field | {streamed:.3f} |")
-    print(f"| the same, one field at a time (median / max of {len(one)}) | {statistics.median(one):.3f} / {max(one):.3f} |")
-    print(f"| detector alone on a decoded 640x480 field (median of {len(det)}) | {statistics.median(det) * 1000:.1f} ms |")
-    print(f"| 4000x3000 JPEG photograph, one at a time ({big_cells} cells; median of 3) | {statistics.median(big):.2f} s |")
+    one_med = statistics.median(one)
+    print(f"| the same, one field at a time (median / max of {len(one)}) | {one_med:.3f} / {max(one):.3f} |")
+    det_ms = statistics.median(det) * 1000
+    print(f"| detector alone on a decoded 640x480 field (median of {len(det)}) | {det_ms:.1f} ms |")
+    big_s = statistics.median(big)
+    print(f"| 4000x3000 JPEG photograph, one at a time ({big_cells} cells; median of 3) | {big_s:.2f} s |")
     print(f"| peak resident memory of a fresh process reading and classifying it | {rss:.0f} MiB |")
     print(f"| `classify --fields` on one field, command to CSV, cold (median of 3) | {statistics.median(cli):.2f} s |")
     return 0

@@ -34,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.add_argument("--fields", action="store_true", help="each image is a smear field: find every white cell in it and classify each (one row per cell)")
-    c.add_argument("--summary", metavar="JSON", help="also write a summary: counts per class (the differential), flagged, errors; per field with --fields")
+    c.add_argument("--fields", action="store_true",
+                   help="each image is a smear field: find every white cell in it and classify each (one row per cell)")
+    c.add_argument("--summary", metavar="JSON",
+                   help="also write a summary: counts per class (the differential), flagged, errors; per field with --fields")
 
     e = sub.add_parser("evaluate", help="evaluate a model on the test sets, or on a labeled folder/zip")
     e.add_argument("path", nargs="?", help="a folder of class folders or a .zip of them (default: the recorded test sets)")
@@ -231,7 +233,8 @@ def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary
     if summary_path is not None:
         summary_path.write_text(summary.to_json())
     print(f"{summary.inputs} fields: {summary.classified} white cells ({summary.flagged} flagged below {threshold:.3f}), "
-          f"{summary.fields_without_cells} without a white cell, {summary.errors} errors -> {args.out}", file=sys.stderr)
+          f"{summary.fields_without_cells} without a white cell, {summary.errors} errors -> {args.out}",
+          file=sys.stderr)
     return 0
 
 

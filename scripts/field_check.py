@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,10 +38,12 @@ def _inputs(fields, colouring: str):
         if not colouring:
             yield ImageInput(f.name, (lambda p=f.image: p.read_bytes()))
         else:
+
             def read(p=f.image, c=colouring):
                 rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(recolour(rgb, c), cv2.COLOR_RGB2BGR))
                 return buf.tobytes()
+
             yield ImageInput(f"{f.name}:{colouring}", read)
 
 
@@ -52,7 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="model directory (default: the shipped models/)")
     ap.add_argument("--splits", default="dev,test")
     ap.add_argument("--colourings", default="original," + ",".join(RECOLOURS))
-    ap.add_argument("--record", action="store_true", help="write the figures into the model's evaluation.json (key smear_fields)")
+    ap.add_argument(
+        "--record", action="store_true", help="write the figures into the model's evaluation.json (key smear_fields)"
+    )
     ap.add_argument("--verbose", action="store_true", help="list the fields with a missed or an extra box")
     args = ap.parse_args(argv)
     root = data_root(args.data)
@@ -64,16 +67,25 @@ def main(argv=None) -> int:
         recorded = bccd.read_split()
         wrong = [f.name for f in fields if recorded.get(f.name) != f.split]
         if wrong:
-            print(f"error: recorded split disagrees with the hash rule for {len(wrong)} fields (e.g. {wrong[0]})", file=sys.stderr)
+            print(
+                f"error: recorded split disagrees with the hash rule for {len(wrong)} fields (e.g. {wrong[0]})",
+                file=sys.stderr,
+            )
             return 2
     else:
         bccd.write_split(fields)
     clf = Classifier.load(args.model)
-    out = {"dataset": "BCCD (blood-cells/dataset-master): 640x480 fields, Pascal-VOC WBC boxes, labels.csv classes",
-           "split": "hematovision/detection/bccd_split.csv (sha256 of the field name: dev 70% for tuning, test 30% never tuned on)",
-           "iou": bccd.IOU_MATCH, "model_version": clf.version, "detector_params": vars(DEFAULT_PARAMS).copy(),
-           "measured_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": "python scripts/field_check.py --record", "sets": {}}
+    out = {
+        "dataset": "BCCD (blood-cells/dataset-master): 640x480 fields, Pascal-VOC WBC boxes, labels.csv classes",
+        "split": "hematovision/detection/bccd_split.csv "
+        "(sha256 of the field name: dev 70% for tuning, test 30% never tuned on)",
+        "iou": bccd.IOU_MATCH,
+        "model_version": clf.version,
+        "detector_params": vars(DEFAULT_PARAMS).copy(),
+        "measured_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python scripts/field_check.py --record",
+        "sets": {},
+    }
     for split in args.splits.split(","):
         subset = [f for f in fields if f.split == split]
         for colouring in args.colourings.split(","):
@@ -86,9 +98,14 @@ def main(argv=None) -> int:
             d["seconds_per_field"] = round(secs / max(1, len(subset)), 4)
             out["sets"][f"{split}/{colouring}"] = d
             acc = f"{d['class_accuracy']:.1%}" if d["class_accuracy"] is not None else "-"
-            print(f"{split:5s} {colouring:12s} fields {d['fields']:3d}  boxes {d['wbc_boxes']:3d}  found {d['found']:3d}  "
-                  f"recall {d['recall']:.1%}  precision {d['precision']:.1%}  class accuracy {acc} "
-                  f"({d['class_correct']}/{d['class_found']} of {d['class_fields']})  {d['seconds_per_field'] * 1000:.0f} ms/field", flush=True)
+            ms = d["seconds_per_field"] * 1000
+            print(
+                f"{split:5s} {colouring:12s} fields {d['fields']:3d}  boxes {d['wbc_boxes']:3d}  "
+                f"found {d['found']:3d}  "
+                f"recall {d['recall']:.1%}  precision {d['precision']:.1%}  class accuracy {acc} "
+                f"({d['class_correct']}/{d['class_found']} of {d['class_fields']})  {ms:.0f} ms/field",
+                flush=True,
+            )
             if args.verbose:
                 print("   missed:", " ".join(res.missed))
                 print("   extra: ", " ".join(res.extra))

@@ -30,8 +30,12 @@ def server(tiny_model_dir, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (run `bash scripts/install-browser.sh`)")
     pytest.importorskip("playwright.sync_api")
-    env = dict(os.environ, HEMATOVISION_MODEL=str(tiny_model_dir), TF_CPP_MIN_LOG_LEVEL="2",
-               HEMATOVISION_REVIEW_DB=str(tmp_path / "reviews.sqlite3"))
+    env = dict(
+        os.environ,
+        HEMATOVISION_MODEL=str(tiny_model_dir),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        HEMATOVISION_REVIEW_DB=str(tmp_path / "reviews.sqlite3"),
+    )
     with dashboard(env, tmp_path / "streamlit.log", timeout=60) as url:
         yield url
 
@@ -48,15 +52,27 @@ def test_fields_journey(server, tmp_path):
             page.goto(server + "/classify", timeout=180_000)  # a loaded CI machine can be slow to serve the first page
             expect(page.get_by_text("Whole fields")).to_be_visible(timeout=90_000)  # first model load
             page.get_by_text("Whole fields", exact=True).click()
-            expect(page.get_by_text("Upload smear fields, or load the sample field, to start.")).to_be_visible(timeout=90_000)
-            uploader = page.locator("[data-testid=stFileUploader]").filter(has_text="Smear fields").locator("input[type=file]")
+            expect(page.get_by_text("Upload smear fields, or load the sample field, to start.")).to_be_visible(
+                timeout=90_000
+            )
+            uploader = (
+                page.locator("[data-testid=stFileUploader]").filter(has_text="Smear fields").locator("input[type=file]")
+            )
             expect(uploader).to_be_attached()
-            uploader.set_input_files([
-                {"name": "field_three.png", "mimeType": "image/png", "buffer": _png(make_field(cells=THREE, seed=1))},
-                {"name": "field_empty.png", "mimeType": "image/png", "buffer": _png(make_field(cells=(), seed=3))},
-            ])
+            uploader.set_input_files(
+                [
+                    {
+                        "name": "field_three.png",
+                        "mimeType": "image/png",
+                        "buffer": _png(make_field(cells=THREE, seed=1)),
+                    },
+                    {"name": "field_empty.png", "mimeType": "image/png", "buffer": _png(make_field(cells=(), seed=3))},
+                ]
+            )
             # the boxes: the field image, drawn with its numbered boxes, and the cell selector
-            expect(page.get_by_text("field_three.png: 3 white cell(s); boxes coloured by class")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("field_three.png: 3 white cell(s); boxes coloured by class")).to_be_visible(
+                timeout=90_000
+            )
             expect(page.locator("[data-testid=stImage] img").first).to_be_visible()
             expect(page.locator("[data-testid=stMetric]").filter(has_text="White cells")).to_contain_text("3")
             page.screenshot(path=str(SHOTS / "fields.png"), full_page=True)
@@ -66,8 +82,21 @@ def test_fields_journey(server, tmp_path):
             target = tmp_path / "cells.csv"
             dl.value.save_as(target)
             out = pd.read_csv(target, keep_default_na=False)
-            for col in ("file", "cell", "predicted_class", "confidence", "x0", "y0", "x1", "y1", "partial", "note", "final_class",
-                        "threshold", "model_version"):
+            for col in (
+                "file",
+                "cell",
+                "predicted_class",
+                "confidence",
+                "x0",
+                "y0",
+                "x1",
+                "y1",
+                "partial",
+                "note",
+                "final_class",
+                "threshold",
+                "model_version",
+            ):
                 assert col in out.columns, col
             three = out[out["file"] == "field_three.png"]
             assert sorted(three["cell"].astype(int)) == [1, 2, 3]

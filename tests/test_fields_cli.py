@@ -39,19 +39,49 @@ def field_folder(tmp_path_factory) -> Path:
 
 def test_fields_csv_has_a_row_per_cell_and_a_note_for_an_empty_field(tmp_path, tiny_model_dir, field_folder):
     out, summ = tmp_path / "cells.csv", tmp_path / "s.json"
-    r = run("classify", str(field_folder), "--fields", "--out", str(out), "--summary", str(summ), "--quiet", model=tiny_model_dir)
+    r = run(
+        "classify",
+        str(field_folder),
+        "--fields",
+        "--out",
+        str(out),
+        "--summary",
+        str(summ),
+        "--quiet",
+        model=tiny_model_dir,
+    )
     assert r.returncode == 0, r.stderr
     with open(out, newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == field_columns(CLASSES)
         rows = list(reader)
-    for col in ("file", "predicted_class", "confidence", "p_neutrophil", "flagged", "error", "threshold", "model_version",
-                "cell", "x0", "y0", "x1", "y1", "partial", "note"):
+    for col in (
+        "file",
+        "predicted_class",
+        "confidence",
+        "p_neutrophil",
+        "flagged",
+        "error",
+        "threshold",
+        "model_version",
+        "cell",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "partial",
+        "note",
+    ):
         assert col in rows[0]
     by_file = {}
     for row in rows:
         by_file.setdefault(Path(row["file"]).name, []).append(row)
-    assert list(by_file) == ["a_three.png", "b_edge.png", "c_empty.png", "d_broken.jpg"]  # every field present, in order
+    assert list(by_file) == [
+        "a_three.png",
+        "b_edge.png",
+        "c_empty.png",
+        "d_broken.jpg",
+    ]  # every field present, in order
     three = by_file["a_three.png"]
     assert [row["cell"] for row in three] == ["1", "2", "3"]
     assert all(row["predicted_class"] in CLASSES and row["partial"] == "False" for row in three)
@@ -59,7 +89,9 @@ def test_fields_csv_has_a_row_per_cell_and_a_note_for_an_empty_field(tmp_path, t
     (edge,) = by_file["b_edge.png"]
     assert edge["partial"] == "True" and edge["x0"] == "0" and "partial" in edge["note"]
     (empty,) = by_file["c_empty.png"]
-    assert empty["predicted_class"] == "" and empty["cell"] == "" and empty["note"] == NO_CELL_NOTE and not empty["error"]
+    assert (
+        empty["predicted_class"] == "" and empty["cell"] == "" and empty["note"] == NO_CELL_NOTE and not empty["error"]
+    )
     (broken,) = by_file["d_broken.jpg"]
     assert broken["error"] and broken["predicted_class"] == ""
     s = json.loads(summ.read_text())
@@ -76,8 +108,18 @@ def test_summary_in_single_image_mode(tmp_path, tiny_model_dir):
         (tmp_path / "in" / f"{k}.png").write_bytes(image_bytes(seed=k))
     (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     summ = tmp_path / "s.json"
-    r = run("classify", str(tmp_path / "in"), "--out", str(tmp_path / "r.csv"), "--summary", str(summ), "--threshold", "0.5",
-            "--quiet", model=tiny_model_dir)
+    r = run(
+        "classify",
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "r.csv"),
+        "--summary",
+        str(summ),
+        "--threshold",
+        "0.5",
+        "--quiet",
+        model=tiny_model_dir,
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads(summ.read_text())
     assert s["unit"] == "images" and s["inputs"] == 4 and s["classified"] == 3 and s["errors"] == 1
@@ -86,7 +128,15 @@ def test_summary_in_single_image_mode(tmp_path, tiny_model_dir):
 
 
 def test_summary_folder_must_exist(tmp_path, tiny_model_dir):
-    r = run("classify", str(tmp_path), "--out", str(tmp_path / "x.csv"), "--summary", str(tmp_path / "no" / "s.json"), model=tiny_model_dir)
+    r = run(
+        "classify",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "x.csv"),
+        "--summary",
+        str(tmp_path / "no" / "s.json"),
+        model=tiny_model_dir,
+    )
     assert r.returncode == 2 and "--summary" in r.stderr
 
 
@@ -100,7 +150,11 @@ def test_cells_go_through_the_single_image_path(tiny_model_dir):
         alone = clf.predict_proba([crop_cell(rgb, c.box)])[0]
         np.testing.assert_allclose(c.prediction.probabilities, alone, atol=1e-6)
         assert c.prediction.sha256.startswith(res.sha256 + "#")
-        assert model_input(crop_cell(rgb, c.box), clf.input_size, clf.framing).shape == (clf.input_size, clf.input_size, 3)
+        assert model_input(crop_cell(rgb, c.box), clf.input_size, clf.framing).shape == (
+            clf.input_size,
+            clf.input_size,
+            3,
+        )
     frame = fields_frame([res], CLASSES)
     assert list(frame["cell"]) == [1, 2, 3] and frame["sha256"].is_unique
     s = summarise_fields([res], CLASSES, 0.5, clf.version)

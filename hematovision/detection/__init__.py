@@ -3,4 +3,12 @@ recoloured copies for stain-robustness checks (:mod:`.recolour`)."""
 
 from .wbc import DEFAULT_PARAMS, CellBox, DetectorParams, FieldAnalysis, analyse_field, box_iou, detect_white_cells
 
-__all__ = ["CellBox", "DetectorParams", "DEFAULT_PARAMS", "FieldAnalysis", "analyse_field", "box_iou", "detect_white_cells"]
+__all__ = [
+    "CellBox",
+    "DetectorParams",
+    "DEFAULT_PARAMS",
+    "FieldAnalysis",
+    "analyse_field",
+    "box_iou",
+    "detect_white_cells",
+]

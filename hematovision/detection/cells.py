@@ -114,8 +114,17 @@ def _prepare(item: ImageInput, limits: ImageLimits, params: DetectorParams, thum
         return _Prepared(item, sha, error=f"white-cell search failed ({type(exc).__name__})")
     crops = [crop_cell(rgb, b) for b in found.boxes]
     thumbs = [thumbnail(c) if thumbnails else None for c in crops]
-    return _Prepared(item, sha, (rgb.shape[1], rgb.shape[0]), found.boxes, crops, thumbs,
-                     thumbnail(rgb, 256) if thumbnails else None, found.rbc_diameter, note=dec.note)
+    return _Prepared(
+        item,
+        sha,
+        (rgb.shape[1], rgb.shape[0]),
+        found.boxes,
+        crops,
+        thumbs,
+        thumbnail(rgb, 256) if thumbnails else None,
+        found.rbc_diameter,
+        note=dec.note,
+    )
 
 
 def classify_fields(
@@ -134,6 +143,7 @@ def classify_fields(
     done = 0
     pending: deque[list] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
+
         def finish_one():
             nonlocal done
             for r in _finish(clf, [f.result() for f in pending.popleft()], thr):
@@ -164,11 +174,22 @@ def _finish(clf: Classifier, prepared: list[_Prepared], threshold: float) -> lis
             k += 1
             j = int(row.argmax())
             conf = float(row[j])
-            pred = Prediction(p.item.name, clf.classes_[j], conf, tuple(float(v) for v in row), is_flagged(conf, threshold),
-                              "", cell_key(p.sha256, box), "partial cell (cut by the image edge)" if box.partial else "", thumb)
+            pred = Prediction(
+                p.item.name,
+                clf.classes_[j],
+                conf,
+                tuple(float(v) for v in row),
+                is_flagged(conf, threshold),
+                "",
+                cell_key(p.sha256, box),
+                "partial cell (cut by the image edge)" if box.partial else "",
+                thumb,
+            )
             cells.append(CellResult(i, box, pred))
         note = "; ".join(x for x in (p.note, "" if cells else NO_CELL_NOTE) if x)
-        out.append(FieldResult(p.item.name, p.sha256, p.size[0], p.size[1], tuple(cells), "", note, p.rbc, p.field_thumb))
+        out.append(
+            FieldResult(p.item.name, p.sha256, p.size[0], p.size[1], tuple(cells), "", note, p.rbc, p.field_thumb)
+        )
     return out
 
 

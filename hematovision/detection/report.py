@@ -37,17 +37,46 @@ def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.D
     for fi, r in enumerate(results):
         base = {"file": r.file, "field_sha256": r.sha256, "field_index": fi}
         if not r.ok or not r.cells:
-            rows.append({**base, "predicted_class": "", "confidence": float("nan"), **{f"p_{c}": float("nan") for c in classes},
-                         "flagged": False, "error": r.error, "cell": None, "x0": None, "y0": None, "x1": None, "y1": None,
-                         "partial": None, "note": r.note, "sha256": ""})
+            rows.append(
+                {
+                    **base,
+                    "predicted_class": "",
+                    "confidence": float("nan"),
+                    **{f"p_{c}": float("nan") for c in classes},
+                    "flagged": False,
+                    "error": r.error,
+                    "cell": None,
+                    "x0": None,
+                    "y0": None,
+                    "x1": None,
+                    "y1": None,
+                    "partial": None,
+                    "note": r.note,
+                    "sha256": "",
+                }
+            )
             continue
         for c in r.cells:
             p = c.prediction
             note = "; ".join(x for x in (r.note, p.note) if x)
-            rows.append({**base, "predicted_class": p.predicted_class, "confidence": p.confidence,
-                         **{f"p_{k}": v for k, v in zip(classes, p.probabilities)}, "flagged": p.flagged, "error": "",
-                         "cell": c.index, "x0": c.box.x0, "y0": c.box.y0, "x1": c.box.x1, "y1": c.box.y1,
-                         "partial": c.box.partial, "note": note, "sha256": p.sha256})
+            rows.append(
+                {
+                    **base,
+                    "predicted_class": p.predicted_class,
+                    "confidence": p.confidence,
+                    **{f"p_{k}": v for k, v in zip(classes, p.probabilities)},
+                    "flagged": p.flagged,
+                    "error": "",
+                    "cell": c.index,
+                    "x0": c.box.x0,
+                    "y0": c.box.y0,
+                    "x1": c.box.x1,
+                    "y1": c.box.y1,
+                    "partial": c.box.partial,
+                    "note": note,
+                    "sha256": p.sha256,
+                }
+            )
     cols = columns(classes) + CELL_COLUMNS + ["sha256", "field_sha256", "field_index"]
     frame = pd.DataFrame(rows, columns=cols)
     for k in ("cell", "x0", "y0", "x1", "y1"):
@@ -59,12 +88,19 @@ def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.D
 def csv_row(r: FieldResult, cell_index: int | None, classes: Sequence[str], threshold: float, version: str) -> list:
     """One CSV row (values as text) for a cell of ``r`` (``cell_index`` 0-based), or for an empty/error field."""
     if cell_index is None:
-        return [r.file, "", ""] + [""] * len(classes) + [False, r.error, threshold, version, "", "", "", "", "", "", r.note]
+        return (
+            [r.file, "", ""]
+            + [""] * len(classes)
+            + [False, r.error, threshold, version, "", "", "", "", "", "", r.note]
+        )
     c = r.cells[cell_index]
     p = c.prediction
     note = "; ".join(x for x in (r.note, p.note) if x)
-    return ([r.file, p.predicted_class, f"{p.confidence:.6f}"] + [f"{v:.6f}" for v in p.probabilities]
-            + [p.flagged, "", threshold, version, c.index, c.box.x0, c.box.y0, c.box.x1, c.box.y1, c.box.partial, note])
+    return (
+        [r.file, p.predicted_class, f"{p.confidence:.6f}"]
+        + [f"{v:.6f}" for v in p.probabilities]
+        + [p.flagged, "", threshold, version, c.index, c.box.x0, c.box.y0, c.box.x1, c.box.y1, c.box.partial, note]
+    )
 
 
 @dataclass
@@ -90,8 +126,10 @@ class RunSummary:
     @property
     def differential(self) -> dict[str, dict[str, float]]:
         n = sum(self.counts.get(c, 0) for c in self.classes)
-        return {c: {"count": self.counts.get(c, 0), "percent": round(100.0 * self.counts.get(c, 0) / n, 2) if n else 0.0}
-                for c in self.classes}
+        return {
+            c: {"count": self.counts.get(c, 0), "percent": round(100.0 * self.counts.get(c, 0) / n, 2) if n else 0.0}
+            for c in self.classes
+        }
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -110,9 +148,13 @@ class RunSummary:
     def add_field(self, r: FieldResult) -> None:
         """Count one field's cells (a run with ``--fields``)."""
         self.inputs += 1
-        entry = {"file": r.file, "cells": len(r.cells), "partial": sum(c.box.partial for c in r.cells),
-                 "flagged": sum(c.prediction.flagged for c in r.cells),
-                 "counts": {c: sum(x.prediction.predicted_class == c for x in r.cells) for c in self.classes}}
+        entry = {
+            "file": r.file,
+            "cells": len(r.cells),
+            "partial": sum(c.box.partial for c in r.cells),
+            "flagged": sum(c.prediction.flagged for c in r.cells),
+            "counts": {c: sum(x.prediction.predicted_class == c for x in r.cells) for c in self.classes},
+        }
         if r.error:
             self.errors += 1
             entry["error"] = r.error
@@ -137,7 +179,9 @@ class RunSummary:
             self.counts[p.predicted_class] = self.counts.get(p.predicted_class, 0) + 1
 
 
-def summarise_fields(results: Iterable[FieldResult], classes: Sequence[str], threshold: float, version: str) -> RunSummary:
+def summarise_fields(
+    results: Iterable[FieldResult], classes: Sequence[str], threshold: float, version: str
+) -> RunSummary:
     s = RunSummary("cells", version, float(threshold), list(classes), counts={c: 0 for c in classes})
     for r in results:
         s.add_field(r)

@@ -31,7 +31,12 @@ class WhiteCell:
     def box(self, w: int, h: int) -> tuple[int, int, int, int]:
         """The whole cell's box, clipped to the image."""
         r = self.radius
-        return (max(0, int(self.x - r)), max(0, int(self.y - r)), min(w, int(np.ceil(self.x + r))), min(h, int(np.ceil(self.y + r))))
+        return (
+            max(0, int(self.x - r)),
+            max(0, int(self.y - r)),
+            min(w, int(np.ceil(self.x + r))),
+            min(h, int(np.ceil(self.y + r))),
+        )
 
 
 def make_field(
@@ -47,9 +52,12 @@ def make_field(
     rng = np.random.default_rng(seed)
     img = np.empty((height, width, 3), np.float32)
     img[:] = BACKGROUND
-    n_rbc = int(rbc_cover * width * height / (np.pi * rbc_radius ** 2))
+    n_rbc = int(rbc_cover * width * height / (np.pi * rbc_radius**2))
     for _ in range(n_rbc):
-        x, y = rng.uniform(-rbc_radius / 2, width + rbc_radius / 2), rng.uniform(-rbc_radius / 2, height + rbc_radius / 2)
+        x, y = (
+            rng.uniform(-rbc_radius / 2, width + rbc_radius / 2),
+            rng.uniform(-rbc_radius / 2, height + rbc_radius / 2),
+        )
         if any((x - c.x) ** 2 + (y - c.y) ** 2 < (c.radius + 0.6 * rbc_radius) ** 2 for c in cells):
             continue  # keep white cells visible
         r = rbc_radius * rng.uniform(0.88, 1.12)
@@ -70,9 +78,19 @@ def make_field(
             a = turn + 2 * np.pi * k / c.lobes
             lx, ly = c.x + 0.42 * c.radius * np.cos(a), c.y + 0.42 * c.radius * np.sin(a)
             cv2.circle(img, (round(lx), round(ly)), round(0.3 * c.radius), NUCLEUS, -1, cv2.LINE_AA)
-            nx, ny = c.x + 0.42 * c.radius * np.cos(a + 2 * np.pi / c.lobes), c.y + 0.42 * c.radius * np.sin(a + 2 * np.pi / c.lobes)
+            nx, ny = (
+                c.x + 0.42 * c.radius * np.cos(a + 2 * np.pi / c.lobes),
+                c.y + 0.42 * c.radius * np.sin(a + 2 * np.pi / c.lobes),
+            )
             if k < c.lobes - 1:  # chromatin strands join neighbouring lobes
-                cv2.line(img, (round(lx), round(ly)), (round(nx), round(ny)), NUCLEUS, max(2, round(0.08 * c.radius)), cv2.LINE_AA)
+                cv2.line(
+                    img,
+                    (round(lx), round(ly)),
+                    (round(nx), round(ny)),
+                    NUCLEUS,
+                    max(2, round(0.08 * c.radius)),
+                    cv2.LINE_AA,
+                )
     img = cv2.GaussianBlur(img, (0, 0), max(0.8, rbc_radius / 40))
     img += rng.normal(0, 3.0, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)

@@ -39,9 +39,14 @@ def mode_toggle() -> str:
 
     if "hv_mode" not in st.session_state:
         st.session_state["hv_mode"] = st.session_state.get("hv_mode_kept", MODES[0])
-    mode = st.radio("Mode", MODES, horizontal=True, key="hv_mode",
-                    help="Single cells: each image is one white cell. Whole fields: every white cell in a microscope "
-                         "field is found, boxed and classified.")
+    mode = st.radio(
+        "Mode",
+        MODES,
+        horizontal=True,
+        key="hv_mode",
+        help="Single cells: each image is one white cell. Whole fields: every white cell in a microscope "
+        "field is found, boxed and classified.",
+    )
     st.session_state["hv_mode_kept"] = mode
     return mode
 
@@ -64,7 +69,9 @@ def draw_cells(rgb: np.ndarray, result: FieldResult, classes: Sequence[str], sel
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         x, y = c.box.x0, max(th + base, c.box.y0)
         cv2.rectangle(out, (x, y - th - base), (x + tw + 2 * thick, y), col, -1)
-        cv2.putText(out, label, (x + thick, y - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        cv2.putText(
+            out, label, (x + thick, y - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA
+        )
     return out
 
 
@@ -106,7 +113,9 @@ class FieldSession:
         entries = self.entries()
         todo = [(n, d) for n, sha, d, err in entries if not err and (sha, clf.version) not in self.results]
         if todo:
-            for r in classify_fields(clf, [from_bytes(n, d) for n, d in todo], threshold, thumbnails=True, progress=progress):
+            for r in classify_fields(
+                clf, [from_bytes(n, d) for n, d in todo], threshold, thumbnails=True, progress=progress
+            ):
                 self.inferred += 1
                 if r.ok:
                     self.results[(r.sha256, clf.version)] = r
@@ -129,7 +138,9 @@ class FieldSession:
         return None
 
 
-def cells_frame(results: Sequence[FieldResult], classes: Sequence[str], threshold: float, decisions: dict) -> pd.DataFrame:
+def cells_frame(
+    results: Sequence[FieldResult], classes: Sequence[str], threshold: float, decisions: dict
+) -> pd.DataFrame:
     """One row per cell (and per empty or unreadable field), flagged at ``threshold``, with review columns
     and a ``thumbnail`` data URI per cell."""
     frame = fields_frame(results, classes)
@@ -154,7 +165,6 @@ def render(clf, threshold: float, store) -> None:
     import plotly.express as px
     import streamlit as st
 
-    from .. import review
 
     classes = list(clf.classes_)
     sess: FieldSession = st.session_state.setdefault("hv_fields", FieldSession())
@@ -163,11 +173,18 @@ def render(clf, threshold: float, store) -> None:
         files = st.session_state.get("hv_fields_uploader") or []
         sess.set_uploads([(f.name, f.getvalue()) for f in files])
 
-    st.file_uploader("Smear fields: microscope images with any number of white cells (JPEG, PNG, BMP, TIFF) or zip archives",
-                     type=IMAGE_TYPES, accept_multiple_files=True, key="hv_fields_uploader", on_change=on_upload,
-                     help="Every white cell found gets a row; a field without one gets a row saying so.")
+    st.file_uploader(
+        "Smear fields: microscope images with any number of white cells (JPEG, PNG, BMP, TIFF) or zip archives",
+        type=IMAGE_TYPES,
+        accept_multiple_files=True,
+        key="hv_fields_uploader",
+        on_change=on_upload,
+        help="Every white cell found gets a row; a field without one gets a row saying so.",
+    )
     c1, c2, _ = st.columns([1, 1, 3])
-    if SAMPLE_FIELDS and c1.button("Load sample field", help="A generated field (sample_data/field_*.jpg), not patient data"):
+    if SAMPLE_FIELDS and c1.button(
+        "Load sample field", help="A generated field (sample_data/field_*.jpg), not patient data"
+    ):
         sess.set_uploads([(p.name, p.read_bytes()) for p in SAMPLE_FIELDS])
     if sess.uploads and c2.button("Clear fields"):
         sess.set_uploads([])
@@ -177,8 +194,11 @@ def render(clf, threshold: float, store) -> None:
         return
 
     bar = st.progress(0.0, text="Finding and classifying white cells…")
-    results = sess.classify(clf, threshold, progress=lambda d: bar.progress(min(1.0, d / max(1, len(sess.uploads))),
-                                                                             text=f"Searched {d} field(s)"))
+    results = sess.classify(
+        clf,
+        threshold,
+        progress=lambda d: bar.progress(min(1.0, d / max(1, len(sess.uploads))), text=f"Searched {d} field(s)"),
+    )
     bar.empty()
     decisions = {}
     if store is not None:
@@ -192,12 +212,17 @@ def render(clf, threshold: float, store) -> None:
     m = st.columns(5)
     m[0].metric("Fields", len(results))
     m[1].metric("White cells", len(cell_rows))
-    m[2].metric("Flagged for review", int(cell_rows["flagged"].sum()), help=f"Confidence below the threshold {threshold:.3f}")
+    m[2].metric(
+        "Flagged for review", int(cell_rows["flagged"].sum()), help=f"Confidence below the threshold {threshold:.3f}"
+    )
     m[3].metric("Fields without a white cell", sum(1 for r in results if r.ok and not r.cells))
     m[4].metric("Errors", sum(1 for r in results if not r.ok))
     s1, s2 = st.columns([2, 3])
-    s1.dataframe(summary.differential, hide_index=True, column_config={
-        "percent": st.column_config.NumberColumn("Percent", format="%.1f%%")})
+    s1.dataframe(
+        summary.differential,
+        hide_index=True,
+        column_config={"percent": st.column_config.NumberColumn("Percent", format="%.1f%%")},
+    )
     fig = px.bar(summary.differential, x="class", y="count", text="count", title="Differential (cells, final classes)")
     fig.update_layout(height=280, margin=dict(t=40, b=10))
     s2.plotly_chart(fig, width="stretch")
@@ -205,17 +230,32 @@ def render(clf, threshold: float, store) -> None:
     st.subheader("Field")
     ok = [i for i, r in enumerate(results) if r.ok]
     if ok:
-        fi = st.selectbox("Field", ok, format_func=lambda i: f"{results[i].file} ({len(results[i].cells)} cells)", key="hv_field_pick")
+        fi = st.selectbox(
+            "Field", ok, format_func=lambda i: f"{results[i].file} ({len(results[i].cells)} cells)", key="hv_field_pick"
+        )
         r = results[fi]
         rgb = sess.image(r.sha256)
         cell_ids = [c.index for c in r.cells]
-        pick = st.selectbox("Cell", cell_ids, key=f"hv_cell_pick_{r.sha256[:12]}",
-                            format_func=lambda k: f"Cell {k}: {r.cells[k - 1].prediction.predicted_class} "
-                                                  f"({r.cells[k - 1].prediction.confidence:.3f})") if cell_ids else None
+        pick = (
+            st.selectbox(
+                "Cell",
+                cell_ids,
+                key=f"hv_cell_pick_{r.sha256[:12]}",
+                format_func=lambda k: (
+                    f"Cell {k}: {r.cells[k - 1].prediction.predicted_class} "
+                    f"({r.cells[k - 1].prediction.confidence:.3f})"
+                ),
+            )
+            if cell_ids
+            else None
+        )
         f1, f2 = st.columns([3, 2])
         if rgb is not None:
-            f1.image(draw_cells(rgb, r, classes, pick), caption=f"{r.file}: {len(r.cells)} white cell(s); boxes coloured by class",
-                     width="stretch")
+            f1.image(
+                draw_cells(rgb, r, classes, pick),
+                caption=f"{r.file}: {len(r.cells)} white cell(s); boxes coloured by class",
+                width="stretch",
+            )
         legend = " · ".join(f"<span style='color:rgb{class_colour(c, classes)}'>■</span> {c}" for c in classes)
         f1.markdown(legend, unsafe_allow_html=True)
         if not r.cells:
@@ -228,14 +268,37 @@ def render(clf, threshold: float, store) -> None:
         "thumbnail": st.column_config.ImageColumn("Cell", width="small"),
         "confidence": st.column_config.ProgressColumn("Confidence", min_value=0.0, max_value=1.0, format="%.3f"),
         "flagged": st.column_config.CheckboxColumn("Flagged"),
-        "partial": st.column_config.CheckboxColumn("Partial", help="The box touches the image edge: the cell may be cut"),
+        "partial": st.column_config.CheckboxColumn(
+            "Partial", help="The box touches the image edge: the cell may be cut"
+        ),
     }
     col_cfg.update({f"p_{c}": st.column_config.NumberColumn(f"p({c})", format="%.3f") for c in classes})
-    order = ["thumbnail", "file", "cell", "predicted_class", "confidence", "final_class", *[f"p_{c}" for c in classes],
-             "flagged", "partial", "x0", "y0", "x1", "y1", "reviewed_class", "note", "error"]
+    order = [
+        "thumbnail",
+        "file",
+        "cell",
+        "predicted_class",
+        "confidence",
+        "final_class",
+        *[f"p_{c}" for c in classes],
+        "flagged",
+        "partial",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "reviewed_class",
+        "note",
+        "error",
+    ]
     st.dataframe(frame, column_config=col_cfg, column_order=order, hide_index=True, width="stretch")
-    st.download_button(f"Download per-cell CSV ({len(frame)} rows)", cells_csv(frame, classes, threshold, clf.version),
-                       file_name="hematovision_cells.csv", mime="text/csv", on_click="ignore")
+    st.download_button(
+        f"Download per-cell CSV ({len(frame)} rows)",
+        cells_csv(frame, classes, threshold, clf.version),
+        file_name="hematovision_cells.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )
 
 
 def _queue_flagged(store, sess: FieldSession, results: Sequence[FieldResult], clf, threshold: float) -> None:
@@ -247,19 +310,30 @@ def _queue_flagged(store, sess: FieldSession, results: Sequence[FieldResult], cl
     done: set = st.session_state.setdefault("hv_fields_queued", set())
     todo = []
     for r in results:
-        flagged = [c for c in r.cells if is_flagged(c.prediction.confidence, threshold) and (c.prediction.sha256, clf.version) not in done]
+        flagged = [
+            c
+            for c in r.cells
+            if is_flagged(c.prediction.confidence, threshold) and (c.prediction.sha256, clf.version) not in done
+        ]
         if not flagged:
             continue
         rgb = sess.image(r.sha256)
         for c in flagged:
             label = f"{r.file} #cell {c.index}"
-            todo.append((replace(c.prediction, file=label, flagged=True), _png(crop_cell(rgb, c.box)) if rgb is not None else b""))
+            todo.append(
+                (
+                    replace(c.prediction, file=label, flagged=True),
+                    _png(crop_cell(rgb, c.box)) if rgb is not None else b"",
+                )
+            )
     if todo:
         queue_with_images(store, todo, clf.classes_, clf.version, threshold)
         done.update((p.sha256, clf.version) for p, _ in todo)
 
 
-def _cell_detail(col, r: FieldResult, k: int, rgb: np.ndarray, classes, clf, threshold: float, store, decisions) -> None:
+def _cell_detail(
+    col, r: FieldResult, k: int, rgb: np.ndarray, classes, clf, threshold: float, store, decisions
+) -> None:
     import plotly.express as px
     import streamlit as st
 
@@ -270,8 +344,15 @@ def _cell_detail(col, r: FieldResult, k: int, rgb: np.ndarray, classes, clf, thr
     crop = crop_cell(rgb, c.box)
     col.image(crop, caption=f"Cell {k}" + (" (partial: cut by the image edge)" if c.box.partial else ""), width=220)
     probs = [{"class": cls, "probability": float(v)} for cls, v in zip(classes, p.probabilities)]
-    fig = px.bar(probs, x="probability", y="class", orientation="h", range_x=[0, 1], text_auto=".3f",
-                 title=f"Cell {k}: {p.predicted_class} ({p.confidence:.3f})")
+    fig = px.bar(
+        probs,
+        x="probability",
+        y="class",
+        orientation="h",
+        range_x=[0, 1],
+        text_auto=".3f",
+        title=f"Cell {k}: {p.predicted_class} ({p.confidence:.3f})",
+    )
     fig.update_layout(height=240, margin=dict(t=40, b=10))
     col.plotly_chart(fig, width="stretch")
     if is_flagged(p.confidence, threshold):
@@ -280,16 +361,28 @@ def _cell_detail(col, r: FieldResult, k: int, rgb: np.ndarray, classes, clf, thr
         return
     current = decisions.get(p.sha256)
     with col.form(f"hv_cell_review_{p.sha256[-40:]}", clear_on_submit=True, border=True):
-        st.markdown("**Review this cell**" + (f" — currently **{current.reviewed_class}** by {current.reviewer or 'anonymous'}" if current else ""))
+        st.markdown(
+            "**Review this cell**"
+            + (f" — currently **{current.reviewed_class}** by {current.reviewer or 'anonymous'}" if current else "")
+        )
         choices = classes + [review.UNUSABLE]
-        verdict = st.selectbox("Reviewed class", choices, index=choices.index(p.predicted_class),
-                               format_func=lambda v: "not a white cell / unusable" if v == review.UNUSABLE else v)
+        verdict = st.selectbox(
+            "Reviewed class",
+            choices,
+            index=choices.index(p.predicted_class),
+            format_func=lambda v: "not a white cell / unusable" if v == review.UNUSABLE else v,
+        )
         who = st.text_input("Reviewer", value=st.session_state.get("hv_reviewer", ""))
         note = st.text_input("Note (optional)")
         if st.form_submit_button("Save review"):
             label = f"{r.file} #cell {k}"
-            review.queue_with_images(store, [(replace(p, file=label, flagged=is_flagged(p.confidence, threshold)), _png(crop))],
-                                     classes, clf.version, threshold)
+            review.queue_with_images(
+                store,
+                [(replace(p, file=label, flagged=is_flagged(p.confidence, threshold)), _png(crop))],
+                classes,
+                clf.version,
+                threshold,
+            )
             store.decide(p.sha256, clf.version, verdict, who, note)
             st.session_state["hv_reviewer"] = who
             st.rerun()

@@ -277,7 +277,9 @@ def analyse_field(rgb: np.ndarray, params: DetectorParams = DEFAULT_PARAMS, keep
     return FieldAnalysis(boxes, rbc_orig, tuple(float(v) for v in bg), scale, thr, merged if keep_mask else None)
 
 
-def _regions(merged: np.ndarray, mask: np.ndarray, rbc: float, rbc_area: float, params: DetectorParams) -> list[tuple[np.ndarray, np.ndarray]]:
+def _regions(
+    merged: np.ndarray, mask: np.ndarray, rbc: float, rbc_area: float, params: DetectorParams
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Pixel coordinates of each white cell's nucleus region: size rules, and touching cells split.
 
     Sizes count the nucleus pixels themselves (``mask``), not the gaps the closing bridged, so a
@@ -300,8 +302,15 @@ def _regions(merged: np.ndarray, mask: np.ndarray, rbc: float, rbc_area: float, 
             continue
         if area < params.min_fill * len(ys):  # scattered specks bridged by the closing: a platelet clump
             continue
-        groups = _far_apart(ys, xs, pieces, [k for k in np.unique(pieces) if big_piece[k]], mcent,
-                            params.split_dist * rbc, params.split_gap * rbc)
+        groups = _far_apart(
+            ys,
+            xs,
+            pieces,
+            [k for k in np.unique(pieces) if big_piece[k]],
+            mcent,
+            params.split_dist * rbc,
+            params.split_gap * rbc,
+        )
         if len(groups) >= 2:
             out.extend(_nearest_piece(ys, xs, pieces, groups))
         elif area <= params.split_area * rbc_area:
@@ -311,8 +320,15 @@ def _regions(merged: np.ndarray, mask: np.ndarray, rbc: float, rbc_area: float, 
     return out
 
 
-def _far_apart(ys: np.ndarray, xs: np.ndarray, pieces: np.ndarray, big: list[int], centroids: np.ndarray,
-               min_dist: float, min_gap: float) -> list[list[int]]:
+def _far_apart(
+    ys: np.ndarray,
+    xs: np.ndarray,
+    pieces: np.ndarray,
+    big: list[int],
+    centroids: np.ndarray,
+    min_dist: float,
+    min_gap: float,
+) -> list[list[int]]:
     """Group the large nucleus pieces of a region: one group per cell.
 
     Two pieces are lobes of one nucleus unless their centres are at least ``min_dist`` apart *and*
@@ -331,16 +347,20 @@ def _far_apart(ys: np.ndarray, xs: np.ndarray, pieces: np.ndarray, big: list[int
         dists[k] = cv2.distanceTransform(free, cv2.DIST_L2, 5)
     groups: list[list[int]] = []
     for k in big:
+
         def same_cell(j):
             sel = pieces == j
             gap = float(dists[k][ys[sel] - y0, xs[sel] - x0].min())
             return np.hypot(*(centroids[k] - centroids[j])) < min_dist or gap < min_gap
+
         near = [g for g in groups if any(same_cell(j) for j in g)]
         groups = [g for g in groups if g not in near] + [[k] + [j for g in near for j in g]]
     return groups
 
 
-def _nearest_piece(ys: np.ndarray, xs: np.ndarray, pieces: np.ndarray, groups: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _nearest_piece(
+    ys: np.ndarray, xs: np.ndarray, pieces: np.ndarray, groups: list[list[int]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Divide a region between groups of large nucleus pieces: each pixel goes to the nearest group."""
     y0, x0 = ys.min(), xs.min()
     shape = (ys.max() - y0 + 1, xs.max() - x0 + 1)
@@ -356,7 +376,9 @@ def _nearest_piece(ys: np.ndarray, xs: np.ndarray, pieces: np.ndarray, groups: l
     return [(ys[owner == j], xs[owner == j]) for j in range(len(groups))]
 
 
-def _split(ys: np.ndarray, xs: np.ndarray, rbc: float, rbc_area: float, params: DetectorParams) -> list[tuple[np.ndarray, np.ndarray]]:
+def _split(
+    ys: np.ndarray, xs: np.ndarray, rbc: float, rbc_area: float, params: DetectorParams
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """A watershed on the region's distance transform, seeded by peaks at least a red cell apart."""
     y0, x0 = ys.min(), xs.min()
     sub = np.zeros((ys.max() - y0 + 3, xs.max() - x0 + 3), np.uint8)
@@ -364,13 +386,19 @@ def _split(ys: np.ndarray, xs: np.ndarray, rbc: float, rbc_area: float, params: 
     dist = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
     dist = cv2.GaussianBlur(dist, (0, 0), max(1.0, 0.1 * rbc))
     k = max(3, round(0.9 * rbc)) | 1
-    peaks = (dist >= cv2.dilate(dist, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))) & (dist >= params.split_peak * rbc) & (sub > 0)
+    peaks = (
+        (dist >= cv2.dilate(dist, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))))
+        & (dist >= params.split_peak * rbc)
+        & (sub > 0)
+    )
     n, markers = cv2.connectedComponents(peaks.astype(np.uint8))
     if n <= 2:
         return [(ys, xs)]
     markers = markers.astype(np.int32)
     markers[(sub == 0)] = n  # the outside is its own basin
-    relief = cv2.cvtColor(np.clip(255 - dist * (255 / max(dist.max(), 1e-6)), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    relief = cv2.cvtColor(
+        np.clip(255 - dist * (255 / max(dist.max(), 1e-6)), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR
+    )
     cv2.watershed(relief, markers)
     out = []
     for m in range(1, n):
