@@ -143,17 +143,12 @@ def main() -> int:
     )
     print("| measurement | value |\n|---|---:|")
     print(f"| {source}, streamed through `classify_fields` ({n_cells} cells): seconds per field | {streamed:.3f} |")
-    print(
-        f"| the same, one field at a time (median / max of {len(one)}) "
-        f"| {statistics.median(one):.3f} / {max(one):.3f} |"
-    )
-    print(
-        f"| detector alone on a decoded 640x480 field (median of {len(det)}) | {statistics.median(det) * 1000:.1f} ms |"
-    )
-    print(
-        f"| 4000x3000 JPEG photograph, one at a time ({big_cells} cells; median of 3) "
-        f"| {statistics.median(big):.2f} s |"
-    )
+    one_med = statistics.median(one)
+    print(f"| the same, one field at a time (median / max of {len(one)}) | {one_med:.3f} / {max(one):.3f} |")
+    det_ms = statistics.median(det) * 1000
+    print(f"| detector alone on a decoded 640x480 field (median of {len(det)}) | {det_ms:.1f} ms |")
+    big_s = statistics.median(big)
+    print(f"| 4000x3000 JPEG photograph, one at a time ({big_cells} cells; median of 3) | {big_s:.2f} s |")
     print(f"| peak resident memory of a fresh process reading and classifying it | {rss:.0f} MiB |")
     print(f"| `classify --fields` on one field, command to CSV, cold (median of 3) | {statistics.median(cli):.2f} s |")
     return 0

@@ -38,10 +38,12 @@ def _inputs(fields, colouring: str):
         if not colouring:
             yield ImageInput(f.name, (lambda p=f.image: p.read_bytes()))
         else:
+
             def read(p=f.image, c=colouring):
                 rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(recolour(rgb, c), cv2.COLOR_RGB2BGR))
                 return buf.tobytes()
+
             yield ImageInput(f"{f.name}:{colouring}", read)
 
 
@@ -75,10 +77,8 @@ def main(argv=None) -> int:
     clf = Classifier.load(args.model)
     out = {
         "dataset": "BCCD (blood-cells/dataset-master): 640x480 fields, Pascal-VOC WBC boxes, labels.csv classes",
-        "split": (
-            "hematovision/detection/bccd_split.csv "
-            "(sha256 of the field name: dev 70% for tuning, test 30% never tuned on)"
-        ),
+        "split": "hematovision/detection/bccd_split.csv "
+        "(sha256 of the field name: dev 70% for tuning, test 30% never tuned on)",
         "iou": bccd.IOU_MATCH,
         "model_version": clf.version,
         "detector_params": vars(DEFAULT_PARAMS).copy(),
@@ -98,12 +98,12 @@ def main(argv=None) -> int:
             d["seconds_per_field"] = round(secs / max(1, len(subset)), 4)
             out["sets"][f"{split}/{colouring}"] = d
             acc = f"{d['class_accuracy']:.1%}" if d["class_accuracy"] is not None else "-"
+            ms = d["seconds_per_field"] * 1000
             print(
                 f"{split:5s} {colouring:12s} fields {d['fields']:3d}  boxes {d['wbc_boxes']:3d}  "
                 f"found {d['found']:3d}  "
                 f"recall {d['recall']:.1%}  precision {d['precision']:.1%}  class accuracy {acc} "
-                f"({d['class_correct']}/{d['class_found']} of {d['class_fields']})  "
-                f"{d['seconds_per_field'] * 1000:.0f} ms/field",
+                f"({d['class_correct']}/{d['class_found']} of {d['class_fields']})  {ms:.0f} ms/field",
                 flush=True,
             )
             if args.verbose:

@@ -45,9 +45,11 @@ def test_whole_fields_mode_boxes_rows_review(env):
     assert not at.exception, at.exception
     at.radio(key="hv_mode").set_value("Whole fields").run()
     assert not at.exception, at.exception
-    files = [("three.png", _png(make_field(cells=THREE, seed=1)), "image/png"),
-             ("empty.png", _png(make_field(cells=(), seed=3)), "image/png"),
-             ("broken.jpg", b"not an image", "image/jpeg")]
+    files = [
+        ("three.png", _png(make_field(cells=THREE, seed=1)), "image/png"),
+        ("empty.png", _png(make_field(cells=(), seed=3)), "image/png"),
+        ("broken.jpg", b"not an image", "image/jpeg"),
+    ]
     at.file_uploader(key="hv_fields_uploader").set_value(files).run()
     assert not at.exception, at.exception
 
@@ -80,6 +82,11 @@ def test_whole_fields_mode_boxes_rows_review(env):
     assert "#" in key and decision.reviewed_class == "monocyte"
     table = _cells_table(at)
     assert table.loc[table["sha256"] == key, "final_class"].item() == "monocyte"
+    # The reviewed cell is an item of the review queue, shown by the Review page with its crop.
+    (item,) = store.items()
+    assert item.sha256 == key and item.file.endswith("#cell 2") and store.thumbnail(key, item.model_version)
+    at.switch_page("pages/review.py").run()
+    assert not at.exception, at.exception
 
 
 def test_draw_cells_colours_boxes_by_class(tiny_model_dir):

@@ -30,8 +30,12 @@ def server(tiny_model_dir, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (run `bash scripts/install-browser.sh`)")
     pytest.importorskip("playwright.sync_api")
-    env = dict(os.environ, HEMATOVISION_MODEL=str(tiny_model_dir), TF_CPP_MIN_LOG_LEVEL="2",
-               HEMATOVISION_REVIEW_DB=str(tmp_path / "reviews.sqlite3"))
+    env = dict(
+        os.environ,
+        HEMATOVISION_MODEL=str(tiny_model_dir),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        HEMATOVISION_REVIEW_DB=str(tmp_path / "reviews.sqlite3"),
+    )
     with dashboard(env, tmp_path / "streamlit.log", timeout=60) as url:
         yield url
 

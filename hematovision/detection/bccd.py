@@ -150,8 +150,14 @@ class BoxScore:
         return self.matched / self.found if self.found else float("nan")
 
     def as_dict(self) -> dict:
-        return {"fields": self.fields, "wbc_boxes": self.truth, "found": self.found, "matched": self.matched,
-                "recall": round(self.recall, 4), "precision": round(self.precision, 4)}
+        return {
+            "fields": self.fields,
+            "wbc_boxes": self.truth,
+            "found": self.found,
+            "matched": self.matched,
+            "recall": round(self.recall, 4),
+            "precision": round(self.precision, 4),
+        }
 
 
 def score(matches: Iterable[Match]) -> BoxScore:
@@ -172,8 +178,12 @@ class SetResult:
 
     def as_dict(self) -> dict:
         d = self.boxes.as_dict()
-        d.update(class_fields=self.class_fields, class_found=self.class_found, class_correct=self.class_correct,
-                 class_accuracy=round(self.class_correct / self.class_found, 4) if self.class_found else None)
+        d.update(
+            class_fields=self.class_fields,
+            class_found=self.class_found,
+            class_correct=self.class_correct,
+            class_accuracy=round(self.class_correct / self.class_found, 4) if self.class_found else None,
+        )
         return d
 
 

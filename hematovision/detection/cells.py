@@ -115,8 +115,17 @@ def _prepare(item: ImageInput, limits: ImageLimits, params: DetectorParams, thum
         return _Prepared(item, sha, error=f"white-cell search failed ({type(exc).__name__})")
     crops = [crop_cell(rgb, b) for b in found.boxes]
     thumbs = [thumbnail(c) if thumbnails else None for c in crops]
-    return _Prepared(item, sha, (rgb.shape[1], rgb.shape[0]), found.boxes, crops, thumbs,
-                     thumbnail(rgb, 256) if thumbnails else None, found.rbc_diameter, note=dec.note)
+    return _Prepared(
+        item,
+        sha,
+        (rgb.shape[1], rgb.shape[0]),
+        found.boxes,
+        crops,
+        thumbs,
+        thumbnail(rgb, 256) if thumbnails else None,
+        found.rbc_diameter,
+        note=dec.note,
+    )
 
 
 def classify_fields(
@@ -135,6 +144,7 @@ def classify_fields(
     done = 0
     pending: deque[list] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
+
         def finish_one():
             nonlocal done
             for r in _finish(clf, [f.result() for f in pending.popleft()], thr):

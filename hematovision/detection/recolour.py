@@ -14,9 +14,8 @@ import numpy as np
 #: name -> what the copy looks like
 RECOLOURS = {
     "hue_rotated": "every hue turned by 60 degrees (purple nuclei become blue-green, pink red cells orange)",
-    "yellow_brown": (
-        "yellowish background, tan red cells, reddish-brown nuclei (an aged or Leishman-like stain under a warm lamp)"
-    ),
+    "yellow_brown": "yellowish background, tan red cells, reddish-brown nuclei "
+    "(an aged or Leishman-like stain under a warm lamp)",
     "blue_green": "blue-green cast over the whole field (a cool lamp or unbalanced camera)",
     "dim_pale": "under-exposed and washed out: darker, half the saturation",
 }
