@@ -24,6 +24,8 @@ from tqdm import tqdm
 from .config import data_root, model_dir
 from .data import fields
 from .data.labeled import labeled_from_path
+from .detection.cells import classify_fields
+from .detection.report import RunSummary, csv_row, field_columns
 from .evaluation import shift_suite
 from .evaluation.evaluate import evaluate_labeled, evaluate_model_on_test_sets, summary_lines
 from .imaging.framing import FRAMINGS
@@ -69,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument(
+        "--fields", action="store_true",
+        help="each image is a smear field: find every white cell in it and classify each (one row per cell)",
+    )
+    c.add_argument(
+        "--summary", metavar="JSON",
+        help="also write a summary: counts per class (the differential), flagged, errors; per field with --fields",
+    )
 
     e = sub.add_parser("evaluate", help="evaluate a model on the test sets, or on a labeled folder/zip")
     e.add_argument(
@@ -367,11 +377,17 @@ def cmd_classify(args) -> int:
     out_path = None if args.out == "-" else Path(args.out)
     if out_path is not None and out_path.parent and not out_path.parent.exists():
         raise UsageError(f"folder for --out does not exist: {out_path.parent}")
+    summary_path = Path(args.summary) if args.summary else None
+    if summary_path is not None and summary_path.parent and not summary_path.parent.exists():
+        raise UsageError(f"folder for --summary does not exist: {summary_path.parent}")
     try:
         clf = Classifier.load(args.model, batch_size=args.batch_size)
     except persistence.ModelError as exc:
         raise UsageError(str(exc)) from None
     threshold = clf.default_threshold if args.threshold is None else args.threshold
+    if args.fields:
+        return _classify_fields(args, clf, threshold, out_path, summary_path)
+    summary = RunSummary("images", clf.version, float(threshold), list(clf.classes_))
     cols = columns(clf.classes_) + ["threshold", "model_version"]
     fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
     n = errors = flagged = 0
@@ -387,12 +403,41 @@ def cmd_classify(args) -> int:
             n += 1
             errors += not p.ok
             flagged += p.flagged
+            summary.add_image(p)
         bar.close()
     finally:
         if out_path is not None:
             fh.close()
+    if summary_path is not None:
+        summary_path.write_text(summary.to_json())
     print(
         f"{n} images: {n - errors} classified ({flagged} flagged below {threshold:.3f}), {errors} errors -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary_path: Path | None) -> int:
+    """``classify --fields``: one CSV row per white cell found (a row with a note for a field without one)."""
+    summary = RunSummary("cells", clf.version, float(threshold), list(clf.classes_))
+    fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
+    try:
+        w = csv.writer(fh)
+        w.writerow(field_columns(clf.classes_))
+        bar = tqdm(desc="classify fields", unit="field", disable=args.quiet or None, file=sys.stderr)
+        for r in classify_fields(clf, iter_paths(args.paths), threshold, progress=lambda k: bar.update(1)):
+            for i in range(len(r.cells)) if r.cells else [None]:
+                w.writerow([neutralise(v) for v in csv_row(r, i, clf.classes_, threshold, clf.version)])
+            summary.add_field(r)
+        bar.close()
+    finally:
+        if out_path is not None:
+            fh.close()
+    if summary_path is not None:
+        summary_path.write_text(summary.to_json())
+    print(
+        f"{summary.inputs} fields: {summary.classified} white cells ({summary.flagged} flagged below {threshold:.3f}), "
+        f"{summary.fields_without_cells} without a white cell, {summary.errors} errors -> {args.out}",
         file=sys.stderr,
     )
     return 0

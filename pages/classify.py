@@ -7,6 +7,7 @@ columns, the figures and reviews from the detail view in ``hematovision.app.resu
 import streamlit as st
 
 from hematovision.app import batching, display, results, samples
+from hematovision.app import fields as field_view
 from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
 from hematovision.config import data_root
@@ -31,6 +32,9 @@ if clf is None:
 
 classes = list(clf.classes_)
 threshold = app_state.threshold()
+if field_view.mode_toggle() == "Whole fields":  # every white cell of a field: hematovision/app/fields.py
+    field_view.render(clf, threshold, app_state.review_store())
+    st.stop()
 cache: batching.ResultCache = st.session_state.setdefault("hv_cache", batching.ResultCache())
 batch: batching.Batch = st.session_state.setdefault("hv_batch", batching.Batch())
 

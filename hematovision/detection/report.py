@@ -1,0 +1,195 @@
+"""Per-cell tables, CSV rows and run summaries for whole fields (and the summary for single images).
+
+A field's row set: one row per white cell found, with the single-image CSV's columns plus ``cell``
+(1-based within the field), the box ``x0, y0, x1, y1`` in the original image's pixels, ``partial``
+and ``note``. A field with no white cell is one row with an empty class and the note
+:data:`~.cells.NO_CELL_NOTE`; an unreadable file is one error row, as in single-image mode.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from ..reports.tables import columns
+from ..serving.classifier import Prediction
+from .cells import FieldResult
+
+CELL_COLUMNS = ["cell", "x0", "y0", "x1", "y1", "partial", "note"]
+
+
+def field_columns(classes: Sequence[str]) -> list[str]:
+    """The ``classify --fields`` CSV header."""
+    return columns(classes) + ["threshold", "model_version"] + CELL_COLUMNS
+
+
+def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.DataFrame:
+    """One row per cell (or per empty or unreadable field), in order.
+
+    Columns: :func:`field_columns` without threshold and model version, plus ``sha256`` (the cell's
+    review key, see :func:`~.cells.cell_key`), ``field_sha256`` and ``field_index`` (0-based position
+    of the field in the run).
+    """
+    rows = []
+    for fi, r in enumerate(results):
+        base = {"file": r.file, "field_sha256": r.sha256, "field_index": fi}
+        if not r.ok or not r.cells:
+            rows.append(
+                {
+                    **base,
+                    "predicted_class": "",
+                    "confidence": float("nan"),
+                    **{f"p_{c}": float("nan") for c in classes},
+                    "flagged": False,
+                    "error": r.error,
+                    "cell": None,
+                    "x0": None,
+                    "y0": None,
+                    "x1": None,
+                    "y1": None,
+                    "partial": None,
+                    "note": r.note,
+                    "sha256": "",
+                }
+            )
+            continue
+        for c in r.cells:
+            p = c.prediction
+            note = "; ".join(x for x in (r.note, p.note) if x)
+            rows.append(
+                {
+                    **base,
+                    "predicted_class": p.predicted_class,
+                    "confidence": p.confidence,
+                    **{f"p_{k}": v for k, v in zip(classes, p.probabilities)},
+                    "flagged": p.flagged,
+                    "error": "",
+                    "cell": c.index,
+                    "x0": c.box.x0,
+                    "y0": c.box.y0,
+                    "x1": c.box.x1,
+                    "y1": c.box.y1,
+                    "partial": c.box.partial,
+                    "note": note,
+                    "sha256": p.sha256,
+                }
+            )
+    cols = columns(classes) + CELL_COLUMNS + ["sha256", "field_sha256", "field_index"]
+    frame = pd.DataFrame(rows, columns=cols)
+    for k in ("cell", "x0", "y0", "x1", "y1"):
+        frame[k] = frame[k].astype("Int64")
+    frame["partial"] = frame["partial"].astype("boolean")
+    return frame
+
+
+def csv_row(r: FieldResult, cell_index: int | None, classes: Sequence[str], threshold: float, version: str) -> list:
+    """One CSV row (values as text) for a cell of ``r`` (``cell_index`` 0-based), or for an empty/error field."""
+    if cell_index is None:
+        return (
+            [r.file, "", ""]
+            + [""] * len(classes)
+            + [False, r.error, threshold, version, "", "", "", "", "", "", r.note]
+        )
+    c = r.cells[cell_index]
+    p = c.prediction
+    note = "; ".join(x for x in (r.note, p.note) if x)
+    return (
+        [r.file, p.predicted_class, f"{p.confidence:.6f}"]
+        + [f"{v:.6f}" for v in p.probabilities]
+        + [p.flagged, "", threshold, version, c.index, c.box.x0, c.box.y0, c.box.x1, c.box.y1, c.box.partial, note]
+    )
+
+
+@dataclass
+class RunSummary:
+    """What a ``classify`` run found: counts per class (the differential), flagged, errors, per field.
+
+    ``unit`` is ``cells`` (``--fields``: every white cell found counts) or ``images`` (one cell per image).
+    """
+
+    unit: str
+    model_version: str
+    threshold: float
+    classes: list[str]
+    inputs: int = 0
+    errors: int = 0
+    classified: int = 0
+    flagged: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    fields_without_cells: int = 0
+    partial_cells: int = 0
+    per_field: list[dict] = field(default_factory=list)
+
+    @property
+    def differential(self) -> dict[str, dict[str, float]]:
+        n = sum(self.counts.get(c, 0) for c in self.classes)
+        return {
+            c: {"count": self.counts.get(c, 0), "percent": round(100.0 * self.counts.get(c, 0) / n, 2) if n else 0.0}
+            for c in self.classes
+        }
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["differential"] = self.differential
+        if self.unit != "cells":
+            for k in ("fields_without_cells", "partial_cells", "per_field"):
+                d.pop(k)
+        else:
+            d["fields"] = d.pop("inputs")
+            d["cells"] = d.pop("classified")
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    def add_field(self, r: FieldResult) -> None:
+        """Count one field's cells (a run with ``--fields``)."""
+        self.inputs += 1
+        entry = {
+            "file": r.file,
+            "cells": len(r.cells),
+            "partial": sum(c.box.partial for c in r.cells),
+            "flagged": sum(c.prediction.flagged for c in r.cells),
+            "counts": {c: sum(x.prediction.predicted_class == c for x in r.cells) for c in self.classes},
+        }
+        if r.error:
+            self.errors += 1
+            entry["error"] = r.error
+        elif not r.cells:
+            self.fields_without_cells += 1
+        self.classified += len(r.cells)
+        self.flagged += entry["flagged"]
+        self.partial_cells += entry["partial"]
+        for c in self.classes:
+            self.counts[c] = self.counts.get(c, 0) + entry["counts"][c]
+        self.per_field.append(entry)
+
+    def add_image(self, p: Prediction) -> None:
+        """Count one single-cell image's prediction."""
+        self.inputs += 1
+        if not p.ok:
+            self.errors += 1
+            return
+        self.classified += 1
+        self.flagged += bool(p.flagged)
+        if p.predicted_class in self.classes:
+            self.counts[p.predicted_class] = self.counts.get(p.predicted_class, 0) + 1
+
+
+def summarise_fields(
+    results: Iterable[FieldResult], classes: Sequence[str], threshold: float, version: str
+) -> RunSummary:
+    s = RunSummary("cells", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0))
+    for r in results:
+        s.add_field(r)
+    return s
+
+
+def summarise_images(preds: Iterable[Prediction], classes: Sequence[str], threshold: float, version: str) -> RunSummary:
+    s = RunSummary("images", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0))
+    for p in preds:
+        s.add_image(p)
+    return s
