@@ -56,7 +56,7 @@ def test_whole_fields_mode_boxes_rows_review(env):
     table = _cells_table(at)
     assert list(table["file"]) == ["three.png"] * 3 + ["empty.png", "broken.jpg"]
     assert list(table["cell"].dropna()) == [1, 2, 3]
-    assert table["thumbnail"].iloc[:3].str.startswith("data:image/jpeg").all()  # the batch thumbnails (JPEG since issue 16)
+    assert table["thumbnail"].iloc[:3].str.startswith("data:image/jpeg").all()  # batch thumbnails are JPEG
     assert "no white cell" in table["note"].iloc[3] and table["error"].iloc[4]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["White cells"] == "3" and metrics["Fields"] == "3" and metrics["Errors"] == "1"
