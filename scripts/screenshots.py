@@ -57,6 +57,7 @@ def main() -> None:
             expect.set_options(timeout=300_000)  # a busy machine: wait for what is awaited, however long
             page.goto(url)
             expect(page.get_by_text("Model card at a glance")).to_be_visible()
+            expect(page.locator('[data-testid="stSkeleton"]')).to_have_count(0)  # every element drawn, not placeholders
             page.wait_for_timeout(1500)
             page.screenshot(path=str(SHOTS / "home.png"), full_page=True)
             page.get_by_role("link", name="Classify").first.click()
