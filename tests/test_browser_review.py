@@ -67,9 +67,9 @@ def test_review_journey_survives_a_reload(server, tmp_path):
             who.press("Enter")
             page.wait_for_timeout(500)
             # the class buttons sit in fixed places (key 1-4); pick one that is not the prediction
-            predicted = page.locator(".st-key-hv_decide_confirm button").inner_text().split("Confirm", 1)[1].split()[0]
+            predicted = page.locator(".st-key-hv_decide_confirm button").first.inner_text().split("Confirm", 1)[1].split()[0]
             new_class = next(c for c in ["eosinophil", "lymphocyte", "monocyte", "neutrophil"] if c != predicted)
-            page.locator(f".st-key-hv_decide_{new_class} button").click()
+            page.locator(f".st-key-hv_decide_{new_class} button").first.click()
             expect(page.get_by_text("1 of 3 reviewed")).to_be_visible(timeout=30_000)
             expect(page.get_by_role("button", name=re.compile(r"Download all reviews \(CSV, 1 decision\)"))).to_be_visible()  # the rerun is complete
             page.screenshot(path=str(SHOTS / "review.png"), full_page=True)
