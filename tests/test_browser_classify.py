@@ -55,7 +55,8 @@ def test_classify_journey(server, tmp_path):
             page.locator("input[type=file]").first.set_input_files(files)
             expect(page.get_by_text("4 of 4 rows shown")).to_be_visible(timeout=45_000)
             expect(page.locator("[data-testid=stMetric]").filter(has_text="Errors")).to_contain_text("1")
-            expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible()
+            # thumbnails on a busy machine
+            expect(page.locator("[data-testid=stDataFrame]").first).to_be_visible(timeout=60_000)
 
             # raise the threshold to the top with the keyboard on the sidebar slider
             slider = page.locator("[data-testid=stSidebar] input[type=range]").first
