@@ -36,6 +36,8 @@ def server(tiny_model_dir, tmp_path):
 def test_review_journey_survives_a_reload(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=60_000)  # a busy 2-core machine: waits, not sleeps
+
     url, db = server
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
