@@ -20,7 +20,7 @@ import numpy as np
 from ..imaging.decode import ImageError, decode_image, thumbnail
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
 from ..imaging.sources import ImageInput
-from ..serving.classifier import Classifier, Prediction, is_flagged
+from ..serving.classifier import Classifier, Prediction, chunks, is_flagged
 from .wbc import DEFAULT_PARAMS, CellBox, DetectorParams, analyse_field
 
 #: The crop around a found cell reaches this share of the box's longer side beyond it on each side,
@@ -153,7 +153,7 @@ def classify_fields(
                     progress(done)
                 yield r
 
-        for chunk in _chunks(inputs, CHUNK):
+        for chunk in chunks(inputs, CHUNK):
             pending.append([pool.submit(_prepare, it, limits, params, thumbnails) for it in chunk])
             if len(pending) > 1:
                 yield from finish_one()
@@ -193,13 +193,3 @@ def _finish(clf: Classifier, prepared: list[_Prepared], threshold: float) -> lis
         )
     return out
 
-
-def _chunks(items: Iterable, n: int) -> Iterator[list]:
-    chunk: list = []
-    for it in items:
-        chunk.append(it)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

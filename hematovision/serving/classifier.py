@@ -197,7 +197,7 @@ class Classifier:
     ) -> Iterator[list[Prediction]]:
         """Finished batches, in order; the next batch decodes in ``pool`` while this one runs through the network."""
         pending: deque[list] = deque()
-        for chunk in _chunks(inputs, self.batch_size):
+        for chunk in chunks(inputs, self.batch_size):
             pending.append(
                 [pool.submit(_prepare, it, self.input_size, self.framing, limits, thumbnails) for it in chunk]
             )
@@ -234,7 +234,8 @@ class Classifier:
         return out
 
 
-def _chunks(items: Iterable, n: int) -> Iterator[list]:
+def chunks(items: Iterable, n: int) -> Iterator[list]:
+    """``items`` in lists of ``n`` (the last one shorter), consumed lazily: a stream of inputs stays a stream."""
     chunk: list = []
     for it in items:
         chunk.append(it)
