@@ -128,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
         help="fine-tuning epochs without a better validation loss before stopping (default 3; the best epoch is kept)",
     )
     t.add_argument(
+        "--lr-finetune", type=float, default=TrainConfig.lr_finetune,
+        help=f"learning rate of the fine-tuning phase (default {TrainConfig.lr_finetune:g})",
+    )
+    t.add_argument(
         "--first-trainable-block", type=int, default=13, help="fine-tune MobileNetV2 from this block (13-16) upwards"
     )
     t.add_argument(
@@ -144,6 +148,14 @@ def _parser() -> argparse.ArgumentParser:
         "--views",
         help="augmented views cached per training image and source, e.g. kaggle=2,pbc=4 (default kaggle=2,pbc=2)",
     )
+    t.add_argument(
+        "--mild-views",
+        help="geometry-only views (the source's own colours) cached per training image and source, e.g. pbc=1; "
+             "each epoch one is shown instead of a recipe view with probability --mild-share (default: none)",
+    )
+    t.add_argument("--mild-share", type=float, default=TrainConfig.mild_share,
+                   help="where an image has mild views, the share of epochs that show one "
+                        f"(default {TrainConfig.mild_share})")
     t.add_argument(
         "--input-norm",
         choices=INPUT_NORMS,
@@ -506,9 +518,12 @@ def cmd_train(args) -> int:
     cfg.input_norm = args.input_norm
     cfg.framing = args.framing
     cfg.patience = args.patience
+    cfg.lr_finetune = args.lr_finetune
     if args.augment:
         cfg.augment = AUGMENT_RECIPES[args.augment]()
     cfg.views_per_image = _views(args.views, cfg.views_per_image)
+    cfg.mild_views = _views(args.mild_views, {}) if args.mild_views else {}
+    cfg.mild_share = args.mild_share
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
     if refit_from is not None:

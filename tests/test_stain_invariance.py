@@ -168,3 +168,37 @@ def test_suite_table_and_record(tmp_path):
     assert "| hue_60 | yes | pbc_test | 4 | 50.0% (eosinophil 0%) |" in md and "**50.0%**" in md
     shift_suite.record_in_model(model, report)
     assert json.loads((model / "evaluation.json").read_text())["stain_shift_suite"]["mean_accuracy_held_out"] == 0.5
+
+
+def test_mild_views_keep_the_geometry_and_switch_every_colour_change_off():
+    from hematovision.training import recipe
+
+    mild = recipe.mild_augment(recipe.stain_invariant_augment())
+    strong = recipe.stain_invariant_augment()
+    for source, a in mild.items():
+        assert a["zoom"] == strong[source]["zoom"] and a["shift"] == strong[source]["shift"] and a["rotate"]
+        assert a["hue"] == a["saturation"] == a["stain_angle"] == a["grey_prob"] == a["cast"] == a["gamma"] == 0
+        assert a["blur_prob"] == a["jpeg_prob"] == a["hed_scale"] == 0
+    cfg = recipe.TrainConfig(mild_views={"pbc": 1})
+    assert recipe.mild_cache_key(cfg) != recipe.mild_cache_key(recipe.TrainConfig(mild_views={"pbc": 2}))
+    rgb = np.full((40, 40, 3), 200, np.uint8)
+    rgb[10:30, 10:30] = (120, 60, 160)
+    out = aug.augment(rgb, np.random.default_rng(0), aug.AugmentConfig(**{**mild["pbc"], "zoom": (1.0, 1.0),
+                                                                          "rotate": False, "shift": 0.0}))
+    assert np.array_equal(out, rgb)  # nothing but geometry, and the geometry switched off here
+
+
+def test_epoch_views_show_mild_views_at_about_their_share_and_only_where_an_image_has_them():
+    from hematovision.training.recipe import _epoch_arrays
+
+    n = 2000
+    feats = np.arange(3 * n)[:, None]
+    view_index = [[i, n + i] for i in range(n)]
+    mild_index = [[2 * n + i] if i % 2 == 0 else [] for i in range(n)]
+    rows = _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, 3, mild_index, 0.25, seed=1)[0][:, 0]
+    mild_rows = rows >= 2 * n
+    assert not mild_rows[1::2].any()  # odd images have no mild view
+    assert 0.2 < mild_rows[0::2].mean() < 0.3
+    assert (rows[~mild_rows] == [view_index[i][1] for i in np.flatnonzero(~mild_rows)]).all()  # rotation unchanged
+    plain = _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, 3)[0][:, 0]
+    assert (plain == n + np.arange(n)).all()  # without mild views: exactly as before

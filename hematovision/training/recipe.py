@@ -94,6 +94,11 @@ class TrainConfig:
     refit_finetune_epochs: int = (
         0  # >0: fit on train *and* validation images for exactly this many fine-tuning epochs (see refit_config)
     )
+    # Mild views (geometry only, the source's own colours), e.g. {"pbc": 1}: each epoch, a training image that has
+    # them is shown one instead of a recipe view with probability ``mild_share``, so strong colour augmentation
+    # does not take away how the source itself looks (issue: other laboratories' images; in-domain accuracy).
+    mild_views: dict = field(default_factory=dict)
+    mild_share: float = 0.25
 
 
 def robust_augment() -> dict:
@@ -161,6 +166,17 @@ AUGMENT_RECIPES = {"baseline": baseline_augment, "robust": robust_augment, "stro
                    "stain_invariant": stain_invariant_augment}
 
 
+#: View numbers from here up are mild views (:func:`mild_augment`); below, the recipe's views; -1 clean.
+MILD_VIEW_BASE = 100
+
+
+def mild_augment(augment: dict) -> dict:
+    """A recipe's geometry (rotation, flips, zoom, shift, borders) with every colour, blur and JPEG change off."""
+    off = asdict(aug.AugmentConfig.none())
+    keep = ("rotate", "zoom", "shift", "border")
+    return {s: {**off, **{k: a[k] for k in keep}} for s, a in augment.items()}
+
+
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
@@ -179,6 +195,16 @@ def view_cache_key(cfg: TrainConfig) -> str:
             cfg.views_per_image,
             {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in cfg.augment.items()},
         ]
+        + _input_key(cfg)
+    )
+
+
+def mild_cache_key(cfg: TrainConfig) -> str:
+    """What decides the cached mild views (:attr:`TrainConfig.mild_views`)."""
+    mild = mild_augment(cfg.augment)
+    return "mild-" + _key(
+        [cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed, cfg.mild_views,
+         {s: {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} for s, a in mild.items()}]
         + _input_key(cfg)
     )
 
@@ -223,9 +249,8 @@ def _view(img: ds.LabeledImage, view: int, cfg: TrainConfig) -> np.ndarray:
     jitter = None
     if view >= 0:
         rng = np.random.default_rng([cfg.seed, view, zlib.crc32(img.relpath.encode())])
-        rgb = aug.augment(
-            rgb, rng, aug.AugmentConfig(**{**cfg.augment[img.source], "zoom": tuple(cfg.augment[img.source]["zoom"])})
-        )
+        recipe = (mild_augment(cfg.augment) if view >= MILD_VIEW_BASE else cfg.augment)[img.source]
+        rgb = aug.augment(rgb, rng, aug.AugmentConfig(**{**recipe, "zoom": tuple(recipe["zoom"])}))
         jitter = fr.Jitter.draw(rng) if cfg.framing != "full" else None
     return fr.model_input(rgb, cfg.input_size, cfg.framing, jitter)
 
@@ -280,6 +305,13 @@ def training_items(images: list[ds.LabeledImage], cfg: TrainConfig):
             if v < cfg.views_per_image[img.source]:
                 items.append((img, v))
     return items
+
+
+def mild_items(images: list[ds.LabeledImage], cfg: TrainConfig):
+    """``(image, view)`` pairs of the mild views (:attr:`TrainConfig.mild_views`), view numbers from
+    :data:`MILD_VIEW_BASE`."""
+    n = max(cfg.mild_views.values(), default=0)
+    return [(img, MILD_VIEW_BASE + v) for v in range(n) for img in images if v < cfg.mild_views.get(img.source, 0)]
 
 
 def balanced_weights(images: list[ds.LabeledImage]) -> np.ndarray:
@@ -337,10 +369,12 @@ class TrainingArrays:
     x_train: np.ndarray  # one row per (image, view)
     y_train: np.ndarray
     w_train: np.ndarray
-    view_index: list[list[int]]  # per training image, its rows in x_train
+    view_index: list[list[int]]  # per training image, its rows in x_train (the recipe's views)
     x_val: np.ndarray
     y_val: np.ndarray
     w_val: np.ndarray
+    mild_index: list[list[int]] | None = None  # per training image, its mild views' rows in x_train
+
 
 
 @dataclass
@@ -400,10 +434,16 @@ class RunFiles:
         self.state.write_text(json.dumps(asdict(state)))
 
 
-def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch):
-    """Pick one view per training image for this epoch (rotating through the views)."""
+def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch, mild_index=None, mild_share=0.0, seed=0):
+    """Pick one view per training image for this epoch (rotating through the recipe's views; an image with
+    mild views gets one of them instead with probability ``mild_share``, drawn per epoch)."""
+    rng = np.random.default_rng([seed, epoch, 7])
     idx = []
     for i in range(n_images):
+        mild = mild_index[i] if mild_index else []
+        if mild and rng.random() < mild_share:
+            idx.append(mild[int(rng.integers(len(mild)))])
+            continue
         views = view_index[i]
         idx.append(views[epoch % len(views)])
     idx = np.array(idx)
@@ -439,6 +479,11 @@ def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_ro
             cache_features(bottom, its, cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=desc)
         )
         all_items += its
+        mild = mild_items(imgs, cfg)
+        if mild:
+            parts.append(cache_features(bottom, mild, cache_root / mild_cache_key(cfg) / f"train-{list_key(imgs)}",
+                                        cfg, desc=f"mild {desc}"))
+            all_items += mild
     x_all = parts[0] if len(parts) == 1 else np.concatenate(parts)
     del parts
     keep = [j for j, (img, _) in enumerate(all_items) if img.source in cfg.train_on]
@@ -448,8 +493,9 @@ def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_ro
     y_items = np.array([cls_index[i.label] for i, _ in items])
     pos = {id(img): k for k, img in enumerate(split.train)}
     view_index = [[] for _ in split.train]
-    for j, (img, _) in enumerate(items):
-        view_index[pos[id(img)]].append(j)
+    mild_index = [[] for _ in split.train]
+    for j, (img, view) in enumerate(items):
+        (mild_index if view >= MILD_VIEW_BASE else view_index)[pos[id(img)]].append(j)
     w_img = balanced_weights(split.train)
     w_items = np.array([w_img[pos[id(img)]] for img, _ in items], dtype=np.float32)
 
@@ -462,7 +508,8 @@ def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_ro
     )
     x_val = x_val_all[[k for k, i in enumerate(split.all_val) if i.source in cfg.train_on]]
     y_val = np.array([cls_index[i.label] for i in split.val])
-    return TrainingArrays(x_train, y_items, w_items, view_index, x_val, y_val, balanced_weights(split.val))
+    return TrainingArrays(x_train, y_items, w_items, view_index, x_val, y_val, balanced_weights(split.val),
+                          mild_index if cfg.mild_views else None)
 
 
 def _set_trainable(net, first_block: int) -> None:
@@ -498,7 +545,7 @@ def train_phase(net, top, data: TrainingArrays, state: TrainState, files: RunFil
     while state.epoch < epochs:
         e = state.epoch
         xe, ye, we = _epoch_arrays(data.x_train, data.y_train, data.w_train, data.view_index, len(data.view_index),
-                                   e + offset)
+                                   e + offset, data.mild_index, cfg.mild_share, cfg.seed)
         perm = np.random.default_rng(cfg.seed + e + offset).permutation(len(xe))
         h = top.fit(
             xe[perm].astype(np.float32),
