@@ -12,42 +12,11 @@ from hematovision.training.recipe import TrainConfig, train_command
 pytestmark = pytest.mark.slow
 
 
-def test_train_command_end_to_end_and_resume(tmp_path, data_root):
+@pytest.fixture(scope="module")
+def refit_run(tmp_path_factory, data_root):
+    """One tiny ``train --refit`` shared by the tests below (an early-stopped selection run, then its refit):
+    training is the slowest thing the suite does."""
     from hematovision.config import weights_path
-
-    if not weights_path(data_root).exists():
-        pytest.skip("ImageNet weights not found beside the data root")
-    cfg = TrainConfig(
-        input_size=64,
-        limit_per_split=3,
-        head_epochs=1,
-        max_epochs=1,
-        views_per_image={"kaggle": 1, "pbc": 1},
-        batch_size=16,
-    )
-    work, out = tmp_path / "work", tmp_path / "model"
-    train_command(out, work, cfg, data_root, evaluate=False)
-    assert (work / "state.json").exists() and json.loads((work / "state.json").read_text())["phase"] == "done"
-    card = persistence.load_card(out)
-    assert card.input_size == 64 and card.temperature > 0 and card.training["history"]
-    assert (
-        card.framing == "cell" and card.framing_revision == FRAMING_REVISION and "nucleus" in card.preprocessing
-    )  # the recipe's framing, recorded for serving
-    clf = Classifier.load(out)
-    assert clf.classes_ == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-    # A second run with the same working directory resumes: nothing is recomputed.
-    cached = sorted(p.stat().st_mtime for p in (work / "cache").rglob("*.npy"))
-    train_command(tmp_path / "model2", work, cfg, data_root, evaluate=False)
-    assert sorted(p.stat().st_mtime for p in (work / "cache").rglob("*.npy")) == cached
-
-
-def test_refit_trains_on_validation_too_and_borrows_the_calibration(tmp_path, data_root):
-    """A refit adds the validation images to training for the epochs the early-stopped run kept,
-    and ships with that run's temperature and threshold; another recipe is refused."""
-    from dataclasses import replace
-
-    from hematovision.config import weights_path
-    from hematovision.training.recipe import refit_config
 
     if not weights_path(data_root).exists():
         pytest.skip("ImageNet weights not found beside the data root")
@@ -60,10 +29,43 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(tmp_path, da
         views_per_image={"kaggle": 1, "pbc": 1},
         batch_size=8,
     )
-    cache, work = tmp_path / "cache", tmp_path / "work"
-    refit = train_command(
-        tmp_path / "refit", work, cfg, data_root, evaluate=False, cache_root=cache, refit=True
-    )  # both steps, one command
+    tmp = tmp_path_factory.mktemp("refit")
+    cache, work = tmp / "cache", tmp / "work"
+    out = train_command(tmp / "refit", work, cfg, data_root, evaluate=False, cache_root=cache, refit=True)
+    return cfg, cache, work, out
+
+
+def test_train_command_end_to_end_and_resume(refit_run, data_root):
+    from hematovision.training.recipe import fit
+
+    cfg, cache, work, out = refit_run
+    selected = work / "selection-model"
+    for run in (work / "selection", work / "refit"):
+        assert json.loads((run / "state.json").read_text())["phase"] == "done"
+    for model_dir in (selected, out):
+        card = persistence.load_card(model_dir)
+        assert card.input_size == 48 and card.temperature > 0 and card.training["history"]
+        assert (
+            card.framing == "cell" and card.framing_revision == FRAMING_REVISION and "nucleus" in card.preprocessing
+        )  # the recipe's framing, recorded for serving
+    clf = Classifier.load(out)
+    assert clf.classes_ == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    # Fitting again in the same working directory resumes: no feature is recomputed, no epoch rerun.
+    cached = sorted(p.stat().st_mtime for p in cache.rglob("*.npy"))
+    history = json.loads((work / "selection" / "state.json").read_text())["history"]
+    fitted = fit(work / "selection", cfg, data_root, cache_root=cache)
+    assert sorted(p.stat().st_mtime for p in cache.rglob("*.npy")) == cached
+    assert fitted.state.history == history
+
+
+def test_refit_trains_on_validation_too_and_borrows_the_calibration(refit_run):
+    """A refit adds the validation images to training for the epochs the early-stopped run kept,
+    and ships with that run's temperature and threshold; another recipe is refused."""
+    from dataclasses import replace
+
+    from hematovision.training.recipe import refit_config
+
+    cfg, cache, work, refit = refit_run
     selected = work / "selection-model"
     sel = persistence.load_card(selected)
     kept = (
