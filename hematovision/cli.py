@@ -346,9 +346,12 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
         preds = ray_engine.classify(
             args.paths, args.model, threshold, options, skip=writer.done, progress=lambda k: bar.update(1)
         )
-        for p in preds:
-            writer.write(p)
-            summary.add_image(p)
+        try:
+            for p in preds:
+                writer.write(p)
+                summary.add_image(p)
+        except ray_engine.RayEngineError as exc:
+            raise UsageError(str(exc)) from None
     bar.close()
     if summary_path is not None:
         summary_path.write_text(summary.to_json())

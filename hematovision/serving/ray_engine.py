@@ -52,6 +52,10 @@ DECODE_TASK_MEMORY = 512 * 1024 ** 2
 URI_MARK = "://"
 
 
+class RayEngineError(ValueError):
+    """Options the cluster cannot run (one line for the user)."""
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """How to run on Ray. ``address``: join that cluster (``auto``, ``ray://host:10001``, ``host:6379``);
@@ -281,7 +285,6 @@ def connect(options: RayOptions) -> None:
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines; the caller shows progress
 
 
 def classify(
@@ -306,7 +309,14 @@ def classify(
     ctx.execution_options.preserve_order = True  # results in input order, streamed (no sort stage)
     ctx.enable_progress_bars = False  # the caller shows one progress bar, counted in images
     ctx.print_on_execution_start = False
-    workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 2)) // (2 * options.threads))
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines (set once ray.data is loaded)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    workers = options.workers or max(1, cpus // (2 * options.threads))
+    if workers * options.threads >= cpus:
+        raise RayEngineError(
+            f"{workers} inference actor(s) x {options.threads} thread(s) leave none of the cluster's {cpus} CPUs "
+            "for decoding: use fewer --workers or more CPUs"
+        )
     blocks = _blocks(listing(paths, skip), options.images_per_task)
     if not blocks:
         return
