@@ -344,7 +344,8 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
     bar = tqdm(desc="classify (ray)", unit="img", disable=args.quiet or None, file=sys.stderr)
     with writer:
         preds = ray_engine.classify(
-            args.paths, args.model, threshold, options, skip=writer.done, progress=lambda k: bar.update(1)
+            args.paths, args.model, threshold, options, skip=writer.done, progress=lambda k: bar.update(1),
+            listed=lambda n: setattr(bar, "total", n),
         )
         try:
             for p in preds:

@@ -117,16 +117,20 @@ def test_ray_engine_interrupted_run_resumes_without_loss_or_duplicates(ray_clust
     assert out.read_text() == default_csv.read_text()
 
 
-def test_ray_engine_parquet_dataset(ray_cluster, inputs, default_csv, tmp_path):
+def test_ray_engine_parquet_dataset_from_file_uris(ray_cluster, inputs, default_csv, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "results.parquet"
-    assert main(["classify", *inputs, "--model", str(MODEL), "--engine", "ray", "--out", str(out), "--quiet"]) == 0
+    uris = [f"file://{inputs[0]}", inputs[1], f"file://{inputs[2]}"]  # the folder and the missing file as URIs
+    assert main(["classify", *uris, "--model", str(MODEL), "--engine", "ray", "--out", str(out), "--quiet"]) == 0
     assert out.is_dir() and [f.name for f in out.iterdir()] == ["part-000000.parquet"]
     table = pq.read_table(out)
     want = rows(default_csv)
     assert table.column_names == list(want[0])
-    assert_same_rows(table.to_pylist(), want)
+    got = table.to_pylist()
+    for r in got:
+        r["file"] = r["file"].removeprefix("file://")
+    assert_same_rows(got, want)
 
 
 def test_results_writer_parquet_resume_appends_parts(tmp_path):

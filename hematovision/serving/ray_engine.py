@@ -132,7 +132,8 @@ def _uri_listing(raw: str) -> Iterator[dict]:
         base = raw.rstrip("/")
         found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
         wanted = IMAGE_EXTENSIONS + UNSUPPORTED_IMAGE_EXTENSIONS + ARCHIVE_EXTENSIONS
-        for f in sorted((f for f in found if f.type == pafs.FileType.File), key=lambda f: f.path):
+        # Sorted by path components, as a local folder is walked (``a/x`` before ``a-b/x``).
+        for f in sorted((f for f in found if f.type == pafs.FileType.File), key=lambda f: f.path.split("/")):
             rel = f.path[len(root.rstrip("/")) + 1:]
             if any(part.startswith(".") for part in rel.split("/")) or not rel.lower().endswith(wanted):
                 continue  # hidden files, and files that are not images (notes, CSVs), as in a local folder
@@ -166,11 +167,15 @@ def decode_batch(batch: dict, size: int, framing: str, limits: ImageLimits) -> d
         out["note"].append(p.note)
         out["error"].append("" if p.pixels is not None else (p.error or "unreadable"))
         out["ok"].append(p.pixels is not None)
-        pixels.append(p.pixels if p.pixels is not None else np.zeros((size, size, 3), np.uint8))
-    cols = {k: np.asarray(v, dtype=object if k not in ("order", "ok") else None) for k, v in out.items()}
+        pixels.append(p.pixels)
+    # Framed pixels as the default engine has them (uint8 from the decoder and OpenCV); zeros stand in for
+    # error rows, so the column is one fixed-shape tensor.
+    dtype = next((px.dtype for px in pixels if px is not None), np.dtype(np.uint8))
+    blank = np.zeros((size, size, 3), dtype)
+    cols = {k: np.asarray(v, dtype=object) for k, v in out.items() if k not in ("order", "ok")}
     cols["order"] = np.asarray(out["order"], dtype=np.int64)
     cols["ok"] = np.asarray(out["ok"], dtype=bool)
-    cols["pixels"] = np.stack(pixels).astype(np.uint8) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    cols["pixels"] = np.stack([blank if px is None else px for px in pixels]) if pixels else blank[None][:0]
     return cols
 
 
@@ -296,9 +301,11 @@ def classify(
     skip: Callable[[str], bool] = lambda name: False,
     limits: ImageLimits = DEFAULT_LIMITS,
     progress: Callable[[int], None] | None = None,
+    listed: Callable[[int], None] | None = None,
 ) -> Iterator[Prediction]:
     """Yield one :class:`Prediction` per input, in input order, as the default engine; ``skip(name)`` leaves
-    out inputs already done (``--resume``). Connects with :func:`connect` if Ray is not running yet."""
+    out inputs already done (``--resume``); ``listed(n)`` is told how many are to come once they are listed.
+    Connects with :func:`connect` if Ray is not running yet."""
     import ray  # the optional engine: imported only when it runs
 
     mdir = default_model_dir(model_dir)
@@ -318,6 +325,8 @@ def classify(
             "for decoding: use fewer --workers or more CPUs"
         )
     blocks = _blocks(listing(paths, skip), options.images_per_task)
+    if listed:
+        listed(sum(b.num_rows for b in blocks))
     if not blocks:
         return
     ds = ray.data.from_arrow(blocks)
