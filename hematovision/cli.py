@@ -338,8 +338,9 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
     options = ray_engine.RayOptions(args.address, args.num_cpus, args.workers, batch_size=args.batch_size)
     summary = RunSummary("images", card.version, threshold, list(card.classes))
     try:
+        ray_engine.connect(options)  # before the output is touched: a cluster that cannot be had changes nothing
         writer = ResultsWriter(out_path, card.classes, threshold, card.version, resume=args.resume)
-    except ResultsFileError as exc:
+    except (ResultsFileError, ray_engine.RayEngineError) as exc:
         raise UsageError(str(exc)) from None
     bar = tqdm(desc="classify (ray)", unit="img", disable=args.quiet or None, file=sys.stderr)
     with writer:

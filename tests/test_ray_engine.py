@@ -28,11 +28,14 @@ MODEL = REPO / "models"
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local cluster for the whole module (starting one costs seconds of the CI budget)."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as exc:  # no room for the object store, no /dev/shm, ...
-        pytest.skip(f"Ray cannot start a local cluster here: {type(exc).__name__}: {exc}")
+        ray_engine.connect(ray_engine.RayOptions(num_cpus=2))  # as the CLI starts one: loopback only
+    except ray_engine.RayEngineError as exc:  # no room for the object store, no /dev/shm, ...
+        pytest.skip(f"Ray cannot start a local cluster here: {exc}")
+    import ray
+
+    assert ray.cluster_resources()["CPU"] == 2
     yield ray
     ray.shutdown()
 

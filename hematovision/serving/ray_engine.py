@@ -48,6 +48,8 @@ from .classifier import Classifier, Prediction, Prepared, prepare
 
 #: Memory (bytes) each decode task reserves with Ray's scheduler.
 DECODE_TASK_MEMORY = 512 * 1024 ** 2
+#: Ray's switch between the machine's network address (on Linux by default) and loopback for a local cluster.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: URIs name their file system (``s3://bucket/x``); anything else is a local path.
 URI_MARK = "://"
 
@@ -270,26 +272,39 @@ class InferenceActor:
 
 
 def connect(options: RayOptions) -> None:
-    """Join ``options.address``, or start a local cluster (reused when this process already has one)."""
+    """Join ``options.address``, or start a local cluster (reused when this process already has one);
+    :class:`RayEngineError` with one line when neither works."""
+    if not options.address:
+        # A local cluster listens on the loopback address only. Ray on Linux otherwise binds the machine's
+        # network address; a cluster started for one command has no business being reachable from outside.
+        # (Read when Ray is imported, so set first.)
+        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
+        # Nor does it send Ray's usage statistics anywhere (on by default; a lab's machine may not reach out).
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray  # the optional engine: imported only when it runs
 
     if ray.is_initialized():
         return
-    if options.address:
-        # Nodes of a cluster get this package from the driver (Ray uploads it), the model through the object store.
-        ray.init(
-            address=options.address,
-            runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    else:
-        ray.init(
-            num_cpus=options.num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+    try:
+        if options.address:
+            # Nodes get this package from the driver (Ray uploads it), the model through the object store.
+            ray.init(
+                address=options.address,
+                runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1])]},
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        else:
+            ray.init(
+                num_cpus=options.num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+    except Exception as exc:  # no cluster at that address, no room for the object store, ...
+        where = f"join the Ray cluster at {options.address}" if options.address else "start a local Ray cluster"
+        first = (str(exc).splitlines() or [""])[0]
+        raise RayEngineError(f"cannot {where}: {type(exc).__name__}: {first}") from exc
 
 
 def classify(
@@ -306,17 +321,18 @@ def classify(
     """Yield one :class:`Prediction` per input, in input order, as the default engine; ``skip(name)`` leaves
     out inputs already done (``--resume``); ``listed(n)`` is told how many are to come once they are listed.
     Connects with :func:`connect` if Ray is not running yet."""
-    import ray  # the optional engine: imported only when it runs
-
     mdir = default_model_dir(model_dir)
     card = persistence.load_card(mdir)
     files = ModelFiles.read(mdir)
     connect(options)
+    import ray  # the optional engine: imported only when it runs (after connect has set its environment)
+
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # results in input order, streamed (no sort stage)
     ctx.enable_progress_bars = False  # the caller shows one progress bar, counted in images
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines (set once ray.data is loaded)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": on purpose
     cpus = int(ray.cluster_resources().get("CPU", 0))
     workers = options.workers or max(1, cpus // (2 * options.threads))
     if workers * options.threads >= cpus:
