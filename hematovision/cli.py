@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import logging
 import os
@@ -34,9 +35,11 @@ from .modeling import persistence
 from .modeling.network import INPUT_NORMS
 from .reports.content import ReportInputError, report_from_csv
 from .reports.pdf import render_pdf
+from .reports.results_file import ResultsFileError, ResultsWriter
 from .reports.tables import columns, neutralise
 from .review.reporting import report_reviews
 from .review.store import ReviewDBError, ReviewStore, db_path
+from .serving import ray_engine
 from .serving.classifier import Classifier
 from .serving.litert import check_images, export_litert
 from .training import loso, recipe
@@ -79,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "--summary", metavar="JSON",
         help="also write a summary: counts per class (the differential), flagged, errors; per field with --fields",
     )
+    _ray_arguments(c)
 
     e = sub.add_parser("evaluate", help="evaluate a model on the test sets, or on a labeled folder/zip")
     e.add_argument(
@@ -312,6 +316,68 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ray_arguments(c: argparse.ArgumentParser) -> None:
+    g = c.add_argument_group("Ray Data engine (optional: pip install -r requirements-ray.txt; README: on a cluster)")
+    g.add_argument(
+        "--engine", choices=("default", "ray"), default="default",
+        help="'ray': decode in Ray tasks and infer in an actor pool, on a local or joined Ray cluster; same rows",
+    )
+    g.add_argument("--address", help="join this Ray cluster (e.g. auto, HOST:6379); default: start a local one")
+    g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all of this machine's)")
+    g.add_argument("--workers", type=int, help="inference actors (default: half the cluster's CPUs, at least 1)")
+    g.add_argument(
+        "--resume", action="store_true",
+        help="keep the rows already in --out and classify only the inputs it lacks (after an interrupted run)",
+    )
+
+
+def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int:
+    """``classify --engine ray``: the same rows as the default engine, into a CSV or a Parquet dataset."""
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--engine ray needs Ray: pip install -r requirements-ray.txt")
+    if args.fields:
+        raise UsageError("--fields runs on the default engine only")
+    if out_path is None:
+        raise UsageError("--engine ray writes to a file: give --out FILE.csv or FILE.parquet")
+    for name in ("num_cpus", "workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        card = persistence.load_card(model_dir(args.model))
+    except persistence.ModelError as exc:
+        raise UsageError(str(exc)) from None
+    threshold = float(card.default_threshold) if args.threshold is None else args.threshold
+    options = ray_engine.RayOptions(args.address, args.num_cpus, args.workers, batch_size=args.batch_size)
+    summary = RunSummary("images", card.version, threshold, list(card.classes))
+    try:
+        ray_engine.connect(options)  # before the output is touched: a cluster that cannot be had changes nothing
+        writer = ResultsWriter(out_path, card.classes, threshold, card.version, resume=args.resume)
+    except (ResultsFileError, ray_engine.RayEngineError) as exc:
+        raise UsageError(str(exc)) from None
+    bar = tqdm(desc="classify (ray)", unit="img", disable=args.quiet or None, file=sys.stderr)
+    with writer:
+        preds = ray_engine.classify(
+            args.paths, args.model, threshold, options, skip=writer.done, progress=lambda k: bar.update(1),
+            listed=lambda n: setattr(bar, "total", n),
+        )
+        try:
+            for p in preds:
+                writer.write(p)
+                summary.add_image(p)
+        except ray_engine.RayEngineError as exc:
+            raise UsageError(str(exc)) from None
+    bar.close()
+    if summary_path is not None:
+        summary_path.write_text(summary.to_json())
+    kept = f" ({writer.kept} already there)" if args.resume else ""
+    print(
+        f"{summary.inputs} images classified on Ray{kept}: {summary.classified} classified "
+        f"({summary.flagged} flagged below {threshold:.3f}), {summary.errors} errors -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_fields(args) -> int:
     root = data_root(args.data)
     if not root.is_dir():
@@ -392,6 +458,10 @@ def cmd_classify(args) -> int:
     summary_path = Path(args.summary) if args.summary else None
     if summary_path is not None and summary_path.parent and not summary_path.parent.exists():
         raise UsageError(f"folder for --summary does not exist: {summary_path.parent}")
+    if args.engine == "ray":
+        return _classify_ray(args, out_path, summary_path)
+    if args.resume or args.address or args.num_cpus or args.workers:
+        raise UsageError("--resume, --address, --num-cpus and --workers go with --engine ray")
     try:
         clf = Classifier.load(args.model, batch_size=args.batch_size)
     except persistence.ModelError as exc:

@@ -232,7 +232,7 @@ def test_table_thumbnail_is_the_framed_cell_the_network_saw():
     from hematovision.serving import classifier
 
     data = image_bytes("PNG", size=(320, 240), seed=5)
-    prep = classifier._prepare(from_bytes("f.png", data), 96, "cell", DEFAULT_LIMITS, True)
+    prep = classifier.prepare(from_bytes("f.png", data), 96, "cell", DEFAULT_LIMITS, True)
     framed = framing.model_input(decode_image(data).rgb, 96, "cell")
     side = classifier.TABLE_THUMB_SIDE
     assert prep.thumb.shape == (side, side, 3)  # square, like the network's input

@@ -9,7 +9,17 @@ from .augment import AugmentConfig  # the function augment() stays in its module
 from .decode import DecodedImage, ImageError, decode_image, read_rgb, thumbnail
 from .framing import FRAMING_REVISION, FRAMINGS, Jitter, frame_cell, locate_cell, model_input
 from .limits import DEFAULT_LIMITS, ImageLimits
-from .sources import ArchiveLimits, ImageInput, from_bytes, iter_paths, iter_uploads, iter_zip
+from .sources import (
+    ArchiveLimits,
+    ImageInput,
+    ListedFile,
+    from_bytes,
+    inputs_of_file,
+    iter_paths,
+    iter_uploads,
+    iter_zip,
+    list_files,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -21,13 +31,16 @@ __all__ = [
     "ImageError",
     "ImageInput",
     "ImageLimits",
+    "ListedFile",
     "Jitter",
     "decode_image",
     "frame_cell",
     "from_bytes",
+    "inputs_of_file",
     "iter_paths",
     "iter_uploads",
     "iter_zip",
+    "list_files",
     "locate_cell",
     "model_input",
     "read_rgb",

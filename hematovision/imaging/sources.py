@@ -169,6 +169,18 @@ def iter_uploads(
             yield from_bytes(name, data)
 
 
+@dataclass(frozen=True)
+class ListedFile:
+    """One file (or unusable path) named by a command line, before it is opened: what :func:`iter_paths`
+    expands with :func:`inputs_of_file`. Engines that read on other machines list these first and
+    expand each where it is read (a zip's members are only known once it is opened)."""
+
+    name: str
+    path: Path | None = None
+    from_folder: bool = False
+    error: str = ""
+
+
 def iter_paths(
     paths: Iterable[str | Path],
     limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
@@ -180,19 +192,28 @@ def iter_paths(
     hidden files and folders are skipped. A plain file over the size limit is an
     error row from its size on disk, before any byte is read.
     """
+    for f in list_files(paths):
+        if f.error or f.path is None:
+            yield ImageInput(f.name, error=f.error)
+        else:
+            yield from inputs_of_file(f.path, f.from_folder, limits, image_limits)
+
+
+def list_files(paths: Iterable[str | Path]) -> Iterator[ListedFile]:
+    """The files :func:`iter_paths` reads, in its order, none of them opened yet."""
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             for f in _walk(p):
-                yield from _one_file(f, limits, image_limits, from_folder=True)
+                yield ListedFile(display_name(str(f)), f, from_folder=True)
         elif p.is_file():
-            yield from _one_file(p, limits, image_limits, from_folder=False)
+            yield ListedFile(display_name(str(p)), p)
         elif p.exists() or p.is_symlink():
-            yield ImageInput(
+            yield ListedFile(
                 display_name(str(raw)), error="not a regular file or folder" if p.exists() else "broken symbolic link"
             )
         else:
-            yield ImageInput(display_name(str(raw)), error="no such file or folder")
+            yield ListedFile(display_name(str(raw)), error="no such file or folder")
 
 
 def _walk(root: Path) -> list[Path]:
@@ -206,7 +227,13 @@ def _walk(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _one_file(f: Path, limits: ArchiveLimits, image_limits: ImageLimits, from_folder: bool) -> Iterator[ImageInput]:
+def inputs_of_file(
+    f: Path,
+    from_folder: bool = False,
+    limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
+    image_limits: ImageLimits = DEFAULT_LIMITS,
+) -> Iterator[ImageInput]:
+    """The inputs one listed file holds: itself, a zip's members, or nothing (a non-image file in a folder)."""
     try:
         with open(f, "rb") as fh:
             head = fh.read(8)

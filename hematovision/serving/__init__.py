@@ -3,6 +3,7 @@
 ``classifier``: :class:`Classifier` (batch in, one :class:`Prediction` per input, in order).
 ``litert``: the LiteRT flat-buffer runtime it prefers, and its export and check.
 ``gradcam``: the heat map of what the network looked at.
+``ray_engine``: the same classification on Ray Data (``classify --engine ray``; imported by name, Ray only when run).
 """
 
 from .classifier import Classifier, Prediction, is_flagged

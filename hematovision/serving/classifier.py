@@ -49,7 +49,9 @@ class Prediction:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """One input read, hashed, decoded and framed (:func:`prepare`), waiting for :meth:`Classifier.finish`."""
+
     item: ImageInput
     sha256: str = ""
     pixels: np.ndarray | None = None
@@ -199,14 +201,18 @@ class Classifier:
         pending: deque[list] = deque()
         for chunk in chunks(inputs, self.batch_size):
             pending.append(
-                [pool.submit(_prepare, it, self.input_size, self.framing, limits, thumbnails) for it in chunk]
+                [pool.submit(prepare, it, self.input_size, self.framing, limits, thumbnails) for it in chunk]
             )
             if len(pending) > 1:
-                yield self._finish([f.result() for f in pending.popleft()], threshold)
+                yield self.finish([f.result() for f in pending.popleft()], threshold)
         while pending:
-            yield self._finish([f.result() for f in pending.popleft()], threshold)
+            yield self.finish([f.result() for f in pending.popleft()], threshold)
 
-    def _finish(self, prepared: list[_Prepared], threshold: float) -> list[Prediction]:
+    def finish(self, prepared: list[Prepared], threshold: float) -> list[Prediction]:
+        """One forward pass over the prepared inputs that decoded; a :class:`Prediction` for each, in order.
+
+        Public so that another engine (``serving.ray_engine``: :func:`prepare` in Ray tasks, this in an actor)
+        computes the same rows."""
         good = [p for p in prepared if p.pixels is not None]
         probs = self._forward(np.stack([p.pixels for p in good]).astype(np.float32)) if good else None
         out, k = [], 0
@@ -250,23 +256,23 @@ def chunks(items: Iterable, n: int) -> Iterator[list]:
 TABLE_THUMB_SIDE = 72
 
 
-def _prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thumbnails: bool) -> _Prepared:
+def prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thumbnails: bool) -> Prepared:
     """Read, hash, decode and frame one input in a worker thread; never raises."""
     if item.error:
-        return _Prepared(item, error=item.error)
+        return Prepared(item, error=item.error)
     try:
         data = item.read()
     except ImageError as exc:  # a reason already worded for the user (e.g. a damaged zip member)
-        return _Prepared(item, error=str(exc))
+        return Prepared(item, error=str(exc))
     except Exception as exc:  # a vanished file, a damaged zip member
-        return _Prepared(item, error=f"cannot read ({type(exc).__name__}: {exc})")
+        return Prepared(item, error=f"cannot read ({type(exc).__name__}: {exc})")
     sha = hashlib.sha256(data).hexdigest()
     try:
         dec = decode_image(data, limits)
     except ImageError as exc:
-        return _Prepared(item, sha, error=str(exc))
+        return Prepared(item, sha, error=str(exc))
     except Exception as exc:  # defensive: the reader must never take the batch down
-        return _Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
+        return Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
     pixels = model_input(dec.rgb, size, framing)
     # The table's thumbnail is what the network saw (the framed cell), not the whole field.
-    return _Prepared(item, sha, pixels, thumbnail(pixels, TABLE_THUMB_SIDE) if thumbnails else None, note=dec.note)
+    return Prepared(item, sha, pixels, thumbnail(pixels, TABLE_THUMB_SIDE) if thumbnails else None, note=dec.note)
