@@ -5,7 +5,7 @@
 ``gradcam``: the heat map of what the network looked at.
 """
 
-from .classifier import Classifier, Prediction, is_flagged
+from .classifier import Classifier, Prediction, flag_reason, is_flagged
 from .gradcam import GradCam, HeatMap, for_classifier, overlay
 from .litert import LiteRTRuntime, check_images, check_litert, export_litert
 
@@ -18,6 +18,7 @@ __all__ = [
     "check_images",
     "check_litert",
     "export_litert",
+    "flag_reason",
     "for_classifier",
     "is_flagged",
     "overlay",
