@@ -430,7 +430,7 @@ def cmd_classify(args) -> int:
     print(
         f"{n} images: {n - errors} classified ({flagged} flagged {why}), {errors} errors -> {args.out}", file=sys.stderr
     )
-    if clf.trust is not None:  # the batch verdict (without trust statistics there is none to print)
+    if clf.trust is not None or summary_path is not None:  # the batch verdict (or why there is none)
         print(summary.domain_shift().message, file=sys.stderr)
     return 0
 
@@ -465,7 +465,7 @@ def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary
         f"{summary.fields_without_cells} without a white cell, {summary.errors} errors -> {args.out}",
         file=sys.stderr,
     )
-    if clf.trust is not None:
+    if clf.trust is not None or summary_path is not None:
         print(summary.domain_shift().message, file=sys.stderr)
     return 0
 

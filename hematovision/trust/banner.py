@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..reports.tables import unfamiliar_of
 from ..stats.domain_shift import DomainShift, domain_shift
 
 
@@ -11,11 +12,7 @@ def frame_shift(frame: pd.DataFrame, trust) -> DomainShift:
     """The domain-shift verdict for a results table (error rows left out); ``trust``: the classifier's
     :class:`~hematovision.modeling.unfamiliar.TrustModel` or ``None``."""
     ok = frame["error"].fillna("") == ""
-    flags = (
-        frame.loc[ok, "unfamiliar"].fillna(False).astype(bool)
-        if "unfamiliar" in frame.columns
-        else pd.Series(False, index=frame.index[ok])
-    )
+    flags = unfamiliar_of(frame)[ok]
     return domain_shift(flags.to_numpy(), None if trust is None else trust.expected_share)
 
 
