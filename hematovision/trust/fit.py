@@ -42,6 +42,8 @@ log = logging.getLogger("hematovision.trust")
 
 #: Largest training bank (images); features are stored as float16 (1280 x 2 bytes each).
 BANK_SIZE = 4000
+#: Real test images per test set the re-exported flat-buffer is checked on (as ``export-litert``'s default).
+CHECK_IMAGES_PER_SET = 16
 #: Stain-shift families (shifts.SUITE) measured as proxies for another laboratory's batch.
 SHIFT_FAMILIES = ("restain_rapid", "cast_cyan", "lab_rapid_tight", "lab_cyan_field", "greyscale", "hue_90")
 
@@ -211,7 +213,7 @@ def _ensure_features_export(model_dir: Path, data: str | Path | None) -> str:
         return "no model.tflite: the Keras model computes the features"
     if ok and litert.LiteRTRuntime(model_dir / persistence.LITERT_FILE).has_features:
         return ""
-    images, desc = litert.check_images(data, per_set=8, model_dir=model_dir)
+    images, desc = litert.check_images(data, per_set=CHECK_IMAGES_PER_SET, model_dir=model_dir)
     rec = litert.export_litert(model_dir, images, desc)
     return f"re-exported model.tflite with a features output (max abs difference from Keras {rec['max_abs_diff']:.1e})"
 
@@ -302,7 +304,7 @@ def fit_model_dir(
     measured = measure(tm, val_scores, groups, in_domain=("kaggle_test", "pbc_test", "bccd_wbc"))
     tm.record = {
         "fitted": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": f"python -m hematovision fit-trust --model {model_dir}",
+        "command": f"python -m hematovision fit-trust --model {_shown(model_dir)}",
         "bank_images": int(len(bank_f)),
         "k": tm.k,
         "pca_dims": None if tm.projection is None else int(tm.projection.shape[1]),
@@ -329,6 +331,14 @@ def fit_model_dir(
     path = unfamiliar.save(tm, model_dir)
     record_in_model(model_dir, tm.record)
     return FitReport(path, tm.record, exported)
+
+
+def _shown(path: Path) -> str:
+    """A path as the record shows it: relative to the working directory when under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def record_in_model(model_dir: Path, record: dict, key: str = "trust") -> None:

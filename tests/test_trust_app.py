@@ -1,0 +1,74 @@
+"""The Classify page's domain-shift banner, Unidentified count and filter (AppTest, tiny model with a trust file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import image_bytes, make_tiny_model_dir
+from hematovision.modeling import persistence, unfamiliar
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
+
+
+def _trust_file(model_dir: Path, everything_unfamiliar: bool) -> None:
+    """A trust.npz for the tiny model whose threshold calls every image unfamiliar (or none), 5% expected
+    in-domain."""
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(30, 8))
+    sha = persistence.load_card(model_dir).model_sha256
+    tm = unfamiliar.fit(bank, bank + 0.01, np.full((30, 4), 0.25), k=2, model_sha256=sha, dims=None)
+    tm.threshold = -1e9 if everything_unfamiliar else 1e9
+    tm.val_scores = (
+        np.r_[np.full(95, -2e9), np.zeros(5)] if everything_unfamiliar else np.zeros(100)
+    ).astype(np.float32)
+    unfamiliar.save(tm, model_dir)
+
+
+def _page_after_upload(monkeypatch, model_dir: Path, n: int) -> AppTest:
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(model_dir))
+    at = AppTest.from_file(HOME, default_timeout=90)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    files = [(f"cell{k}.png", image_bytes("PNG", seed=k), "image/png") for k in range(n)]
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metric(at: AppTest, label: str):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _results(at: AppTest):
+    return next(d.value for d in at.dataframe if "predicted_class" in d.value.columns)
+
+
+def test_banner_unidentified_count_and_filter_when_the_batch_is_unfamiliar(monkeypatch, tmp_path):
+    d = make_tiny_model_dir(tmp_path / "m")
+    _trust_file(d, everything_unfamiliar=True)
+    at = _page_after_upload(monkeypatch, d, 20)
+    text = " ".join(w.value for w in at.warning)
+    assert "unlike the images the model was trained on" in text and "Model versions" in text
+    assert str(_metric(at, "Unidentified")) == "20" and str(_metric(at, "Flagged for review")) == "20"
+    diff = next(df.value for df in at.dataframe if "percent" in df.value.columns)
+    assert diff["count"].sum() == 0  # unfamiliar cells are left out of the differential
+    at.checkbox(key="hv_unidentified_only").check().run()
+    assert not at.exception, at.exception
+    assert len(_results(at)) == 20
+
+
+def test_no_banner_for_a_familiar_batch(monkeypatch, tmp_path):
+    d = make_tiny_model_dir(tmp_path / "m")
+    _trust_file(d, everything_unfamiliar=False)
+    at = _page_after_upload(monkeypatch, d, 20)
+    assert not any("unlike the images" in w.value for w in at.warning)
+    assert str(_metric(at, "Unidentified")) == "0"
+    diff = next(df.value for df in at.dataframe if "percent" in df.value.columns)
+    assert diff["count"].sum() == 20
+    at.checkbox(key="hv_unidentified_only").check().run()
+    assert len(_results(at)) == 0
