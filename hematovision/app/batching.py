@@ -228,8 +228,8 @@ def summarise(frame: pd.DataFrame, classes: Sequence[str]) -> Summary:
 
 
 def csv_report(frame: pd.DataFrame, classes: Sequence[str], threshold: float, model_version: str) -> str:
-    """The CLI's CSV columns, the review columns, then ``threshold`` and ``model_version``; formula cells
-    neutralised."""
+    """The CLI's CSV columns, the review columns, the trust columns (``unfamiliar``, ``flag_reason``,
+    ``unfamiliarity``), then ``threshold`` and ``model_version``; formula cells neutralised."""
     frame = report.ensure_review_columns(frame)
     # The threshold as the screen shows it (display.threshold_text), and as the flags were computed.
     return report.to_csv(
