@@ -142,6 +142,15 @@ m[5].metric(
 shift = frame_shift(frame, clf.trust)
 if shift.detected:
     st.warning(banner_text(shift), icon="⚠️")
+    if store is not None and st.button(
+        f"Review a sample of this batch (up to {batching.SAMPLE_PER_CLASS} per predicted class)",
+        key="hv_review_sample",
+        help="Puts a balanced sample (each predicted class, its whole confidence range) on the Review page's list, "
+        "named by this batch. Reviewed cells can then adapt the model (Model versions page, from reviews).",
+    ):
+        sample = batching.review_sample(entries, cache, clf.version, classes)
+        n = results.send_sample_to_review(store, sample, classes, clf.version, threshold, batch=batch.id)
+        st.success(f"{len(sample)} cells on the review list ({n} newly queued): open the Review page.")
 if summary.n_unusable:
     st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")
 s1, s2 = st.columns([2, 3])

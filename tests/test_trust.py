@@ -400,3 +400,23 @@ def test_fit_trust_without_manifest_or_data_is_one_line(tmp_path, capsys):
     assert main(["fit-trust", "--model", str(d), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no split_manifest.csv") and len(err.strip().splitlines()) == 1
+
+
+def test_review_sample_is_balanced_by_class_and_spans_the_confidence_range():
+    cache, entries = batching.ResultCache(), []
+    for k in range(30):
+        sha = f"n{k:02d}"
+        entries.append(batching.Entry(f"{sha}.png", sha, data=sha.encode()))
+        cache.put((sha, "m"), _pred(f"{sha}.png", "neutrophil", 0.40 + 0.02 * k))
+    for k in range(3):
+        sha = f"l{k}"
+        entries.append(batching.Entry(f"{sha}.png", sha, data=sha.encode()))
+        cache.put((sha, "m"), _pred(f"{sha}.png", "lymphocyte", 0.9, unfamiliar_=k == 0))
+    entries.append(batching.Entry("dup.png", "n00", data=b"n00"))  # the same image twice: sampled once
+    entries.append(batching.Entry("bad.png", error="not an image"))
+    sample = batching.review_sample(entries, cache, "m", CLASSES, per_class=5)
+    files = [p.file for p, _ in sample]
+    assert len(files) == len(set(files)) == 8 and sum(f.startswith("l") for f in files) == 3
+    neutro = [p.confidence for p, _ in sample if p.predicted_class == "neutrophil"]
+    assert len(neutro) == 5 and min(neutro) == pytest.approx(0.40) and max(neutro) == pytest.approx(0.98)
+    assert all(data for _, data in sample)

@@ -60,6 +60,9 @@ def test_banner_unidentified_count_and_filter_when_the_batch_is_unfamiliar(monke
     at.checkbox(key="hv_unidentified_only").check().run()
     assert not at.exception, at.exception
     assert len(_results(at)) == 20
+    at.button(key="hv_review_sample").click().run()  # the guided path's first step: a balanced sample for review
+    assert not at.exception, at.exception
+    assert any("20 cells on the review list" in s.value for s in at.success)
 
 
 def test_no_banner_for_a_familiar_batch(monkeypatch, tmp_path):
@@ -68,6 +71,7 @@ def test_no_banner_for_a_familiar_batch(monkeypatch, tmp_path):
     at = _page_after_upload(monkeypatch, d, 20)
     assert not any("unlike the images" in w.value for w in at.warning)
     assert str(_metric(at, "Unidentified")) == "0"
+    assert not any(b.key == "hv_review_sample" for b in at.button)  # no banner, no sample to offer
     diff = next(df.value for df in at.dataframe if "percent" in df.value.columns)
     assert diff["count"].sum() == 20
     at.checkbox(key="hv_unidentified_only").check().run()

@@ -330,3 +330,36 @@ class Batch:
         extra = f", {n} images once zips are opened" if n != files else ""
         return (f"The table holds your upload: {files} file{'s' if files != 1 else ''}{extra}. "
                 "A new upload, or the sample images, replaces it.")
+
+
+#: Cells per predicted class in the review sample the domain-shift banner offers (issue 19's guided path).
+SAMPLE_PER_CLASS = 20
+
+
+def review_sample(
+    entries: Sequence[Entry], cache: ResultCache, model_version: str, classes: Sequence[str],
+    per_class: int = SAMPLE_PER_CLASS,
+) -> list[tuple[Prediction, bytes]]:
+    """A balanced sample of this batch for review: up to ``per_class`` images of each predicted class, spread
+    over the class's confidence range (sorted by confidence, evenly spaced picks: its most uncertain image
+    and its surest, and the ones between), so that the reviewed labels show both where the model hesitates and
+    what it calls typical -- what adapting from these reviews needs. Unfamiliar images are sampled with their
+    predicted class. Each image once (by content hash), in batch order within a class."""
+    by_class: dict[str, list[tuple[Prediction, bytes]]] = {c: [] for c in classes}
+    seen = set()
+    for e in entries:
+        key = (e.sha256, model_version)
+        if e.error or key in seen or key not in cache:
+            continue
+        p = cache.results[key]
+        if p.ok and p.predicted_class in by_class:
+            seen.add(key)
+            by_class[p.predicted_class].append((replace(p, file=e.name), e.data or b""))
+    out = []
+    for c in classes:
+        items = sorted(by_class[c], key=lambda t: t[0].confidence)
+        if len(items) > per_class:
+            picks = np.unique(np.round(np.linspace(0, len(items) - 1, per_class)).astype(int))
+            items = [items[i] for i in picks]
+        out += items
+    return out
