@@ -3,7 +3,10 @@
 ``export_litert(model_dir)`` converts ``model.keras`` to ``model.tflite``: float32,
 no quantisation, input ``[1, S, S, 3]`` (``S`` = the card's ``input_size``), RGB 0..255 in,
 calibrated probabilities out -- the same contract
-as the Keras model once images are resized with :func:`imaging.resize_for_model`.
+as the Keras model once images are resized with :func:`imaging.resize_for_model` -- and, as a second
+output, the pooled penultimate features (layer ``pool``) that the unfamiliar-cell score reads
+(:attr:`LiteRTRuntime.has_features`, :meth:`LiteRTRuntime.run_both`; flat-buffers exported before that
+have the probabilities only, and are still served).
 It then checks the flat-buffer against the Keras model on a set of images and
 records in ``model_card.json`` (field ``litert``)::
 
