@@ -160,6 +160,13 @@ s1.dataframe(summary.differential, hide_index=True, column_config={
     "percent": st.column_config.NumberColumn("Percent", format="%.1f%%"),
 })
 s2.plotly_chart(results.differential_figure(summary.differential), width="stretch")
+by_version = batching.differential_by_version(entries, cache, classes, threshold)
+if by_version["version"].nunique() > 1:  # classified again with another version (e.g. one adapted from reviews)
+    with st.expander("Differential of this batch by model version (before / after)", expanded=True):
+        st.dataframe(by_version.pivot(index="class", columns="version", values="percent").round(1), width="stretch")
+        unidentified = by_version.groupby("version", sort=False)["unidentified"].first()
+        st.caption("Percent of the machine's classes (unreviewed; unfamiliar cells left out). Unidentified per "
+                   "version: " + ", ".join(f"{v}: {n}" for v, n in unidentified.items()))
 
 # ---------------------------------------------------------------- filters + table
 st.subheader("Results")

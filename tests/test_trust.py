@@ -420,3 +420,19 @@ def test_review_sample_is_balanced_by_class_and_spans_the_confidence_range():
     neutro = [p.confidence for p, _ in sample if p.predicted_class == "neutrophil"]
     assert len(neutro) == 5 and min(neutro) == pytest.approx(0.40) and max(neutro) == pytest.approx(0.98)
     assert all(data for _, data in sample)
+
+
+def test_differential_by_version_compares_every_version_that_classified_the_whole_batch():
+    cache, entries = batching.ResultCache(), []
+    for k in range(4):
+        sha = f"s{k}"
+        entries.append(batching.Entry(f"{sha}.png", sha, data=b"x"))
+        cache.put((sha, "parent@1"), _pred(f"{sha}.png", "neutrophil", 0.9, unfamiliar_=k == 0))
+        cache.put((sha, "lab@2"), _pred(f"{sha}.png", "lymphocyte" if k < 2 else "neutrophil", 0.9))
+    cache.put(("s0", "partial@3"), _pred("s0.png", "monocyte", 0.9))  # has not classified the whole batch
+    d = batching.differential_by_version(entries, cache, CLASSES, 0.5)
+    assert list(d["version"].unique()) == ["parent@1", "lab@2"]
+    before = d[d["version"] == "parent@1"].set_index("class")
+    after = d[d["version"] == "lab@2"].set_index("class")
+    assert before.loc["neutrophil", "count"] == 3 and before["unidentified"].iloc[0] == 1  # unfamiliar left out
+    assert after.loc["lymphocyte", "percent"] == 50.0 and after["unidentified"].iloc[0] == 0

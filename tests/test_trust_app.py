@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import image_bytes, make_tiny_model_dir
-from hematovision.modeling import persistence, unfamiliar
+from hematovision.modeling import persistence, unfamiliar, versions
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 HOME = str(Path(__file__).resolve().parent.parent / "Home.py")
@@ -76,3 +76,16 @@ def test_no_banner_for_a_familiar_batch(monkeypatch, tmp_path):
     assert diff["count"].sum() == 20
     at.checkbox(key="hv_unidentified_only").check().run()
     assert len(_results(at)) == 0
+
+
+def test_batch_classified_again_with_another_version_shows_the_differential_before_and_after(monkeypatch, tmp_path):
+    d = make_tiny_model_dir(tmp_path / "m")
+    at = _page_after_upload(monkeypatch, d, 4)
+    assert not any("by model version" in e.label for e in at.expander)  # one version so far
+    other = make_tiny_model_dir(versions.adapted_root() / "lab-before-after", temperature=3.0)
+    at.session_state["hv_model_path"] = str(other)  # what the sidebar's version picker sets (app.state.use_model)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("by model version" in e.label for e in at.expander)
+    table = next(df.value for df in at.dataframe if df.value.index.name == "class")
+    assert table.shape == (4, 2)  # the four classes under both versions

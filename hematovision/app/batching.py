@@ -363,3 +363,25 @@ def review_sample(
             items = [items[i] for i in picks]
         out += items
     return out
+
+
+def differential_by_version(
+    entries: Sequence[Entry], cache: ResultCache, classes: Sequence[str], threshold: float
+) -> pd.DataFrame:
+    """The machine differential of this batch under every model version that has classified all of it in this
+    session (the cache keeps each version's results): columns ``version, class, count, percent``, plus
+    ``unidentified`` (unfamiliar images, left out of the count) per version. What the guided path shows after
+    a batch is classified again with an adapted version: the differential before and after. Reviews are left
+    out (a person's decisions belong to one version)."""
+    shas = [e.sha256 for e in entries if not e.error and e.sha256]
+    versions = list(dict.fromkeys(v for _, v in cache.results))
+    rows = []
+    for v in versions:
+        if not shas or any((s, v) not in cache for s in shas):
+            continue
+        preds, thumbs = assemble(entries, cache, v)
+        s = summarise(results_frame(preds, thumbs, classes, threshold), classes)
+        for _, r in s.differential.iterrows():
+            rows.append({"version": v, "class": r["class"], "count": int(r["count"]), "percent": float(r["percent"]),
+                         "unidentified": s.n_unidentified})
+    return pd.DataFrame(rows, columns=["version", "class", "count", "percent", "unidentified"])
