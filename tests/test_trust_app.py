@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import image_bytes, make_tiny_model_dir
+from conftest import CLASSES, image_bytes, make_tiny_model_dir
 from hematovision.modeling import persistence, unfamiliar, versions
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -89,3 +89,32 @@ def test_batch_classified_again_with_another_version_shows_the_differential_befo
     assert any("by model version" in e.label for e in at.expander)
     table = next(df.value for df in at.dataframe if df.value.index.name == "class")
     assert table.shape == (4, 2)  # the four classes under both versions
+
+
+def test_adapt_from_a_batchs_reviews_on_the_review_page_switches_to_the_new_version(monkeypatch, tmp_path):
+    from test_adapt import _blobs
+
+    from hematovision.review.store import ReviewStore, thumbnail_png
+    from hematovision.serving.classifier import Prediction
+
+    d = make_tiny_model_dir(tmp_path / "m")
+    version = persistence.load_card(d).version
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(d))
+    monkeypatch.setenv("HEMATOVISION_REVIEW_DB", str(tmp_path / "reviews.sqlite3"))
+    store = ReviewStore(tmp_path / "reviews.sqlite3")
+    images, labels = _blobs(3)
+    preds = [Prediction(f"c{k}.png", "neutrophil", 0.5, (0.1, 0.1, 0.3, 0.5), True, "", f"{k:064x}")
+             for k in range(len(images))]
+    store.queue(preds, CLASSES, version, {p.sha256: thumbnail_png(im) for p, im in zip(preds, images)}, batch="b1",
+                sent=True)
+    for p, lbl in zip(preds, labels):
+        store.decide(p.sha256, version, lbl, "tester")
+    at = AppTest.from_file(HOME, default_timeout=90)
+    at.run()
+    at.switch_page("pages/review.py").run()
+    at.selectbox(key="hv_review_batch").set_value("b1").run()
+    at.text_input(key="hv_review_adapt_name").set_value("lab-guided")
+    next(b for b in at.button if b.label == "Adapt from these reviews").click().run()
+    assert not at.exception, at.exception
+    assert any("lab-guided" in s.value and "before and after" in s.value for s in at.success)
+    assert at.session_state["hv_model_path"] == str(versions.adapted_root() / "lab-guided")
