@@ -1,5 +1,5 @@
 """Command line: ``python -m hematovision COMMAND --help``, COMMAND one of
-``train, loso, stain-suite, adapt, evaluate, classify, report, export-litert, fields``.
+``train, loso, stain-suite, adapt, evaluate, classify, report, export-litert, fields, fit-trust``.
 
 ``classify`` serves from ``model.tflite`` (LiteRT) when the model directory has a
 checked one, without importing TensorFlow; otherwise from ``model.keras``.
@@ -31,12 +31,12 @@ from .evaluation import shift_suite
 from .evaluation.evaluate import evaluate_labeled, evaluate_model_on_test_sets, summary_lines
 from .imaging.framing import FRAMINGS
 from .imaging.sources import iter_paths
-from .modeling import persistence
+from .modeling import persistence, unfamiliar
 from .modeling.network import INPUT_NORMS
 from .reports.content import ReportInputError, report_from_csv
 from .reports.pdf import render_pdf
-from .reports.results_file import ResultsFileError, ResultsWriter
-from .reports.tables import columns, neutralise
+from .reports.results_file import ResultsFileError, ResultsWriter, image_row, result_columns
+from .reports.tables import neutralise
 from .review.reporting import report_reviews
 from .review.store import ReviewDBError, ReviewStore, db_path
 from .serving import ray_engine
@@ -45,6 +45,8 @@ from .serving.litert import check_images, export_litert
 from .training import loso, recipe
 from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
 from .training.recipe import AUGMENT_RECIPES, TrainConfig, refit_config
+from .trust import fit_model_dir
+from .trust import summary_lines as trust_summary_lines
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
@@ -80,9 +82,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--summary", metavar="JSON",
-        help="also write a summary: counts per class (the differential), flagged, errors; per field with --fields",
+        help="also write a summary: counts per class (the differential, unfamiliar cells left out), flagged, "
+             "unfamiliar, errors, and whether the batch looks unlike the training data (domain_shift); per field "
+             "with --fields",
     )
     _ray_arguments(c)
+
+    ft = sub.add_parser(
+        "fit-trust",
+        help="fit the unfamiliar-cell score (trust.npz) for a model from its split manifest's images, measure it "
+             "and record it in the model card and evaluation.json",
+    )
+    ft.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
+    ft.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    ft.add_argument("--bank", type=int, default=4000, help="training images in the nearest-neighbour bank")
+    ft.add_argument("--measure", type=int, default=600, help="images per test set for the measurement")
 
     e = sub.add_parser("evaluate", help="evaluate a model on the test sets, or on a labeled folder/zip")
     e.add_argument(
@@ -348,7 +362,9 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
         raise UsageError(str(exc)) from None
     threshold = float(card.default_threshold) if args.threshold is None else args.threshold
     options = ray_engine.RayOptions(args.address, args.num_cpus, args.workers, batch_size=args.batch_size)
-    summary = RunSummary("images", card.version, threshold, list(card.classes))
+    trust = unfamiliar.load(model_dir(args.model), card.model_sha256)  # numpy only: the batch verdict's baseline
+    summary = RunSummary("images", card.version, threshold, list(card.classes),
+                         expected_unfamiliar=None if trust is None else trust.expected_share)
     try:
         ray_engine.connect(options)  # before the output is touched: a cluster that cannot be had changes nothing
         writer = ResultsWriter(out_path, card.classes, threshold, card.version, resume=args.resume)
@@ -375,6 +391,8 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
         f"({summary.flagged} flagged below {threshold:.3f}), {summary.errors} errors -> {args.out}",
         file=sys.stderr,
     )
+    if trust is not None or summary_path is not None:  # the batch verdict (or why there is none), as the default
+        print(summary.domain_shift().message, file=sys.stderr)
     return 0
 
 
@@ -469,8 +487,10 @@ def cmd_classify(args) -> int:
     threshold = clf.default_threshold if args.threshold is None else args.threshold
     if args.fields:
         return _classify_fields(args, clf, threshold, out_path, summary_path)
-    summary = RunSummary("images", clf.version, float(threshold), list(clf.classes_))
-    cols = columns(clf.classes_) + ["threshold", "model_version"]
+    summary = RunSummary(
+        "images", clf.version, float(threshold), list(clf.classes_), expected_unfamiliar=_expected(clf)
+    )
+    cols = result_columns(clf.classes_)
     fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
     n = errors = flagged = 0
     try:
@@ -478,10 +498,7 @@ def cmd_classify(args) -> int:
         w.writerow(cols)
         bar = tqdm(desc="classify", unit="img", disable=args.quiet or None, file=sys.stderr)
         for p in clf.classify(iter_paths(args.paths), threshold, progress=lambda k: bar.update(1)):
-            row = [p.file, p.predicted_class, "" if not p.ok else f"{p.confidence:.6f}"]
-            row += [f"{v:.6f}" for v in p.probabilities] if p.ok else [""] * len(clf.classes_)
-            row += [p.flagged, p.error, threshold, clf.version]
-            w.writerow([neutralise(v) for v in row])
+            w.writerow([neutralise(v) for v in image_row(p, clf.classes_, threshold, clf.version)])
             n += 1
             errors += not p.ok
             flagged += p.flagged
@@ -492,16 +509,25 @@ def cmd_classify(args) -> int:
             fh.close()
     if summary_path is not None:
         summary_path.write_text(summary.to_json())
+    why = f"below {threshold:.3f}" + (f" or unfamiliar: {summary.unfamiliar} unfamiliar" if clf.trust else "")
     print(
-        f"{n} images: {n - errors} classified ({flagged} flagged below {threshold:.3f}), {errors} errors -> {args.out}",
-        file=sys.stderr,
+        f"{n} images: {n - errors} classified ({flagged} flagged {why}), {errors} errors -> {args.out}", file=sys.stderr
     )
+    if clf.trust is not None or summary_path is not None:  # the batch verdict (or why there is none)
+        print(summary.domain_shift().message, file=sys.stderr)
     return 0
+
+
+def _expected(clf: Classifier) -> float | None:
+    """The model's in-domain unfamiliar share, or ``None`` without trust statistics."""
+    return None if clf.trust is None else clf.trust.expected_share
 
 
 def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary_path: Path | None) -> int:
     """``classify --fields``: one CSV row per white cell found (a row with a note for a field without one)."""
-    summary = RunSummary("cells", clf.version, float(threshold), list(clf.classes_))
+    summary = RunSummary(
+        "cells", clf.version, float(threshold), list(clf.classes_), expected_unfamiliar=_expected(clf)
+    )
     fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
     try:
         w = csv.writer(fh)
@@ -521,6 +547,39 @@ def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary
         f"{summary.inputs} fields: {summary.classified} white cells ({summary.flagged} flagged below {threshold:.3f}), "
         f"{summary.fields_without_cells} without a white cell, {summary.errors} errors -> {args.out}",
         file=sys.stderr,
+    )
+    if clf.trust is not None or summary_path is not None:
+        print(summary.domain_shift().message, file=sys.stderr)
+    return 0
+
+
+def cmd_fit_trust(args) -> int:
+    mdir = model_dir(args.model)
+    if args.bank < 10 or args.measure < 0:
+        raise UsageError("--bank must be at least 10 and --measure not negative")
+    bars: dict = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar = bars.get(name) or bars.setdefault(
+            name, tqdm(total=total, desc=name, unit="img", file=sys.stderr, mininterval=5)
+        )
+        bar.update(done - bar.n)
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        res = fit_model_dir(mdir, args.data, bank_size=args.bank, measure_size=args.measure, progress=progress)
+    except persistence.ModelError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if res.exported:
+        print(res.exported)
+    for line in trust_summary_lines(res.record):
+        print(line)
+    print(
+        f"written {res.path}; recorded in {mdir / persistence.CARD_FILE} (training.trust) and "
+        f"{persistence.EVALUATION_FILE} (trust)"
     )
     return 0
 
@@ -735,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             "fields": cmd_fields,
             "stain-suite": cmd_stain_suite,
             "report": cmd_report,
+            "fit-trust": cmd_fit_trust,
         }[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ from hematovision.app import state as app_state
 from hematovision.config import data_root
 from hematovision.imaging.decode import decode_image
 from hematovision.review import store as review
+from hematovision.trust import banner_text, frame_shift
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
 #: Measured (docs/dashboard-benchmarks.md): the browser sends separate files one request at a time and
@@ -117,13 +118,13 @@ frame, decisions = results.with_decisions(frame, store, clf.version)
 # ---------------------------------------------------------------- summary
 summary = batching.summarise(frame, classes)
 st.subheader("Summary")
-m = st.columns(5)
+m = st.columns(6)
 m[0].metric("Images", summary.n_images)
 m[1].metric("Classified", summary.n_classified)
 m[2].metric(
     "Flagged for review",
     summary.n_flagged,
-    help=f"Confidence below the threshold {display.threshold_text(threshold)} (sidebar)",
+    help=f"Confidence below the threshold {display.threshold_text(threshold)} (sidebar), or unfamiliar",
 )
 m[3].metric(
     "Reviewed",
@@ -132,6 +133,24 @@ m[3].metric(
     "Counts use the final class: the reviewed one where there is one.",
 )
 m[4].metric("Errors", summary.n_errors)
+m[5].metric(
+    "Unidentified",
+    summary.n_unidentified,
+    help="Unfamiliar cells: unlike the training images (not a white cell, or another laboratory's stain or camera). "
+    "Left out of the differential until a person classifies them (they are on the review list).",
+)
+shift = frame_shift(frame, clf.trust)
+if shift.detected:
+    st.warning(banner_text(shift), icon="⚠️")
+    if store is not None and st.button(
+        f"Review a sample of this batch (up to {batching.SAMPLE_PER_CLASS} per predicted class)",
+        key="hv_review_sample",
+        help="Puts a balanced sample (each predicted class, its whole confidence range) on the Review page's list, "
+        "named by this batch. Reviewed cells can then adapt the model (Model versions page, from reviews).",
+    ):
+        sample = batching.review_sample(entries, cache, clf.version, classes)
+        n = results.send_sample_to_review(store, sample, classes, clf.version, threshold, batch=batch.id)
+        st.success(f"{len(sample)} cells on the review list ({n} newly queued): open the Review page.")
 if summary.n_unusable:
     st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")
 s1, s2 = st.columns([2, 3])
@@ -141,19 +160,30 @@ s1.dataframe(summary.differential, hide_index=True, column_config={
     "percent": st.column_config.NumberColumn("Percent", format="%.1f%%"),
 })
 s2.plotly_chart(results.differential_figure(summary.differential), width="stretch")
+by_version = batching.differential_by_version(entries, cache, classes, threshold)
+if by_version["version"].nunique() > 1:  # classified again with another version (e.g. one adapted from reviews)
+    with st.expander("Differential of this batch by model version (before / after)", expanded=True):
+        st.dataframe(by_version.pivot(index="class", columns="version", values="percent").round(1), width="stretch")
+        unidentified = by_version.groupby("version", sort=False)["unidentified"].first()
+        st.caption("Percent of the machine's classes (unreviewed; unfamiliar cells left out). Unidentified per "
+                   "version: " + ", ".join(f"{v}: {n}" for v, n in unidentified.items()))
 
 # ---------------------------------------------------------------- filters + table
 st.subheader("Results")
 # Defaults go into session state (not the widgets), so Home.py can keep them across page switches.
 app_state.init_state(
-    {"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0)}
+    {"hv_filter_classes": list(classes), "hv_flagged_only": False, "hv_show_errors": True, "hv_conf_range": (0.0, 1.0),
+     "hv_unidentified_only": False}
 )
 chosen = st.pills("Predicted class", classes, selection_mode="multi", key="hv_filter_classes")
-f2, f3, f4 = st.columns([1, 1, 2])
+f2, f5, f3, f4 = st.columns([1, 1, 1, 2])
 flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
+unidentified_only = f5.checkbox("Unidentified only", key="hv_unidentified_only", help="Unfamiliar cells only")
 show_errors = f3.checkbox("Show errors", key="hv_show_errors")
 conf = f4.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range")
-view = batching.filter_frame(frame, batching.Filters(tuple(chosen or ()), flagged_only, tuple(conf), show_errors))
+view = batching.filter_frame(
+    frame, batching.Filters(tuple(chosen or ()), flagged_only, tuple(conf), show_errors, unidentified_only)
+)
 st.caption(
     f"{len(view)} of {len(frame)} rows shown · threshold {display.threshold_text(threshold)} · model `{clf.version}`"
 )
@@ -211,7 +241,10 @@ d2.plotly_chart(results.probability_figure(frame, pick, classes), width="stretch
 truth = samples.labels().get(frame.at[pick, "file"]) if batch.samples else None
 if truth:
     d2.caption(f"Sample image; class given by the dataset: **{truth}**")
-if frame.at[pick, "flagged"]:
+if frame.at[pick, "flag_reason"] == "unfamiliar":
+    d2.warning("Unfamiliar: unlike the images the model was trained on (not a white cell, or another laboratory's "
+               "stain or camera). Left out of the differential until a person classifies it.")
+elif frame.at[pick, "flagged"]:
     d2.warning("Confidence below the review threshold: a person should check this one.")
 
 # ---------------------------------------------------------------- review from the detail view (flagged or not)

@@ -9,7 +9,7 @@ from dataclasses import replace
 import plotly.express as px
 import streamlit as st
 
-from hematovision.app import batching, display
+from hematovision.app import adapting, batching, display
 from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
 from hematovision.imaging.decode import decode_image
@@ -83,6 +83,28 @@ if batch_id is not None and n_pending:
               help="They leave the review list; images already reviewed, and every decision, stay.")
 if "hv_review_cleared" in st.session_state:
     st.success(st.session_state.pop("hv_review_cleared"))
+n_decided = sum(it.decision is not None for it in queue)
+if batch_id is not None and n_decided:  # the guided path (issue 19): these reviews -> an adapted version -> Classify
+    with st.expander(f"Adapt from these reviews ({n_decided} reviewed in this batch)"):
+        with st.form("hv_review_adapt"):
+            name = st.text_input("Name of the new version", key="hv_review_adapt_name", placeholder="e.g. lab-a")
+            go = st.form_submit_button("Adapt from these reviews", type="primary",
+                                       help="A version adapted to your laboratory from every review decision "
+                                       "(this batch's included), then used at once: the Classify page classifies "
+                                       "the batch again with it and shows the differential before and after.")
+        if go:
+            bar = st.progress(0.0, text="Reading the reviewed images…")
+            attempt = adapting.adapt_version(
+                app_state.model_path(), name, store=store,
+                progress=lambda k, n: bar.progress(k / n, text=f"Features of reviewed image {k} of {n}"),
+            )
+            bar.empty()
+            if attempt.ok:
+                app_state.use_model(attempt.outcome.path)
+                st.success(attempt.message(True) + " Open the Classify page: the batch is classified again with it, "
+                           "with the differential before and after.", icon="✅")
+            else:
+                st.error(attempt.error, icon="🚫")
 st.caption(
     f"On the list: images flagged at the threshold {display.threshold_text(threshold)} (sidebar) or sent to review "
     "on purpose, and every image already reviewed. Lower the threshold and an unreviewed image that is no longer "

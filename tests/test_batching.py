@@ -174,6 +174,9 @@ def test_csv_report_columns_and_injection():
         "reviewer",
         "reviewed_at",
         "final_class",
+        "unfamiliar",
+        "flag_reason",
+        "unfamiliarity",
         "threshold",
         "model_version",
     ]

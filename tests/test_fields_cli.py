@@ -10,12 +10,13 @@ import pytest
 from test_cli import run
 
 from conftest import image_bytes
-from hematovision.detection.cells import NO_CELL_NOTE, classify_fields, crop_cell
+from hematovision.detection import CellBox
+from hematovision.detection.cells import NO_CELL_NOTE, CellResult, FieldResult, classify_fields, crop_cell
 from hematovision.detection.report import field_columns, fields_frame, summarise_fields
 from hematovision.detection.synthetic import WhiteCell, make_field
 from hematovision.imaging.framing import model_input
 from hematovision.imaging.sources import from_bytes
-from hematovision.serving.classifier import Classifier
+from hematovision.serving.classifier import Classifier, Prediction
 
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 THREE = (WhiteCell(150, 140, 60, 3), WhiteCell(460, 300, 55, 1), WhiteCell(300, 380, 65, 4))
@@ -70,6 +71,8 @@ def test_fields_csv_has_a_row_per_cell_and_a_note_for_an_empty_field(tmp_path, t
         "y1",
         "partial",
         "note",
+        "unfamiliar",
+        "flag_reason",
     ):
         assert col in rows[0]
     by_file = {}
@@ -99,6 +102,11 @@ def test_fields_csv_has_a_row_per_cell_and_a_note_for_an_empty_field(tmp_path, t
     assert sum(v["count"] for v in s["differential"].values()) == 4
     assert [f["cells"] for f in s["per_field"]] == [3, 1, 0, 0]
     assert "4 fields: 4 white cells" in r.stderr
+    # the tiny model has no trust.npz: nothing unfamiliar, and the batch verdict says it was not checked
+    assert s["unfamiliar"] == 0 and s["unfamiliar_checked"] is False
+    assert all(row["unfamiliar"] == "False" for row in rows)
+    assert not s["domain_shift"]["detected"] and "not checked" in s["domain_shift"]["message"]
+    assert "not checked" in r.stderr
 
 
 def test_summary_in_single_image_mode(tmp_path, tiny_model_dir):
@@ -124,6 +132,22 @@ def test_summary_in_single_image_mode(tmp_path, tiny_model_dir):
     assert s["unit"] == "images" and s["inputs"] == 4 and s["classified"] == 3 and s["errors"] == 1
     assert sum(v["count"] for v in s["differential"].values()) == 3
     assert 0 <= s["flagged"] <= 3 and "per_field" not in s
+    assert s["unfamiliar"] == 0 and s["domain_shift"]["n"] == 3 and "not checked" in s["domain_shift"]["message"]
+
+
+def test_fields_summary_leaves_unfamiliar_cells_out_of_the_differential_and_calls_the_shift():
+    box = CellBox(0, 0, 10, 10, False, 2.0)
+
+    def cell(k: int, odd: bool) -> CellResult:
+        pred = Prediction("f", "neutrophil", 0.99, (0.0, 0.0, 0.01, 0.99), odd, unfamiliar=odd)
+        return CellResult(k, box, pred)
+
+    fields = [FieldResult(f"f{i}.png", cells=tuple(cell(k, k < 4) for k in range(1, 6))) for i in range(6)]
+    s = summarise_fields(fields, CLASSES, 0.5, "m", expected_unfamiliar=0.05).as_dict()
+    assert s["cells"] == 30 and s["unfamiliar"] == 18 and s["flagged"] == 18 and s["low_confidence"] == 0
+    assert s["counts"]["neutrophil"] == 12 and s["differential"]["neutrophil"]["percent"] == 100.0
+    assert s["per_field"][0]["unfamiliar"] == 3 and s["per_field"][0]["counts"]["neutrophil"] == 2
+    assert s["domain_shift"]["detected"] and s["domain_shift"]["n"] == 30 and s["unfamiliar_checked"] is True
 
 
 def test_summary_folder_must_exist(tmp_path, tiny_model_dir):

@@ -162,6 +162,7 @@ class Filters:
     flagged_only: bool = False
     confidence: tuple[float, float] = (0.0, 1.0)
     include_errors: bool = True
+    unidentified_only: bool = False  # unfamiliar images only (reviewed or not)
 
 
 def filter_frame(frame: pd.DataFrame, f: Filters) -> pd.DataFrame:
@@ -173,7 +174,9 @@ def filter_frame(frame: pd.DataFrame, f: Filters) -> pd.DataFrame:
         ok &= frame["predicted_class"].isin(f.classes)
     if f.flagged_only:
         ok &= frame["flagged"].astype(bool)
-    keep = ok | (is_err & f.include_errors & (not f.flagged_only))
+    if f.unidentified_only:
+        ok &= report.unfamiliar_of(frame)
+    keep = ok | (is_err & f.include_errors & (not f.flagged_only) & (not f.unidentified_only))
     return frame[keep]
 
 
@@ -186,17 +189,23 @@ class Summary:
     n_errors: int
     n_reviewed: int = 0
     n_unusable: int = 0
+    n_unidentified: int = 0  # unfamiliar and not yet reviewed: left out of the differential
 
 
 def summarise(frame: pd.DataFrame, classes: Sequence[str]) -> Summary:
     """The white-cell differential (count and share per class) with flagged and error counts.
 
     Counts use ``final_class`` when the frame has review columns (a person's decision
-    outranks the model's); images reviewed as unusable are left out of the differential.
+    outranks the model's); images reviewed as unusable, and unfamiliar images nobody has
+    reviewed yet (``n_unidentified``, an analyzer's "unidentified" cells), are left out of the differential.
     """
     is_err = frame["error"].fillna("") != ""
     good = frame[~is_err]
     final = good["final_class"] if "final_class" in good.columns else good["predicted_class"]
+    odd = report.unfamiliar_of(good)
+    if "reviewed_class" in good.columns:
+        odd &= good["reviewed_class"].fillna("") == ""  # a person's class outranks "unidentified"
+    final = final[~odd]
     counts = final.value_counts()
     n_cells = int(final.isin(list(classes)).sum())
     diff = pd.DataFrame({
@@ -207,17 +216,24 @@ def summarise(frame: pd.DataFrame, classes: Sequence[str]) -> Summary:
     n_reviewed = int((good["reviewed_class"].fillna("") != "").sum()) if "reviewed_class" in good.columns else 0
     n_unusable = int((final == UNUSABLE).sum())
     return Summary(
-        diff, len(frame), len(good), int(good["flagged"].astype(bool).sum()), int(is_err.sum()), n_reviewed, n_unusable
+        diff,
+        len(frame),
+        len(good),
+        int(good["flagged"].astype(bool).sum()),
+        int(is_err.sum()),
+        n_reviewed,
+        n_unusable,
+        int(odd.sum()),
     )
 
 
 def csv_report(frame: pd.DataFrame, classes: Sequence[str], threshold: float, model_version: str) -> str:
-    """The CLI's CSV columns, the review columns, then ``threshold`` and ``model_version``; formula cells
-    neutralised."""
+    """The CLI's CSV columns, the review columns, the trust columns (``unfamiliar``, ``flag_reason``,
+    ``unfamiliarity``), then ``threshold`` and ``model_version``; formula cells neutralised."""
     frame = report.ensure_review_columns(frame)
     # The threshold as the screen shows it (display.threshold_text), and as the flags were computed.
     return report.to_csv(
-        frame[report.columns(classes) + report.REVIEW_COLUMNS],
+        frame[report.columns(classes) + report.REVIEW_COLUMNS + [c for c in report.TRUST_COLUMNS if c in frame]],
         threshold=threshold_text(threshold),
         model_version=model_version,
     )
@@ -225,8 +241,9 @@ def csv_report(frame: pd.DataFrame, classes: Sequence[str], threshold: float, mo
 
 def for_review(entries: Sequence[Entry], cache: ResultCache, model_version: str, threshold: float,
                skip: Iterable[CacheKey] = ()) -> list[tuple[Prediction, bytes]]:
-    """This batch's flagged predictions (at ``threshold``) with their image bytes, each image once,
-    leaving out keys in ``skip`` (already queued in this session): what to put in the review queue."""
+    """This batch's flagged predictions (below ``threshold``, or unfamiliar whatever their confidence) with their
+    image bytes, each image once, leaving out keys in ``skip`` (already queued in this session): what to put in
+    the review queue."""
     skip = set(skip)
     out, seen = [], set()
     for e in entries:
@@ -234,7 +251,7 @@ def for_review(entries: Sequence[Entry], cache: ResultCache, model_version: str,
         if e.error or key in skip or key in seen or key not in cache:
             continue
         p = cache.results[key]
-        if p.ok and p.confidence < threshold:
+        if p.ok and (p.confidence < threshold or p.unfamiliar):  # unfamiliar cells wait for a person's class too
             seen.add(key)
             out.append((replace(p, file=e.name, flagged=True), e.data or b""))
     return out
@@ -313,3 +330,58 @@ class Batch:
         extra = f", {n} images once zips are opened" if n != files else ""
         return (f"The table holds your upload: {files} file{'s' if files != 1 else ''}{extra}. "
                 "A new upload, or the sample images, replaces it.")
+
+
+#: Cells per predicted class in the review sample the domain-shift banner offers (issue 19's guided path).
+SAMPLE_PER_CLASS = 20
+
+
+def review_sample(
+    entries: Sequence[Entry], cache: ResultCache, model_version: str, classes: Sequence[str],
+    per_class: int = SAMPLE_PER_CLASS,
+) -> list[tuple[Prediction, bytes]]:
+    """A balanced sample of this batch for review: up to ``per_class`` images of each predicted class, spread
+    over the class's confidence range (sorted by confidence, evenly spaced picks: its most uncertain image
+    and its surest, and the ones between), so that the reviewed labels show both where the model hesitates and
+    what it calls typical -- what adapting from these reviews needs. Unfamiliar images are sampled with their
+    predicted class. Each image once (by content hash), in batch order within a class."""
+    by_class: dict[str, list[tuple[Prediction, bytes]]] = {c: [] for c in classes}
+    seen = set()
+    for e in entries:
+        key = (e.sha256, model_version)
+        if e.error or key in seen or key not in cache:
+            continue
+        p = cache.results[key]
+        if p.ok and p.predicted_class in by_class:
+            seen.add(key)
+            by_class[p.predicted_class].append((replace(p, file=e.name), e.data or b""))
+    out = []
+    for c in classes:
+        items = sorted(by_class[c], key=lambda t: t[0].confidence)
+        if len(items) > per_class:
+            picks = np.unique(np.round(np.linspace(0, len(items) - 1, per_class)).astype(int))
+            items = [items[i] for i in picks]
+        out += items
+    return out
+
+
+def differential_by_version(
+    entries: Sequence[Entry], cache: ResultCache, classes: Sequence[str], threshold: float
+) -> pd.DataFrame:
+    """The machine differential of this batch under every model version that has classified all of it in this
+    session (the cache keeps each version's results): columns ``version, class, count, percent``, plus
+    ``unidentified`` (unfamiliar images, left out of the count) per version. What the guided path shows after
+    a batch is classified again with an adapted version: the differential before and after. Reviews are left
+    out (a person's decisions belong to one version)."""
+    shas = [e.sha256 for e in entries if not e.error and e.sha256]
+    versions = list(dict.fromkeys(v for _, v in cache.results))
+    rows = []
+    for v in versions:
+        if not shas or any((s, v) not in cache for s in shas):
+            continue
+        preds, thumbs = assemble(entries, cache, v)
+        s = summarise(results_frame(preds, thumbs, classes, threshold), classes)
+        for _, r in s.differential.iterrows():
+            rows.append({"version": v, "class": r["class"], "count": int(r["count"]), "percent": float(r["percent"]),
+                         "unidentified": s.n_unidentified})
+    return pd.DataFrame(rows, columns=["version", "class", "count", "percent", "unidentified"])

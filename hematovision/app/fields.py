@@ -148,7 +148,7 @@ def cells_frame(
     it = iter(thumbs)
     frame["thumbnail"] = ["" if pd.isna(k) else next(it) for k in frame["cell"]]
     has_cell = frame["cell"].notna()
-    frame["flagged"] = has_cell & (frame["confidence"] < threshold)
+    frame["flagged"] = has_cell & ((frame["confidence"] < threshold) | report.unfamiliar_of(frame))
     frame = report.with_reviews(frame, decisions)
     frame.loc[~has_cell, "final_class"] = ""
     return frame
@@ -305,7 +305,8 @@ def _queue_flagged(store, sess: FieldSession, results: Sequence[FieldResult], cl
         flagged = [
             c
             for c in r.cells
-            if is_flagged(c.prediction.confidence, threshold) and (c.prediction.sha256, clf.version) not in done
+            if is_flagged(c.prediction.confidence, threshold, c.prediction.unfamiliar)
+            and (c.prediction.sha256, clf.version) not in done
         ]
         if not flagged:
             continue
@@ -318,9 +319,11 @@ def _queue_flagged(store, sess: FieldSession, results: Sequence[FieldResult], cl
                     _png(crop_cell(rgb, c.box)) if rgb is not None else b"",
                 )
             )
-    if todo:
-        review.queue_with_images(store, todo, clf.classes_, clf.version, threshold)
-        done.update((p.sha256, clf.version) for p, _ in todo)
+    for sent in (False, True):  # unfamiliar cells as sent: pending whatever the threshold (app.state does the same)
+        part = [t for t in todo if t[0].unfamiliar == sent]
+        if part:
+            review.queue_with_images(store, part, clf.classes_, clf.version, threshold, sent=sent)
+    done.update((p.sha256, clf.version) for p, _ in todo)
 
 
 def _cell_detail(
@@ -342,7 +345,10 @@ def _cell_detail(
     )
     fig.update_layout(height=240, margin=dict(t=40, b=10))
     col.plotly_chart(fig, width="stretch")
-    if is_flagged(p.confidence, threshold):
+    if p.unfamiliar:
+        col.warning("Unfamiliar: unlike the cells the model was trained on. Left out of the differential until a "
+                    "person classifies it.")
+    elif is_flagged(p.confidence, threshold):
         col.warning("Confidence below the review threshold: a person should check this cell.")
     if store is None:
         return

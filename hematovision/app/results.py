@@ -3,6 +3,7 @@ from the detail view. The page lays them out; what is decided here is tested wit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pandas as pd
@@ -140,3 +141,12 @@ def missing_samples_note(found: int, missing: int, root) -> str:
     if not missing:
         return ""
     return f"{missing} of {missing + found} sample images are missing. " + samples.HOW_TO_GET_DATA.format(root=root)
+
+
+def send_sample_to_review(store, sample: Sequence[tuple[Prediction, bytes]], classes: list[str],
+                          model_version: str, threshold: float, *, batch: str = "") -> int:
+    """Put the banner's balanced sample (``batching.review_sample``) on the review list on purpose, named by
+    its batch (the Review page's batch filter shows it): how many were queued."""
+    if not sample:
+        return 0
+    return review.queue_with_images(store, list(sample), classes, model_version, threshold, batch=batch, sent=True)

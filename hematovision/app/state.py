@@ -27,6 +27,7 @@ THRESHOLD_KEY = "threshold"
 PERSISTENT_KEYS = (
     "hv_filter_classes",
     "hv_flagged_only",
+    "hv_unidentified_only",
     "hv_show_errors",
     "hv_conf_range",
     "hv_download_scope",
@@ -217,10 +218,11 @@ def review_store():
 
 
 def queue_batch_for_review(store, clf, threshold: float) -> int:
-    """Put this session's flagged predictions (at ``threshold``) into the review queue, each once per
-    batch and session, named by their batch; the image bytes give the stored thumbnail. Returns how
+    """Put this session's flagged predictions (at ``threshold``, or unfamiliar) into the review queue, each
+    once per batch and session, named by their batch; the image bytes give the stored thumbnail. Returns how
     many were queued now. (What is *pending* is decided when the queue is read: flagged at the
-    current threshold, or sent on purpose; see :meth:`review.store.Item.in_queue`.)"""
+    current threshold, or sent on purpose; see :meth:`review.store.Item.in_queue`. Unfamiliar cells are
+    queued as sent, so they stay pending whatever the threshold until a person classifies them.)"""
     cache = st.session_state.get("hv_cache")
     batch = st.session_state.get("hv_batch")
     if cache is None or not batch:
@@ -230,7 +232,11 @@ def queue_batch_for_review(store, clf, threshold: float) -> int:
     todo = batching.for_review(batch.entries(), cache, clf.version, threshold, skip=skip)
     if not todo:
         return 0
-    n = review.queue_with_images(store, todo, clf.classes_, clf.version, threshold, batch=batch.id)
+    odd = [t for t in todo if t[0].unfamiliar]
+    rest = [t for t in todo if not t[0].unfamiliar]
+    n = review.queue_with_images(store, rest, clf.classes_, clf.version, threshold, batch=batch.id) if rest else 0
+    if odd:
+        n += review.queue_with_images(store, odd, clf.classes_, clf.version, threshold, batch=batch.id, sent=True)
     done.update((p.sha256, clf.version, batch.id) for p, _ in todo)
     return n
 

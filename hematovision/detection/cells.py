@@ -1,7 +1,7 @@
 """Classify every white cell of whole smear fields: detect, crop, then the single-image path.
 
 One code path: each found cell is cut out of the field with a margin (:func:`crop_cell`) and handed
-to :meth:`Classifier.predict_proba`, which frames and preprocesses it exactly as it does a
+to :meth:`Classifier.predict_cells` (probabilities, flag and unfamiliarity), which frames it exactly as a
 single-cell image (``framing.model_input`` with the model card's framing and input size). Fields are
 read, decoded and searched for cells in worker threads while the previous chunk's cells run through
 the network, so memory stays bounded for any number of fields.
@@ -13,14 +13,14 @@ import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..imaging.decode import ImageError, decode_image, thumbnail
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
 from ..imaging.sources import ImageInput
-from ..serving.classifier import Classifier, Prediction, chunks, is_flagged
+from ..serving.classifier import Classifier, Prediction, chunks
 from .wbc import DEFAULT_PARAMS, CellBox, DetectorParams, analyse_field
 
 #: The crop around a found cell reaches this share of the box's longer side beyond it on each side,
@@ -163,7 +163,7 @@ def classify_fields(
 
 def _finish(clf: Classifier, prepared: list[_Prepared], threshold: float) -> list[FieldResult]:
     crops = [c for p in prepared for c in p.crops]
-    probs = clf.predict_proba(crops) if crops else np.zeros((0, len(clf.classes_)))
+    preds = clf.predict_cells(crops, threshold) if crops else []  # class, confidence, flag, unfamiliar
     out, k = [], 0
     for p in prepared:
         if p.error:
@@ -171,21 +171,14 @@ def _finish(clf: Classifier, prepared: list[_Prepared], threshold: float) -> lis
             continue
         cells = []
         for i, (box, thumb) in enumerate(zip(p.boxes, p.thumbs), start=1):
-            row = probs[k]
-            k += 1
-            j = int(row.argmax())
-            conf = float(row[j])
-            pred = Prediction(
-                p.item.name,
-                clf.classes_[j],
-                conf,
-                tuple(float(v) for v in row),
-                is_flagged(conf, threshold),
-                "",
-                cell_key(p.sha256, box),
-                "partial cell (cut by the image edge)" if box.partial else "",
-                thumb,
+            pred = replace(
+                preds[k],
+                file=p.item.name,
+                sha256=cell_key(p.sha256, box),
+                note="partial cell (cut by the image edge)" if box.partial else "",
+                thumbnail=thumb,
             )
+            k += 1
             cells.append(CellResult(i, box, pred))
         note = "; ".join(x for x in (p.note, "" if cells else NO_CELL_NOTE) if x)
         out.append(

@@ -2,8 +2,9 @@
 
 A field's row set: one row per white cell found, with the single-image CSV's columns plus ``cell``
 (1-based within the field), the box ``x0, y0, x1, y1`` in the original image's pixels, ``partial``
-and ``note``. A field with no white cell is one row with an empty class and the note
-:data:`~.cells.NO_CELL_NOTE`; an unreadable file is one error row, as in single-image mode.
+and ``note``, then the trust columns (``unfamiliar``, ``flag_reason``, ``unfamiliarity``). A field with no
+white cell is one row with an empty class and the note :data:`~.cells.NO_CELL_NOTE`; an unreadable file is
+one error row, as in single-image mode.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from ..reports.tables import columns
+from ..reports.tables import TRUST_COLUMNS, columns, trust_cells, trust_values
 from ..serving.classifier import Prediction
+from ..stats.domain_shift import domain_shift_counts
 from .cells import FieldResult
 
 CELL_COLUMNS = ["cell", "x0", "y0", "x1", "y1", "partial", "note"]
@@ -23,7 +25,7 @@ CELL_COLUMNS = ["cell", "x0", "y0", "x1", "y1", "partial", "note"]
 
 def field_columns(classes: Sequence[str]) -> list[str]:
     """The ``classify --fields`` CSV header."""
-    return columns(classes) + ["threshold", "model_version"] + CELL_COLUMNS
+    return columns(classes) + ["threshold", "model_version"] + CELL_COLUMNS + TRUST_COLUMNS
 
 
 def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.DataFrame:
@@ -53,6 +55,9 @@ def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.D
                     "partial": None,
                     "note": r.note,
                     "sha256": "",
+                    "unfamiliar": False,
+                    "flag_reason": "",
+                    "unfamiliarity": float("nan"),
                 }
             )
             continue
@@ -75,9 +80,10 @@ def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.D
                     "partial": c.box.partial,
                     "note": note,
                     "sha256": p.sha256,
+                    **trust_values(p),
                 }
             )
-    cols = columns(classes) + CELL_COLUMNS + ["sha256", "field_sha256", "field_index"]
+    cols = columns(classes) + CELL_COLUMNS + ["sha256", "field_sha256", "field_index"] + TRUST_COLUMNS
     frame = pd.DataFrame(rows, columns=cols)
     for k in ("cell", "x0", "y0", "x1", "y1"):
         frame[k] = frame[k].astype("Int64")
@@ -91,7 +97,7 @@ def csv_row(r: FieldResult, cell_index: int | None, classes: Sequence[str], thre
         return (
             [r.file, "", ""]
             + [""] * len(classes)
-            + [False, r.error, threshold, version, "", "", "", "", "", "", r.note]
+            + [False, r.error, threshold, version, "", "", "", "", "", "", r.note, False, "", ""]
         )
     c = r.cells[cell_index]
     p = c.prediction
@@ -100,14 +106,22 @@ def csv_row(r: FieldResult, cell_index: int | None, classes: Sequence[str], thre
         [r.file, p.predicted_class, f"{p.confidence:.6f}"]
         + [f"{v:.6f}" for v in p.probabilities]
         + [p.flagged, "", threshold, version, c.index, c.box.x0, c.box.y0, c.box.x1, c.box.y1, c.box.partial, note]
+        + trust_cells(p)
     )
 
 
 @dataclass
 class RunSummary:
-    """What a ``classify`` run found: counts per class (the differential), flagged, errors, per field.
+    """What a ``classify`` run found: counts per class (the differential), flagged, unfamiliar, errors, per
+    field, and whether the batch looks unlike the training data.
 
     ``unit`` is ``cells`` (``--fields``: every white cell found counts) or ``images`` (one cell per image).
+    Unfamiliar cells (:mod:`hematovision.modeling.unfamiliar`) are left out of ``counts`` and the
+    differential (an analyzer's "unidentified" cells) until a person classifies them; flagged
+    low-confidence cells stay in. ``expected_unfamiliar``: the model's in-domain unfamiliar share
+    (``TrustModel.expected_share``), ``None`` when it has no trust statistics (``unfamiliar_checked`` false,
+    no domain-shift verdict). ``domain_shift`` (JSON): ``{"detected", "score", "threshold", "n", "message",
+    "p_value", "expected", "unfamiliar"}`` over the classified cells (:mod:`hematovision.stats.domain_shift`).
     """
 
     unit: str
@@ -118,7 +132,10 @@ class RunSummary:
     errors: int = 0
     classified: int = 0
     flagged: int = 0
+    unfamiliar: int = 0
+    low_confidence: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    expected_unfamiliar: float | None = None
     fields_without_cells: int = 0
     partial_cells: int = 0
     per_field: list[dict] = field(default_factory=list)
@@ -131,9 +148,21 @@ class RunSummary:
             for c in self.classes
         }
 
+    @property
+    def unfamiliar_checked(self) -> bool:
+        return self.expected_unfamiliar is not None
+
+    def domain_shift(self):
+        """The batch's :class:`~hematovision.stats.domain_shift.DomainShift` over the classified cells."""
+        return domain_shift_counts(self.unfamiliar, self.classified, self.expected_unfamiliar)
+
     def as_dict(self) -> dict:
         d = asdict(self)
+        d.pop("expected_unfamiliar")
         d["differential"] = self.differential
+        d["differential_cells"] = sum(self.counts.get(c, 0) for c in self.classes)
+        d["unfamiliar_checked"] = self.unfamiliar_checked
+        d["domain_shift"] = self.domain_shift().to_dict()
         if self.unit != "cells":
             for k in ("fields_without_cells", "partial_cells", "per_field"):
                 d.pop(k)
@@ -153,7 +182,11 @@ class RunSummary:
             "cells": len(r.cells),
             "partial": sum(c.box.partial for c in r.cells),
             "flagged": sum(c.prediction.flagged for c in r.cells),
-            "counts": {c: sum(x.prediction.predicted_class == c for x in r.cells) for c in self.classes},
+            "unfamiliar": sum(c.prediction.unfamiliar for c in r.cells),
+            "counts": {
+                c: sum(x.prediction.predicted_class == c and not x.prediction.unfamiliar for x in r.cells)
+                for c in self.classes
+            },
         }
         if r.error:
             self.errors += 1
@@ -162,6 +195,8 @@ class RunSummary:
             self.fields_without_cells += 1
         self.classified += len(r.cells)
         self.flagged += entry["flagged"]
+        self.unfamiliar += entry["unfamiliar"]
+        self.low_confidence += sum(c.prediction.flag_reason == "low_confidence" for c in r.cells)
         self.partial_cells += entry["partial"]
         for c in self.classes:
             self.counts[c] = self.counts.get(c, 0) + entry["counts"][c]
@@ -175,21 +210,41 @@ class RunSummary:
             return
         self.classified += 1
         self.flagged += bool(p.flagged)
+        self.unfamiliar += bool(p.unfamiliar)
+        self.low_confidence += p.flag_reason == "low_confidence"
+        if p.unfamiliar:
+            return  # unidentified: left out of the differential until a person classifies it
         if p.predicted_class in self.classes:
             self.counts[p.predicted_class] = self.counts.get(p.predicted_class, 0) + 1
 
 
 def summarise_fields(
-    results: Iterable[FieldResult], classes: Sequence[str], threshold: float, version: str
+    results: Iterable[FieldResult],
+    classes: Sequence[str],
+    threshold: float,
+    version: str,
+    expected_unfamiliar: float | None = None,
 ) -> RunSummary:
-    s = RunSummary("cells", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0))
+    s = RunSummary(
+        "cells", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
+        expected_unfamiliar=expected_unfamiliar,
+    )
     for r in results:
         s.add_field(r)
     return s
 
 
-def summarise_images(preds: Iterable[Prediction], classes: Sequence[str], threshold: float, version: str) -> RunSummary:
-    s = RunSummary("images", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0))
+def summarise_images(
+    preds: Iterable[Prediction],
+    classes: Sequence[str],
+    threshold: float,
+    version: str,
+    expected_unfamiliar: float | None = None,
+) -> RunSummary:
+    s = RunSummary(
+        "images", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
+        expected_unfamiliar=expected_unfamiliar,
+    )
     for p in preds:
         s.add_image(p)
     return s

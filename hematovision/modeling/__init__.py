@@ -4,11 +4,13 @@
 (TensorFlow is imported inside its functions). ``persistence``: the model directory (``model.keras``,
 the model card, evaluation files). ``versions``: adapted model versions beside the shipped one.
 ``features``: a network's logits or pooled features for dataset files (training-time helpers).
+``unfamiliar``: the unfamiliar-cell score's statistics saved beside a model (``trust.npz``), numpy only.
 """
 
 from .features import layer_outputs_keras, predict_logits_keras
 from .network import INPUT_NORMS, LAST_CONV_LAYER, LOGITS_LAYER, SPLIT_LAYER, TEMPERATURE_LAYER, build_network
 from .persistence import ModelCard, ModelError, load_card, load_keras_model, save_model, update_card
+from .unfamiliar import TRUST_FILE, TrustModel
 from .versions import ModelVersion, check_name, list_versions, new_version_dir
 
 __all__ = [
@@ -17,9 +19,11 @@ __all__ = [
     "LOGITS_LAYER",
     "SPLIT_LAYER",
     "TEMPERATURE_LAYER",
+    "TRUST_FILE",
     "ModelCard",
     "ModelError",
     "ModelVersion",
+    "TrustModel",
     "build_network",
     "check_name",
     "layer_outputs_keras",

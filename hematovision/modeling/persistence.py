@@ -269,6 +269,19 @@ def render_card(card: ModelCard) -> str:
             "",
         ]
         lines += ["### Hyperparameters", "", "```json", json.dumps(t.get("hyperparameters", {}), indent=2), "```", ""]
+    if t.get("trust"):
+        tr = t["trust"]
+        lines += [
+            "## Unfamiliar cells",
+            "",
+            f"`trust.npz` (python -m hematovision fit-trust): k-NN distance (k {tr.get('k')}) to "
+            f"{tr.get('bank_images')} training images' pooled features, weights {json.dumps(tr.get('weights', {}))}; "
+            f"threshold {tr.get('threshold', float('nan')):.3f} calls "
+            f"{tr.get('validation_unfamiliar_share', float('nan')):.1%} "
+            f"of {tr.get('validation_images')} validation images unfamiliar. Fitted {tr.get('fitted', '')}; measured "
+            "figures in evaluation.json (`trust`) and docs/trust.md.",
+            "",
+        ]
     if "leave_one_source_out" in t:
         lines += ["## Leave-one-source-out", "", "```json", json.dumps(t["leave_one_source_out"], indent=2), "```", ""]
     lines += ["## Libraries", "", ", ".join(f"{k} {v}" for k, v in card.libraries.items()), ""]

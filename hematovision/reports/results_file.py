@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..serving.classifier import Prediction
-from .tables import columns, neutralise
+from .tables import TRUST_COLUMNS, columns, neutralise, trust_cells
 
 #: Rows per Parquet part (the last part of a run may be shorter).
 PARQUET_ROWS_PER_PART = 50_000
@@ -38,11 +38,11 @@ def image_row(p: Prediction, classes: Sequence[str], threshold: float, version: 
     """One CSV row, as ``classify``'s default engine writes it (before :func:`neutralise`)."""
     row = [p.file, p.predicted_class, "" if not p.ok else f"{p.confidence:.6f}"]
     row += [f"{v:.6f}" for v in p.probabilities] if p.ok else [""] * len(classes)
-    return row + [p.flagged, p.error, threshold, version]
+    return row + [p.flagged, p.error, threshold, version] + trust_cells(p)
 
 
 def result_columns(classes: Sequence[str]) -> list[str]:
-    return columns(classes) + ["threshold", "model_version"]
+    return columns(classes) + ["threshold", "model_version"] + TRUST_COLUMNS
 
 
 class ResultsWriter:
@@ -126,6 +126,9 @@ class ResultsWriter:
             error=[p.error for p in rows],
             threshold=[self.threshold] * len(rows),
             model_version=[self.version] * len(rows),
+            unfamiliar=[bool(p.unfamiliar) for p in rows],
+            flag_reason=[p.flag_reason for p in rows],
+            unfamiliarity=[float(p.unfamiliarity) if p.ok else float("nan") for p in rows],
         )
         name = f"{PART_PREFIX}{self._part:06d}.parquet"
         tmp = self.out / f".{name}.tmp"

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..serving.classifier import Prediction
+from ..serving.classifier import Prediction, flag_reason
 
 BASE_COLUMNS = ["file", "predicted_class", "confidence"]
 TAIL_COLUMNS = ["flagged", "error"]
@@ -21,6 +21,9 @@ REVIEW_COLUMNS = ["reviewed_class", "reviewer", "reviewed_at", "final_class"]
 #: The decision for "not a white cell / unusable image": a value of ``reviewed_class`` (the review store's
 #: too: defined here, below it, so that the report reads it without importing the store).
 UNUSABLE = "unusable"
+#: After every other column (issue 19): ``unfamiliar`` (true/false; false when the model has no trust.npz),
+#: ``flag_reason`` (``unfamiliar``, ``low_confidence`` or empty) and ``unfamiliarity`` (the score; empty without).
+TRUST_COLUMNS = ["unfamiliar", "flag_reason", "unfamiliarity"]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -36,8 +39,31 @@ def predictions_frame(preds: Iterable[Prediction], classes: Sequence[str]) -> pd
         for k, c in enumerate(classes):
             row[f"p_{c}"] = p.probabilities[k] if p.probabilities else float("nan")
         row.update(flagged=p.flagged, error=p.error, sha256=p.sha256, note=p.note)
+        row.update(trust_values(p))
         rows.append(row)
-    return pd.DataFrame(rows, columns=columns(classes) + ["sha256", "note"])
+    return pd.DataFrame(rows, columns=columns(classes) + ["sha256", "note"] + TRUST_COLUMNS)
+
+
+def trust_values(p: Prediction) -> dict:
+    """A prediction's :data:`TRUST_COLUMNS` (the score ``nan`` without trust statistics or for an error)."""
+    return {"unfamiliar": p.unfamiliar, "flag_reason": p.flag_reason, "unfamiliarity": p.unfamiliarity}
+
+
+def trust_cells(p: Prediction) -> list:
+    """:data:`TRUST_COLUMNS` as CSV text: ``True``/``False``, the reason, the score to 4 decimals or empty."""
+    score = "" if not p.ok or p.unfamiliarity != p.unfamiliarity else f"{p.unfamiliarity:.4f}"
+    return [p.unfamiliar, p.flag_reason, score]
+
+
+def unfamiliar_of(frame: pd.DataFrame) -> pd.Series:
+    """``unfamiliar`` as booleans (false where the frame has no such column, and for error rows)."""
+    ok = frame["error"].fillna("") == ""
+    if "unfamiliar" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    col = frame["unfamiliar"]
+    if col.dtype == object or pd.api.types.is_string_dtype(col):  # read back from a CSV: "True" / "False"
+        col = col.astype(str).str.lower().isin(["true", "1"])
+    return ok & col.fillna(False).astype(bool)
 
 
 def with_reviews(frame: pd.DataFrame, reviews: Mapping[str, object]) -> pd.DataFrame:
@@ -60,9 +86,13 @@ def ensure_review_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def apply_threshold(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Recompute ``flagged`` for a new threshold: no inference needed."""
+    """Recompute ``flagged`` (and ``flag_reason``) for a new threshold: no inference needed. An unfamiliar
+    image stays flagged whatever the threshold."""
     out = frame.copy()
-    out["flagged"] = (out["error"].fillna("") == "") & (out["confidence"] < threshold)
+    odd = unfamiliar_of(out)
+    out["flagged"] = (out["error"].fillna("") == "") & ((out["confidence"] < threshold) | odd)
+    if "flag_reason" in out.columns:
+        out["flag_reason"] = [flag_reason(bool(f), bool(u)) for f, u in zip(out["flagged"], odd)]
     return out
 
 

@@ -6,7 +6,7 @@
 ``ray_engine``: the same classification on Ray Data (``classify --engine ray``; imported by name, Ray only when run).
 """
 
-from .classifier import Classifier, Prediction, is_flagged
+from .classifier import Classifier, Prediction, flag_reason, is_flagged
 from .gradcam import GradCam, HeatMap, for_classifier, overlay
 from .litert import LiteRTRuntime, check_images, check_litert, export_litert
 
@@ -19,6 +19,7 @@ __all__ = [
     "check_images",
     "check_litert",
     "export_litert",
+    "flag_reason",
     "for_classifier",
     "is_flagged",
     "overlay",

@@ -15,7 +15,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,11 @@ from ..imaging.decode import ImageError, decode_image, thumbnail
 from ..imaging.framing import model_input
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
 from ..imaging.sources import ImageInput
-from ..modeling import persistence
+from ..modeling import persistence, unfamiliar
 from . import litert
+
+#: The layer whose output is the pooled penultimate features (modeling.network's global average pool).
+FEATURES_LAYER = litert.FEATURES_LAYER
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,17 @@ class Prediction:
     sha256: str = ""
     note: str = ""
     thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
+    unfamiliar: bool = False  # unlike the training images (modeling.unfamiliar); always False without trust.npz
+    unfamiliarity: float = math.nan  # the score behind it (nan without trust.npz)
 
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def flag_reason(self) -> str:
+        """Why it is flagged: ``"unfamiliar"`` (it wins when both hold), ``"low_confidence"``, or ``""``."""
+        return flag_reason(self.flagged, self.unfamiliar)
 
 
 @dataclass
@@ -60,9 +70,14 @@ class Prepared:
     note: str = ""
 
 
-def is_flagged(confidence: float, threshold: float) -> bool:
-    """Flag for human review when the calibrated confidence is below the threshold."""
-    return bool(confidence < threshold)
+def is_flagged(confidence: float, threshold: float, unfamiliar: bool = False) -> bool:
+    """Flag for human review when the calibrated confidence is below the threshold, or the image is unfamiliar."""
+    return bool(confidence < threshold or unfamiliar)
+
+
+def flag_reason(flagged: bool, unfamiliar: bool) -> str:
+    """The CSV's ``flag_reason``: ``unfamiliar``, ``low_confidence`` or empty."""
+    return "unfamiliar" if unfamiliar else "low_confidence" if flagged else ""
 
 
 class Classifier:
@@ -77,12 +92,23 @@ class Classifier:
       usable flat-buffer (a mismatching one is ignored with a warning in the log).
 
     :attr:`network` (the Keras model, for Grad-CAM and training) is loaded on first use.
+
+    :attr:`trust`: the unfamiliar-cell statistics (``trust.npz`` beside the model, fitted by ``fit-trust``),
+    or ``None``: then every prediction's ``unfamiliar`` is false. Both backends also return the pooled
+    features from the same forward pass (:meth:`proba_and_features`) that the score needs.
     """
 
     def __init__(
-        self, network, card: persistence.ModelCard, model_dir: Path | None = None, batch_size: int = 32, runtime=None
+        self,
+        network,
+        card: persistence.ModelCard,
+        model_dir: Path | None = None,
+        batch_size: int = 32,
+        runtime=None,
+        trust: unfamiliar.TrustModel | None = None,
     ):
         self._network = network
+        self.trust = trust
         self.card = card
         self.model_dir = model_dir
         self.batch_size = batch_size
@@ -90,7 +116,7 @@ class Classifier:
         self.input_size = int(card.input_size)
         self.framing = card.framing
         self._runtime = runtime  # a callable float32 [n, S, S, 3] -> probabilities (LiteRT), or None for Keras
-        self._fn = None
+        self._fn = None  # the Keras backend's (tf.function, whether it returns features), built on first use
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, batch_size: int = 32, backend: str = "auto") -> Classifier:
@@ -102,22 +128,26 @@ class Classifier:
             raise ValueError(f"backend must be auto, litert or keras (got {backend!r})")
         path = default_model_dir(model_dir)
         card = persistence.load_card(path)
+        trust = unfamiliar.load(path, card.model_sha256)
         if backend != "keras":
             ok, why = litert.usable(path, card)
             if ok:
                 try:
-                    return cls(
-                        None, card, path, batch_size, runtime=litert.LiteRTRuntime(path / persistence.LITERT_FILE)
-                    )
+                    runtime = litert.LiteRTRuntime(path / persistence.LITERT_FILE)
                 except Exception as exc:  # a flat-buffer the interpreter refuses
                     ok, why = False, f"cannot load {persistence.LITERT_FILE} ({type(exc).__name__}: {exc})"
+                else:
+                    if trust is None or runtime.has_features or backend == "litert":
+                        served = trust if runtime.has_features else None
+                        return cls(None, card, path, batch_size, runtime=runtime, trust=served)
+                    ok, why = False, "it has no features output for the unfamiliar-cell score (re-run export-litert)"
             if backend == "litert":
                 raise persistence.ModelError(f"LiteRT backend not usable for {path}: {why}")
             if (path / persistence.LITERT_FILE).is_file():
                 logging.getLogger(__name__).warning(
                     "not using %s: %s; falling back to Keras", path / persistence.LITERT_FILE, why
                 )
-        return cls(persistence.load_keras_model(path, card), card, path, batch_size)
+        return cls(persistence.load_keras_model(path, card), card, path, batch_size, trust=trust)
 
     @property
     def backend(self) -> str:
@@ -149,24 +179,79 @@ class Classifier:
     # ------------------------------------------------------------------ arrays
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a float32 batch ``[n, S, S, 3]`` (RGB 0..255): the one place backends plug in."""
+        """Probabilities for a float32 batch ``[n, S, S, 3]`` (RGB 0..255)."""
+        return self._forward_both(batch)[0]
+
+    def _forward_both(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and pooled features (``None`` where the backend has none) from one forward pass:
+        the one place backends plug in."""
         if self._runtime is not None:
-            return np.asarray(self._runtime(batch), dtype=np.float64)
+            if getattr(self._runtime, "has_features", False):
+                probs, feats = self._runtime.run_both(batch)
+                return np.asarray(probs, dtype=np.float64), np.asarray(feats, dtype=np.float32)
+            return np.asarray(self._runtime(batch), dtype=np.float64), None
         if self._fn is None:
-            import tensorflow as tf  # only the Keras backend needs TensorFlow; LiteRT serving never imports it
+            # only the Keras backend needs TensorFlow; LiteRT serving never imports it
+            import keras
+            import tensorflow as tf
 
             net = self.network
+            has_features = any(layer.name == FEATURES_LAYER for layer in net.layers)
+            pooled = net.get_layer(FEATURES_LAYER).output if has_features else net.output
+            both = keras.Model(net.input, [net.output, pooled])
             spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
-            self._fn = tf.function(lambda x: net(x, training=False), input_signature=[spec])
-        return np.asarray(self._fn(batch), dtype=np.float64)
+            self._fn = (tf.function(lambda x: both(x, training=False), input_signature=[spec]), has_features)
+        fn, has_features = self._fn
+        probs, feats = fn(batch)
+        return np.asarray(probs, dtype=np.float64), (np.asarray(feats, dtype=np.float32) if has_features else None)
 
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated probabilities, shape ``(n, n_classes)``, for RGB uint8 arrays of any size."""
-        out = []
+        return self.proba_and_features(images)[0]
+
+    def proba_and_features(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities ``(n, n_classes)`` and pooled penultimate features ``(n, F)`` (``None`` when the
+        backend serves probabilities only) for RGB uint8 arrays of any size, from one forward pass each."""
+        probs, feats = [], []
         for b in range(0, len(images), self.batch_size):
             chunk = [model_input(im, self.input_size, self.framing) for im in images[b:b + self.batch_size]]
-            out.append(self._forward(np.stack(chunk).astype(np.float32)))
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes_)))
+            p, f = self._forward_both(np.stack(chunk).astype(np.float32))
+            probs.append(p)
+            feats.append(f)
+        if not probs:
+            return np.zeros((0, len(self.classes_))), None
+        return np.concatenate(probs), (None if any(f is None for f in feats) else np.concatenate(feats))
+
+    def unfamiliarity(self, probs: np.ndarray, feats: np.ndarray | None) -> np.ndarray | None:
+        """Unfamiliarity scores for a batch, or ``None`` without trust statistics or features."""
+        if self.trust is None or feats is None or not len(probs):
+            return None
+        return self.trust.score(feats, probs)
+
+    def predict_cells(self, images: Sequence[np.ndarray], threshold: float) -> list[Prediction]:
+        """One :class:`Prediction` per RGB array (no file name, hash or thumbnail): class, confidence, flag and
+        unfamiliarity as :meth:`classify` gives them, for crops a caller cut (a smear field's cells)."""
+        probs, feats = self.proba_and_features(images)
+        return self._predictions(probs, self.unfamiliarity(probs, feats), threshold)
+
+    def _predictions(self, probs: np.ndarray, scores: np.ndarray | None, threshold: float) -> list[Prediction]:
+        out = []
+        for k, row in enumerate(probs):
+            j = int(row.argmax())
+            conf = float(row[j])
+            odd = bool(scores is not None and self.trust is not None and self.trust.unfamiliar(scores[k]))
+            out.append(
+                Prediction(
+                    "",
+                    self.classes_[j],
+                    conf,
+                    tuple(float(v) for v in row),
+                    is_flagged(conf, threshold, odd),
+                    unfamiliar=odd,
+                    unfamiliarity=math.nan if scores is None else float(scores[k]),
+                )
+            )
+        return out
 
     def predict(self, images: Sequence[np.ndarray]) -> list[str]:
         return [self.classes_[k] for k in self.predict_proba(images).argmax(axis=1)]
@@ -214,29 +299,17 @@ class Classifier:
         Public so that another engine (``serving.ray_engine``: :func:`prepare` in Ray tasks, this in an actor)
         computes the same rows."""
         good = [p for p in prepared if p.pixels is not None]
-        probs = self._forward(np.stack([p.pixels for p in good]).astype(np.float32)) if good else None
+        preds: list[Prediction] = []
+        if good:
+            probs, feats = self._forward_both(np.stack([p.pixels for p in good]).astype(np.float32))
+            preds = self._predictions(probs, self.unfamiliarity(probs, feats), threshold)
         out, k = [], 0
         for p in prepared:
             if p.pixels is None:
                 out.append(Prediction(p.item.name, error=p.error or "unreadable", sha256=p.sha256, note=p.note))
                 continue
-            row = probs[k]
+            out.append(replace(preds[k], file=p.item.name, sha256=p.sha256, note=p.note, thumbnail=p.thumb))
             k += 1
-            j = int(row.argmax())
-            conf = float(row[j])
-            out.append(
-                Prediction(
-                    p.item.name,
-                    self.classes_[j],
-                    conf,
-                    tuple(float(v) for v in row),
-                    is_flagged(conf, threshold),
-                    "",
-                    p.sha256,
-                    p.note,
-                    p.thumb,
-                )
-            )
         return out
 
 

@@ -3,7 +3,10 @@
 ``export_litert(model_dir)`` converts ``model.keras`` to ``model.tflite``: float32,
 no quantisation, input ``[1, S, S, 3]`` (``S`` = the card's ``input_size``), RGB 0..255 in,
 calibrated probabilities out -- the same contract
-as the Keras model once images are resized with :func:`imaging.resize_for_model`.
+as the Keras model once images are resized with :func:`imaging.resize_for_model` -- and, as a second
+output, the pooled penultimate features (layer ``pool``) that the unfamiliar-cell score reads
+(:attr:`LiteRTRuntime.has_features`, :meth:`LiteRTRuntime.run_both`; flat-buffers exported before that
+have the probabilities only, and are still served).
 It then checks the flat-buffer against the Keras model on a set of images and
 records in ``model_card.json`` (field ``litert``)::
 
@@ -56,6 +59,9 @@ from ..modeling.persistence import LITERT_FILE, ModelError
 
 log = logging.getLogger(__name__)
 
+#: The Keras layer exported as the flat-buffer's second output (pooled penultimate features, for the
+#: unfamiliar-cell score: modeling.unfamiliar).
+FEATURES_LAYER = "pool"
 #: Largest allowed max-abs difference between LiteRT and Keras probabilities.
 TOLERANCE = 1e-4
 #: Batch dimension of the exported flat-buffer (``None`` would export a dynamic batch).
@@ -107,7 +113,7 @@ class LiteRTRuntime:
         self._interp = self._new_interpreter(num_threads)
         inp = self._interp.get_input_details()[0]
         self._in = inp["index"]
-        self._out = self._interp.get_output_details()[0]["index"]
+        self._out, self._feat = _output_indices(self._interp.get_output_details())
         self.input_shape = tuple(int(v) for v in inp["shape_signature"])  # -1 for a dynamic batch
         self._batch = int(inp["shape"][0])
         if parallel is None:
@@ -144,14 +150,40 @@ class LiteRTRuntime:
                 part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), np.float32)])
             interp.set_tensor(self._in, part)
             interp.invoke()  # releases the GIL: interpreters run truly in parallel
-            out.append(interp.get_tensor(self._out)[:m].copy())
-        return np.concatenate(out)
+            out.append(self._outputs(interp, m))
+        return self._stack(out)
+
+    def _outputs(self, interp, m: int):
+        probs = interp.get_tensor(self._out)[:m].copy()
+        return probs if self._feat is None else (probs, interp.get_tensor(self._feat)[:m].copy())
+
+    def _stack(self, parts: list):
+        if self._feat is None:
+            return np.concatenate(parts)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the flat-buffer also emits the pooled penultimate features (exports since issue 19)."""
+        return self._feat is not None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``[n, C]``."""
+        out = self._run(batch)
+        return out if self._feat is None else out[0]
+
+    def run_both(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``[n, C]`` and pooled features ``[n, F]`` from one invocation (needs :attr:`has_features`)."""
+        if self._feat is None:
+            raise ValueError(f"{self.model_path} has no features output: re-run export-litert")
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         n = batch.shape[0]
         if n == 0:
-            return np.zeros((0, self._interp.get_output_details()[0]["shape"][-1]), np.float32)
+            probs = np.zeros((0, _width(self._interp, self._out)), np.float32)
+            return probs if self._feat is None else (probs, np.zeros((0, _width(self._interp, self._feat)), np.float32))
         if batch.shape[1:] != tuple(self.input_shape[1:]):
             raise ValueError(
                 f"LiteRT model expects [n, {', '.join(map(str, self.input_shape[1:]))}], got {list(batch.shape)}"
@@ -164,7 +196,7 @@ class LiteRTRuntime:
                     self._batch = n
                 self._interp.set_tensor(self._in, batch)
                 self._interp.invoke()
-                return self._interp.get_tensor(self._out).copy()
+                return self._outputs(self._interp, n)
             ways = min(self.parallel, n)
             if ways == 1:
                 return self._run_fixed(self._interp, batch)
@@ -175,7 +207,24 @@ class LiteRTRuntime:
             parts = np.array_split(batch, ways)
             futures = [self._pool.submit(self._run_fixed, interp, part) for interp, part in zip(self._extra, parts[1:])]
             first = self._run_fixed(self._interp, parts[0])
-            return np.concatenate([first] + [f.result() for f in futures])
+            return self._stack([first] + [f.result() for f in futures])
+
+
+def _width(interp, index: int) -> int:
+    return int(next(d["shape"] for d in interp.get_output_details() if d["index"] == index)[-1])
+
+
+def _output_indices(details: list[dict]) -> tuple[int, int | None]:
+    """``(probabilities, features or None)`` tensor indices: with two outputs, the features are the wider one
+    (1280 pooled features against a handful of classes; :func:`convert` checks that they differ)."""
+    if len(details) == 1:
+        return details[0]["index"], None
+    if len(details) != 2:
+        raise ValueError(f"expected 1 or 2 outputs, found {len(details)}")
+    a, b = sorted(details, key=lambda d: int(d["shape"][-1]))
+    if int(a["shape"][-1]) == int(b["shape"][-1]):
+        raise ValueError("cannot tell the probabilities from the features: both outputs have the same width")
+    return a["index"], b["index"]
 
 
 def usable(model_dir: Path, card: persistence.ModelCard) -> tuple[bool, str]:
@@ -205,14 +254,27 @@ def usable(model_dir: Path, card: persistence.ModelCard) -> tuple[bool, str]:
 # ---------------------------------------------------------------------- export
 
 
-def convert(network, input_size: int, batch: int | None = None) -> bytes:
-    """The flat-buffer bytes of a Keras network at a fixed ``input_size`` (float32)."""
-    import tensorflow as tf  # export only: the LiteRT runtime never imports TensorFlow
+def convert(network, input_size: int, batch: int | None = None, features: bool = True) -> bytes:
+    """The flat-buffer bytes of a Keras network at a fixed ``input_size`` (float32).
+
+    ``features``: also emit the pooled penultimate features (layer :data:`FEATURES_LAYER`) as a second
+    output, so the unfamiliar-cell score comes from the same invocation as the probabilities.
+    """
+    # export only: the LiteRT runtime never imports TensorFlow or Keras
+    import keras
+    import tensorflow as tf
 
     spec = tf.TensorSpec([batch, input_size, input_size, 3], tf.float32, name="image")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    fn = tf.function(lambda x: network(x, training=False), input_signature=[spec])
+    if features and any(layer.name == FEATURES_LAYER for layer in network.layers):
+        pooled = network.get_layer(FEATURES_LAYER).output
+        if int(pooled.shape[-1]) == int(network.output.shape[-1]):
+            raise ModelError("the pooled features are as wide as the probabilities; cannot export both")
+        both = keras.Model(network.input, [network.output, pooled])
+        fn = tf.function(lambda x: tuple(both(x, training=False)), input_signature=[spec])
+    else:
+        fn = tf.function(lambda x: network(x, training=False), input_signature=[spec])
     # Freeze the weights into the graph first: Keras 3 variables would otherwise stay
     # resource variables in the flat-buffer, uninitialised at run time.
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
@@ -359,6 +421,7 @@ def export_litert(
         "keras_sha256": card.model_sha256,
         "input_shape": [EXPORT_BATCH or -1, size, size, 3],
         "dtype": "float32",
+        "outputs": ["probabilities", "features"] if LiteRTRuntime(path).has_features else ["probabilities"],
         "max_abs_diff": diff,
         "tolerance": tolerance,
         "n_check_images": len(images),

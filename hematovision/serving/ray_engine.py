@@ -42,7 +42,7 @@ from ..imaging.sources import (
     inputs_of_file,
     list_files,
 )
-from ..modeling import persistence
+from ..modeling import TRUST_FILE, persistence
 from . import litert
 from .classifier import Classifier, Prediction, Prepared, prepare
 
@@ -86,6 +86,8 @@ class ModelFiles:
         card = persistence.load_card(model_dir)
         ok, _ = litert.usable(model_dir, card)
         names = [persistence.CARD_FILE, persistence.LITERT_FILE if ok else persistence.MODEL_FILE]
+        if (model_dir / TRUST_FILE).is_file():  # the unfamiliar-cell statistics, so rows match the default engine's
+            names.append(TRUST_FILE)
         return cls({n: (model_dir / n).read_bytes() for n in names})
 
     def write(self, folder: Path) -> Path:
@@ -265,6 +267,8 @@ class InferenceActor:
             "error": np.asarray([p.error for p in preds], dtype=object),
             "sha256": np.asarray([p.sha256 for p in preds], dtype=object),
             "note": np.asarray([p.note for p in preds], dtype=object),
+            "unfamiliar": np.asarray([p.unfamiliar for p in preds], dtype=bool),
+            "unfamiliarity": np.asarray([p.unfamiliarity for p in preds], dtype=np.float64),
         }
 
 
@@ -384,6 +388,8 @@ def classify(
                 str(batch["error"][i]),
                 str(batch["sha256"][i]),
                 str(batch["note"][i]),
+                unfamiliar=bool(batch["unfamiliar"][i]),
+                unfamiliarity=float(batch["unfamiliarity"][i]),
             )
             done += 1
             if progress:

@@ -3,6 +3,7 @@
 ``metrics``: confusion matrix, per-class precision/recall/F1, ROC, Wilson and cluster-bootstrap
 intervals. ``calibration``: temperature scaling, reliability and ECE, the review threshold.
 ``threshold_advice``: which threshold a test set supports for a target accuracy (on a 95% lower bound), or none.
+``domain_shift``: whether a batch's share of unfamiliar images says it is unlike the training data.
 """
 
 from .calibration import (
@@ -16,16 +17,20 @@ from .calibration import (
     softmax,
     threshold_for_accuracy,
 )
+from .domain_shift import DomainShift, domain_shift, domain_shift_counts
 from .metrics import cluster_bootstrap, confusion_matrix, macro_f1, per_class, roc_curve_ovr, wilson_interval
 from .threshold_advice import Advice, advise
 
 __all__ = [
     "Advice",
+    "DomainShift",
     "ThresholdChoice",
     "advise",
     "choose_threshold",
     "cluster_bootstrap",
     "confusion_matrix",
+    "domain_shift",
+    "domain_shift_counts",
     "ece_of",
     "fit_temperature",
     "macro_f1",

@@ -1,0 +1,370 @@
+"""Fit the unfamiliar-cell score for a model directory: ``python -m hematovision fit-trust --model DIR``.
+
+Images come from the model's own split manifest (``split_manifest.csv``), so the statistics are those
+of the data the model was trained and validated on:
+
+* the **bank**: at most :data:`BANK_SIZE` training images, drawn at random within each (source,
+  class), in proportion to their counts;
+* the **threshold**: on every validation image (see :func:`unfamiliar.choose_threshold`);
+* the **outlier bank**: BCCD red-cell and platelet crops, background squares of the even-numbered
+  BCCD fields (:mod:`outliers`), plus heavily blurred and cut copies of training images.
+
+What it measures (on odd-numbered BCCD fields and the test sets, none of it used in fitting) is
+written into ``trust.npz``'s record and the model card (``trust``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import data_root
+from ..data import datasets as ds
+from ..evaluation import shifts
+from ..imaging.decode import read_rgb
+from ..modeling import persistence, unfamiliar
+from ..modeling.persistence import ModelError
+from ..modeling.unfamiliar import DEFAULT_K, TrustModel
+from ..serving import litert
+from ..serving.classifier import Classifier
+from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_SHARE, domain_shift
+from . import outliers
+
+log = logging.getLogger("hematovision.trust")
+
+#: Largest training bank (images); features are stored as float16 (1280 x 2 bytes each).
+BANK_SIZE = 4000
+#: Real test images per test set the re-exported flat-buffer is checked on (as ``export-litert``'s default).
+CHECK_IMAGES_PER_SET = 16
+#: Stain-shift families (shifts.SUITE) measured as proxies for another laboratory's batch.
+SHIFT_FAMILIES = ("restain_rapid", "cast_cyan", "lab_rapid_tight", "lab_cyan_field", "greyscale", "hue_90")
+
+
+def _stratified(images: list[ds.LabeledImage], n: int, seed: int) -> list[ds.LabeledImage]:
+    """At most ``n`` images, drawn within each (source, class) in proportion to its size; manifest order kept."""
+    if len(images) <= n:
+        return list(images)
+    rng = np.random.default_rng(seed)
+    by: dict[tuple[str, str], list[int]] = {}
+    for k, im in enumerate(images):
+        by.setdefault((im.source, im.label), []).append(k)
+    keep: list[int] = []
+    for key in sorted(by):
+        idx = by[key]
+        take = max(1, round(n * len(idx) / len(images)))
+        keep += [idx[j] for j in rng.choice(len(idx), min(take, len(idx)), replace=False)]
+    return [images[k] for k in sorted(keep)[:n]] if len(keep) > n else [images[k] for k in sorted(keep)]
+
+
+def bank_images(manifest: list[ds.LabeledImage], n: int = BANK_SIZE, seed: int = 0) -> list[ds.LabeledImage]:
+    return _stratified(ds.select(manifest, split="train"), n, seed)
+
+
+def validation_images(manifest: list[ds.LabeledImage]) -> list[ds.LabeledImage]:
+    return ds.select(manifest, split="val")
+
+
+# ---------------------------------------------------------------------- features
+
+
+def features_of(
+    clf, images: Iterable, chunk: int = 64, progress: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs, features)`` of RGB images (an iterable of arrays, consumed ``chunk`` at a time so memory stays
+    bounded)."""
+    probs, feats, buf, done = [], [], [], 0
+
+    def flush():
+        nonlocal done
+        if buf:
+            p, f = clf.proba_and_features(buf)
+            if f is None:
+                raise ModelError(
+                    "the classifier returns no features: re-run export-litert, or load it with backend='keras'"
+                )
+            probs.append(p)
+            feats.append(f)
+            done += len(buf)
+            buf.clear()
+            if progress:
+                progress(done)
+
+    for rgb in images:
+        buf.append(rgb)
+        if len(buf) >= chunk:
+            flush()
+    flush()
+    if not probs:
+        return np.zeros((0, len(clf.classes_))), np.zeros((0, 0), np.float32)
+    return np.concatenate(probs), np.concatenate(feats)
+
+
+def _read_all(
+    items: Sequence[ds.LabeledImage], transform: Callable[[np.ndarray, int], np.ndarray] | None = None
+) -> Iterator[np.ndarray]:
+    """Decoded images in order, read two at a time in threads (a bad file is skipped with a log line)."""
+
+    def one(k_item):
+        k, item = k_item
+        try:
+            rgb = read_rgb(item.path)
+        except Exception as exc:  # a vanished or damaged file must not stop the fit
+            log.warning("skipping %s (%s)", item.path, exc)
+            return None
+        return transform(rgb, k) if transform else rgb
+
+    with ThreadPoolExecutor(2) as pool:
+        for rgb in pool.map(one, enumerate(items)):
+            if rgb is not None:
+                yield rgb
+
+
+def _pick(items: Sequence, n: int, seed: int) -> list:
+    if len(items) <= n:
+        return list(items)
+    rng = np.random.default_rng(seed)
+    return [items[i] for i in sorted(rng.choice(len(items), n, replace=False))]
+
+
+# ---------------------------------------------------------------------- measurement
+
+
+def auroc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
+    """Probability that an outlier scores above an in-domain image (ties count half)."""
+    a, b = np.asarray(inlier_scores, np.float64), np.asarray(outlier_scores, np.float64)
+    if not len(a) or not len(b):
+        return float("nan")
+    ranks = stats_rankdata(np.concatenate([a, b]))
+    return float((ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
+
+
+def stats_rankdata(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata  # scipy.stats takes ~0.3 s to import: only when measuring
+
+    return rankdata(x)
+
+
+def batch_alarm_rate(flags: np.ndarray, expected: float, size: int, draws: int = 500, seed: int = 0) -> float:
+    """Share of random batches of ``size`` drawn (without replacement) from ``flags`` that the batch rule calls
+    shifted."""
+    flags = np.asarray(flags, bool)
+    if len(flags) < size:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    return float(
+        np.mean(
+            [domain_shift(flags[rng.choice(len(flags), size, replace=False)], expected).detected for _ in range(draws)]
+        )
+    )
+
+
+def measure(
+    tm: TrustModel,
+    val_scores: np.ndarray,
+    groups: dict[str, tuple[np.ndarray, np.ndarray]],
+    in_domain: Sequence[str] = (),
+) -> dict:
+    """Per group of images (name -> (probs, features)): share unfamiliar, AUROC against validation, and for
+    batches of 50 and 200 drawn from the group, the share the batch rule calls shifted (the false alarm rate
+    for ``in_domain`` groups, the detection rate for the others)."""
+    out = {}
+    expected = tm.expected_share
+    for name, (probs, feats) in groups.items():
+        if not len(probs):
+            continue
+        s = tm.score(feats, probs)
+        flags = tm.unfamiliar(s)
+        out[name] = {
+            "n": int(len(s)),
+            "unfamiliar_share": float(flags.mean()),
+            "flagged_share": float(np.mean(flags | (probs.max(axis=1) < tm.record.get("review_threshold", 0.0)))),
+            "auroc_vs_validation": None if name in in_domain else auroc(val_scores, s),
+            "in_domain": name in in_domain,
+            "batch_detected_share": {
+                str(n): batch_alarm_rate(flags, expected, n) for n in (50, 200) if len(flags) >= n
+            },
+        }
+    return out
+
+
+# ---------------------------------------------------------------------- the command
+
+
+@dataclass
+class FitReport:
+    path: Path
+    record: dict
+    exported: str = ""  # what happened to model.tflite
+
+
+def _ensure_features_export(model_dir: Path, data: str | Path | None) -> str:
+    """Re-export ``model.tflite`` when the served one has no features output (exports before issue 19)."""
+    card = persistence.load_card(model_dir)
+    ok, _ = litert.usable(model_dir, card)
+    if not (model_dir / persistence.LITERT_FILE).is_file():
+        return "no model.tflite: the Keras model computes the features"
+    if ok and litert.LiteRTRuntime(model_dir / persistence.LITERT_FILE).has_features:
+        return ""
+    images, desc = litert.check_images(data, per_set=CHECK_IMAGES_PER_SET, model_dir=model_dir)
+    rec = litert.export_litert(model_dir, images, desc)
+    return f"re-exported model.tflite with a features output (max abs difference from Keras {rec['max_abs_diff']:.1e})"
+
+
+def fit_model_dir(
+    model_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    bank_size: int = BANK_SIZE,
+    k: int = DEFAULT_K,
+    measure_size: int = 600,
+    outliers_per_field: int = 2,
+    seed: int = 0,
+    export: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> FitReport:
+    """Fit ``trust.npz`` for the model in ``model_dir`` from its split manifest's images; measure it; record it."""
+    model_dir = Path(model_dir)
+    root = data_root(data)
+    card = persistence.load_card(model_dir)
+    manifest_path = model_dir / persistence.MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ModelError(
+            f"no {persistence.MANIFEST_FILE} in {model_dir}: the unfamiliar score is fitted on the model's own "
+            "training and validation split"
+        )
+    manifest = [m for m in ds.read_manifest(manifest_path, root) if m.label in card.classes]
+    missing = sum(1 for m in manifest[:50] if not m.path.is_file())
+    if missing == min(50, len(manifest)):
+        raise ModelError(
+            f"the images listed in {manifest_path} are not under the data root {root} "
+            "(set --data or $HEMATOVISION_DATA)"
+        )
+    t0 = time.time()
+    exported = _ensure_features_export(model_dir, data) if export else ""
+    clf = Classifier.load(model_dir)
+    clf.trust = None  # an old trust.npz must not matter while fitting a new one
+
+    def run(name: str, items, transform=None, n: int | None = None):
+        cb = (lambda d: progress(name, d, n)) if progress and n else None
+        return features_of(clf, _read_all(items, transform) if transform is not False else items, progress=cb)
+
+    bank = bank_images(manifest, bank_size, seed)
+    val = validation_images(manifest)
+    if not bank or not val:
+        raise ModelError(f"{manifest_path} lists no training or no validation images")
+    _, bank_f = run("training bank", bank, n=len(bank))
+    val_p, val_f = run("validation", val, n=len(val))
+    # what is not a white cell, from the even BCCD fields and other training images than the bank's
+    in_bank = {m.relpath for m in bank}
+    rest = _pick([m for m in ds.select(manifest, split="train") if m.relpath not in in_bank] or bank, 300, seed + 1)
+    crops = outliers.bccd_crops(root, kinds=("RBC", "Platelets"), per_image=outliers_per_field, half="fit", seed=seed)
+    crops += outliers.background_crops(root, half="fit", seed=seed)
+    _, crop_f = run("outlier crops", [c.rgb for c in crops], transform=False, n=len(crops))
+    _, blur_f = run("blurred", rest[:150], lambda x, i: outliers.heavy_blur(x), n=min(150, len(rest)))
+    _, cut_f = run("cut", rest[150:], lambda x, i: outliers.cut_cell(x, i), n=max(0, len(rest) - 150))
+    outlier_f = np.concatenate([f for f in (crop_f, blur_f, cut_f) if f.size])
+    tm = unfamiliar.fit(
+        bank_f,
+        val_f,
+        val_p,
+        k=k,
+        outlier_features=outlier_f if len(outlier_f) else None,
+        model_sha256=card.model_sha256,
+    )
+    val_scores = tm.score(val_f, val_p)
+    fit_seconds = time.time() - t0
+
+    # measured on what fitting never saw: the test sets, odd BCCD fields, blurred/cut test images, stain shifts
+    groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tests = {key: _pick(ds.test_set(manifest, key), measure_size, seed + 2) for key in ("kaggle_test", "pbc_test")}
+    for key, items in tests.items():
+        groups[key] = run(ds.TEST_SETS[key], items, n=len(items))
+    for kind in ("RBC", "Platelets", "WBC"):
+        cs = outliers.bccd_crops(root, kinds=(kind,), per_image=1, half="measure", seed=seed + 3)
+        groups[f"bccd_{kind.lower()}"] = run(f"BCCD {kind}", [c.rgb for c in cs], transform=False, n=len(cs))
+    bg = outliers.background_crops(root, half="measure", seed=seed + 3)
+    groups["background"] = run("background", [c.rgb for c in bg], transform=False, n=len(bg))
+    mixed = _pick(tests["pbc_test"], 100, seed + 4) + _pick(tests["kaggle_test"], 100, seed + 4)
+    groups["blurred"] = run("blurred", mixed, lambda x, i: outliers.heavy_blur(x), n=len(mixed))
+    groups["cut"] = run("cut", mixed, lambda x, i: outliers.cut_cell(x, i), n=len(mixed))
+    fam = {f.name: f for f in shifts.SUITE}
+    for name in SHIFT_FAMILIES:
+        f = fam[name]
+        src = _pick(tests["pbc_test"], 200, seed + 5) if f.geometry else mixed
+        groups[f"shift_{name}"] = run(f"shift {name}", src, lambda x, i, f=f: f.apply(x, i), n=len(src))
+    tm.record = {"review_threshold": card.default_threshold}
+    measured = measure(tm, val_scores, groups, in_domain=("kaggle_test", "pbc_test", "bccd_wbc"))
+    tm.record = {
+        "fitted": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": f"python -m hematovision fit-trust --model {_shown(model_dir)}",
+        "bank_images": int(len(bank_f)),
+        "k": tm.k,
+        "pca_dims": None if tm.projection is None else int(tm.projection.shape[1]),
+        "weights": tm.weights,
+        "outlier_bank": {
+            "bccd_crops_even_fields": int(len(crop_f)),
+            "blurred": int(len(blur_f)),
+            "cut": int(len(cut_f)),
+        },
+        "validation_images": int(len(val_f)),
+        "threshold": tm.threshold,
+        "validation_unfamiliar_share": tm.expected_share,
+        "max_unfamiliar_share": unfamiliar.MAX_UNFAMILIAR_SHARE,
+        "batch_rule": {"min_batch": MIN_BATCH, "alpha": ALPHA, "min_share": MIN_SHARE},
+        "review_threshold": card.default_threshold,
+        "measured": measured,
+        "measured_on": (
+            "test sets (sampled), odd-numbered BCCD fields, blurred/cut and stain-shifted test images; "
+            "none used in fitting"
+        ),
+        "seconds": round(time.time() - t0, 1),
+        "fit_seconds": round(fit_seconds, 1),
+    }
+    path = unfamiliar.save(tm, model_dir)
+    record_in_model(model_dir, tm.record)
+    return FitReport(path, tm.record, exported)
+
+
+def _shown(path: Path) -> str:
+    """A path as the record shows it: relative to the working directory when under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def record_in_model(model_dir: Path, record: dict, key: str = "trust") -> None:
+    """Write the fit's record into ``evaluation.json`` (when there is one) and the model card (``training.trust``)."""
+    ev = Path(model_dir) / persistence.EVALUATION_FILE
+    if ev.exists():
+        data = json.loads(ev.read_text())
+        data[key] = record
+        ev.write_text(json.dumps(data, indent=1) + "\n")
+    persistence.update_card(
+        model_dir, lambda c: c.training.__setitem__(key, {k: v for k, v in record.items() if k != "measured"})
+    )
+
+
+def summary_lines(record: dict) -> list[str]:
+    """The fit's figures in a few lines for the terminal."""
+    lines = [
+        f"bank {record['bank_images']} training images, k {record['k']}; threshold {record['threshold']:.3f}: "
+        f"{record['validation_unfamiliar_share']:.1%} of {record['validation_images']} validation images unfamiliar"
+    ]
+    for name, m in record.get("measured", {}).items():
+        au = m.get("auroc_vs_validation")
+        batches = ", ".join(f"batches of {n}: {v:.0%}" for n, v in m.get("batch_detected_share", {}).items())
+        lines.append(
+            f"  {name:24s} n {m['n']:4d}  unfamiliar {m['unfamiliar_share']:6.1%}  flagged {m['flagged_share']:6.1%}"
+            + (f"  AUROC {au:.3f}" if au is not None else "")
+            + (f"  shift called on {batches}" if batches else "")
+        )
+    return lines
