@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..data.labeled import LabeledInputs
 from ..imaging import augment as aug
@@ -321,7 +322,14 @@ def adapt_head(
     classes: Sequence[str],
     cfg: AdaptConfig = AdaptConfig(),
 ) -> AdaptResult:
-    """Fit and calibrate a head on ``feats`` (images x views x F) labeled ``y``; see the module docstring."""
+    """Fit and calibrate a head on ``feats`` (images x views x F) labeled ``y``; see the module docstring.
+
+    One BLAS thread: these small products are ten times slower when OpenBLAS's threads spin on a busy CPU."""
+    with threadpool_limits(1, user_api="blas"):
+        return _adapt_head(feats, y, w0, b0, classes, cfg)
+
+
+def _adapt_head(feats, y, w0, b0, classes, cfg) -> AdaptResult:
     t0 = time.time()
     y = np.asarray(y, int)
     n_img, views, f = feats.shape
