@@ -188,21 +188,27 @@ def clone_network(network):
 def restat_batchnorm(network, framed: Sequence[np.ndarray], batch_size: int = 32):
     """A copy of ``network`` whose BatchNorm statistics are re-estimated on ``framed`` images (AdaBN,
     Li et al. 2016): each layer normalised with the lab's own batch statistics on the way up, so deeper
-    layers are estimated on what they will see; the estimate is the image-weighted mean over batches."""
+    layers are estimated on what they will see; mean and variance pooled over batches by image count."""
     import keras  # TensorFlow-class library: imported only when a network is used
 
     clone = clone_network(network)
     norms = [layer for layer in clone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:
         layer.trainable = True  # a frozen BatchNorm ignores ``training=True``
-    seen = 0
+    sums = [[0.0, 0.0] for _ in norms]  # per layer: sum of n * batch mean, of n * (batch var + mean^2)
     for start in range(0, len(framed), batch_size):
         xb = np.stack(framed[start : start + batch_size]).astype(np.float32)
         for layer in norms:
-            layer.momentum = seen / (seen + len(xb))  # moving = running mean over all images so far
+            layer.momentum = 0.0  # moving statistics = this batch's
         clone(xb, training=True)
-        seen += len(xb)
-    for layer in norms:
+        for layer, acc in zip(norms, sums):
+            mean, var = layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy().astype(np.float64)
+            acc[0] = acc[0] + len(xb) * mean
+            acc[1] = acc[1] + len(xb) * (var + mean * mean)
+    for layer, (m1, m2) in zip(norms, sums):
+        mean = m1 / len(framed)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(m2 / len(framed) - mean * mean, 0.0).astype(np.float32))
         layer.trainable = False
         layer.momentum = 0.99
     return clone
@@ -274,7 +280,7 @@ def fine_tune_top(top, acts: np.ndarray, y: np.ndarray, cfg: AdaptConfig) -> lis
     target[np.arange(len(y)), y] += 1 - cfg.label_smoothing
     opt = keras.optimizers.Adam(cfg.ft_lr)
 
-    @tf.function
+    @tf.function(autograph=False)  # no Python control flow inside
     def step(xb, tb, wb):
         with tf.GradientTape() as tape:
             _, logits = top(xb, training=False)
@@ -397,6 +403,25 @@ def adapt_network(
     acts = acts.reshape(len(images), cfg.views, *bottom.output.shape[1:])
     result = fit_activations(net, acts, y, classes, cfg)
     return adapted_network(net, result), result
+
+
+def describe(cfg: AdaptConfig, n_unlabeled: int = 0) -> str:
+    """What an adaptation with ``cfg`` did, in words, for the model card."""
+    parts = []
+    if cfg.batchnorm == "lab":
+        extra = f" and {n_unlabeled} unlabeled images" if n_unlabeled else ""
+        parts.append(f"BatchNorm statistics re-estimated on the lab's labeled images{extra} (AdaBN)")
+    if cfg.finetune_from:
+        parts.append(
+            f"blocks {cfg.finetune_from}-16, Conv_1 and the head fine-tuned ({cfg.ft_epochs} epochs, Adam "
+            f"{cfg.ft_lr:g}, L2-SP {cfg.ft_l2sp:g} towards the parent's weights, BatchNorm frozen)"
+        )
+    parts.append(
+        f"head re-fitted with L2-SP towards the {'fine-tuned' if cfg.finetune_from else 'parent'} head on the "
+        f"pooled features of {cfg.views} view(s) per image (the first clean, the rest augmented); temperature and "
+        "threshold on cross-fitted logits"
+    )
+    return "; ".join(parts)
 
 
 def adapted_network(base_network, result: AdaptResult):
@@ -526,8 +551,7 @@ def adapt_model(
                 "parent": card.version,
                 "source": source,
                 "labeled_counts": result.counts,
-                "method": "head only (L2-SP towards the parent head), "
-                "pooled features of augmented views; temperature and threshold on cross-fitted logits",
+                "method": describe(cfg, len(unlabeled)),
                 "crossfit_accuracy": result.crossfit_accuracy,
                 "config": asdict(cfg),
                 "wall_time_seconds": round(time.time() - t0, 1),
