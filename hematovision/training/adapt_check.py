@@ -178,7 +178,7 @@ def loso_network(run_dir: Path) -> Network:
     return Network(net, cfg.input_size, cfg.framing)
 
 
-class _Images:
+class LabImages:
     """A lab's images, read and shifted by its family; ``k`` (for families with two directions) is the
     image's rank in the lab's candidate order, so a draw and the held-out set see the same shift."""
 
@@ -245,7 +245,7 @@ def run(
     for proxy in proxies:
         nw = networks[proxy.model]
         lab = lab_split(images_all, proxy.source, test_per_class, per_class)
-        load = _Images(lab, proxy.family)
+        load = LabImages(lab, proxy.family)
         y_test = np.array([cls_index[i.label] for i in lab.test])
         key = cache / _h(f"{proxy}|{per_class}|{test_per_class}|{views}")[:12]
         nets = {"parent": nw.net}
