@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from ..imaging.decode import read_rgb
 from ..imaging.framing import model_input
 from ..modeling import persistence
 from ..modeling.network import build_network
+from ..stats import calibration
 from .adapt import (
     AdaptConfig,
     activation_model,
@@ -221,6 +222,8 @@ class Score:
     fit_seconds: list  # the fit from cached activations (fine-tuning, head, calibration), per draw
     baseline: float  # the parent, not adapted, on the same held-out images
     n_test: int
+    accepted_accuracy: list = field(default_factory=list)  # at the version's own threshold and temperature
+    coverage: list = field(default_factory=list)  # share of held-out images accepted (not flagged)
 
     @property
     def mean(self) -> float:
@@ -278,6 +281,12 @@ def run(
                     if v.prior:
                         logits = (1 - v.prior) * logits + v.prior * parent_logits
                     acc = float((logits.argmax(1) == y_test).mean())
+                    probs = calibration.softmax(logits / res.temperature)
+                    accepted = probs.max(1) >= res.threshold.threshold
+                    scores[v.name].coverage.append(float(accepted.mean()))
+                    scores[v.name].accepted_accuracy.append(
+                        float((probs.argmax(1) == y_test)[accepted].mean()) if accepted.any() else float("nan")
+                    )
                     scores[v.name].accuracies.append(acc)
                     scores[v.name].fit_seconds.append(round(secs, 2))
                     log.info("%s | %s | draw %d: %.4f (%.1f s)", proxy.name, v.name, seed, acc, secs)
