@@ -99,6 +99,10 @@ def variants(base: AdaptConfig | None = None) -> tuple[Variant, ...]:
         Variant("bn + head", replace(base, batchnorm="lab")),
         Variant("ft16 + head", replace(base, finetune_from=16)),
         Variant("ft15 + head", replace(base, finetune_from=15)),
+        Variant("ft16 + head, no L2-SP", replace(base, finetune_from=16, ft_l2sp=0.0)),
+        Variant("ft16 + head, lr 3e-4 x 10 epochs", replace(base, finetune_from=16, ft_lr=3e-4, ft_epochs=10)),
+        Variant("ft16 + head, lr 3e-4 x 10 epochs, 4 views",
+                replace(base, finetune_from=16, ft_lr=3e-4, ft_epochs=10, views=4)),
         Variant("bn + ft16 + head", replace(base, batchnorm="lab", finetune_from=16)),
         Variant("bn + ft15 + head", replace(base, batchnorm="lab", finetune_from=15)),
     )
