@@ -56,7 +56,7 @@ POOL_LAYER = "pool"
 class AdaptConfig:
     """Knobs of an adaptation; saved into the new model's card."""
 
-    views: int = 8  # per labeled image; the first is the clean image
+    views: int = 4  # per labeled image; the first is the clean image
     steps: int = 300  # full-batch Adam steps on the head
     lr: float = 0.01
     l2sp: float = 1e-3  # pull towards the base head's weights
@@ -73,6 +73,7 @@ class AdaptConfig:
     ft_lr: float = 3e-4
     ft_l2sp: float = 0.01  # pull of the fine-tuned convolution weights towards the parent's (L2-SP)
     ft_batch: int = 64
+    ft_folds: int = 3  # the calibration's cross-fitting re-runs the fine-tuning per fold (0: head-only cross-fit)
 
 
 @dataclass
@@ -334,21 +335,27 @@ def adapt_head(
     b0: np.ndarray,
     classes: Sequence[str],
     cfg: AdaptConfig = AdaptConfig(),
+    oof: np.ndarray | None = None,
 ) -> AdaptResult:
     """Fit and calibrate a head on ``feats`` (images x views x F) labeled ``y``; see the module docstring.
+    ``oof``: cross-fitted logits computed elsewhere (with the fine-tuning inside the folds), used for the
+    temperature and threshold instead of the head-only cross-fit.
 
     One BLAS thread: these small products are ten times slower when OpenBLAS's threads spin on a busy CPU."""
     with threadpool_limits(1, user_api="blas"):
-        return _adapt_head(feats, y, w0, b0, classes, cfg)
+        return _adapt_head(feats, y, w0, b0, classes, cfg, oof)
 
 
-def _adapt_head(feats, y, w0, b0, classes, cfg) -> AdaptResult:
+def _adapt_head(feats, y, w0, b0, classes, cfg, given_oof=None) -> AdaptResult:
     t0 = time.time()
     y = np.asarray(y, int)
     n_img, views, f = feats.shape
     n_folds = int(min(cfg.folds, np.bincount(y).min())) if len(y) else 0
     oof = np.zeros((n_img, w0.shape[1]))
-    if n_folds >= 2:
+    if given_oof is not None:
+        oof = given_oof
+        temperature = calibration.fit_temperature(oof, y, smoothing=1.0 / (len(y) + 2))
+    elif n_folds >= 2:
         fold = _folds(y, n_folds, cfg.seed)
         for k in range(n_folds):
             tr = fold != k
@@ -377,11 +384,39 @@ def fit_activations(network, acts: np.ndarray, y: np.ndarray, classes: Sequence[
     n, views = acts.shape[:2]
     flat = acts.reshape(n * views, *acts.shape[2:])
     top = top_model(network)
+    oof = None
     if cfg.finetune_from:
+        oof = _crossfit_finetuned(network, acts, y, cfg)
         fine_tune_top(top, flat, np.repeat(y, views), cfg)
     pooled, _ = top_outputs(top, flat)
     w0, b0 = head_weights(network)
-    return adapt_head(pooled.reshape(n, views, -1), y, w0, b0, classes, cfg)
+    return adapt_head(pooled.reshape(n, views, -1), y, w0, b0, classes, cfg, oof)
+
+
+def _crossfit_finetuned(network, acts: np.ndarray, y: np.ndarray, cfg: AdaptConfig) -> np.ndarray | None:
+    """Cross-fitted logits of the whole adaptation (fine-tuning and head): each labeled image scored, on its
+    clean view, by a copy fine-tuned without it. ``None`` when ``cfg.ft_folds`` < 2 or a class is too small."""
+    n_folds = int(min(cfg.ft_folds, np.bincount(y).min())) if len(y) else 0
+    if n_folds < 2:
+        return None
+    n, views = acts.shape[:2]
+    fold = _folds(y, n_folds, cfg.seed)
+    oof = None
+    for k in range(n_folds):
+        tr = fold != k
+        work = clone_network(network)
+        top = top_model(work)
+        xt = acts[tr].reshape(-1, *acts.shape[2:])
+        yt = np.repeat(y[tr], views)
+        fine_tune_top(top, xt, yt, cfg)
+        pooled = top_outputs(top, xt)[0]
+        w0, b0 = head_weights(work)
+        with threadpool_limits(1, user_api="blas"):
+            w, b = fit_head(pooled, yt, w0, b0, cfg, np.repeat(_balanced(y[tr]), views))
+        held = top_outputs(top, acts[~tr, 0])[0] @ w + b
+        oof = np.zeros((n, held.shape[1])) if oof is None else oof
+        oof[~tr] = held
+    return oof
 
 
 def adapt_network(
@@ -423,10 +458,15 @@ def describe(cfg: AdaptConfig, n_unlabeled: int = 0) -> str:
             f"blocks {cfg.finetune_from}-16, Conv_1 and the head fine-tuned ({cfg.ft_epochs} epochs, Adam "
             f"{cfg.ft_lr:g}, L2-SP {cfg.ft_l2sp:g} towards the parent's weights, BatchNorm frozen)"
         )
+    crossfit = (
+        f"cross-fitted logits ({cfg.ft_folds} folds, fine-tuning included)"
+        if cfg.finetune_from and cfg.ft_folds >= 2
+        else f"cross-fitted logits of the head ({cfg.folds} folds)"
+    )
     parts.append(
         f"head re-fitted with L2-SP towards the {'fine-tuned' if cfg.finetune_from else 'parent'} head on the "
         f"pooled features of {cfg.views} view(s) per image (the first clean, the rest augmented); temperature and "
-        "threshold on cross-fitted logits"
+        f"threshold on {crossfit}"
     )
     return "; ".join(parts)
 

@@ -89,9 +89,15 @@ class Variant:
     prior: float = 0.0
 
 
-def variants(base: AdaptConfig | None = None) -> tuple[Variant, ...]:
-    """The measured variants; ``head`` is the adaptation as it was before this check."""
-    base = base or AdaptConfig()
+#: What ``adapt`` did before this check: the head only, 8 views; fine-tuning variants start from it
+#: (5 epochs at 1e-4, calibrated by the head-only cross-fit, unless their name says otherwise).
+HEAD_ONLY = AdaptConfig(views=8, finetune_from=0, ft_epochs=5, ft_lr=1e-4, ft_folds=0)
+CHOSEN = "chosen (the default): ft16 + head, lr 3e-4 x 10 epochs, 4 views, fine-tuning cross-fitted"
+
+
+def variants(base: AdaptConfig = HEAD_ONLY) -> tuple[Variant, ...]:
+    """The measured variants; ``head`` is the adaptation as it was before this check, the last one
+    :class:`AdaptConfig`'s defaults."""
     return (
         Variant("head, clean view only", replace(base, views=1)),
         Variant("head", base),
@@ -103,6 +109,7 @@ def variants(base: AdaptConfig | None = None) -> tuple[Variant, ...]:
         Variant("ft16 + head, lr 3e-4 x 10 epochs", replace(base, finetune_from=16, ft_lr=3e-4, ft_epochs=10)),
         Variant("ft16 + head, lr 3e-4 x 10 epochs, 4 views",
                 replace(base, finetune_from=16, ft_lr=3e-4, ft_epochs=10, views=4)),
+        Variant(CHOSEN, AdaptConfig()),
         Variant("bn + ft16 + head", replace(base, batchnorm="lab", finetune_from=16)),
         Variant("bn + ft15 + head", replace(base, batchnorm="lab", finetune_from=15)),
     )
