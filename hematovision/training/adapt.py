@@ -17,7 +17,8 @@ model back, if the adaptation is cautious:
   the lab's images (``batchnorm="lab"``), fine-tuning from ``block_15``;
 * the calibration step is the training recipe's: a temperature and a review
   threshold, fitted on *cross-fitted* logits (each labeled image scored by a
-  head that never saw it), because with few labels there is no spare
+  copy fine-tuned and fitted without it: fine-tuning on every image first made
+  the thresholds optimistic), because with few labels there is no spare
   validation set.
 
 The result is saved as a new model version (its card names the parent), never
@@ -203,6 +204,7 @@ def restat_batchnorm(network, framed: Sequence[np.ndarray], batch_size: int = 32
     norms = [layer for layer in clone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:
         layer.trainable = True  # a frozen BatchNorm ignores ``training=True``
+    momenta = [layer.momentum for layer in norms]
     sums = [[0.0, 0.0] for _ in norms]  # per layer: sum of n * batch mean, of n * (batch var + mean^2)
     for start in range(0, len(framed), batch_size):
         xb = np.stack(framed[start : start + batch_size]).astype(np.float32)
@@ -213,12 +215,12 @@ def restat_batchnorm(network, framed: Sequence[np.ndarray], batch_size: int = 32
             mean, var = layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy().astype(np.float64)
             acc[0] = acc[0] + len(xb) * mean
             acc[1] = acc[1] + len(xb) * (var + mean * mean)
-    for layer, (m1, m2) in zip(norms, sums):
+    for layer, (m1, m2), momentum in zip(norms, sums, momenta):
         mean = m1 / len(framed)
         layer.moving_mean.assign(mean.astype(np.float32))
         layer.moving_variance.assign(np.maximum(m2 / len(framed) - mean * mean, 0.0).astype(np.float32))
         layer.trainable = False
-        layer.momentum = 0.99
+        layer.momentum = momentum
     return clone
 
 
