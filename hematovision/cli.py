@@ -266,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--out", help="folder for the new version (default: <user data dir>/models/<name>, listed by the dashboard)"
     )
-    a.add_argument("--views", type=int, default=8, help="augmented views per labeled image (default 8)")
+    a.add_argument("--views", type=int, default=AdaptConfig.views,
+                   help=f"views per labeled image, the first clean (default {AdaptConfig.views})")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
 
     x = sub.add_parser(

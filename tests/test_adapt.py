@@ -204,3 +204,96 @@ def test_an_adapted_version_keeps_its_parents_framing(tmp_path):
     )
     assert feats.shape[:2] == (3, 2)
     np.testing.assert_allclose(feats[:, 0], clean, atol=1e-5)  # view 0 is the clean, framed image
+
+
+def _tiny_bn_model_dir(path, input_size: int = 32):
+    """A tiny network with BatchNorm and the layer names adaptation fine-tunes (``block_14_add`` where the
+    cached activations are taken, ``block_16_*``, ``Conv_1``), saved as a model directory."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape=(None, None, 3), name="image")
+    x = keras.layers.Resizing(input_size, input_size, name="resize")(inp)
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="Conv1")(x)
+    x = keras.layers.BatchNormalization(name="bn_Conv1")(x)
+    x = keras.layers.ReLU(name="block_14_add")(x)
+    x = keras.layers.Conv2D(8, 1, name="block_16_project")(x)
+    x = keras.layers.BatchNormalization(name="block_16_project_BN")(x)
+    x = keras.layers.Conv2D(16, 1, name="Conv_1")(x)
+    x = keras.layers.ReLU(name="out_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(len(CLASSES), name="logits")(x)
+    x = keras.layers.Rescaling(1.0 / 1.5, name="temperature")(x)
+    net = keras.Model(inp, keras.layers.Softmax(name="probabilities")(x), name="tiny_bn")
+    card = persistence.ModelCard(name="tiny-bn", classes=list(CLASSES), input_size=input_size, temperature=1.5,
+                                 default_threshold=0.3)
+    persistence.save_model(net, card, path)
+    return path
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_labs_images_layer_after_layer(tmp_path):
+    import keras
+
+    from hematovision.training.adapt import restat_batchnorm
+
+    base = _tiny_bn_model_dir(tmp_path / "bn")
+    net = persistence.load_keras_model(base, persistence.load_card(base))
+    before = net.get_layer("bn_Conv1").get_weights()
+    images, _ = _blobs(5)
+    x = np.stack(images).astype(np.float32)
+    lab = restat_batchnorm(net, list(x), batch_size=7)  # uneven batches: the estimate weighs images, not batches
+    # the first BatchNorm exactly; a deeper one was estimated with the layers below on batch statistics, so
+    # it matches what it sees at inference closely (and not the parent's statistics)
+    for name, below, tol in (("bn_Conv1", "Conv1", 1e-4), ("block_16_project_BN", "block_16_project", 0.05)):
+        inputs = keras.Model(lab.input, lab.get_layer(below).output).predict(x, verbose=0)
+        mean, var = lab.get_layer(name).moving_mean.numpy(), lab.get_layer(name).moving_variance.numpy()
+        np.testing.assert_allclose(mean, inputs.mean(axis=(0, 1, 2)), atol=tol)
+        np.testing.assert_allclose(var, inputs.var(axis=(0, 1, 2)), rtol=0.05, atol=tol)
+        assert not np.allclose(mean, net.get_layer(name).moving_mean.numpy(), atol=tol)
+    for a, b in zip(before, net.get_layer("bn_Conv1").get_weights()):
+        np.testing.assert_array_equal(a, b)  # the parent is not changed
+    assert not lab.get_layer("bn_Conv1").trainable
+
+
+def test_fine_tuning_moves_the_top_convolutions_only_and_l2sp_holds_them(tmp_path):
+    from hematovision.training.adapt import activation_model, clone_network, fine_tune_top, top_model
+
+    base = _tiny_bn_model_dir(tmp_path / "bn")
+    net = persistence.load_keras_model(base, persistence.load_card(base))
+    images, labels = _blobs(4)
+    acts = activation_model(net).predict(np.stack(images).astype(np.float32), verbose=0)
+    y = np.array([CLASSES.index(c) for c in labels])
+    moved = {}
+    for l2sp in (0.0, 1e4):
+        work = clone_network(net)
+        fine_tune_top(top_model(work), acts, y, AdaptConfig(finetune_from=16, ft_epochs=20, ft_lr=1e-2,
+                                                            ft_l2sp=l2sp, ft_batch=8))
+        for same in ("Conv1", "bn_Conv1", "block_16_project_BN"):  # below the top, and BatchNorm statistics
+            for a, b in zip(net.get_layer(same).get_weights(), work.get_layer(same).get_weights()):
+                np.testing.assert_array_equal(a, b)
+        moved[l2sp] = np.abs(work.get_layer("Conv_1").get_weights()[0] - net.get_layer("Conv_1").get_weights()[0])
+    assert moved[0.0].max() > 1e-3
+    assert moved[1e4].max() < moved[0.0].max() / 5
+    with pytest.raises(ValueError, match="finetune_from"):
+        fine_tune_top(top_model(clone_network(net)), acts, y, AdaptConfig(finetune_from=3))
+
+
+def test_adapting_with_lab_batchnorm_and_fine_tuning_records_it_and_exports_to_litert(tmp_path):
+    from hematovision.serving.classifier import Classifier
+
+    base = _tiny_bn_model_dir(tmp_path / "bn")
+    images, labels = _blobs(6)
+    cfg = AdaptConfig(views=2, steps=100, batchnorm="lab", finetune_from=16, ft_epochs=2)
+    out = adapt_model(base, images, labels, tmp_path / "lab-d", "lab-d", cfg, unlabeled=images[:4])
+    card = persistence.load_card(out)
+    method = card.training["adaptation"]["method"]
+    assert "BatchNorm statistics re-estimated" in method and "4 unlabeled" in method and "blocks 16-16" in method
+    assert card.training["adaptation"]["config"]["finetune_from"] == 16
+    lite, keras_clf = Classifier.load(out), Classifier.load(out, backend="keras")
+    assert lite.backend == "litert"
+    np.testing.assert_allclose(lite.predict_proba(images[:5]), keras_clf.predict_proba(images[:5]), atol=1e-4)
+    parent = persistence.load_keras_model(base, persistence.load_card(base))
+    child = persistence.load_keras_model(out, card)
+    assert not np.allclose(parent.get_layer("bn_Conv1").moving_mean.numpy(), child.get_layer("bn_Conv1").moving_mean)
+    assert not np.allclose(parent.get_layer("Conv_1").get_weights()[0], child.get_layer("Conv_1").get_weights()[0])

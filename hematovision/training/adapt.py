@@ -5,14 +5,20 @@ A lab's stain, camera and crop move its images away from our training data
 review queue's decisions, or a zip of class folders) are enough to move the
 model back, if the adaptation is cautious:
 
-* only the dense head is re-fitted, on the frozen network's pooled features of
-  several augmented views of each labeled image (so it runs in seconds on a CPU
-  and cannot over-fit the convolutional body to a handful of cells);
-* the fit starts from the base model's head and is pulled towards it (L2-SP,
-  Li et al. 2018), so classes with few labels keep what the base model knew;
+* the network's activations at the input of ``block_15`` are computed once for several
+  augmented views of each labeled image (the clean image first); above them, the last
+  inverted-residual block (``block_16``), ``Conv_1`` and the head are fine-tuned for a few
+  epochs, pulled towards the parent's weights (L2-SP, Li et al. 2018) with BatchNorm
+  statistics kept, so a handful of cells moves the top features without wrecking them;
+* the head is then re-fitted on the pooled features, starting from and pulled towards the
+  fine-tuned head, so classes with few labels keep what the base model knew;
+* options measured and not chosen (``docs/adaptation.md``, ``scripts/adapt_check.py``): head
+  only (``finetune_from=0``, what adaptation did before), BatchNorm statistics re-estimated on
+  the lab's images (``batchnorm="lab"``), fine-tuning from ``block_15``;
 * the calibration step is the training recipe's: a temperature and a review
   threshold, fitted on *cross-fitted* logits (each labeled image scored by a
-  head that never saw it), because with few labels there is no spare
+  copy fine-tuned and fitted without it: fine-tuning on every image first made
+  the thresholds optimistic), because with few labels there is no spare
   validation set.
 
 The result is saved as a new model version (its card names the parent), never
@@ -30,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..data.labeled import LabeledInputs
 from ..imaging import augment as aug
@@ -50,7 +57,7 @@ POOL_LAYER = "pool"
 class AdaptConfig:
     """Knobs of an adaptation; saved into the new model's card."""
 
-    views: int = 8  # per labeled image; the first is the clean image
+    views: int = 4  # per labeled image; the first is the clean image
     steps: int = 300  # full-batch Adam steps on the head
     lr: float = 0.01
     l2sp: float = 1e-3  # pull towards the base head's weights
@@ -59,6 +66,15 @@ class AdaptConfig:
     target_accuracy: float = 0.99
     seed: int = 0
     augment: dict = field(default_factory=lambda: asdict(aug.AugmentConfig()))
+    # chosen by scripts/adapt_check.py (docs/adaptation.md): fine-tune block 16 and Conv_1, keep the parent's
+    # BatchNorm statistics (re-estimating them on 80 images lost 3-8 points on the shipped model's simulated labs)
+    batchnorm: str = "parent"  # "lab": BatchNorm statistics re-estimated on the lab's own images (AdaBN)
+    finetune_from: int = 16  # >0: blocks from ``block_<n>`` (15 or 16), ``Conv_1`` and the head fine-tuned first
+    ft_epochs: int = 10
+    ft_lr: float = 3e-4
+    ft_l2sp: float = 0.01  # pull of the fine-tuned convolution weights towards the parent's (L2-SP)
+    ft_batch: int = 64
+    ft_folds: int = 3  # the calibration's cross-fitting re-runs the fine-tuning per fold (0: head-only cross-fit)
 
 
 @dataclass
@@ -160,6 +176,145 @@ def fit_head(
     return w, b
 
 
+#: Where the adaptation's cached activations are taken: the input of ``block_15``. Everything above it
+#: (blocks 15-16, ``Conv_1``, pool, head) is cheap to run again, so the fine-tuning options train on
+#: activations computed once per view.
+TOP_INPUT = "block_14_add"
+#: The blocks ``finetune_from`` may start at.
+FINETUNE_BLOCKS = (15, 16)
+BATCHNORMS = ("parent", "lab")
+
+
+def clone_network(network):
+    """An independent copy (weights and BatchNorm statistics) of a network."""
+    import keras  # TensorFlow-class library: imported only when a network is used
+
+    clone = keras.models.clone_model(network)
+    clone.set_weights(network.get_weights())
+    return clone
+
+
+def restat_batchnorm(network, framed: Sequence[np.ndarray], batch_size: int = 32):
+    """A copy of ``network`` whose BatchNorm statistics are re-estimated on ``framed`` images (AdaBN,
+    Li et al. 2016): each layer normalised with the lab's own batch statistics on the way up, so deeper
+    layers are estimated on what they will see; mean and variance pooled over batches by image count."""
+    import keras  # TensorFlow-class library: imported only when a network is used
+
+    clone = clone_network(network)
+    norms = [layer for layer in clone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.trainable = True  # a frozen BatchNorm ignores ``training=True``
+    momenta = [layer.momentum for layer in norms]
+    sums = [[0.0, 0.0] for _ in norms]  # per layer: sum of n * batch mean, of n * (batch var + mean^2)
+    for start in range(0, len(framed), batch_size):
+        xb = np.stack(framed[start : start + batch_size]).astype(np.float32)
+        for layer in norms:
+            layer.momentum = 0.0  # moving statistics = this batch's
+        clone(xb, training=True)
+        for layer, acc in zip(norms, sums):
+            mean, var = layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy().astype(np.float64)
+            acc[0] = acc[0] + len(xb) * mean
+            acc[1] = acc[1] + len(xb) * (var + mean * mean)
+    for layer, (m1, m2), momentum in zip(norms, sums, momenta):
+        mean = m1 / len(framed)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(m2 / len(framed) - mean * mean, 0.0).astype(np.float32))
+        layer.trainable = False
+        layer.momentum = momentum
+    return clone
+
+
+def _top_input(network):
+    """:data:`TOP_INPUT`'s output, or (a network without it, such as the tests' tiny one) the pool's input."""
+    if any(layer.name == TOP_INPUT for layer in network.layers):
+        return network.get_layer(TOP_INPUT).output
+    return network.get_layer(POOL_LAYER).input
+
+
+def activation_model(network):
+    """The network up to :data:`TOP_INPUT` (shares weights with ``network``)."""
+    import keras  # TensorFlow-class library: imported only when a network is used
+
+    return keras.Model(network.input, _top_input(network), name="bottom")
+
+
+def top_model(network):
+    """From :data:`TOP_INPUT` to ``(pooled features, logits)``; shares its layers with ``network``."""
+    import keras  # TensorFlow-class library: imported only when a network is used
+
+    return keras.Model(
+        _top_input(network),
+        [network.get_layer(POOL_LAYER).output, network.get_layer(LOGITS_LAYER).output],
+        name="top",
+    )
+
+
+def top_outputs(top, acts: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(pooled, logits)`` of ``top`` on activations ``(n, h, w, c)``, float64."""
+    pooled, logits = [], []
+    for start in range(0, len(acts), batch_size):
+        p, lg = top(np.asarray(acts[start : start + batch_size], np.float32), training=False)
+        pooled.append(np.asarray(p))
+        logits.append(np.asarray(lg))
+    if not pooled:
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    return np.concatenate(pooled).astype(np.float64), np.concatenate(logits).astype(np.float64)
+
+
+def fine_tune_top(top, acts: np.ndarray, y: np.ndarray, cfg: AdaptConfig) -> list[float]:
+    """Fine-tune ``top``'s convolutions from ``block_<cfg.finetune_from>`` up, and its head, on
+    activations ``acts`` (views x h x w x c) labeled ``y``, in place; returns the mean loss per epoch.
+
+    Class-balanced cross-entropy with label smoothing, plus ``ft_l2sp / 2 * |w - w_parent|^2`` over the
+    convolution weights (L2-SP, Li et al. 2018). BatchNorm statistics stay as they are (the parent's, or
+    the lab's) and dropout is off, so the fit is deterministic given ``cfg.seed``.
+    """
+    import keras  # TensorFlow-class library: imported only when a network is used
+    import tensorflow as tf
+
+    if cfg.finetune_from not in FINETUNE_BLOCKS:
+        raise ValueError(f"finetune_from must be one of {FINETUNE_BLOCKS}")
+    first = {15: ("block_15_", "block_16_"), 16: ("block_16_",)}[cfg.finetune_from]
+    for layer in top.layers:
+        body = layer.name.startswith(first) or layer.name == "Conv_1"
+        layer.trainable = (body or layer.name == LOGITS_LAYER) and not isinstance(
+            layer, keras.layers.BatchNormalization
+        )
+    variables = top.trainable_variables
+    penalised = [v for v in variables if not v.path.startswith(LOGITS_LAYER)]
+    anchors = [tf.constant(v.numpy()) for v in penalised]
+    k = top.outputs[1].shape[-1]
+    weight = _balanced(y)
+    weight = (weight / weight.mean()).astype(np.float32)
+    target = np.full((len(y), k), cfg.label_smoothing / k, np.float32)
+    target[np.arange(len(y)), y] += 1 - cfg.label_smoothing
+    opt = keras.optimizers.Adam(cfg.ft_lr)
+
+    @tf.function(autograph=False)  # no Python control flow inside
+    def step(xb, tb, wb):
+        with tf.GradientTape() as tape:
+            _, logits = top(xb, training=False)
+            ce = tf.nn.softmax_cross_entropy_with_logits(tb, logits)
+            loss = tf.reduce_sum(ce * wb) / tf.reduce_sum(wb)
+            pull = tf.add_n([tf.reduce_sum(tf.square(v - a)) for v, a in zip(penalised, anchors)] + [0.0])
+            total = loss + 0.5 * cfg.ft_l2sp * pull
+        opt.apply_gradients(zip(tape.gradient(total, variables), variables))
+        return loss
+
+    rng = np.random.default_rng([cfg.seed, 15])
+    history = []
+    for _ in range(cfg.ft_epochs):
+        order = rng.permutation(len(y))
+        losses = []
+        for start in range(0, len(order), cfg.ft_batch):
+            idx = order[start : start + cfg.ft_batch]
+            losses.append(float(step(np.asarray(acts[idx], np.float32), target[idx], weight[idx])))
+        history.append(float(np.mean(losses)))
+    for layer in top.layers:
+        layer.trainable = False
+    return history
+
+
 def _balanced(y: np.ndarray) -> np.ndarray:
     counts = np.bincount(y, minlength=y.max() + 1).astype(np.float64)
     return 1.0 / counts[y]
@@ -182,14 +337,27 @@ def adapt_head(
     b0: np.ndarray,
     classes: Sequence[str],
     cfg: AdaptConfig = AdaptConfig(),
+    oof: np.ndarray | None = None,
 ) -> AdaptResult:
-    """Fit and calibrate a head on ``feats`` (images x views x F) labeled ``y``; see the module docstring."""
+    """Fit and calibrate a head on ``feats`` (images x views x F) labeled ``y``; see the module docstring.
+    ``oof``: cross-fitted logits computed elsewhere (with the fine-tuning inside the folds), used for the
+    temperature and threshold instead of the head-only cross-fit.
+
+    One BLAS thread: these small products are ten times slower when OpenBLAS's threads spin on a busy CPU."""
+    with threadpool_limits(1, user_api="blas"):
+        return _adapt_head(feats, y, w0, b0, classes, cfg, oof)
+
+
+def _adapt_head(feats, y, w0, b0, classes, cfg, given_oof=None) -> AdaptResult:
     t0 = time.time()
     y = np.asarray(y, int)
     n_img, views, f = feats.shape
     n_folds = int(min(cfg.folds, np.bincount(y).min())) if len(y) else 0
     oof = np.zeros((n_img, w0.shape[1]))
-    if n_folds >= 2:
+    if given_oof is not None:
+        oof = given_oof
+        temperature = calibration.fit_temperature(oof, y, smoothing=1.0 / (len(y) + 2))
+    elif n_folds >= 2:
         fold = _folds(y, n_folds, cfg.seed)
         for k in range(n_folds):
             tr = fold != k
@@ -208,6 +376,101 @@ def adapt_head(
     w, b = fit_head(feats.reshape(-1, f), np.repeat(y, views), w0, b0, cfg, np.repeat(_balanced(y), views))
     counts = {c: int((y == k).sum()) for k, c in enumerate(classes)}
     return AdaptResult(w, b, float(temperature), thr, float((oof.argmax(1) == y).mean()), counts, time.time() - t0, cfg)
+
+
+def fit_activations(network, acts: np.ndarray, y: np.ndarray, classes: Sequence[str], cfg: AdaptConfig) -> AdaptResult:
+    """Adapt from activations at :data:`TOP_INPUT`, ``(images, views, h, w, c)``: fine-tune the top
+    blocks of ``network`` in place (when ``cfg.finetune_from``), then fit and calibrate the head on the
+    pooled features (:func:`adapt_head`, pulled towards ``network``'s head as it then is)."""
+    y = np.asarray(y, int)
+    n, views = acts.shape[:2]
+    flat = acts.reshape(n * views, *acts.shape[2:])
+    top = top_model(network)
+    oof = None
+    if cfg.finetune_from:
+        oof = _crossfit_finetuned(network, acts, y, cfg)
+        fine_tune_top(top, flat, np.repeat(y, views), cfg)
+    pooled, _ = top_outputs(top, flat)
+    w0, b0 = head_weights(network)
+    return adapt_head(pooled.reshape(n, views, -1), y, w0, b0, classes, cfg, oof)
+
+
+def _crossfit_finetuned(network, acts: np.ndarray, y: np.ndarray, cfg: AdaptConfig) -> np.ndarray | None:
+    """Cross-fitted logits of the whole adaptation (fine-tuning and head): each labeled image scored, on its
+    clean view, by a copy fine-tuned without it. ``None`` when ``cfg.ft_folds`` < 2 or a class is too small."""
+    n_folds = int(min(cfg.ft_folds, np.bincount(y).min())) if len(y) else 0
+    if n_folds < 2:
+        return None
+    n, views = acts.shape[:2]
+    fold = _folds(y, n_folds, cfg.seed)
+    oof = None
+    for k in range(n_folds):
+        tr = fold != k
+        work = clone_network(network)
+        top = top_model(work)
+        xt = acts[tr].reshape(-1, *acts.shape[2:])
+        yt = np.repeat(y[tr], views)
+        fine_tune_top(top, xt, yt, cfg)
+        pooled = top_outputs(top, xt)[0]
+        w0, b0 = head_weights(work)
+        with threadpool_limits(1, user_api="blas"):
+            w, b = fit_head(pooled, yt, w0, b0, cfg, np.repeat(_balanced(y[tr]), views))
+        held = top_outputs(top, acts[~tr, 0])[0] @ w + b
+        oof = np.zeros((n, held.shape[1])) if oof is None else oof
+        oof[~tr] = held
+    return oof
+
+
+def adapt_network(
+    base,
+    images: Sequence[np.ndarray],
+    y: np.ndarray,
+    classes: Sequence[str],
+    cfg: AdaptConfig,
+    input_size: int,
+    framing: str,
+    unlabeled: Sequence[np.ndarray] = (),
+    progress: Callable[[int], None] | None = None,
+):
+    """``(network, result)``: ``base`` adapted to the labeled ``images`` (a new network; ``base`` is not
+    changed). BatchNorm statistics, when ``cfg.batchnorm == "lab"``, are re-estimated on the labeled
+    images' clean views and the ``unlabeled`` ones; then :func:`fit_activations`."""
+    if cfg.batchnorm not in BATCHNORMS:
+        raise ValueError(f"batchnorm must be one of {BATCHNORMS}")
+    if cfg.batchnorm == "lab":
+        net = restat_batchnorm(base, [model_input(im, input_size, framing) for im in [*images, *unlabeled]])
+    else:
+        net = clone_network(base) if cfg.finetune_from else base
+    bottom = activation_model(net)
+    acts = pooled_features(bottom, images, input_size, cfg.views, cfg.augment, cfg.seed, progress=progress,
+                           framing=framing)
+    acts = acts.reshape(len(images), cfg.views, *bottom.output.shape[1:])
+    result = fit_activations(net, acts, y, classes, cfg)
+    return adapted_network(net, result), result
+
+
+def describe(cfg: AdaptConfig, n_unlabeled: int = 0) -> str:
+    """What an adaptation with ``cfg`` did, in words, for the model card."""
+    parts = []
+    if cfg.batchnorm == "lab":
+        extra = f" and {n_unlabeled} unlabeled images" if n_unlabeled else ""
+        parts.append(f"BatchNorm statistics re-estimated on the lab's labeled images{extra} (AdaBN)")
+    if cfg.finetune_from:
+        parts.append(
+            f"blocks {cfg.finetune_from}-16, Conv_1 and the head fine-tuned ({cfg.ft_epochs} epochs, Adam "
+            f"{cfg.ft_lr:g}, L2-SP {cfg.ft_l2sp:g} towards the parent's weights, BatchNorm frozen)"
+        )
+    crossfit = (
+        f"cross-fitted logits ({cfg.ft_folds} folds, fine-tuning included)"
+        if cfg.finetune_from and cfg.ft_folds >= 2
+        else f"cross-fitted logits of the head ({cfg.folds} folds)"
+    )
+    parts.append(
+        f"head re-fitted with L2-SP towards the {'fine-tuned' if cfg.finetune_from else 'parent'} head on the "
+        f"pooled features of {cfg.views} view(s) per image (the first clean, the rest augmented); temperature and "
+        f"threshold on {crossfit}"
+    )
+    return "; ".join(parts)
 
 
 def adapted_network(base_network, result: AdaptResult):
@@ -290,6 +553,7 @@ def adapt_model(
     source: str = "",
     progress: Callable[[int, int], None] | None = None,
     litert: bool = True,
+    unlabeled: Sequence[np.ndarray] = (),
 ) -> Path:
     """Adapt the model in ``base_dir`` to labeled images and save it as a new version in ``out_dir``.
 
@@ -312,11 +576,8 @@ def adapt_model(
     y = np.array([card.classes.index(lbl) for lbl in labels])
     base = persistence.load_keras_model(base_dir, card)
     # The base temperature is inside the saved network: features and head weights are read before it.
-    feats = pooled_features(feature_model(base), images, card.input_size, cfg.views, cfg.augment, cfg.seed,
-                            progress=(lambda k: progress(k, len(images))) if progress else None, framing=card.framing)
-    w0, b0 = head_weights(base)
-    result = adapt_head(feats, y, w0, b0, card.classes, cfg)
-    net = adapted_network(base, result)
+    net, result = adapt_network(base, images, y, card.classes, cfg, card.input_size, card.framing, unlabeled,
+                                progress=(lambda k: progress(k, len(images))) if progress else None)
     new = persistence.ModelCard(
         name=name,
         classes=list(card.classes),
@@ -339,8 +600,7 @@ def adapt_model(
                 "parent": card.version,
                 "source": source,
                 "labeled_counts": result.counts,
-                "method": "head only (L2-SP towards the parent head), "
-                "pooled features of augmented views; temperature and threshold on cross-fitted logits",
+                "method": describe(cfg, len(unlabeled)),
                 "crossfit_accuracy": result.crossfit_accuracy,
                 "config": asdict(cfg),
                 "wall_time_seconds": round(time.time() - t0, 1),

@@ -298,7 +298,7 @@ def adaptation_curve(
     """For each held-out source: adapt that LOSO model's head with ``per_class`` labeled images per class
     drawn from the held-out source's *train* split, score on its *test* split. ``per_class`` 0 = no adaptation."""
     root = root or data_root()
-    adapt_cfg = adapt_cfg or AdaptConfig()
+    adapt_cfg = adapt_cfg or AdaptConfig(views=8, finetune_from=0)  # the head-only curve, as first measured
     images = ds.discover(root)
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
     points = []
