@@ -9,7 +9,6 @@ the network, so memory stays bounded for any number of fields.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +16,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..imaging.decode import ImageError, decode_image, thumbnail
+from ..imaging.decode import thumbnail
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
-from ..imaging.sources import ImageInput
+from ..imaging.sources import ImageInput, load_input
 from ..serving.classifier import Classifier, Prediction, chunks
 from .wbc import DEFAULT_PARAMS, CellBox, DetectorParams, analyse_field
 
@@ -93,21 +92,11 @@ class _Prepared:
 
 def _prepare(item: ImageInput, limits: ImageLimits, params: DetectorParams, thumbnails: bool) -> _Prepared:
     """Read, hash, decode and search one field in a worker thread; never raises."""
-    if item.error:
-        return _Prepared(item, error=item.error)
-    try:
-        data = item.read()
-    except ImageError as exc:
-        return _Prepared(item, error=str(exc))
-    except Exception as exc:  # a vanished file, a damaged zip member
-        return _Prepared(item, error=f"cannot read ({type(exc).__name__}: {exc})")
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        dec = decode_image(data, limits)
-    except ImageError as exc:
-        return _Prepared(item, sha, error=str(exc))
-    except Exception as exc:  # defensive: the reader must never take the batch down
-        return _Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
+    got = load_input(item, limits)
+    dec = got.decoded
+    if dec is None:
+        return _Prepared(item, got.sha256, error=got.error)
+    sha = got.sha256
     rgb = dec.rgb
     try:
         found = analyse_field(rgb, params)

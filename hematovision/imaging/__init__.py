@@ -13,12 +13,14 @@ from .sources import (
     ArchiveLimits,
     ImageInput,
     ListedFile,
+    LoadedInput,
     from_bytes,
     inputs_of_file,
     iter_paths,
     iter_uploads,
     iter_zip,
     list_files,
+    load_input,
 )
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "DecodedImage",
     "ImageError",
     "ImageInput",
+    "LoadedInput",
     "ImageLimits",
     "ListedFile",
     "Jitter",
@@ -38,6 +41,7 @@ __all__ = [
     "from_bytes",
     "inputs_of_file",
     "iter_paths",
+    "load_input",
     "iter_uploads",
     "iter_zip",
     "list_files",

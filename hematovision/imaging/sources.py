@@ -8,6 +8,7 @@ are read in memory: nothing is ever extracted to a path built from a member name
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .decode import ImageError, sniff_format
+from .decode import DecodedImage, ImageError, decode_image, sniff_format
 from .limits import DEFAULT_LIMITS, ImageLimits, env_int, human_bytes, too_large_reason
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff")
@@ -264,3 +265,31 @@ def _file_reader(f: Path, max_bytes: int) -> Callable[[], bytes]:
         return data
 
     return read
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """One input read, hashed and decoded; ``decoded`` is ``None`` and ``error`` says why when that failed."""
+
+    sha256: str = ""
+    decoded: DecodedImage | None = None
+    error: str = ""
+
+
+def load_input(item: ImageInput, limits: ImageLimits = DEFAULT_LIMITS) -> LoadedInput:
+    """Read, hash and decode one input for a worker thread; never raises (every engine words errors alike)."""
+    if item.error:
+        return LoadedInput(error=item.error)
+    try:
+        data = item.read()
+    except ImageError as exc:  # a reason already worded for the user (e.g. a damaged zip member)
+        return LoadedInput(error=str(exc))
+    except Exception as exc:  # a vanished file, a damaged zip member
+        return LoadedInput(error=f"cannot read ({type(exc).__name__}: {exc})")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        return LoadedInput(sha, decode_image(data, limits))
+    except ImageError as exc:
+        return LoadedInput(sha, error=str(exc))
+    except Exception as exc:  # defensive: the reader must never take the batch down
+        return LoadedInput(sha, error=f"could not decode ({type(exc).__name__})")

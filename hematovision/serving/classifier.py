@@ -9,7 +9,6 @@ number of images at a time, so memory stays bounded for any number of inputs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import deque
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import model_dir as default_model_dir
-from ..imaging.decode import ImageError, decode_image, thumbnail
+from ..imaging.decode import thumbnail
 from ..imaging.framing import model_input
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
-from ..imaging.sources import ImageInput
+from ..imaging.sources import ImageInput, load_input
 from ..modeling import persistence, unfamiliar
 from . import litert
 
@@ -331,21 +330,11 @@ TABLE_THUMB_SIDE = 72
 
 def prepare(item: ImageInput, size: int, framing: str, limits: ImageLimits, thumbnails: bool) -> Prepared:
     """Read, hash, decode and frame one input in a worker thread; never raises."""
-    if item.error:
-        return Prepared(item, error=item.error)
-    try:
-        data = item.read()
-    except ImageError as exc:  # a reason already worded for the user (e.g. a damaged zip member)
-        return Prepared(item, error=str(exc))
-    except Exception as exc:  # a vanished file, a damaged zip member
-        return Prepared(item, error=f"cannot read ({type(exc).__name__}: {exc})")
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        dec = decode_image(data, limits)
-    except ImageError as exc:
-        return Prepared(item, sha, error=str(exc))
-    except Exception as exc:  # defensive: the reader must never take the batch down
-        return Prepared(item, sha, error=f"could not decode ({type(exc).__name__})")
+    got = load_input(item, limits)
+    dec = got.decoded
+    if dec is None:
+        return Prepared(item, got.sha256, error=got.error)
+    sha = got.sha256
     pixels = model_input(dec.rgb, size, framing)
     # The table's thumbnail is what the network saw (the framed cell), not the whole field.
     return Prepared(item, sha, pixels, thumbnail(pixels, TABLE_THUMB_SIDE) if thumbnails else None, note=dec.note)
