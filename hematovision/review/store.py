@@ -204,6 +204,21 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+def _upgrade(conn, from_version: int, statements) -> None:
+    """Run ``statements`` and set the current schema version in one write transaction, unless another process
+    moved the file past ``from_version`` meanwhile (then nothing is done)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == from_version:
+            for stmt in statements:
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class ReviewStore:
     """The review database at one path. Every method opens its own short-lived connection,
     so a store can be shared by Streamlit's script threads, processes and the CLI.
@@ -286,16 +301,7 @@ class ReviewStore:
                 if version == SCHEMA_VERSION:
                     return
                 if version == 1:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        if conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # nobody migrated it meanwhile
-                            for stmt in _MIGRATE_1_TO_2:
-                                conn.execute(stmt)
-                            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
+                    _upgrade(conn, 1, _MIGRATE_1_TO_2)
                     return
                 if version > SCHEMA_VERSION:
                     raise ReviewDBError(
@@ -309,16 +315,7 @@ class ReviewStore:
                         raise ReviewDBError(f"{self.path} is a SQLite database but not a HematoVision review database "
                                             f"(tables: {', '.join(sorted(tables))}); it was not changed")
                     conn.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the file
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:  # nobody created it meanwhile
-                            for stmt in _statements(_SCHEMA):  # not executescript: it would commit first
-                                conn.execute(stmt)
-                            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
+                    _upgrade(conn, 0, _statements(_SCHEMA))  # not executescript: it would commit first
                     return
                 raise ReviewDBError(f"{self.path} has unknown review schema version {version}; it was not changed")
         self._retrying(once)
