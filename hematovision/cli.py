@@ -55,6 +55,11 @@ class UsageError(Exception):
     """Unusable arguments or a missing/corrupt model: one line on stderr, exit code 2."""
 
 
+#: The help of every subcommand's ``--data`` and ``--model`` (where the default is the same).
+DATA_HELP = "data root (default: $HEMATOVISION_DATA or ../shared/data)"
+MODEL_HELP = "model directory (default: $HEMATOVISION_MODEL or the shipped models/)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hematovision",
@@ -73,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--threshold", type=float, help="flag predictions whose confidence is below this (default: the model's)"
     )
-    c.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
+    c.add_argument("--model", help=MODEL_HELP)
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument(
@@ -93,8 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         help="fit the unfamiliar-cell score (trust.npz) for a model from its split manifest's images, measure it "
              "and record it in the model card and evaluation.json",
     )
-    ft.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
-    ft.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    ft.add_argument("--model", help=MODEL_HELP)
+    ft.add_argument("--data", help=DATA_HELP)
     ft.add_argument("--bank", type=int, default=4000, help="training images in the nearest-neighbour bank")
     ft.add_argument("--measure", type=int, default=600, help="images per test set for the measurement")
 
@@ -103,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "path", nargs="?", help="a folder of class folders or a .zip of them (default: the recorded test sets)"
     )
     e.add_argument("--model", help="model directory (default: the shipped models/)")
-    e.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    e.add_argument("--data", help=DATA_HELP)
     e.add_argument(
         "--out",
         help="JSON report for PATH (default: print only); the test-set evaluation always writes evaluation.json "
@@ -112,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--predictions", help="with PATH: also write per-image predictions to this CSV")
 
     t = sub.add_parser("train", help="train, calibrate and evaluate a new model (resumable)")
-    t.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    t.add_argument("--data", help=DATA_HELP)
     t.add_argument("--out", required=True, help="new model directory to write")
     t.add_argument("--name", help="model name, the first part of its version (default: the --out folder's name)")
     t.add_argument(
@@ -204,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
         help="leave-one-source-out validation of the training recipe: train on one source, test on the other "
              "(resumable)",
     )
-    lo.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    lo.add_argument("--data", help=DATA_HELP)
     lo.add_argument(
         "--work",
         default=".cache/loso",
@@ -274,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         "export-litert",
         help="export model.keras to model.tflite (LiteRT) for fast serving, check it and record it in the card",
     )
-    x.add_argument("--model", help="model directory (default: $HEMATOVISION_MODEL or the shipped models/)")
+    x.add_argument("--model", help=MODEL_HELP)
     x.add_argument(
         "--data",
         help="data root for check images (default: $HEMATOVISION_DATA or ../shared/data; generated images if absent)",
@@ -294,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="model directory (repeat to compare; the first one's split manifest picks the images)",
     )
-    ss.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    ss.add_argument("--data", help=DATA_HELP)
     ss.add_argument("--kaggle-stride", type=int, default=0, help="use every N-th Kaggle TEST image (default: 6)")
     ss.add_argument("--out", help="write the reports (a JSON list, one per model) here")
     ss.add_argument("--record", action="store_true", help="write each report into its model's evaluation.json and card")
@@ -320,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
         help="find which Kaggle images are copies of one smear field (the unit the validation split keeps whole) and "
              "write or check the field table",
     )
-    f.add_argument("--data", help="data root (default: $HEMATOVISION_DATA or ../shared/data)")
+    f.add_argument("--data", help=DATA_HELP)
     f.add_argument("--out", help="field table to write (default: the committed hematovision/kaggle_fields.csv)")
     f.add_argument(
         "--check",
