@@ -61,12 +61,24 @@ def _idle(page) -> None:
     expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0)
 
 
-def _download(page, path: Path) -> str:
-    with page.expect_download(timeout=60_000) as dl:
-        page.get_by_role("button", name="Download report (PDF)").click()
-    dl.value.save_as(path)
-    assert path.read_bytes().startswith(b"%PDF")
-    return dl.value.suggested_filename
+def _download(page, path: Path, *needles: str, attempts: int = 8) -> tuple[str, str]:
+    """Download the report until its text holds every needle: (file name, text).
+
+    The button's bytes are made when the script runs, so a click that lands before the rerun
+    for the last input has finished gets the previous PDF. On a busy CPU no fixed wait is
+    enough, so poll: download, read, and wait for the rerun to end before trying again.
+    """
+    for _ in range(attempts):
+        _idle(page)
+        with page.expect_download(timeout=60_000) as dl:
+            page.get_by_role("button", name="Download report (PDF)").click()
+        dl.value.save_as(path)
+        assert path.read_bytes().startswith(b"%PDF")
+        text = _text(path)
+        if all(n in text for n in needles):
+            break
+        page.wait_for_timeout(2_000)
+    return dl.value.suggested_filename, text
 
 
 def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
@@ -105,8 +117,8 @@ def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
                 box.press("Enter")
                 _idle(page)
             first = tmp_path / "first.pdf"
-            assert _download(page, first) == "hematovision_report_SMP-7781.pdf"
-            text = _text(first)
+            name, text = _download(page, first, "SMP-7781", "Dr. Browser")
+            assert name == "hematovision_report_SMP-7781.pdf"
             assert "SMP-7781" in text and "Dr. Browser" in text and "tiny-test-model@" in text
             assert f"PRELIMINARY \u2014 {N} flagged cells not yet reviewed" in text
             assert _images(first) == N
@@ -123,8 +135,7 @@ def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
             expect(page.locator("[data-testid=stMetric]").filter(has_text="Reviewed")).to_contain_text(str(N))
             _idle(page)
             second = tmp_path / "second.pdf"
-            _download(page, second)
-            text = _text(second)
+            _, text = _download(page, second, "Dr. Browser Jr.", "REVIEWED")
             assert "PRELIMINARY" not in text and f"REVIEWED \u2014 all {N} flagged cells reviewed" in text
             assert "Dr. Reviewer" in text and "Signed off by" in text and "Dr. Browser Jr." in text
 
