@@ -202,3 +202,31 @@ def test_epoch_views_show_mild_views_at_about_their_share_and_only_where_an_imag
     assert (rows[~mild_rows] == [view_index[i][1] for i in np.flatnonzero(~mild_rows)]).all()  # rotation unchanged
     plain = _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, 3)[0][:, 0]
     assert (plain == n + np.arange(n)).all()  # without mild views: exactly as before
+
+
+def test_weight_average_is_the_mean_of_the_epochs_added_and_survives_a_restart(tmp_path):
+    """SWA (TrainConfig.average_from): the running mean kept on disk equals the plain mean of the epochs' weights,
+    and a fresh RunFiles (a resumed run) continues the same mean."""
+    from hematovision.training.recipe import RunFiles, TrainState
+
+    class Net:  # what RunFiles needs of a Keras model
+        def __init__(self):
+            self.w = []
+
+        def get_weights(self):
+            return [a.copy() for a in self.w]
+
+        def set_weights(self, w):
+            self.w = [a.copy() for a in w]
+
+    rng = np.random.default_rng(0)
+    epochs = [[rng.normal(size=(3, 2)), rng.normal(size=4)] for _ in range(5)]
+    net, state = Net(), TrainState()
+    for k, w in enumerate(epochs):
+        net.set_weights(w)
+        RunFiles(tmp_path).add_to_average(net, state)  # a new RunFiles each epoch, as after a restart
+    assert state.averaged == 5
+    out = Net()
+    RunFiles(tmp_path).load_average(out)
+    for got, want in zip(out.w, [np.mean([e[i] for e in epochs], axis=0) for i in range(2)]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

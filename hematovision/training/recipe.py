@@ -99,6 +99,11 @@ class TrainConfig:
     # does not take away how the source itself looks (issue: other laboratories' images; in-domain accuracy).
     mild_views: dict = field(default_factory=dict)
     mild_share: float = 0.25
+    # >= 0: weight averaging (SWA; SWAD for domain generalisation): run every fine-tuning epoch, no early stop, and
+    # ship the mean of the weights after epochs ``average_from`` .. ``max_epochs - 1`` (issue: other laboratories'
+    # images). Under strong augmentation the validation curve swings between adjacent epochs; a flat average is
+    # what generalises, where the single best epoch is a draw from that swing.
+    average_from: int = -1
 
 
 def robust_augment() -> dict:
@@ -348,6 +353,7 @@ class TrainState:
     best_val_loss: float = float("inf")
     best_epoch: int = -1
     history: list = field(default_factory=list)
+    averaged: int = 0  # fine-tuning epochs in the weight average so far (TrainConfig.average_from)
 
 
 @dataclass
@@ -420,6 +426,26 @@ class RunFiles:
     @property
     def best(self) -> Path:
         return self.work / "best.weights.h5"
+
+    @property
+    def average(self) -> Path:
+        return self.work / "average.npz"
+
+    def add_to_average(self, net, state: TrainState) -> None:
+        """Fold the network's weights into the running mean kept in :attr:`average` (one more epoch)."""
+        weights = net.get_weights()
+        if state.averaged and self.average.exists():
+            with np.load(self.average) as z:
+                mean = [z[f"w{k}"] for k in range(len(weights))]
+            weights = [m + (w - m) / (state.averaged + 1) for m, w in zip(mean, weights)]
+        tmp = self.average.with_suffix(".tmp.npz")
+        np.savez(tmp, **{f"w{k}": w for k, w in enumerate(weights)})
+        tmp.replace(self.average)
+        state.averaged += 1
+
+    def load_average(self, net) -> None:
+        with np.load(self.average) as z:
+            net.set_weights([z[f"w{k}"] for k in range(len(z.files))])
 
     def resume(self, net) -> TrainState:
         """The recorded state, with the network's weights from the last checkpoint (a fresh state if none)."""
@@ -570,6 +596,8 @@ def train_phase(net, top, data: TrainingArrays, state: TrainState, files: RunFil
         }
         state.history.append(rec)
         log.info("%s", rec)
+        if phase == "finetune" and 0 <= cfg.average_from <= e:
+            files.add_to_average(net, state)  # before the checkpoint: a resumed run never counts an epoch twice
         state.epoch += 1
         if early_stop and vl < state.best_val_loss:
             state.best_val_loss, state.best_epoch = float(vl), e
@@ -615,9 +643,21 @@ def fit(
     train_phase(net, top, data, state, files, cfg, phase="head", epochs=cfg.head_epochs, lr=cfg.lr_head,
                 first_block=99, early_stop=False, t0=t0)
     # A refit has nothing held out to stop on: the chosen number of epochs, and the last weights.
+    # Weight averaging runs every epoch and ships the mean (TrainConfig.average_from).
+    averaging = cfg.average_from >= 0
     train_phase(net, top, data, state, files, cfg, phase="finetune", epochs=cfg.refit_finetune_epochs or cfg.max_epochs,
-                lr=cfg.lr_finetune, first_block=cfg.first_trainable_block, early_stop=not refit, t0=t0)
-    if files.best.exists() and not refit:
+                lr=cfg.lr_finetune, first_block=cfg.first_trainable_block, early_stop=not refit and not averaging,
+                t0=t0)
+    if averaging and state.averaged:
+        files.load_average(net)
+        log.info("weight average of %d fine-tuning epochs (from epoch %d)", state.averaged, cfg.average_from)
+        if not refit:
+            pred = np.argmax(top.predict(data.x_val.astype(np.float32), batch_size=256, verbose=0), axis=1)
+            va = float(np.sum(data.w_val * (pred == data.y_val)) / np.sum(data.w_val))
+            rec = {"phase": "average", "epochs": state.averaged, "val_acc": va, "t": round(time.time() - t0, 1)}
+            state.history.append(rec)
+            log.info("%s", rec)
+    elif files.best.exists() and not refit:
         net.load_weights(str(files.best))
     return Fitted(net, bottom, top, split, state, cache_s, time.time() - t0, cache_root)
 
