@@ -304,6 +304,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     ss.add_argument("--data", help=DATA_HELP)
     ss.add_argument("--kaggle-stride", type=int, default=0, help="use every N-th Kaggle TEST image (default: 6)")
+    ss.add_argument("--split", choices=shift_suite.SPLITS, default="test",
+                    help="shift the test sets (default; the recorded figures) or the validation split (to choose a "
+                         "recipe without reading a test set)")
     ss.add_argument("--out", help="write the reports (a JSON list, one per model) here")
     ss.add_argument("--record", action="store_true", help="write each report into its model's evaluation.json and card")
 
@@ -780,7 +783,10 @@ def cmd_stain_suite(args) -> int:
     if not root.is_dir():
         raise UsageError(f"data root not found: {root} (set --data or $HEMATOVISION_DATA)")
     stride = args.kaggle_stride or shift_suite.KAGGLE_STRIDE
-    reports = [shift_suite.run_suite(Path(m), root, stride, manifest_from=Path(args.model[0])) for m in args.model]
+    if args.record and args.split != "test":
+        raise UsageError("--record writes the test-set figures; run it without --split val")
+    reports = [shift_suite.run_suite(Path(m), root, stride, manifest_from=Path(args.model[0]), split=args.split)
+               for m in args.model]
     print(shift_suite.table(reports))
     if args.out:
         Path(args.out).write_text(json.dumps(reports, indent=1) + "\n")

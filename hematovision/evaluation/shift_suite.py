@@ -42,8 +42,18 @@ class FamilyResult:
     recall: dict  # class -> recall
 
 
-def _images(model_dir: Path, root: Path, kaggle_stride: int) -> dict[str, list[ds.LabeledImage]]:
+#: Which images the suite shifts: the test sets (the recorded figures), or the validation split (for choosing a
+#: recipe without reading a test set).
+SPLITS = ("test", "val")
+
+
+def _images(model_dir: Path, root: Path, kaggle_stride: int, split: str = "test") -> dict[str, list[ds.LabeledImage]]:
     manifest = ds.read_manifest(Path(model_dir) / persistence.MANIFEST_FILE, root)
+    if split == "val":
+        return {
+            "pbc_val": ds.select(manifest, source="pbc", split="val"),
+            "kaggle_val": ds.select(manifest, source="kaggle", split="val")[::kaggle_stride],
+        }
     return {
         "pbc_test": ds.test_set(manifest, "pbc_test"),
         "kaggle_test": ds.test_set(manifest, "kaggle_test")[::kaggle_stride],
@@ -70,18 +80,20 @@ def run_suite(
     manifest_from: Path | None = None,
     families: tuple[ShiftFamily, ...] = SUITE,
     progress=print,
+    split: str = "test",
 ) -> dict:
     """The suite on one model; the images come from ``manifest_from``'s split manifest (default: the
-    model's own), so two models can be compared on the same images."""
+    model's own), so two models can be compared on the same images. ``split="val"``: the validation
+    images instead of the test sets (PBC: all; Kaggle: every ``kaggle_stride``-th)."""
     root = root or data_root()
     clf = Classifier.load(model_dir)
     t0 = time.time()
-    sets = _images(Path(manifest_from or model_dir), root, kaggle_stride)
+    sets = _images(Path(manifest_from or model_dir), root, kaggle_stride, split)
     decoded = {k: ([read_rgb(i.path) for i in v], [i.label for i in v]) for k, v in sets.items()}
     results = []
     for fam in families:
         for key, (rgbs, labels) in decoded.items():
-            if fam.geometry and key != "pbc_test":
+            if fam.geometry and not key.startswith("pbc"):
                 continue
             r = run_family(clf, fam, rgbs, labels, key)
             results.append(r)
@@ -90,8 +102,8 @@ def run_suite(
     held = [r.accuracy for r in results if r.held_out]
     return {
         "model_version": clf.version,
-        "rule": "each family applied to the test images before the model's own framing and preprocessing; "
-        f"PBC test: all images; Kaggle TEST: every {kaggle_stride}th image (colour families only). "
+        "rule": f"each family applied to the {split} images before the model's own framing and preprocessing; "
+        f"PBC: all images; Kaggle: every {kaggle_stride}th image (colour families only). "
         "held_out: the family's parameters lie outside what the stain_invariant training recipe draws",
         "families": [
             {"name": f.name, "describe": f.describe, "held_out": f.held_out, "geometry": f.geometry} for f in families
