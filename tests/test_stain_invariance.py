@@ -222,7 +222,7 @@ def test_weight_average_is_the_mean_of_the_epochs_added_and_survives_a_restart(t
     rng = np.random.default_rng(0)
     epochs = [[rng.normal(size=(3, 2)), rng.normal(size=4)] for _ in range(5)]
     net, state = Net(), TrainState()
-    for k, w in enumerate(epochs):
+    for w in epochs:
         net.set_weights(w)
         RunFiles(tmp_path).add_to_average(net, state)  # a new RunFiles each epoch, as after a restart
     assert state.averaged == 5
