@@ -179,6 +179,31 @@ def test_choose_threshold_unreachable():
     assert np.isnan(cal.choose_threshold(np.array([[0.9, 0.1, 0, 0]]), np.array([1]), 0.99).accuracy)
 
 
+@pytest.mark.parametrize("share", [0.0, 0.06, 0.5])
+def test_flag_budget_threshold_is_the_highest_that_flags_at_most_the_share(share):
+    conf = np.random.default_rng(5).uniform(0.3, 1.0, 500)
+    t = cal.flag_budget_threshold(conf, share)
+    assert np.mean(conf < t) <= share
+    above = conf[conf > t]  # the next higher confidence would flag more than the share
+    assert not len(above) or np.mean(conf < above.min()) > share
+    assert cal.flag_budget_threshold(np.array([]), 0.1) == 1.0
+
+
+def test_review_threshold_keeps_the_accuracy_rule_unless_a_source_budget_lowers_it():
+    from hematovision.training.recipe import TrainConfig, review_threshold
+
+    y, _, p = random_case(3, n=1000, strength=4.0)
+    sources = ["pbc" if k % 3 else "kaggle" for k in range(len(y))]
+    plain = cal.choose_threshold(p, y, 0.99)
+    loose, capped = review_threshold(p, y, sources, TrainConfig(threshold_flag_budget={"pbc": 0.99}))
+    assert capped is None and loose == plain
+    tight, capped = review_threshold(p, y, sources, TrainConfig(threshold_flag_budget={"pbc": 0.02}))
+    pbc = np.array(sources) == "pbc"
+    assert capped == plain.threshold and tight.threshold < plain.threshold
+    assert np.mean(p[pbc].max(1) < tight.threshold) <= 0.02
+    assert (tight.accuracy, tight.coverage) == pytest.approx(cal.accepted_accuracy(p, y, tight.threshold))
+
+
 def test_risk_coverage_and_threshold_for_accuracy():
     y, _, p = random_case(4, n=1000, strength=4.0)
     pts = cal.risk_coverage(p, y)

@@ -162,6 +162,18 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, target_accuracy: float) -
     return ThresholdChoice(thr, a, cov)
 
 
+def flag_budget_threshold(confidences: np.ndarray, max_share: float) -> float:
+    """The highest threshold that flags (confidence below it) at most ``max_share`` of these images.
+
+    A review threshold chosen for accuracy alone on a mixed validation set is set by its hardest source;
+    this caps it so the clean in-domain images a lab's analyzer produces are not mostly sent to review."""
+    conf = np.sort(np.asarray(confidences, dtype=np.float64))
+    if not len(conf):
+        return 1.0
+    k = int(np.floor(max_share * len(conf)))  # at most k images may lie strictly below the threshold
+    return float(conf[k]) if k < len(conf) else 1.0
+
+
 def threshold_for_accuracy(points: list[dict], target: float) -> float | None:
     """From risk-coverage points, the lowest threshold whose accepted accuracy reaches ``target``."""
     ok = [p["threshold"] for p in points if p["accuracy_accepted"] is not None and p["accuracy_accepted"] >= target]
