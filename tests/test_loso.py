@@ -100,3 +100,18 @@ def test_draw_takes_one_image_per_cell_then_further_copies():
     assert loso._draw(pool, 5, np.random.default_rng(0)) == five  # deterministic under a seed
     assert len(loso._draw(pool, 50, np.random.default_rng(1))) == 12  # every image once, no more
     assert loso.distinct_cells(loso._draw(pool, 3, np.random.default_rng(2))) == 3
+
+
+def test_a_re_evaluation_keeps_the_records_it_does_not_write_unless_they_name_another_model():
+    from hematovision.evaluation.evaluate import kept_records
+
+    old = {
+        "model_version": "m@1", "sets": {"x": 1},
+        "leave_one_source_out": {"runs": []},  # about the recipe: no version
+        "stain_shift_suite": {"model_version": "m@1", "results": []},
+        "stain_shift_suite_previous_model": {"model_version": "m@0"},  # a named comparison
+        "smear_fields": {"model_version": "m@0"},  # another network's predictions
+        "trust": {"threshold": 2.0},
+    }
+    kept = kept_records(old, {"model_version": "m@1", "sets": {"y": 2}})
+    assert set(kept) == {"leave_one_source_out", "stain_shift_suite", "stain_shift_suite_previous_model", "trust"}

@@ -139,6 +139,19 @@ def evaluate_labeled(
     return report, frame
 
 
+def kept_records(old: dict, report: dict) -> dict:
+    """What a re-evaluation keeps of the previous ``evaluation.json``: every record it does not write itself
+    (leave-one-source-out, the stain-shift suite, smear fields, the unfamiliar-cell fit ...), unless the record
+    names another model version than the one just evaluated (a record of this model's predictions would then
+    describe another network)."""
+    version = report["model_version"]
+    return {
+        k: v for k, v in old.items()
+        if k not in report and not (isinstance(v, dict) and v.get("model_version") not in (None, version)
+                                    and not k.endswith("_previous_model"))
+    }
+
+
 def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progress_factory=None) -> dict:
     """Evaluate on Kaggle TEST, Kaggle TEST_SIMPLE and PBC test; write the results beside the model."""
     root = data_root(root)
@@ -175,13 +188,12 @@ def evaluate_model_on_test_sets(model_dir: Path, root: Path | None = None, progr
         frame.insert(0, "set", key)
         frames.append(frame)
     previous = model_dir / persistence.EVALUATION_FILE
-    if previous.exists():  # figures about the recipe, not this model's predictions: kept (see loso.record_in_model)
+    if previous.exists():
         try:
             old = json.loads(previous.read_text())
-            if "leave_one_source_out" in old:
-                report["leave_one_source_out"] = old["leave_one_source_out"]
         except ValueError:
-            pass
+            old = {}
+        report.update(kept_records(old, report))
     previous.write_text(json.dumps(report, indent=1) + "\n")
     if frames:
         pd.concat(frames).to_csv(model_dir / persistence.PREDICTIONS_FILE, index=False, float_format="%.6f")
