@@ -71,4 +71,4 @@ def test_review_decisions_are_read_from_the_store(tmp_path):
     for p, lbl in zip(preds, labels):
         store.decide(p.sha256, "tiny@1", lbl, "tester")
     labeled, origin = adapting.labeled_images(base, store=store)
-    assert sorted(labeled.labels) == sorted(labels) and origin == f"review decisions ({store.path})"
+    assert sorted(labeled.labels) == sorted(labels) and origin == f"review decisions, all batches ({store.path})"
