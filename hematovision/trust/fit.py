@@ -458,7 +458,7 @@ def refit_version(
     seconds = time.time() - t0
     lab = r.get("lab_cells", {})
     lab_part = (
-        f"; {lab['unfamiliar_share']:.0%} of the {lab['in_validation']} lab cells held out of the bank unfamiliar"
+        f"; {lab['unfamiliar_share']:.1%} of the {lab['in_validation']} lab cells held out of the bank unfamiliar"
         if lab
         else ""
     )
