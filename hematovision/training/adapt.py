@@ -22,7 +22,9 @@ model back, if the adaptation is cautious:
   validation set.
 
 The result is saved as a new model version (its card names the parent), never
-over the model it came from.
+over the model it came from, with the parent's split manifest and the labeled cells' pooled features
+(``lab_features.npz``), from which :func:`hematovision.trust.refit_version` (run right after by the CLI and
+the dashboard) refits the unfamiliar-cell check for it.
 """
 
 from __future__ import annotations
