@@ -16,6 +16,7 @@ import os
 import shlex
 import sqlite3
 import sys
+import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -45,7 +46,7 @@ from .serving.litert import check_images, export_litert
 from .training import loso, recipe
 from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
 from .training.recipe import AUGMENT_RECIPES, TrainConfig, refit_config
-from .trust import fit_model_dir
+from .trust import fit_model_dir, refit_version
 from .trust import summary_lines as trust_summary_lines
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
@@ -276,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--views", type=int, default=AdaptConfig.views,
                    help=f"views per labeled image, the first clean (default {AdaptConfig.views})")
+    a.add_argument("--data", help=DATA_HELP + "; the parent's training images, to refit the unfamiliar-cell check")
+    a.add_argument("--no-refit", action="store_true",
+                   help="do not refit the unfamiliar-cell check for the new version (run fit-trust on it later)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
 
     x = sub.add_parser(
@@ -699,6 +703,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_adapt(args) -> int:
+    t0 = time.time()
     base = model_dir(args.model)
     try:
         card = persistence.load_card(base)
@@ -746,6 +751,12 @@ def cmd_adapt(args) -> int:
     )
     if res.note:
         print(f"note: {res.note}", file=sys.stderr)
+    if not args.no_refit:  # a separate step, timed apart: the version is saved whatever it gives
+        if not args.quiet:
+            print("refitting the unfamiliar-cell check for the new version ...", file=sys.stderr)
+        refit = refit_version(res.path, args.data)
+        print(refit.message, file=sys.stdout if refit.fitted else sys.stderr)
+    print(f"adapt: {time.time() - t0:.0f} s in all")
     return 0
 
 

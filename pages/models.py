@@ -63,9 +63,10 @@ st.markdown(
     "Stain, camera and magnification differ between laboratories, and the model is less accurate on images unlike its "
     "training data. Give it cells your laboratory has labeled: a **zip of class folders** (`eosinophil/`, "
     "`lymphocyte/`, `monocyte/`, `neutrophil/`; 20 or more per class is a good start) or the **review queue's "
-    "decisions** (confirmed and reclassified cells). The model's top layers are fine-tuned on them, kept close to "
-    "the shipped weights, and re-calibrated (about a minute for 80 cells on two cores); the result is saved as a "
-    "**new version** beside the one in use."
+    "decisions** (confirmed and reclassified cells of every batch; the Review page adapts from one batch's). "
+    "The model's top layers are fine-tuned on them, kept close to the shipped weights, and re-calibrated (about a "
+    "minute for 80 cells on two cores); the result is saved as a **new version** beside the one in use. Then the "
+    "unfamiliar-cell check is refitted for it from the training images under the data root, when they are there."
 )
 source = st.radio(
     "Labeled images from", ["A zip of class folders", "Review decisions"], horizontal=True, key="hv_adapt_source"
@@ -93,6 +94,8 @@ if go:
         attempt = adapting.adapt_version(
             current, name, zip_upload=(upload.name, upload.getvalue()) if upload is not None else None, store=store,
             progress=lambda k, n: bar.progress(k / n, text=f"Features of labeled image {k} of {n}"),
+            refit_progress=lambda what, k, n: bar.progress(
+                k / n, text=f"Refitting the unfamiliar-cell check: {what}, {k} of {n}"),
         )
         if not attempt.ok:
             bar.empty()
@@ -108,6 +111,8 @@ last = st.session_state.get(LAST_ADAPT)
 if last is not None:
     in_use = str(app_state.model_path()) == str(last.outcome.path)
     st.success(last.message(in_use), icon="✅")
+    if last.trust_text:
+        (st.info if last.trust.fitted else st.warning)(last.trust_text)
     if last.outcome.note:
         st.warning(last.outcome.note)
     if last.skipped:

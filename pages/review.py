@@ -85,26 +85,37 @@ if "hv_review_cleared" in st.session_state:
     st.success(st.session_state.pop("hv_review_cleared"))
 n_decided = sum(it.decision is not None for it in queue)
 if batch_id is not None and n_decided:  # the guided path (issue 19): these reviews -> an adapted version -> Classify
-    with st.expander(f"Adapt from these reviews ({n_decided} reviewed in this batch)"):
+    labeled, _ = adapting.labeled_images(app_state.model_path(), store=store, batch=batch_id, model_version=version)
+    n_used = len(labeled.inputs)
+    left_out = f"; {n_decided - n_used} marked unusable, left out" if n_decided > n_used else ""
+    with st.expander(f"Adapt from these reviews ({n_used} reviewed in this batch{left_out})"):
         with st.form("hv_review_adapt"):
             name = st.text_input("Name of the new version", key="hv_review_adapt_name", placeholder="e.g. lab-a")
             go = st.form_submit_button("Adapt from these reviews", type="primary",
-                                       help="A version adapted to your laboratory from every review decision "
-                                       "(this batch's included), then used at once: the Classify page classifies "
-                                       "the batch again with it and shows the differential before and after.")
+                                       help=f"A version adapted to your laboratory from this batch's {n_used} "
+                                       "reviewed cells only (decisions on other batches are not used), then used "
+                                       "at once: the Classify page classifies the batch again with it and shows "
+                                       "the differential before and after.")
         if go:
             bar = st.progress(0.0, text="Reading the reviewed images…")
             attempt = adapting.adapt_version(
-                app_state.model_path(), name, store=store,
+                app_state.model_path(), name, store=store, batch=batch_id, model_version=version,
                 progress=lambda k, n: bar.progress(k / n, text=f"Features of reviewed image {k} of {n}"),
+                refit_progress=lambda what, k, n: bar.progress(
+                    k / n, text=f"Refitting the unfamiliar-cell check: {what}, {k} of {n}"),
             )
             bar.empty()
             if attempt.ok:
                 app_state.use_model(attempt.outcome.path)
                 st.success(attempt.message(True) + " Open the Classify page: the batch is classified again with it, "
                            "with the differential before and after.", icon="✅")
+                if attempt.trust_text:
+                    (st.info if attempt.trust.fitted else st.warning)(attempt.trust_text)
             else:
                 st.error(attempt.error, icon="🚫")
+elif batch_id is None and any(it.decision is not None for it in everything):
+    st.caption("To adapt the model from reviews, pick a batch above (its decisions only), or adapt from every "
+               "review decision on the **Model versions** page.")
 st.caption(
     f"On the list: images flagged at the threshold {display.threshold_text(threshold)} (sidebar) or sent to review "
     "on purpose, and every image already reviewed. Lower the threshold and an unreviewed image that is no longer "

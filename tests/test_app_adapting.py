@@ -45,6 +45,11 @@ def test_a_zip_becomes_a_new_version_with_a_summary_and_the_skipped_files(tmp_pa
     assert attempt.message(True).endswith("It is now in use.")
     assert [f for f, _ in attempt.skipped] == ["basophil/b.png"]
     assert persistence.load_card(res.path).training["adaptation"]["source"] == "lab.zip"
+    # the unfamiliar-cell refit follows, reported apart: this parent has no split manifest to refit from
+    assert attempt.trust is not None and not attempt.trust.fitted
+    assert "has no split_manifest.csv" in attempt.trust_text and "without the unfamiliar-cell check" in (
+        attempt.trust_text
+    )
 
 
 def test_too_few_images_or_a_used_name_is_a_message_with_the_skipped_files(tmp_path, monkeypatch):
@@ -71,4 +76,4 @@ def test_review_decisions_are_read_from_the_store(tmp_path):
     for p, lbl in zip(preds, labels):
         store.decide(p.sha256, "tiny@1", lbl, "tester")
     labeled, origin = adapting.labeled_images(base, store=store)
-    assert sorted(labeled.labels) == sorted(labels) and origin == f"review decisions ({store.path})"
+    assert sorted(labeled.labels) == sorted(labels) and origin == f"review decisions, all batches ({store.path})"

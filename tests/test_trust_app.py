@@ -109,12 +109,25 @@ def test_adapt_from_a_batchs_reviews_on_the_review_page_switches_to_the_new_vers
                 sent=True)
     for p, lbl in zip(preds, labels):
         store.decide(p.sha256, version, lbl, "tester")
+    other = [Prediction(f"o{k}.png", "neutrophil", 0.5, (0.1, 0.1, 0.3, 0.5), True, "", f"{k + 100:064x}")
+             for k in range(4)]  # reviewed in another batch: not this batch's adaptation
+    store.queue(other, CLASSES, version, {p.sha256: thumbnail_png(images[0]) for p in other}, batch="b2", sent=True)
+    for p in other:
+        store.decide(p.sha256, version, "eosinophil", "tester")
+    store.decide(preds[-1].sha256, version, "unusable", "tester")
     at = AppTest.from_file(HOME, default_timeout=90)
     at.run()
     at.switch_page("pages/review.py").run()
+    assert any("pick a batch above" in c.value for c in at.caption)  # All batches: no adaptation here, and why
     at.selectbox(key="hv_review_batch").set_value("b1").run()
+    used = len(images) - 1
+    assert any(e.label == f"Adapt from these reviews ({used} reviewed in this batch; 1 marked unusable, left out)"
+               for e in at.expander)
     at.text_input(key="hv_review_adapt_name").set_value("lab-guided")
     next(b for b in at.button if b.label == "Adapt from these reviews").click().run()
     assert not at.exception, at.exception
     assert any("lab-guided" in s.value and "before and after" in s.value for s in at.success)
     assert at.session_state["hv_model_path"] == str(versions.adapted_root() / "lab-guided")
+    counts = persistence.load_card(versions.adapted_root() / "lab-guided").training["adaptation"]["labeled_counts"]
+    assert sum(counts.values()) == used  # this batch's decisions, none of b2's
+    assert any("not refitted" in w.value for w in at.warning)  # the tiny parent has no split to refit from

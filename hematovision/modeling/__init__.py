@@ -10,16 +10,18 @@ the model card, evaluation files). ``versions``: adapted model versions beside t
 from .features import layer_outputs_keras, predict_logits_keras
 from .network import INPUT_NORMS, LAST_CONV_LAYER, LOGITS_LAYER, SPLIT_LAYER, TEMPERATURE_LAYER, build_network
 from .persistence import ModelCard, ModelError, load_card, load_keras_model, save_model, update_card
-from .unfamiliar import TRUST_FILE, TrustModel
+from .unfamiliar import LAB_FILE, TRUST_FILE, LabCells, TrustModel
 from .versions import ModelVersion, check_name, list_versions, new_version_dir
 
 __all__ = [
     "INPUT_NORMS",
+    "LAB_FILE",
     "LAST_CONV_LAYER",
     "LOGITS_LAYER",
     "SPLIT_LAYER",
     "TEMPERATURE_LAYER",
     "TRUST_FILE",
+    "LabCells",
     "ModelCard",
     "ModelError",
     "ModelVersion",

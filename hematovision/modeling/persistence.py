@@ -282,6 +282,14 @@ def render_card(card: ModelCard) -> str:
             "figures in evaluation.json (`trust`) and docs/trust.md.",
             "",
         ]
+        if tr.get("lab_cells"):  # an adapted version: its labeled cells are in-domain for it
+            lab = tr["lab_cells"]
+            lines += [
+                f"Refit for this version ({tr.get('seconds', '?')} s): {lab['in_bank']} of its {lab['labeled']} "
+                f"labeled lab cells ({lab['bank_views']} views) in the bank; validation: {tr.get('validation_from')}; "
+                f"{lab['unfamiliar_share']:.1%} of those {lab['in_validation']} lab cells unfamiliar.",
+                "",
+            ]
     if "leave_one_source_out" in t:
         lines += ["## Leave-one-source-out", "", "```json", json.dumps(t["leave_one_source_out"], indent=2), "```", ""]
     lines += ["## Libraries", "", ", ".join(f"{k} {v}" for k, v in card.libraries.items()), ""]

@@ -36,6 +36,10 @@ import numpy as np
 log = logging.getLogger("hematovision.trust")
 
 TRUST_FILE = "trust.npz"
+#: An adapted version's labeled cells as the adapted network sees them (pooled features of each labeled image's
+#: views, the clean one first; the clean view's probabilities): in-domain for that version, so its unfamiliar-score
+#: refit (``fit-trust``) adds them to the bank and to validation. Features only, never the lab's images.
+LAB_FILE = "lab_features.npz"
 #: The largest share of in-domain validation images the threshold may call unfamiliar.
 MAX_UNFAMILIAR_SHARE = 0.05
 #: Neighbour rank for the distance (Sun et al. use k = 50 for ImageNet's 1.2 M images and less for small banks).
@@ -194,8 +198,10 @@ def fit(
     tm = TrustModel(np.zeros((0, 0), np.float32), int(k), {}, {}, weights, model_sha256=model_sha256)
     nb = l2_normalise(bank_features)
     if dims is not None and dims < min(nb.shape):
-        # uncentred: the leading axis is the features' common direction, so cosine similarities survive the cut
-        _, _, vt = np.linalg.svd(nb.astype(np.float64), full_matrices=False)
+        # uncentred: the leading axis is the features' common direction, so cosine similarities survive the cut.
+        # One BLAS thread: on the busy 2-core machine the SVD of a 1,660 x 1,280 bank took 20 s with two, 1.7 s with one
+        with _one_blas_thread():
+            _, _, vt = np.linalg.svd(nb.astype(np.float64), full_matrices=False)
         tm.projection = vt[:dims].T.astype(np.float16).astype(np.float32)  # as stored
     tm.bank = tm.embed(bank_features).astype(np.float16).astype(np.float32)
     if outlier_features is not None and len(outlier_features):
@@ -236,6 +242,59 @@ def save(tm: TrustModel, model_dir: str | Path) -> Path:
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
     return path
+
+
+@dataclass
+class LabCells:
+    """An adapted version's labeled cells (:data:`LAB_FILE`)."""
+
+    features: np.ndarray  # (images, views, F) pooled features; view 0 is the clean image
+    probs: np.ndarray  # (images, classes) of the clean view, through the adapted network
+    labels: list[str]
+    model_sha256: str = ""
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bank, validation)`` index arrays: within each class, every other image (in saved order) to the
+        validation half, the rest to the bank, so an image is never scored against its own views."""
+        bank, val = [], []
+        for c in sorted(set(self.labels)):
+            idx = [k for k, lbl in enumerate(self.labels) if lbl == c]
+            bank += idx[0::2]
+            val += idx[1::2]
+        return np.array(sorted(bank), int), np.array(sorted(val), int)
+
+
+def save_lab_cells(cells: LabCells, model_dir: str | Path) -> Path:
+    path = Path(model_dir) / LAB_FILE
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        features=np.asarray(cells.features, np.float16),
+        probs=np.asarray(cells.probs, np.float32),
+        labels=np.array(list(cells.labels)),
+        meta=np.array(json.dumps({"format": FORMAT, "model_sha256": cells.model_sha256})),
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_lab_cells(model_dir: str | Path, model_sha256: str = "") -> LabCells | None:
+    """The version's labeled cells, or ``None`` (no file, unreadable, or saved for another ``model.keras``)."""
+    path = Path(model_dir) / LAB_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            cells = LabCells(z["features"].astype(np.float32), z["probs"].astype(np.float32),
+                             [str(v) for v in z["labels"]], meta.get("model_sha256", ""))
+    except Exception as exc:  # a damaged file: refit without the lab's cells
+        log.warning("ignoring %s: unreadable (%s: %s)", path, type(exc).__name__, exc)
+        return None
+    if model_sha256 and cells.model_sha256 and cells.model_sha256 != model_sha256:
+        log.warning("ignoring %s: saved for another model.keras", path)
+        return None
+    return cells
 
 
 def load(model_dir: str | Path, model_sha256: str = "") -> TrustModel | None:

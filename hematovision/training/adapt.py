@@ -22,7 +22,9 @@ model back, if the adaptation is cautious:
   validation set.
 
 The result is saved as a new model version (its card names the parent), never
-over the model it came from.
+over the model it came from, with the parent's split manifest and the labeled cells' pooled features
+(``lab_features.npz``), from which :func:`hematovision.trust.refit_version` (run right after by the CLI and
+the dashboard) refits the unfamiliar-cell check for it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ..imaging import augment as aug
 from ..imaging.decode import ImageError, decode_image
 from ..imaging.framing import Jitter, model_input
 from ..imaging.sources import ImageInput
-from ..modeling import persistence, versions
+from ..modeling import persistence, unfamiliar, versions
 from ..modeling.network import LOGITS_LAYER, TEMPERATURE_LAYER
 from ..serving.litert import export_litert
 from ..stats import calibration
@@ -89,6 +91,15 @@ class AdaptResult:
     counts: dict
     seconds: float
     config: AdaptConfig
+    #: ``(images, views, F)`` pooled features the head was fitted on (the adapted network's own, view 0 clean): the
+    #: lab's cells as the new version sees them, saved with it for the unfamiliar-score refit
+    features: np.ndarray | None = field(default=None, repr=False)
+
+    def clean_probs(self) -> np.ndarray:
+        """The adapted version's calibrated probabilities of each labeled image's clean view."""
+        if self.features is None:
+            raise ValueError("no features kept with this adaptation")
+        return calibration.softmax((self.features[:, 0] @ self.weights + self.bias) / self.temperature)
 
 
 def feature_model(network):
@@ -375,7 +386,8 @@ def _adapt_head(feats, y, w0, b0, classes, cfg, given_oof=None) -> AdaptResult:
     thr = calibration.choose_threshold(probs, y, cfg.target_accuracy)
     w, b = fit_head(feats.reshape(-1, f), np.repeat(y, views), w0, b0, cfg, np.repeat(_balanced(y), views))
     counts = {c: int((y == k).sum()) for k, c in enumerate(classes)}
-    return AdaptResult(w, b, float(temperature), thr, float((oof.argmax(1) == y).mean()), counts, time.time() - t0, cfg)
+    return AdaptResult(w, b, float(temperature), thr, float((oof.argmax(1) == y).mean()), counts, time.time() - t0, cfg,
+                       feats)
 
 
 def fit_activations(network, acts: np.ndarray, y: np.ndarray, classes: Sequence[str], cfg: AdaptConfig) -> AdaptResult:
@@ -504,16 +516,17 @@ def decode_labeled(labeled) -> tuple[list[np.ndarray], list[str], list[tuple[str
     return images, labels, skipped
 
 
-def labeled_from_reviews(store, classes: Sequence[str]):
+def labeled_from_reviews(store, classes: Sequence[str], *, batch: str | None = None, model_version: str | None = None):
     """The review queue's decided images as labeled inputs: confirmed and reclassified cells, one per
-    image (the latest decision across model versions); ``unusable`` ones are left out.
+    image (the latest decision across model versions); ``unusable`` ones are left out. ``batch`` (and
+    ``model_version``): only the decisions on that batch's items (of that version), as the Review page lists them.
 
     The images are the queue's stored thumbnails (at most 256 px a side), which is also
     about the model's input size."""
     latest: dict = {}
-    for item in store.items():
+    for item in store.items(model_version):
         d = item.decision
-        if d is None or d.reviewed_class not in classes:
+        if d is None or d.reviewed_class not in classes or (batch is not None and item.batch != batch):
             continue
         if item.sha256 not in latest or (d.reviewed_at, d.id) > (
             latest[item.sha256].decision.reviewed_at,
@@ -614,6 +627,14 @@ def adapt_model(
     if tmp.exists():
         shutil.rmtree(tmp)
     persistence.save_model(net, new, tmp)
+    # what the unfamiliar-cell refit needs (trust.fit.refit_version, fit-trust): the parent's split, whose images
+    # are the version's training data too, and the lab's cells as the adapted network sees them (features only)
+    if (base_dir / persistence.MANIFEST_FILE).is_file():
+        shutil.copyfile(base_dir / persistence.MANIFEST_FILE, tmp / persistence.MANIFEST_FILE)
+    if result.features is not None:
+        unfamiliar.save_lab_cells(
+            unfamiliar.LabCells(result.features, result.clean_probs(), list(labels), new.model_sha256), tmp
+        )
     if litert:
         try:
             export_litert(tmp, list(images[:16]), f"{min(16, len(images))} of the labeled images")

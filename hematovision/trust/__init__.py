@@ -7,7 +7,8 @@ needs a model *and* the data:
 
 * :mod:`.fit`: ``python -m hematovision fit-trust --model DIR``: the bank, threshold and outlier bank from
   the model's own split manifest, a LiteRT re-export with the features output when needed, the measured
-  figures written into ``evaluation.json`` and the model card;
+  figures written into ``evaluation.json`` and the model card; ``refit_version``: the quick refit that follows
+  an adaptation (the parent's images through the adapted network, plus the lab's labeled cells);
 * :mod:`.outliers`: examples of what is not a white cell (BCCD red cells, platelets, background, blurred
   and cut cells) for fitting and measuring;
 * :mod:`.banner`: the dashboard's domain-shift verdict for a results table and the banner's words.
@@ -17,6 +18,24 @@ layout); below ``training`` (adaptation refits the score for a new version) and 
 """
 
 from .banner import banner_text, frame_shift
-from .fit import FitReport, fit_model_dir, record_in_model, summary_lines
+from .fit import (
+    FitReport,
+    TrainingDataMissing,
+    TrustRefit,
+    fit_model_dir,
+    record_in_model,
+    refit_version,
+    summary_lines,
+)
 
-__all__ = ["FitReport", "banner_text", "fit_model_dir", "frame_shift", "record_in_model", "summary_lines"]
+__all__ = [
+    "FitReport",
+    "TrainingDataMissing",
+    "TrustRefit",
+    "banner_text",
+    "fit_model_dir",
+    "frame_shift",
+    "record_in_model",
+    "refit_version",
+    "summary_lines",
+]

@@ -11,6 +11,13 @@ of the data the model was trained and validated on:
 
 What it measures (on odd-numbered BCCD fields and the test sets, none of it used in fitting) is
 written into ``trust.npz``'s record and the model card (``trust``).
+
+An **adapted version** (``python -m hematovision adapt``) carries its parent's split manifest and its
+labeled cells' pooled features (:data:`~hematovision.modeling.unfamiliar.LAB_FILE`): the same fit adds half
+of those cells (every view) to the bank and the other half (clean view) to validation.
+:func:`refit_version` is the quick fit that follows an adaptation (:data:`REFIT_BANK` training and
+:data:`REFIT_VALIDATION` validation images, no measurement); ``fit-trust`` on the version's folder is the
+full one.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +53,10 @@ BANK_SIZE = 4000
 CHECK_IMAGES_PER_SET = 16
 #: Stain-shift families (shifts.SUITE) measured as proxies for another laboratory's batch.
 SHIFT_FAMILIES = ("restain_rapid", "cast_cyan", "lab_rapid_tight", "lab_cyan_field", "greyscale", "hue_90")
+#: The quick refit after an adaptation (:func:`refit_version`): training images in the bank and validation images
+#: for the threshold, each drawn within (source, class) in proportion. Measured in docs/trust.md.
+REFIT_BANK = 1500
+REFIT_VALIDATION = 1000
 
 
 def _stratified(images: list[ds.LabeledImage], n: int, seed: int) -> list[ds.LabeledImage]:
@@ -68,8 +79,12 @@ def bank_images(manifest: list[ds.LabeledImage], n: int = BANK_SIZE, seed: int =
     return _stratified(ds.select(manifest, split="train"), n, seed)
 
 
-def validation_images(manifest: list[ds.LabeledImage]) -> list[ds.LabeledImage]:
-    return ds.select(manifest, split="val")
+def validation_images(
+    manifest: list[ds.LabeledImage], n: int | None = None, seed: int = 0
+) -> list[ds.LabeledImage]:
+    """Every validation image, or at most ``n`` of them drawn as :func:`bank_images` draws."""
+    val = ds.select(manifest, split="val")
+    return val if n is None else _stratified(val, n, seed)
 
 
 # ---------------------------------------------------------------------- features
@@ -205,6 +220,16 @@ class FitReport:
     exported: str = ""  # what happened to model.tflite
 
 
+class TrainingDataMissing(ModelError):
+    """The model's training and validation images cannot be read: no split manifest, or its images are not under
+    the data root. ``reason`` says which, in a few words."""
+
+    def __init__(self, message: str, reason: str, fixable: bool = True):
+        super().__init__(message)
+        self.reason = reason
+        self.fixable = fixable  # with the data root in place (a manifest is there)
+
+
 def _ensure_features_export(model_dir: Path, data: str | Path | None) -> str:
     """Re-export ``model.tflite`` when the served one has no features output (exports before issue 19)."""
     card = persistence.load_card(model_dir)
@@ -218,35 +243,50 @@ def _ensure_features_export(model_dir: Path, data: str | Path | None) -> str:
     return f"re-exported model.tflite with a features output (max abs difference from Keras {rec['max_abs_diff']:.1e})"
 
 
+def read_split(model_dir: Path, root: Path, classes: Sequence[str]) -> list[ds.LabeledImage]:
+    """The model's split manifest, read against ``root``; :class:`TrainingDataMissing` when there is none or its
+    images are not there."""
+    manifest_path = model_dir / persistence.MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise TrainingDataMissing(
+            f"no {persistence.MANIFEST_FILE} in {model_dir}: the unfamiliar score is fitted on the model's own "
+            "training and validation split",
+            f"{model_dir} has no {persistence.MANIFEST_FILE}, so the model's training images are unknown",
+            fixable=False,
+        )
+    manifest = [m for m in ds.read_manifest(manifest_path, root) if m.label in classes]
+    missing = sum(1 for m in manifest[:50] if not m.path.is_file())
+    if missing == min(50, len(manifest)):
+        raise TrainingDataMissing(
+            f"the images listed in {manifest_path} are not under the data root {root} "
+            "(set --data or $HEMATOVISION_DATA)",
+            f"training images not found under {root}",
+        )
+    return manifest
+
+
 def fit_model_dir(
     model_dir: str | Path,
     data: str | Path | None = None,
     *,
     bank_size: int = BANK_SIZE,
+    validation_size: int | None = None,
     k: int = DEFAULT_K,
+    measure: bool = True,
     measure_size: int = 600,
     outliers_per_field: int = 2,
     seed: int = 0,
     export: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
+    command: str = "",
 ) -> FitReport:
-    """Fit ``trust.npz`` for the model in ``model_dir`` from its split manifest's images; measure it; record it."""
+    """Fit ``trust.npz`` for the model in ``model_dir`` from its split manifest's images (at most ``bank_size``
+    training images in the bank; every validation image, or ``validation_size`` of them, for the threshold) and,
+    for an adapted version, its labeled cells; measure it (unless ``measure`` is false); record it."""
     model_dir = Path(model_dir)
     root = data_root(data)
     card = persistence.load_card(model_dir)
-    manifest_path = model_dir / persistence.MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise ModelError(
-            f"no {persistence.MANIFEST_FILE} in {model_dir}: the unfamiliar score is fitted on the model's own "
-            "training and validation split"
-        )
-    manifest = [m for m in ds.read_manifest(manifest_path, root) if m.label in card.classes]
-    missing = sum(1 for m in manifest[:50] if not m.path.is_file())
-    if missing == min(50, len(manifest)):
-        raise ModelError(
-            f"the images listed in {manifest_path} are not under the data root {root} "
-            "(set --data or $HEMATOVISION_DATA)"
-        )
+    manifest = read_split(model_dir, root, card.classes)
     t0 = time.time()
     exported = _ensure_features_export(model_dir, data) if export else ""
     clf = Classifier.load(model_dir)
@@ -257,11 +297,22 @@ def fit_model_dir(
         return features_of(clf, _read_all(items, transform) if transform is not False else items, progress=cb)
 
     bank = bank_images(manifest, bank_size, seed)
-    val = validation_images(manifest)
+    val = validation_images(manifest, validation_size, seed + 6)
+    n_val_listed = len(validation_images(manifest))
     if not bank or not val:
-        raise ModelError(f"{manifest_path} lists no training or no validation images")
+        raise ModelError(f"{model_dir / persistence.MANIFEST_FILE} lists no training or no validation images")
     _, bank_f = run("training bank", bank, n=len(bank))
     val_p, val_f = run("validation", val, n=len(val))
+    n_train_f, n_val_f = len(bank_f), len(val_f)
+    # an adapted version's own labeled cells are in-domain for it: half of them (every view) in the bank, the
+    # other half (clean view) among the validation images the threshold is chosen on
+    lab = unfamiliar.load_lab_cells(model_dir, card.model_sha256)
+    lab_bank = lab_val = np.zeros(0, int)
+    if lab is not None and len(lab.labels):
+        lab_bank, lab_val = lab.halves()
+        bank_f = np.concatenate([bank_f, lab.features[lab_bank].reshape(-1, lab.features.shape[-1])])
+        val_f = np.concatenate([val_f, lab.features[lab_val, 0]])
+        val_p = np.concatenate([val_p, lab.probs[lab_val]])
     # what is not a white cell, from the even BCCD fields and other training images than the bank's
     in_bank = {m.relpath for m in bank}
     rest = _pick([m for m in ds.select(manifest, split="train") if m.relpath not in in_bank] or bank, 300, seed + 1)
@@ -282,7 +333,62 @@ def fit_model_dir(
     val_scores = tm.score(val_f, val_p)
     fit_seconds = time.time() - t0
 
-    # measured on what fitting never saw: the test sets, odd BCCD fields, blurred/cut test images, stain shifts
+    measured: dict = {}
+    if measure:
+        tm.record = {"review_threshold": card.default_threshold}
+        measured = _measure(tm, val_scores, run, manifest, root, measure_size, seed)
+    validation_from = f"{n_val_f:,} of the {n_val_listed:,} validation images of {persistence.MANIFEST_FILE}"
+    lab_record: dict = {}
+    if len(lab_val):
+        validation_from += (
+            f" + {len(lab_val)} of the {len(lab.labels)} labeled lab cells ({len(lab_val) / len(val_f):.1%} of the "
+            "validation images)"
+        )
+        lab_record = {
+            "labeled": len(lab.labels),
+            "in_bank": int(len(lab_bank)),
+            "bank_views": int(len(bank_f) - n_train_f),
+            "in_validation": int(len(lab_val)),
+            "validation_share": len(lab_val) / len(val_f),
+            "unfamiliar_share": float(tm.unfamiliar(val_scores[n_val_f:]).mean()),
+        }
+    tm.record = {
+        "fitted": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": command or f"python -m hematovision fit-trust --model {_shown(model_dir)}",
+        "bank_images": int(n_train_f),
+        "k": tm.k,
+        "pca_dims": None if tm.projection is None else int(tm.projection.shape[1]),
+        "weights": tm.weights,
+        "outlier_bank": {
+            "bccd_crops_even_fields": int(len(crop_f)),
+            "blurred": int(len(blur_f)),
+            "cut": int(len(cut_f)),
+        },
+        "validation_images": int(len(val_f)),
+        "validation_from": validation_from,
+        **({"lab_cells": lab_record} if lab_record else {}),
+        "threshold": tm.threshold,
+        "validation_unfamiliar_share": tm.expected_share,
+        "max_unfamiliar_share": unfamiliar.MAX_UNFAMILIAR_SHARE,
+        "batch_rule": {"min_batch": MIN_BATCH, "alpha": ALPHA, "min_share": MIN_SHARE},
+        "review_threshold": card.default_threshold,
+        "measured": measured,
+        "measured_on": (
+            "test sets (sampled), odd-numbered BCCD fields, blurred/cut and stain-shifted test images; "
+            "none used in fitting"
+            if measure
+            else "not measured (run fit-trust on this model for the measurement)"
+        ),
+        "seconds": round(time.time() - t0, 1),
+        "fit_seconds": round(fit_seconds, 1),
+    }
+    path = unfamiliar.save(tm, model_dir)
+    record_in_model(model_dir, tm.record)
+    return FitReport(path, tm.record, exported)
+
+
+def _measure(tm: TrustModel, val_scores: np.ndarray, run, manifest, root: Path, measure_size: int, seed: int) -> dict:
+    """Measured on what fitting never saw: the test sets, odd BCCD fields, blurred/cut test images, stain shifts."""
     groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     tests = {key: _pick(ds.test_set(manifest, key), measure_size, seed + 2) for key in ("kaggle_test", "pbc_test")}
     for key, items in tests.items():
@@ -300,37 +406,71 @@ def fit_model_dir(
         f = fam[name]
         src = _pick(tests["pbc_test"], 200, seed + 5) if f.geometry else mixed
         groups[f"shift_{name}"] = run(f"shift {name}", src, lambda x, i, f=f: f.apply(x, i), n=len(src))
-    tm.record = {"review_threshold": card.default_threshold}
-    measured = measure(tm, val_scores, groups, in_domain=("kaggle_test", "pbc_test", "bccd_wbc"))
-    tm.record = {
-        "fitted": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": f"python -m hematovision fit-trust --model {_shown(model_dir)}",
-        "bank_images": int(len(bank_f)),
-        "k": tm.k,
-        "pca_dims": None if tm.projection is None else int(tm.projection.shape[1]),
-        "weights": tm.weights,
-        "outlier_bank": {
-            "bccd_crops_even_fields": int(len(crop_f)),
-            "blurred": int(len(blur_f)),
-            "cut": int(len(cut_f)),
-        },
-        "validation_images": int(len(val_f)),
-        "threshold": tm.threshold,
-        "validation_unfamiliar_share": tm.expected_share,
-        "max_unfamiliar_share": unfamiliar.MAX_UNFAMILIAR_SHARE,
-        "batch_rule": {"min_batch": MIN_BATCH, "alpha": ALPHA, "min_share": MIN_SHARE},
-        "review_threshold": card.default_threshold,
-        "measured": measured,
-        "measured_on": (
-            "test sets (sampled), odd-numbered BCCD fields, blurred/cut and stain-shifted test images; "
-            "none used in fitting"
-        ),
-        "seconds": round(time.time() - t0, 1),
-        "fit_seconds": round(fit_seconds, 1),
-    }
-    path = unfamiliar.save(tm, model_dir)
-    record_in_model(model_dir, tm.record)
-    return FitReport(path, tm.record, exported)
+    return measure(tm, val_scores, groups, in_domain=("kaggle_test", "pbc_test", "bccd_wbc"))
+
+
+@dataclass
+class TrustRefit:
+    """What the refit after an adaptation did (:func:`refit_version`): ``message`` says it, or why it was not."""
+
+    fitted: bool
+    message: str
+    seconds: float
+    record: dict = field(default_factory=dict)
+
+
+def refit_version(
+    model_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    bank_size: int = REFIT_BANK,
+    validation_size: int = REFIT_VALIDATION,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> TrustRefit:
+    """The unfamiliar-cell score refitted for a freshly adapted version, through its own network (the quick fit:
+    :data:`REFIT_BANK` + :data:`REFIT_VALIDATION` images and the outlier bank, no measurement). Never raises for
+    what a lab installation lacks (the training images): the version is then served without the check, and the
+    message says why and what to run."""
+    t0 = time.time()
+    model_dir = Path(model_dir)
+    full = f"python -m hematovision fit-trust --model {_shown(model_dir)} --data {data_root(data)}"
+    try:
+        rep = fit_model_dir(
+            model_dir,
+            data,
+            bank_size=bank_size,
+            validation_size=validation_size,
+            measure=False,
+            progress=progress,
+            command=f"refit after adaptation (bank {bank_size}, validation {validation_size}); the full fit: {full}",
+        )
+    except TrainingDataMissing as exc:
+        todo = f"; run `{full}`" if exc.fixable else "; it is served without the unfamiliar-cell check"
+        return TrustRefit(False, f"unfamiliar-cell check not refitted: {exc.reason}{todo}", time.time() - t0)
+    except Exception as exc:  # the adapted version is saved already: a failed refit must not lose it
+        log.warning("unfamiliar-cell refit of %s failed", model_dir, exc_info=True)
+        return TrustRefit(
+            False,
+            f"unfamiliar-cell check not refitted ({type(exc).__name__}: {exc}); run `{full}`",
+            time.time() - t0,
+        )
+    r = rep.record
+    seconds = time.time() - t0
+    lab = r.get("lab_cells", {})
+    lab_part = (
+        f"; {lab['unfamiliar_share']:.1%} of the {lab['in_validation']} lab cells held out of the bank unfamiliar"
+        if lab
+        else ""
+    )
+    return TrustRefit(
+        True,
+        f"unfamiliar-cell check refitted for this version in {seconds:.0f} s: bank {r['bank_images']} training "
+        f"images" + (f" + {lab['in_bank']} lab cells" if lab else "") + f"; threshold {r['threshold']:.3f} calls "
+        f"{r['validation_unfamiliar_share']:.1%} of {r['validation_images']} validation images unfamiliar"
+        f"{lab_part}",
+        seconds,
+        r,
+    )
 
 
 def _shown(path: Path) -> str:
