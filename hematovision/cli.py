@@ -177,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
         help="geometry-only views (the source's own colours) cached per training image and source, e.g. pbc=1; "
              "each epoch one is shown instead of a recipe view with probability --mild-share (default: none)",
     )
+    t.add_argument("--extra-views",
+                   help="more of the recipe's views per training image and source, e.g. pbc=4: the same as raising "
+                        "--views by as many, but cached apart so the existing view cache is reused (default: none)")
     t.add_argument("--average-from", type=int, default=TrainConfig.average_from,
                    help="weight averaging: run all --max-epochs fine-tuning epochs without early stopping and ship "
                         "the mean of the weights from this epoch on (default: off, the best epoch is kept)")
@@ -670,6 +673,7 @@ def cmd_train(args) -> int:
     cfg.mild_views = _views(args.mild_views, {}) if args.mild_views else {}
     cfg.mild_share = args.mild_share
     cfg.average_from = args.average_from
+    cfg.extra_views = _views(args.extra_views, {}) if args.extra_views else {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
     if refit_from is not None:

@@ -230,3 +230,18 @@ def test_weight_average_is_the_mean_of_the_epochs_added_and_survives_a_restart(t
     RunFiles(tmp_path).load_average(out)
     for got, want in zip(out.w, [np.mean([e[i] for e in epochs], axis=0) for i in range(2)]):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_extra_views_are_the_views_a_run_with_more_views_would_draw_cached_apart():
+    from hematovision.data.datasets import LabeledImage
+    from hematovision.training import recipe
+
+    imgs = [LabeledImage(None, f"{s}/{k}.png", "monocyte", s, "train", f"{s}{k}", "") for s in ("pbc", "kaggle")
+            for k in range(3)]
+    base = recipe.TrainConfig(views_per_image={"kaggle": 2, "pbc": 4}, extra_views={"pbc": 4})
+    more = recipe.TrainConfig(views_per_image={"kaggle": 2, "pbc": 8})
+    got = sorted((i.relpath, v) for i, v in recipe.training_items(imgs, base) + recipe.extra_items(imgs, base))
+    assert got == sorted((i.relpath, v) for i, v in recipe.training_items(imgs, more))
+    assert recipe.extra_cache_key(base) != recipe.view_cache_key(base)  # the recipe's own cache is untouched
+    assert recipe.view_cache_key(base) == recipe.view_cache_key(recipe.TrainConfig(views_per_image={"kaggle": 2,
+                                                                                                     "pbc": 4}))

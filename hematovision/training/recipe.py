@@ -103,6 +103,10 @@ class TrainConfig:
     # does not take away how the source itself looks (issue: other laboratories' images; in-domain accuracy).
     mild_views: dict = field(default_factory=dict)
     mild_share: float = 0.25
+    # More of the recipe's own views per training image, e.g. {"pbc": 4}: view numbers continue after
+    # ``views_per_image``, so the run equals one with that many more views, but they are cached apart and the
+    # recipe's existing view cache is reused (each epoch rotates through all of an image's views).
+    extra_views: dict = field(default_factory=dict)
     # >= 0: weight averaging (SWA; SWAD for domain generalisation): run every fine-tuning epoch, no early stop, and
     # ship the mean of the weights after epochs ``average_from`` .. ``max_epochs - 1`` (issue: other laboratories'
     # images). Under strong augmentation the validation curve swings between adjacent epochs; a flat average is
@@ -218,6 +222,11 @@ def mild_cache_key(cfg: TrainConfig) -> str:
     )
 
 
+def extra_cache_key(cfg: TrainConfig) -> str:
+    """What decides the cached extra recipe views (:attr:`TrainConfig.extra_views`)."""
+    return "extra-" + _key([view_cache_key(cfg), cfg.extra_views])
+
+
 def clean_cache_key(cfg: TrainConfig) -> str:
     """Clean (un-augmented) views of validation and test images depend only on these."""
     return "clean-" + _key([cfg.input_size, SPLIT_LAYER, cfg.sources, cfg.limit_per_split, cfg.seed] + _input_key(cfg))
@@ -314,6 +323,14 @@ def training_items(images: list[ds.LabeledImage], cfg: TrainConfig):
             if v < cfg.views_per_image[img.source]:
                 items.append((img, v))
     return items
+
+
+def extra_items(images: list[ds.LabeledImage], cfg: TrainConfig):
+    """``(image, view)`` pairs of the extra recipe views (:attr:`TrainConfig.extra_views`): view numbers
+    ``views_per_image[source]`` upwards, as a run with that many more views would draw them."""
+    n = max(cfg.extra_views.values(), default=0)
+    return [(img, cfg.views_per_image[img.source] + v) for v in range(n) for img in images
+            if v < cfg.extra_views.get(img.source, 0)]
 
 
 def mild_items(images: list[ds.LabeledImage], cfg: TrainConfig):
@@ -509,6 +526,11 @@ def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_ro
             cache_features(bottom, its, cache_root / view_cache_key(cfg) / f"train-{list_key(imgs)}", cfg, desc=desc)
         )
         all_items += its
+        extra = extra_items(imgs, cfg)
+        if extra:
+            parts.append(cache_features(bottom, extra, cache_root / extra_cache_key(cfg) / f"train-{list_key(imgs)}",
+                                        cfg, desc=f"extra {desc}"))
+            all_items += extra
         mild = mild_items(imgs, cfg)
         if mild:
             parts.append(cache_features(bottom, mild, cache_root / mild_cache_key(cfg) / f"train-{list_key(imgs)}",
