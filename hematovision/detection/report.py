@@ -10,8 +10,9 @@ one error row, as in single-image mode.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 
@@ -120,8 +121,12 @@ class RunSummary:
     differential (an analyzer's "unidentified" cells) until a person classifies them; flagged
     low-confidence cells stay in. ``expected_unfamiliar``: the model's in-domain unfamiliar share
     (``TrustModel.expected_share``), ``None`` when it has no trust statistics (``unfamiliar_checked`` false,
-    no domain-shift verdict). ``domain_shift`` (JSON): ``{"detected", "score", "threshold", "n", "message",
-    "p_value", "expected", "unfamiliar"}`` over the classified cells (:mod:`hematovision.stats.domain_shift`).
+    no domain-shift verdict). ``reference_scores``: the model's validation unfamiliarity scores
+    (``TrustModel.val_scores``); with them the verdict also compares the classified cells' scores
+    (``scores``, collected as they are counted) with validation's. ``domain_shift`` (JSON): ``{"detected",
+    "score", "threshold", "n", "message", "p_value", "expected", "unfamiliar", "rank", "rank_p_value",
+    "rank_threshold", "reason"}`` over the classified cells (:mod:`hematovision.stats.domain_shift`); neither
+    score list is written.
     """
 
     unit: str
@@ -139,6 +144,8 @@ class RunSummary:
     fields_without_cells: int = 0
     partial_cells: int = 0
     per_field: list[dict] = field(default_factory=list)
+    reference_scores: Sequence[float] | None = None
+    scores: list[float] = field(default_factory=list)
 
     @property
     def differential(self) -> dict[str, dict[str, float]]:
@@ -154,11 +161,18 @@ class RunSummary:
 
     def domain_shift(self):
         """The batch's :class:`~hematovision.stats.domain_shift.DomainShift` over the classified cells."""
-        return domain_shift_counts(self.unfamiliar, self.classified, self.expected_unfamiliar)
+        return domain_shift_counts(
+            self.unfamiliar,
+            self.classified,
+            self.expected_unfamiliar,
+            scores=self.scores,
+            reference=self.reference_scores,
+        )
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("expected_unfamiliar")
+        d = asdict(replace(self, reference_scores=None, scores=[]))
+        for k in ("expected_unfamiliar", "reference_scores", "scores"):
+            d.pop(k)
         d["differential"] = self.differential
         d["differential_cells"] = sum(self.counts.get(c, 0) for c in self.classes)
         d["unfamiliar_checked"] = self.unfamiliar_checked
@@ -198,6 +212,7 @@ class RunSummary:
         self.unfamiliar += entry["unfamiliar"]
         self.low_confidence += sum(c.prediction.flag_reason == "low_confidence" for c in r.cells)
         self.partial_cells += entry["partial"]
+        self.scores += [c.prediction.unfamiliarity for c in r.cells if not math.isnan(c.prediction.unfamiliarity)]
         for c in self.classes:
             self.counts[c] = self.counts.get(c, 0) + entry["counts"][c]
         self.per_field.append(entry)
@@ -212,6 +227,8 @@ class RunSummary:
         self.flagged += bool(p.flagged)
         self.unfamiliar += bool(p.unfamiliar)
         self.low_confidence += p.flag_reason == "low_confidence"
+        if not math.isnan(p.unfamiliarity):
+            self.scores.append(p.unfamiliarity)
         if p.unfamiliar:
             return  # unidentified: left out of the differential until a person classifies it
         if p.predicted_class in self.classes:
@@ -224,10 +241,11 @@ def summarise_fields(
     threshold: float,
     version: str,
     expected_unfamiliar: float | None = None,
+    reference_scores: Sequence[float] | None = None,
 ) -> RunSummary:
     s = RunSummary(
         "cells", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
-        expected_unfamiliar=expected_unfamiliar,
+        expected_unfamiliar=expected_unfamiliar, reference_scores=reference_scores,
     )
     for r in results:
         s.add_field(r)
@@ -240,10 +258,11 @@ def summarise_images(
     threshold: float,
     version: str,
     expected_unfamiliar: float | None = None,
+    reference_scores: Sequence[float] | None = None,
 ) -> RunSummary:
     s = RunSummary(
         "images", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
-        expected_unfamiliar=expected_unfamiliar,
+        expected_unfamiliar=expected_unfamiliar, reference_scores=reference_scores,
     )
     for p in preds:
         s.add_image(p)
