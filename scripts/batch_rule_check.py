@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ from hematovision.data import datasets as ds  # noqa: E402
 from hematovision.evaluation import shifts  # noqa: E402
 from hematovision.imaging.decode import read_rgb  # noqa: E402
 from hematovision.modeling import persistence, unfamiliar  # noqa: E402
-from hematovision.stats import domain_shift as dsr  # noqa: E402
+
+dsr = importlib.import_module("hematovision.stats.domain_shift")
 
 #: Shift families measured (``shifts.SUITE`` names); geometric ones are applied to PBC images only.
 FAMILIES = (
@@ -218,6 +220,66 @@ def measure(args) -> None:
             print(f"  {gname:28s} " + "  ".join(cells), flush=True)
 
 
+def in_domain_spread(args, folds: int = 4, draws: int = 1000) -> None:
+    """How far in-domain batches' mean rank strays, with other reference sets: the half split, the halves swapped,
+    and ``folds`` folds by cell group (each against the other folds: a reference nearer the full validation set)."""
+    cache = Path(args.cache)
+    tm = unfamiliar.load(args.model)
+    v = load(cache, "val")
+    s = tm.score(v["feats"].astype(np.float32), v["probs"].astype(np.float64))
+    src, grp, hold = v["source"], v["group"], v["hold"].astype(bool)
+    fold = np.array([int(hashlib.sha256((x + "f").encode()).hexdigest()[:8], 16) % folds for x in grp])
+    splits = [("half", ~hold, hold), ("half swapped", hold, ~hold)]
+    splits += [(f"fold {k} of {folds}", fold != k, fold == k) for k in range(folds)]
+    rng = np.random.default_rng(3)
+    print(f"\nin-domain batches' mean rank, 99th percentile / max of {draws} draws (field by field)")
+    print("| reference / batches from | source | fields | whole | n 20 | n 50 | n 200 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, refm, tem in splits:
+        ref = np.sort(s[refm])
+        for so in ("pbc", "kaggle"):
+            idx = np.nonzero(tem & (src == so))[0]
+            by: dict = {}
+            for i in idx:
+                by.setdefault(grp[i], []).append(i)
+            cells = []
+            for n in (20, 50, 200):
+                r = [dsr.mean_rank(s[b], ref) for b in draw_batches(by, n, draws, rng)]
+                cells.append(f"{np.quantile(r, 0.99):.3f} / {max(r):.3f}")
+            print(f"| {name} | {so} | {len(by)} | {dsr.mean_rank(s[idx], ref):.3f} | " + " | ".join(cells) + " |",
+                  flush=True)
+
+
+def source_matched(args) -> None:
+    """Not served: each image's rank among the validation scores of its nearest source (the source of its nearest
+    first-half validation image in the trust embedding), to see what a source-aware reference would separate."""
+    cache = Path(args.cache)
+    tm = unfamiliar.load(args.model)
+    v = load(cache, "val")
+    s = tm.score(v["feats"].astype(np.float32), v["probs"].astype(np.float64))
+    hold, src = v["hold"].astype(bool), v["source"]
+    e_ref, s_ref = tm.embed(v["feats"][~hold].astype(np.float32)), src[~hold]
+    refs = {so: np.sort(s[(~hold) & (src == so)]) for so in ("pbc", "kaggle")}
+
+    def report(name, sc, feats, true_src):
+        near = s_ref[(tm.embed(feats.astype(np.float32)) @ e_ref.T).argmax(axis=1)]
+        for so in ("pbc", "kaggle"):
+            m = true_src == so
+            if m.sum() < 50:
+                continue
+            ranks = [dsr.mean_rank(sc[m & (near == x)], refs[x]) * np.sum(m & (near == x)) for x in refs
+                     if np.any(m & (near == x))]
+            print(f"| {name} | {so} | {np.mean(near[m] == so):.0%} | {sum(ranks) / m.sum():.3f} | "
+                  f"{dsr.mean_rank(sc[m], np.sort(s[~hold])):.3f} |")
+
+    print("\nsource-matched mean rank (not served): | group | source | nearest source right | matched | pooled |")
+    print("|---|---|---:|---:|---:|")
+    report("in-domain (held-out half)", s[hold], v["feats"][hold], src[hold])
+    for name in FAMILIES:
+        z = load(cache, f"shift_{name}")
+        report(name, tm.score(z["feats"].astype(np.float32), z["probs"].astype(np.float64)), z["feats"], z["source"])
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=["extract", "measure"])
@@ -227,7 +289,12 @@ if __name__ == "__main__":
     p.add_argument("--cache", default=str(REPO / ".cache" / "batch-rule"))
     p.add_argument("--draws", type=int, default=500)
     p.add_argument("--review", type=float, default=0.952, help="measure: review threshold (confidence)")
-    p.add_argument("--ranks", type=float, nargs="+", default=[0.60, 0.62, 0.65, 0.70])
-    p.add_argument("--lows", type=float, nargs="+", default=[0.5])
+    p.add_argument("--ranks", type=float, nargs="+", default=[0.65, 0.75, 0.85, 0.90])
+    p.add_argument("--lows", type=float, nargs="+", default=[0.3])
     a = p.parse_args()
-    extract(a) if a.what == "extract" else measure(a)
+    if a.what == "extract":
+        extract(a)
+    else:
+        measure(a)
+        in_domain_spread(a)
+        source_matched(a)

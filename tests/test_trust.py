@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,16 @@ from hematovision.modeling import persistence, unfamiliar
 from hematovision.reports import tables as report
 from hematovision.serving.classifier import Classifier, Prediction
 from hematovision.serving.litert import LiteRTRuntime, export_litert, generated_images
-from hematovision.stats.domain_shift import MIN_BATCH, MIN_SHARE, binom_tail, critical_share, domain_shift
+from hematovision.stats.domain_shift import (
+    MIN_BATCH,
+    MIN_RANK,
+    MIN_SHARE,
+    binom_tail,
+    critical_share,
+    domain_shift,
+    mean_rank,
+    rank_p_value,
+)
 
 
 def _cluster(n, dim=16, seed=0, centre=0.0):
@@ -148,6 +158,33 @@ def test_batch_rule_fires_on_a_shifted_batch_and_not_on_an_in_domain_one():
     assert critical_share(50, 0.05) >= MIN_SHARE and critical_share(2000, 0.05) == pytest.approx(MIN_SHARE)
 
 
+def test_mean_rank_against_a_direct_count_and_its_p_value():
+    ref = np.array([0.0, 1.0, 1.0, 2.0])
+    # 1.0 is above one reference score and ties two (half each): (1 + 1) / 4; 3.0 is above all four
+    assert mean_rank([1.0], ref) == pytest.approx(0.5) and mean_rank([3.0, -1.0], ref) == pytest.approx(0.5)
+    assert mean_rank([3.0], ref) == 1.0 and np.isnan(mean_rank([], ref))
+    assert rank_p_value(0.5, 50, 1000) == pytest.approx(0.5)
+    assert rank_p_value(0.7, 50, 1000) < 1e-4 < rank_p_value(0.55, 50, 1000)
+
+
+def test_score_distribution_rule_fires_on_a_moderate_shift_the_tail_share_misses():
+    rng = np.random.default_rng(1)
+    ref = np.sort(rng.normal(size=2000))
+    thr = np.quantile(ref, 0.95)
+    quiet = [domain_shift((s := rng.normal(size=200)) > thr, 0.05, scores=s, reference=ref) for _ in range(200)]
+    assert np.mean([q.detected for q in quiet]) <= 0.01 and all(0.4 < q.rank < 0.6 for q in quiet)
+    # every score moved up by 2.5 standard deviations: mean rank ~0.96 (MIN_RANK is 0.9)
+    moved = rng.normal(2.5, 1.0, size=200)
+    r = domain_shift(moved > thr, 0.05, scores=moved, reference=ref, min_share=0.99)  # the share rule made deaf
+    assert r.detected and r.reason == "score_distribution" and r.rank >= MIN_RANK and r.rank_p_value < 1e-3
+    assert "less familiar than" in r.message and "unlike the images the model was trained on" in r.message
+    assert not domain_shift(moved > thr, 0.05, min_share=0.99).detected  # without the scores: the tail share only
+    mild = rng.normal(1.0, 1.0, size=200)  # mean rank ~0.76: under the floor, whatever its p-value
+    assert not domain_shift(mild > thr, 0.05, scores=mild, reference=ref, min_share=0.99).detected
+    few = domain_shift(moved[:5] > thr, 0.05, scores=moved[:5], reference=ref)
+    assert not few.detected and "Too few images" in few.message and np.isnan(few.rank)
+
+
 def test_without_trust_statistics_the_batch_is_not_checked():
     r = domain_shift([False] * 100, None)
     assert not r.detected and "not checked" in r.message
@@ -190,10 +227,25 @@ def test_summary_schema_and_unfamiliar_cells_left_out_of_the_differential():
         s["counts"]["monocyte"] == 0 and s["differential"]["monocyte"]["count"] == 0 and s["differential_cells"] == 40
     )
     assert s["differential"]["neutrophil"] == {"count": 30, "percent": 75.0}
-    assert set(s["domain_shift"]) >= {"detected", "score", "threshold", "n", "message"}
+    assert set(s["domain_shift"]) >= {"detected", "score", "threshold", "n", "message", "rank", "rank_p_value"}
     assert s["domain_shift"]["detected"] and s["domain_shift"]["n"] == 60 and s["unfamiliar_checked"] is True
+    assert s["domain_shift"]["rank"] is None and "scores" not in s  # no validation scores given: share rule only
     assert _pred("x", "monocyte", 0.95, True).flag_reason == "unfamiliar"
     assert _pred("y", "monocyte", 0.4).flag_reason == "low_confidence" and _pred("z", "monocyte", 0.9).flag_reason == ""
+
+
+def test_summary_compares_the_scores_with_the_validation_scores():
+    # 40 familiar-looking images whose scores all sit above most validation scores, none past the threshold (3.0)
+    preds = [replace(_pred(f"n{k}", "neutrophil", 0.9), unfamiliarity=1.7 + 0.005 * k) for k in range(40)]
+    ref = np.linspace(-2.0, 2.0, 400)
+    s = summarise_images(preds, CLASSES, 0.5, "m", expected_unfamiliar=0.05, reference_scores=ref).as_dict()
+    shift = s["domain_shift"]
+    assert shift["detected"] and shift["reason"] == "score_distribution" and shift["unfamiliar"] == 0
+    assert shift["rank"] > 0.9 and shift["rank_threshold"] == MIN_RANK and "scores" not in s
+    assert "reference_scores" not in s
+    calm = [replace(_pred(f"c{k}", "neutrophil", 0.9), unfamiliarity=float(v)) for k, v in enumerate(ref[::10])]
+    quiet = summarise_images(calm, CLASSES, 0.5, "m", 0.05, reference_scores=ref).as_dict()["domain_shift"]
+    assert not quiet["detected"] and quiet["rank"] == pytest.approx(0.5, abs=0.02) and quiet["reason"] == ""
 
 
 def test_summary_of_a_small_batch_says_too_few():

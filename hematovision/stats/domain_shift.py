@@ -44,7 +44,7 @@ MIN_SHARE = 0.15
 #: Smallest mean validation percentile rank of the batch's scores that counts as a shift (0.5 in-domain). Chosen on
 #: validation halves (split by cell group) and validation-derived stain/camera shifts for
 #: hematovision@10dcfb23eb1d (docs/trust.md, scripts/batch_rule_check.py).
-MIN_RANK = 0.65
+MIN_RANK = 0.90
 #: The in-domain share is never taken below this (a threshold calling no validation image unfamiliar).
 MIN_EXPECTED = 1e-3
 

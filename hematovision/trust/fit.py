@@ -35,7 +35,7 @@ from ..modeling.persistence import ModelError
 from ..modeling.unfamiliar import DEFAULT_K, TrustModel
 from ..serving import litert
 from ..serving.classifier import Classifier
-from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_SHARE, domain_shift
+from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_RANK, MIN_SHARE, domain_shift
 from . import outliers
 
 log = logging.getLogger("hematovision.trust")
@@ -152,18 +152,28 @@ def stats_rankdata(x: np.ndarray) -> np.ndarray:
     return rankdata(x)
 
 
-def batch_alarm_rate(flags: np.ndarray, expected: float, size: int, draws: int = 500, seed: int = 0) -> float:
+def batch_alarm_rate(
+    flags: np.ndarray,
+    expected: float,
+    size: int,
+    draws: int = 500,
+    seed: int = 0,
+    scores: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+) -> float:
     """Share of random batches of ``size`` drawn (without replacement) from ``flags`` that the batch rule calls
-    shifted."""
+    shifted (with ``scores`` and the validation ``reference`` scores: either rule, as served)."""
     flags = np.asarray(flags, bool)
     if len(flags) < size:
         return float("nan")
     rng = np.random.default_rng(seed)
-    return float(
-        np.mean(
-            [domain_shift(flags[rng.choice(len(flags), size, replace=False)], expected).detected for _ in range(draws)]
+    hits = []
+    for _ in range(draws):
+        b = rng.choice(len(flags), size, replace=False)
+        hits.append(
+            domain_shift(flags[b], expected, scores=None if scores is None else scores[b], reference=reference).detected
         )
-    )
+    return float(np.mean(hits))
 
 
 def measure(
@@ -172,9 +182,10 @@ def measure(
     groups: dict[str, tuple[np.ndarray, np.ndarray]],
     in_domain: Sequence[str] = (),
 ) -> dict:
-    """Per group of images (name -> (probs, features)): share unfamiliar, AUROC against validation, and for
-    batches of 50 and 200 drawn from the group, the share the batch rule calls shifted (the false alarm rate
-    for ``in_domain`` groups, the detection rate for the others)."""
+    """Per group of images (name -> (probs, features)): share unfamiliar, AUROC against validation (= the whole
+    group's mean rank, the batch rule's second statistic), and for batches of 50 and 200 drawn from the group,
+    the share the batch rule calls shifted (both rules, as served; the false alarm rate for ``in_domain``
+    groups, the detection rate for the others)."""
     out = {}
     expected = tm.expected_share
     for name, (probs, feats) in groups.items():
@@ -189,7 +200,9 @@ def measure(
             "auroc_vs_validation": None if name in in_domain else auroc(val_scores, s),
             "in_domain": name in in_domain,
             "batch_detected_share": {
-                str(n): batch_alarm_rate(flags, expected, n) for n in (50, 200) if len(flags) >= n
+                str(n): batch_alarm_rate(flags, expected, n, scores=s, reference=val_scores)
+                for n in (50, 200)
+                if len(flags) >= n
             },
         }
     return out
@@ -318,7 +331,7 @@ def fit_model_dir(
         "threshold": tm.threshold,
         "validation_unfamiliar_share": tm.expected_share,
         "max_unfamiliar_share": unfamiliar.MAX_UNFAMILIAR_SHARE,
-        "batch_rule": {"min_batch": MIN_BATCH, "alpha": ALPHA, "min_share": MIN_SHARE},
+        "batch_rule": {"min_batch": MIN_BATCH, "alpha": ALPHA, "min_share": MIN_SHARE, "min_rank": MIN_RANK},
         "review_threshold": card.default_threshold,
         "measured": measured,
         "measured_on": (
