@@ -10,8 +10,10 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import CLASSES, image_bytes, make_tiny_model_dir
@@ -35,6 +37,7 @@ from hematovision.stats.domain_shift import (
     mean_rank,
     rank_p_value,
 )
+from hematovision.trust import banner_text, frame_shift
 
 
 def _cluster(n, dim=16, seed=0, centre=0.0):
@@ -488,3 +491,21 @@ def test_differential_by_version_compares_every_version_that_classified_the_whol
     after = d[d["version"] == "lab@2"].set_index("class")
     assert before.loc["neutrophil", "count"] == 3 and before["unidentified"].iloc[0] == 1  # unfamiliar left out
     assert after.loc["lymphocyte", "percent"] == 50.0 and after["unidentified"].iloc[0] == 0
+
+
+def test_page_verdict_reads_the_scores_column_and_the_banner_says_why():
+    ref = np.linspace(-2.0, 2.0, 400)
+    trust = SimpleNamespace(expected_share=0.05, val_scores=ref)
+    n = 30
+    frame = pd.DataFrame({
+        "error": [""] * n + ["unreadable"],
+        "unfamiliar": ["False"] * (n + 1),  # as read back from a CSV
+        "unfamiliarity": [f"{1.8 + 0.005 * k:.4f}" for k in range(n)] + [""],
+    })
+    shift = frame_shift(frame, trust)
+    assert shift.n == n and shift.detected and shift.reason == "score_distribution" and shift.rank > 0.9
+    text = banner_text(shift)
+    assert "less familiar than" in text and "only 0 of 30" in text and "What to do" in text
+    assert not frame_shift(frame, None).detected and np.isnan(frame_shift(frame, None).rank)
+    calm = frame.assign(unfamiliarity=[f"{v:.4f}" for v in ref[::13][:n]] + [""])
+    assert not frame_shift(calm, trust).detected
