@@ -174,7 +174,7 @@ def measure(args) -> None:
         for label, mask in (("pbc", z["source"] == "pbc"), ("kaggle", z["source"] == "kaggle"),
                             ("mixed", np.ones(len(s), bool))):
             idx = np.nonzero(mask)[0]
-            if len(idx) < 50 or (label != "mixed" and mask.all()):
+            if len(idx) < 50 or (label == "mixed" and len(set(z["source"])) < 2):
                 continue
             by = {i: [i] for i in idx}  # each shifted image is its own draw (copies of distinct held-out images)
             groups[f"{name} {label}"] = (s, c, by)
