@@ -23,6 +23,12 @@ against validation), with its one-sided p-value from the normal approximation. T
 by this rule when that p-value is below :data:`ALPHA` **and** the mean rank is at least :data:`MIN_RANK` (an
 effect size, for the same reasons as :data:`MIN_SHARE`: in-domain batches are clustered and one source's
 scores run higher than the validation mix's). A batch is shifted when either rule fires.
+
+When the trust file records the data source of each training-bank image and each validation score, each image
+is ranked among the validation scores **of its nearest bank image's source** (one laboratory's batch is compared
+with that laboratory's own validation images, not with the mix), and each source's part of the batch (at least
+:data:`MIN_BATCH` images) is tested against its own floor (:data:`MIN_RANK_BY_SOURCE`, else :data:`MIN_RANK`).
+Without sources the pooled validation scores are the reference, with :data:`MIN_RANK`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ MIN_SHARE = 0.15
 #: validation halves (split by cell group) and validation-derived stain/camera shifts for
 #: hematovision@10dcfb23eb1d (docs/trust.md, scripts/batch_rule_check.py).
 MIN_RANK = 0.90
+#: Floors for the source-matched mean rank, per training source (chosen like MIN_RANK, docs/trust.md).
+MIN_RANK_BY_SOURCE = {"pbc": 0.62, "kaggle": 0.90}
 #: The in-domain share is never taken below this (a threshold calling no validation image unfamiliar).
 MIN_EXPECTED = 1e-3
 
@@ -55,8 +63,9 @@ class DomainShift:
 
     ``rank``: the batch's mean validation percentile rank of its unfamiliarity scores (0.5 in-domain; NaN when
     the scores or the validation scores are not available), ``rank_p_value`` its one-sided p-value and
-    ``rank_threshold`` the smallest mean rank that fires. ``reason``: which rule fired (``unfamiliar_share``,
-    ``score_distribution``, both joined by ``+``, or empty).
+    ``rank_threshold`` the smallest mean rank that fires; with source-matched references, those of the source part
+    of the batch nearest to (or furthest past) its floor, named by ``rank_source``. ``reason``: which rule fired
+    (``unfamiliar_share``, ``score_distribution``, both joined by ``+``, or empty).
     """
 
     detected: bool
@@ -71,6 +80,7 @@ class DomainShift:
     rank_p_value: float = float("nan")
     rank_threshold: float = float("nan")
     reason: str = ""
+    rank_source: str = ""  # the source whose part of the batch the rank is of ("" : the pooled reference)
 
     def to_dict(self) -> dict:
         """JSON-ready (NaN as ``None``)."""
@@ -117,13 +127,14 @@ def rank_p_value(rank: float, n: int, m: int) -> float:
 
 
 def _message(detected: bool, x: int, n: int, share: float, p0: float, thr: float, rank: float, by_share: bool,
-             by_rank: bool, min_rank: float) -> str:
+             by_rank: bool, min_rank: float, matched: bool = False) -> str:
+    who = "validation images from the most similar training laboratory" if matched else "validation images"
     if detected:
         if by_share:
             what = f"{x} of {n} images ({share:.0%}) are unfamiliar, against about {p0:.0%} in-domain"
         else:
             what = (
-                f"as a whole its images are less familiar than {rank:.0%} of the model's validation images on "
+                f"as a whole its images are less familiar than {rank:.0%} of the model's {who} on "
                 f"average (about 50% for images like the training data), although only {x} of {n} ({share:.0%}) "
                 "are unfamiliar enough to be flagged one by one"
             )
@@ -138,7 +149,7 @@ def _message(detected: bool, x: int, n: int, share: float, p0: float, thr: float
     )
     if not math.isnan(rank):
         msg += (
-            f", and as a whole they are less familiar than {rank:.0%} of validation images on average (about 50% "
+            f", and as a whole they are less familiar than {rank:.0%} of the model's {who} on average (about 50% "
             f"in-domain; a shift is called from {min_rank:.0%})"
         )
     return msg + "."
@@ -151,6 +162,8 @@ def domain_shift_counts(
     *,
     scores: np.ndarray | None = None,
     reference: np.ndarray | None = None,
+    sources: np.ndarray | None = None,
+    reference_sources: np.ndarray | None = None,
     min_batch: int = MIN_BATCH,
     alpha: float = ALPHA,
     min_share: float = MIN_SHARE,
@@ -161,7 +174,9 @@ def domain_shift_counts(
     ``expected`` is the in-domain unfamiliar share (``TrustModel.expected_share``); ``None`` when the
     model has no fitted trust statistics (nothing is checked). ``scores`` (the batch's unfamiliarity scores,
     non-finite ones ignored) and ``reference`` (the validation scores, ``TrustModel.val_scores``) add the
-    score-distribution rule; without either only the unfamiliar share is tested.
+    score-distribution rule; without either only the unfamiliar share is tested. ``sources`` (each score's nearest
+    training source, ``TrustModel.nearest_source``) and ``reference_sources`` (``TrustModel.val_sources``) make
+    the reference source-matched.
     """
     n, x = int(n), int(unfamiliar)
     if expected is None:
@@ -190,21 +205,55 @@ def domain_shift_counts(
     p = float(binom_tail(n, p0)[x])
     thr = critical_share(n, p0, alpha, min_share)
     by_share = bool(share >= thr and p < alpha)
-    rank = rank_p = float("nan")
     s = np.asarray([] if scores is None else scores, np.float64)
-    s = s[np.isfinite(s)]
     ref = np.asarray([] if reference is None else reference, np.float64)
-    if len(s) >= min_batch and len(ref):
-        rank = mean_rank(s, ref)
-        rank_p = rank_p_value(rank, len(s), len(ref))
-    by_rank = bool(not math.isnan(rank) and rank >= min_rank and rank_p < alpha)
+    src = None if sources is None else np.asarray(sources, dtype=str)
+    ref_src = None if reference_sources is None else np.asarray(reference_sources, dtype=str)
+    rank, rank_p, rank_thr, rank_src = source_ranks(s, ref, src, ref_src, min_batch, min_rank)
+    by_rank = bool(not math.isnan(rank) and rank >= rank_thr and rank_p < alpha)
     detected = by_share or by_rank
     reason = "+".join(r for r, hit in (("unfamiliar_share", by_share), ("score_distribution", by_rank)) if hit)
-    msg = _message(detected, x, n, share, p0, thr, rank, by_share, by_rank, min_rank)
-    return DomainShift(
-        detected, share, thr, n, msg, p, p0, x, rank, rank_p, float(min_rank) if not math.isnan(rank) else
-        float("nan"), reason,
-    )
+    msg = _message(detected, x, n, share, p0, thr, rank, by_share, by_rank, rank_thr, bool(rank_src))
+    return DomainShift(detected, share, thr, n, msg, p, p0, x, rank, rank_p, rank_thr, reason, rank_src)
+
+
+def source_ranks(
+    scores: np.ndarray,
+    reference: np.ndarray,
+    sources: np.ndarray | None,
+    reference_sources: np.ndarray | None,
+    min_batch: int = MIN_BATCH,
+    min_rank: float = MIN_RANK,
+) -> tuple[float, float, float, str]:
+    """``(rank, p_value, floor, source)`` of the batch's scores (non-finite ones dropped).
+
+    Pooled (``source`` empty) without sources: all scores against ``reference`` with floor ``min_rank``. With
+    them: each source's part of at least ``min_batch`` images against the reference scores of that source, with
+    its floor (:data:`MIN_RANK_BY_SOURCE`, else ``min_rank``); the part with the largest ``rank - floor`` is
+    returned. NaNs when no part (or the batch) is large enough or there is no reference.
+    """
+    nan = float("nan")
+    keep = np.isfinite(scores)
+    s = scores[keep]
+    if len(s) < min_batch or not len(reference):
+        return nan, nan, nan, ""
+    if sources is None or reference_sources is None or len(sources) != len(scores) or len(
+        reference_sources
+    ) != len(reference):
+        rank = mean_rank(s, reference)
+        return rank, rank_p_value(rank, len(s), len(reference)), float(min_rank), ""
+    src = sources[keep]
+    best = (nan, nan, nan, "")
+    for name in sorted(set(src.tolist())):
+        part = s[src == name]
+        ref = reference[reference_sources == name]
+        if len(part) < min_batch or not len(ref):
+            continue
+        rank = mean_rank(part, ref)
+        floor = float(MIN_RANK_BY_SOURCE.get(name, min_rank))
+        if math.isnan(best[0]) or rank - floor > best[0] - best[2]:
+            best = (rank, rank_p_value(rank, len(part), len(ref)), floor, name)
+    return best
 
 
 def domain_shift(
@@ -213,6 +262,8 @@ def domain_shift(
     *,
     scores: np.ndarray | None = None,
     reference: np.ndarray | None = None,
+    sources: np.ndarray | None = None,
+    reference_sources: np.ndarray | None = None,
     min_batch: int = MIN_BATCH,
     alpha: float = ALPHA,
     min_share: float = MIN_SHARE,
@@ -227,6 +278,8 @@ def domain_shift(
         expected,
         scores=scores,
         reference=reference,
+        sources=sources,
+        reference_sources=reference_sources,
         min_batch=min_batch,
         alpha=alpha,
         min_share=min_share,

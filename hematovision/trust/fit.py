@@ -35,7 +35,7 @@ from ..modeling.persistence import ModelError
 from ..modeling.unfamiliar import DEFAULT_K, TrustModel
 from ..serving import litert
 from ..serving.classifier import Classifier
-from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_RANK, MIN_SHARE, domain_shift
+from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_RANK, MIN_RANK_BY_SOURCE, MIN_SHARE, domain_shift
 from . import outliers
 
 log = logging.getLogger("hematovision.trust")
@@ -160,18 +160,29 @@ def batch_alarm_rate(
     seed: int = 0,
     scores: np.ndarray | None = None,
     reference: np.ndarray | None = None,
+    tm: TrustModel | None = None,
+    feats: np.ndarray | None = None,
 ) -> float:
     """Share of random batches of ``size`` drawn (without replacement) from ``flags`` that the batch rule calls
-    shifted (with ``scores`` and the validation ``reference`` scores: either rule, as served)."""
+    shifted (with ``scores`` and the validation ``reference`` scores: either rule, as served; with the trust model
+    ``tm`` and the images' ``feats``, source-matched when it records sources)."""
     flags = np.asarray(flags, bool)
     if len(flags) < size:
         return float("nan")
     rng = np.random.default_rng(seed)
+    near = None if tm is None or feats is None else tm.nearest_source(feats)
     hits = []
     for _ in range(draws):
         b = rng.choice(len(flags), size, replace=False)
         hits.append(
-            domain_shift(flags[b], expected, scores=None if scores is None else scores[b], reference=reference).detected
+            domain_shift(
+                flags[b],
+                expected,
+                scores=None if scores is None else scores[b],
+                reference=reference,
+                sources=None if near is None else near[b],
+                reference_sources=None if near is None else tm.val_sources,
+            ).detected
         )
     return float(np.mean(hits))
 
@@ -200,7 +211,7 @@ def measure(
             "auroc_vs_validation": None if name in in_domain else auroc(val_scores, s),
             "in_domain": name in in_domain,
             "batch_detected_share": {
-                str(n): batch_alarm_rate(flags, expected, n, scores=s, reference=val_scores)
+                str(n): batch_alarm_rate(flags, expected, n, scores=s, reference=val_scores, tm=tm, feats=feats)
                 for n in (50, 200)
                 if len(flags) >= n
             },
@@ -291,6 +302,9 @@ def fit_model_dir(
         k=k,
         outlier_features=outlier_f if len(outlier_f) else None,
         model_sha256=card.model_sha256,
+        # each image's source, for the batch rule's source-matched reference (unless a file was skipped)
+        bank_sources=[m.source for m in bank] if len(bank) == len(bank_f) else None,
+        val_sources=[m.source for m in val] if len(val) == len(val_f) else None,
     )
     val_scores = tm.score(val_f, val_p)
     fit_seconds = time.time() - t0
@@ -331,7 +345,14 @@ def fit_model_dir(
         "threshold": tm.threshold,
         "validation_unfamiliar_share": tm.expected_share,
         "max_unfamiliar_share": unfamiliar.MAX_UNFAMILIAR_SHARE,
-        "batch_rule": {"min_batch": MIN_BATCH, "alpha": ALPHA, "min_share": MIN_SHARE, "min_rank": MIN_RANK},
+        "batch_rule": {
+            "min_batch": MIN_BATCH,
+            "alpha": ALPHA,
+            "min_share": MIN_SHARE,
+            "min_rank": MIN_RANK,
+            "min_rank_by_source": dict(MIN_RANK_BY_SOURCE),
+            "source_matched": tm.has_sources,
+        },
         "review_threshold": card.default_threshold,
         "measured": measured,
         "measured_on": (
