@@ -146,6 +146,13 @@ def measure(args) -> None:
     print(f"reference: first half {len(ref)} images (kaggle {np.sum((~hold) & (v['source'] == 'kaggle'))}, "
           f"groups {len(set(v['group'][~hold]))}); threshold {thr:.3f}, p0 {p0:.3f}; "
           f"held-out half {hold.sum()} images, groups {len(set(v['group'][hold]))}")
+    bank_src = np.load(cache / "bank_sources.npy")
+    ref_src = v["source"][~hold]
+
+    def near_of(feats):
+        return bank_src[unfamiliar.nearest_row(tm.embed(feats.astype(np.float32)), tm.bank)]
+
+    near_val = near_of(v["feats"])
     conf_ref = conf[~hold]
     rev = args.review
     low0 = float(np.mean(conf_ref < rev))
@@ -166,23 +173,24 @@ def measure(args) -> None:
         by = {}
         for i in idx:
             by.setdefault(v["group"][i], []).append(i)
-        groups[f"in-domain {label}"] = (scores, conf, by)
+        groups[f"in-domain {label}"] = (scores, conf, near_val, by)
     for name in FAMILIES:
         z = load(cache, f"shift_{name}")
         s = tm.score(z["feats"].astype(np.float32), z["probs"].astype(np.float64))
         c = z["probs"].max(axis=1)
+        nr = near_of(z["feats"])
         for label, mask in (("pbc", z["source"] == "pbc"), ("kaggle", z["source"] == "kaggle"),
                             ("mixed", np.ones(len(s), bool))):
             idx = np.nonzero(mask)[0]
             if len(idx) < 50 or (label == "mixed" and len(set(z["source"])) < 2):
                 continue
             by = {i: [i] for i in idx}  # each shifted image is its own draw (copies of distinct held-out images)
-            groups[f"{name} {label}"] = (s, c, by)
+            groups[f"{name} {label}"] = (s, c, nr, by)
     print(f"review threshold {rev}: validation reference low-confidence share {low0:.3f}")
     # per-group summary
     print("| group | n | unfamiliar | mean rank | low conf |")
     print("|---|---:|---:|---:|---:|")
-    for gname, (s, c, by) in groups.items():
+    for gname, (s, c, _, by) in groups.items():
         idx = np.concatenate([np.array(x) for x in by.values()])
         st = stats_of(s[idx], c[idx])
         print(f"| {gname} | {len(idx)} | {st['share']:.1%} | {st['rank']:.3f} | {st['low']:.1%} |")
@@ -190,24 +198,36 @@ def measure(args) -> None:
     draws = args.draws
     # per batch: stats, cached for every group and size
     table = {}
-    for gname, (s, c, by) in groups.items():
+    for gname, (s, c, nr, by) in groups.items():
         for n in sizes:
             bs = draw_batches(by, n, draws, rng)
-            table[(gname, n)] = [(s[b], c[b]) for b in bs]
+            table[(gname, n)] = [(s[b], c[b], nr[b]) for b in bs]
         idx = np.concatenate([np.array(x) for x in by.values()])
-        table[(gname, "all")] = [(s[idx], c[idx])]
-    def verdict(s, min_share=dsr.MIN_SHARE, min_rank=dsr.MIN_RANK, with_scores=True):
-        return dsr.domain_shift(
-            s > thr, p0, scores=s if with_scores else None, reference=ref, min_share=min_share, min_rank=min_rank
-        ).detected
+        table[(gname, "all")] = [(s[idx], c[idx], nr[idx])]
 
-    rules = {"current (share >= 0.15 only)": lambda s, c: verdict(s, with_scores=False)}
+    def verdict(s, nr=None, min_share=dsr.MIN_SHARE, min_rank=dsr.MIN_RANK, with_scores=True, floors=None):
+        saved = dict(dsr.MIN_RANK_BY_SOURCE)
+        dsr.MIN_RANK_BY_SOURCE.update(floors or {})
+        try:
+            return dsr.domain_shift(
+                s > thr, p0, scores=s if with_scores else None, reference=scores[~hold], min_share=min_share,
+                min_rank=min_rank, sources=nr, reference_sources=None if nr is None else ref_src,
+            ).detected
+        finally:
+            dsr.MIN_RANK_BY_SOURCE.clear()
+            dsr.MIN_RANK_BY_SOURCE.update(saved)
+
+    rules = {"current (share >= 0.15 only)": lambda s, c, nr: verdict(s, with_scores=False)}
     for mr in args.ranks:
-        rules[f"rank >= {mr:.2f} (alone)"] = lambda s, c, mr=mr: verdict(s, min_share=2.0, min_rank=mr)
-        rules[f"share or rank >= {mr:.2f}"] = lambda s, c, mr=mr: verdict(s, min_rank=mr)
+        rules[f"share or pooled rank >= {mr:.2f}"] = lambda s, c, nr, mr=mr: verdict(s, min_rank=mr)
+    for fp in args.pbc_floors:
+        for fk in args.kaggle_floors:
+            fl = {"pbc": fp, "kaggle": fk}
+            rules[f"share or source-matched rank >= pbc {fp:.2f} / kaggle {fk:.2f}"] = (
+                lambda s, c, nr, fl=fl: verdict(s, nr, floors=fl))
     for ml in args.lows:
         rules[f"low conf >= {ml:.2f} (alone, BBSD-like)"] = (
-            lambda s, c, ml=ml: bool(np.mean(c < rev) >= ml and len(c) >= 20))
+            lambda s, c, nr, ml=ml: bool(np.mean(c < rev) >= ml and len(c) >= 20))
     print(f"\nshare of random batches called shifted (draws per cell: {draws}; 'all' = the whole group as one batch)")
     for rname, fn in rules.items():
         print(f"\n{rname}")
@@ -215,39 +235,53 @@ def measure(args) -> None:
             cells = []
             for n in (*sizes, "all"):
                 bs = table[(gname, n)]
-                rate = np.mean([fn(s, c) for s, c in bs])
+                rate = np.mean([fn(s, c, nr) for s, c, nr in bs])
                 cells.append(f"{n}: {rate:6.1%}")
             print(f"  {gname:28s} " + "  ".join(cells), flush=True)
 
 
 def in_domain_spread(args, folds: int = 4, draws: int = 1000) -> None:
     """How far in-domain batches' mean rank strays, with other reference sets: the half split, the halves swapped,
-    and ``folds`` folds by cell group (each against the other folds: a reference nearer the full validation set)."""
+    and ``folds`` folds by cell group (each against the other folds: a reference nearer the full validation set).
+    Pooled: the whole batch against all reference scores. Source-matched: each part of the batch by nearest bank
+    source (at least 20 images) against that source's reference scores, as served with sources."""
     cache = Path(args.cache)
     tm = unfamiliar.load(args.model)
     v = load(cache, "val")
     s = tm.score(v["feats"].astype(np.float32), v["probs"].astype(np.float64))
+    bank_src = np.load(cache / "bank_sources.npy")
+    near = bank_src[unfamiliar.nearest_row(tm.embed(v["feats"].astype(np.float32)), tm.bank)]
     src, grp, hold = v["source"], v["group"], v["hold"].astype(bool)
     fold = np.array([int(hashlib.sha256((x + "f").encode()).hexdigest()[:8], 16) % folds for x in grp])
     splits = [("half", ~hold, hold), ("half swapped", hold, ~hold)]
     splits += [(f"fold {k} of {folds}", fold != k, fold == k) for k in range(folds)]
     rng = np.random.default_rng(3)
     print(f"\nin-domain batches' mean rank, 99th percentile / max of {draws} draws (field by field)")
-    print("| reference / batches from | source | fields | whole | n 20 | n 50 | n 200 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| reference / batches from | source | fields | pooled: whole | n 20 | n 50 | n 200 "
+          "| matched PBC part: n 20 | n 50 | n 200 | matched Kaggle part: n 20 | n 50 | n 200 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, refm, tem in splits:
         ref = np.sort(s[refm])
+        by_src = {x: np.sort(s[refm & (src == x)]) for x in ("pbc", "kaggle")}
         for so in ("pbc", "kaggle"):
             idx = np.nonzero(tem & (src == so))[0]
             by: dict = {}
             for i in idx:
                 by.setdefault(grp[i], []).append(i)
-            cells = []
+            pooled, parts = [], {"pbc": [], "kaggle": []}
             for n in (20, 50, 200):
-                r = [dsr.mean_rank(s[b], ref) for b in draw_batches(by, n, draws, rng)]
-                cells.append(f"{np.quantile(r, 0.99):.3f} / {max(r):.3f}")
-            print(f"| {name} | {so} | {len(by)} | {dsr.mean_rank(s[idx], ref):.3f} | " + " | ".join(cells) + " |",
-                  flush=True)
+                r, pr = [], {"pbc": [], "kaggle": []}
+                for b in draw_batches(by, n, draws, rng):
+                    r.append(dsr.mean_rank(s[b], ref))
+                    for x in pr:
+                        part = s[b][near[b] == x]
+                        if len(part) >= dsr.MIN_BATCH:
+                            pr[x].append(dsr.mean_rank(part, by_src[x]))
+                pooled.append(f"{np.quantile(r, 0.99):.3f} / {max(r):.3f}")
+                for x in parts:
+                    parts[x].append(f"{np.quantile(pr[x], 0.99):.3f} / {max(pr[x]):.3f}" if pr[x] else "-")
+            print(f"| {name} | {so} | {len(by)} | {dsr.mean_rank(s[idx], ref):.3f} | " + " | ".join(pooled) + " | "
+                  + " | ".join(parts["pbc"]) + " | " + " | ".join(parts["kaggle"]) + " |", flush=True)
 
 
 def source_matched(args) -> None:
@@ -289,7 +323,9 @@ if __name__ == "__main__":
     p.add_argument("--cache", default=str(REPO / ".cache" / "batch-rule"))
     p.add_argument("--draws", type=int, default=500)
     p.add_argument("--review", type=float, default=0.952, help="measure: review threshold (confidence)")
-    p.add_argument("--ranks", type=float, nargs="+", default=[0.65, 0.75, 0.85, 0.90])
+    p.add_argument("--ranks", type=float, nargs="+", default=[0.90])
+    p.add_argument("--pbc-floors", type=float, nargs="+", default=[0.60, 0.62, 0.65])
+    p.add_argument("--kaggle-floors", type=float, nargs="+", default=[0.90])
     p.add_argument("--lows", type=float, nargs="+", default=[0.3])
     a = p.parse_args()
     if a.what == "extract":

@@ -119,6 +119,44 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.threshold == tm.threshold and back.expected_share == tm.expected_share
 
 
+def test_sources_are_saved_and_each_image_gets_its_nearest_banks_source(tmp_path):
+    bank = np.vstack([_cluster(100, seed=1), _cluster(100, seed=4)[:, ::-1]])
+    bank_src = ["a"] * 100 + ["b"] * 100
+    val = np.vstack([_cluster(60, seed=2), _cluster(60, seed=5)[:, ::-1]])
+    tm = unfamiliar.fit(bank, val, _probs(120), k=5, bank_sources=bank_src, val_sources=["a"] * 60 + ["b"] * 60)
+    assert tm.has_sources and sorted(set(tm.val_sources)) == ["a", "b"]
+    # the sources follow the validation scores into sorted order
+    raw = tm.score(val, _probs(120))
+    np.testing.assert_array_equal(np.sort(raw[60:]).astype(np.float32), tm.val_scores[tm.val_sources == "b"])
+    unfamiliar.save(tm, tmp_path)
+    back = unfamiliar.load(tmp_path)
+    assert back.has_sources and list(back.nearest_source(val[[0, 1, 70, 71]])) == ["a", "a", "b", "b"]
+    assert unfamiliar.fit(bank, val, _probs(120), k=5).nearest_source(val) is None  # no sources recorded
+
+
+def test_source_matched_rank_sees_a_shift_the_pooled_reference_hides():
+    rng = np.random.default_rng(2)
+    # two sources: "low"'s validation scores sit well below "high"'s; the pooled reference mixes them
+    ref = np.r_[rng.normal(-1.0, 0.5, 1000), rng.normal(1.0, 0.5, 1000)]
+    ref_src = np.array(["low"] * 1000 + ["high"] * 1000)
+    thr = np.quantile(ref, 0.95)
+    moved = rng.normal(0.0, 0.5, 200)  # "low" images moved up: at the pooled middle (rank ~0.5)
+    src = np.array(["low"] * 200)
+    pooled = domain_shift(moved > thr, 0.05, scores=moved, reference=ref)
+    matched = domain_shift(moved > thr, 0.05, scores=moved, reference=ref, sources=src, reference_sources=ref_src)
+    assert not pooled.detected and pooled.rank < 0.6 and pooled.rank_source == ""
+    assert matched.detected and matched.reason == "score_distribution" and matched.rank_source == "low"
+    assert matched.rank > 0.9 and matched.rank_threshold == MIN_RANK  # an unknown source: the pooled floor
+    assert "most similar training laboratory" in matched.message
+    # in-domain batches of either source, or mixed, stay quiet
+    for _ in range(50):
+        lo, hi = rng.normal(-1.0, 0.5, 100), rng.normal(1.0, 0.5, 100)
+        s = np.r_[lo, hi]
+        r = domain_shift(s > thr, 0.05, scores=s, reference=ref, sources=np.r_[src[:100], ["high"] * 100],
+                         reference_sources=ref_src)
+        assert not r.detected and 0.35 < r.rank < 0.65
+
+
 def test_projection_is_fitted_on_the_bank_and_saved(tmp_path):
     bank, val = _cluster(300, seed=1), _cluster(200, seed=2)
     tm = unfamiliar.fit(bank, val, _probs(200, seed=2), k=5, dims=4)
@@ -448,6 +486,8 @@ def test_fit_trust_command_on_a_tiny_model_and_data_root(tmp_path, capsys):
     )
     assert set(tm.record["measured"]) >= {"kaggle_test", "pbc_test", "bccd_rbc", "background", "shift_restain_rapid"}
     assert Classifier.load(d).trust is not None
+    assert tm.has_sources and set(tm.val_sources) <= {"kaggle", "pbc"} and len(tm.bank_sources) == 30
+    assert tm.record["batch_rule"]["min_rank"] == MIN_RANK and tm.record["batch_rule"]["source_matched"] is True
 
 
 def test_fit_trust_without_manifest_or_data_is_one_line(tmp_path, capsys):
