@@ -51,8 +51,10 @@ MIN_SHARE = 0.15
 #: validation halves (split by cell group) and validation-derived stain/camera shifts for
 #: hematovision@10dcfb23eb1d (docs/trust.md, scripts/batch_rule_check.py).
 MIN_RANK = 0.90
-#: Floors for the source-matched mean rank, per training source (chosen like MIN_RANK, docs/trust.md).
-MIN_RANK_BY_SOURCE = {"pbc": 0.62, "kaggle": 0.90}
+#: Floors for the source-matched mean rank, per training source: the first round values above every in-domain batch
+#: part of at least 50 images drawn from held-out validation against six reference sets (PBC: max 0.641; Kaggle, its
+#: fields heterogeneous: 0.821); at 20 images the p-value decides. hematovision@10dcfb23eb1d, docs/trust.md.
+MIN_RANK_BY_SOURCE = {"pbc": 0.65, "kaggle": 0.90}
 #: The in-domain share is never taken below this (a threshold calling no validation image unfamiliar).
 MIN_EXPECTED = 1e-3
 
