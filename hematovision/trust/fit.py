@@ -171,6 +171,8 @@ def batch_alarm_rate(
         return float("nan")
     rng = np.random.default_rng(seed)
     near = None if tm is None or feats is None else tm.nearest_source(feats)
+    if near is not None:
+        reference = tm.val_scores  # the order val_sources follows
     hits = []
     for _ in range(draws):
         b = rng.choice(len(flags), size, replace=False)
