@@ -549,3 +549,15 @@ def test_page_verdict_reads_the_scores_column_and_the_banner_says_why():
     assert not frame_shift(frame, None).detected and np.isnan(frame_shift(frame, None).rank)
     calm = frame.assign(unfamiliarity=[f"{v:.4f}" for v in ref[::13][:n]] + [""])
     assert not frame_shift(calm, trust).detected
+
+
+def test_page_verdict_is_source_matched_when_the_frame_has_near_sources():
+    ref = np.r_[np.linspace(-2.0, 0.0, 300), np.linspace(0.0, 2.0, 300)]
+    trust = SimpleNamespace(expected_share=0.05, val_scores=ref, val_sources=np.array(["low"] * 300 + ["high"] * 300))
+    n = 40
+    scores = [f"{-0.2 + 0.004 * k:.4f}" for k in range(n)]  # the top of "low"'s range: the pooled middle
+    frame = pd.DataFrame({"error": [""] * n, "unfamiliar": [False] * n, "unfamiliarity": scores})
+    assert not frame_shift(frame, trust).detected  # no near_source column: pooled, rank ~0.45
+    shift = frame_shift(frame.assign(near_source=["low"] * n), trust)
+    assert shift.detected and shift.rank_source == "low" and shift.rank > 0.9
+    assert "most similar training laboratory" in banner_text(shift)
