@@ -12,8 +12,12 @@ field's augmented copies all fall in one half), so the held-out half shares no f
 bank and component scales as shipped), takes the *first* validation half's scores as the reference (the
 unfamiliar threshold re-chosen on it, at most 5%), and reports, per rule and per floor, the share of random
 batches called shifted: in-domain batches from the second half (PBC only, Kaggle only -- drawn field by field --
-and mixed; 50, 200 and the whole half), and shifted batches of each family (50, 200; mixed, PBC only, Kaggle
-only). Test sets never enter this script.
+and mixed; 20, 50, 200 and the whole half), and shifted batches of each family (same sizes; mixed, PBC only,
+Kaggle only): the share rule alone, with the pooled rank, and with the source-matched rank per floor (each image's
+nearest source in the stored bank; the bank's sources rebuilt by ``fit.bank_images`` into
+``CACHE/bank_sources.npy`` when the trust file has none). Then how far in-domain batches' ranks stray against six
+reference sets (halves both ways, four folds by cell group), and whole groups' source-matched ranks. Test sets
+never enter this script.
 
 The shipped ``trust.npz`` was fitted on every validation image (its threshold and the components' median and
 inter-quartile range), so the held-out half is not entirely unseen by those two statistics; the reference
@@ -39,6 +43,7 @@ from hematovision.data import datasets as ds  # noqa: E402
 from hematovision.evaluation import shifts  # noqa: E402
 from hematovision.imaging.decode import read_rgb  # noqa: E402
 from hematovision.modeling import persistence, unfamiliar  # noqa: E402
+from hematovision.trust.fit import bank_images  # noqa: E402
 
 dsr = importlib.import_module("hematovision.stats.domain_shift")
 
@@ -111,6 +116,20 @@ def extract(args) -> None:
 # ---------------------------------------------------------------------- measure
 
 
+def bank_sources(args, tm) -> np.ndarray:
+    """The source of each bank row: from the trust file, else rebuilt as ``fit-trust`` drew the bank (cached)."""
+    if tm.bank_sources is not None:
+        return np.asarray(tm.bank_sources)
+    path = Path(args.cache) / "bank_sources.npy"
+    if not path.is_file():
+        manifest = ds.read_manifest(Path(args.model) / persistence.MANIFEST_FILE, data_root(args.data))
+        bank = bank_images(manifest, len(tm.bank), 0)
+        if len(bank) != len(tm.bank):
+            raise SystemExit(f"rebuilt bank has {len(bank)} rows, the trust file {len(tm.bank)}: re-run fit-trust")
+        np.save(path, np.array([m.source for m in bank]))
+    return np.load(path)
+
+
 def load(cache: Path, name: str) -> dict:
     z = np.load(cache / f"{name}.npz")
     return {k: z[k] for k in z.files}
@@ -146,7 +165,7 @@ def measure(args) -> None:
     print(f"reference: first half {len(ref)} images (kaggle {np.sum((~hold) & (v['source'] == 'kaggle'))}, "
           f"groups {len(set(v['group'][~hold]))}); threshold {thr:.3f}, p0 {p0:.3f}; "
           f"held-out half {hold.sum()} images, groups {len(set(v['group'][hold]))}")
-    bank_src = np.load(cache / "bank_sources.npy")
+    bank_src = bank_sources(args, tm)
     ref_src = v["source"][~hold]
 
     def near_of(feats):
@@ -249,7 +268,7 @@ def in_domain_spread(args, folds: int = 4, draws: int = 1000) -> None:
     tm = unfamiliar.load(args.model)
     v = load(cache, "val")
     s = tm.score(v["feats"].astype(np.float32), v["probs"].astype(np.float64))
-    bank_src = np.load(cache / "bank_sources.npy")
+    bank_src = bank_sources(args, tm)
     near = bank_src[unfamiliar.nearest_row(tm.embed(v["feats"].astype(np.float32)), tm.bank)]
     src, grp, hold = v["source"], v["group"], v["hold"].astype(bool)
     fold = np.array([int(hashlib.sha256((x + "f").encode()).hexdigest()[:8], 16) % folds for x in grp])
