@@ -561,3 +561,15 @@ def test_page_verdict_is_source_matched_when_the_frame_has_near_sources():
     shift = frame_shift(frame.assign(near_source=["low"] * n), trust)
     assert shift.detected and shift.rank_source == "low" and shift.rank > 0.9
     assert "most similar training laboratory" in banner_text(shift)
+
+
+def test_a_source_part_that_fires_is_reported_before_a_larger_margin_that_does_not():
+    rng = np.random.default_rng(4)
+    ref = np.r_[rng.normal(0.0, 1.0, 1000), [0.0, 0.1]]  # source "x" has only two validation scores
+    ref_src = np.array(["pbc"] * 1000 + ["x", "x"])
+    pbc_part = rng.normal(0.85, 1.0, 60)  # mean rank ~0.72 against pbc (floor 0.65): fires
+    x_part = np.full(20, 5.0)  # rank 1.0 against x (floor 0.90) but two reference scores: p ~0.01
+    s = np.r_[pbc_part, x_part]
+    src = ["pbc"] * 60 + ["x"] * 20
+    r = domain_shift(s > 10, 0.05, scores=s, reference=ref, sources=src, reference_sources=ref_src)
+    assert r.detected and r.rank_source == "pbc" and r.rank_threshold == 0.65

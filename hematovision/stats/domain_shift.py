@@ -211,7 +211,7 @@ def domain_shift_counts(
     ref = np.asarray([] if reference is None else reference, np.float64)
     src = None if sources is None else np.asarray(sources, dtype=str)
     ref_src = None if reference_sources is None else np.asarray(reference_sources, dtype=str)
-    rank, rank_p, rank_thr, rank_src = source_ranks(s, ref, src, ref_src, min_batch, min_rank)
+    rank, rank_p, rank_thr, rank_src = source_ranks(s, ref, src, ref_src, min_batch, min_rank, alpha)
     by_rank = bool(not math.isnan(rank) and rank >= rank_thr and rank_p < alpha)
     detected = by_share or by_rank
     reason = "+".join(r for r, hit in (("unfamiliar_share", by_share), ("score_distribution", by_rank)) if hit)
@@ -226,13 +226,15 @@ def source_ranks(
     reference_sources: np.ndarray | None,
     min_batch: int = MIN_BATCH,
     min_rank: float = MIN_RANK,
+    alpha: float = ALPHA,
 ) -> tuple[float, float, float, str]:
     """``(rank, p_value, floor, source)`` of the batch's scores (non-finite ones dropped).
 
     Pooled (``source`` empty) without sources: all scores against ``reference`` with floor ``min_rank``. With
     them: each source's part of at least ``min_batch`` images against the reference scores of that source, with
-    its floor (:data:`MIN_RANK_BY_SOURCE`, else ``min_rank``); the part with the largest ``rank - floor`` is
-    returned. NaNs when no part (or the batch) is large enough or there is no reference.
+    its floor (:data:`MIN_RANK_BY_SOURCE`, else ``min_rank``); a part that fires (floor reached, p-value under
+    ``alpha``) is returned before one that does not, then the one with the largest ``rank - floor``. NaNs when no
+    part (or the batch) is large enough or there is no reference.
     """
     nan = float("nan")
     keep = np.isfinite(scores)
@@ -245,7 +247,7 @@ def source_ranks(
         rank = mean_rank(s, reference)
         return rank, rank_p_value(rank, len(s), len(reference)), float(min_rank), ""
     src = sources[keep]
-    best = (nan, nan, nan, "")
+    best, best_key = (nan, nan, nan, ""), None
     for name in sorted(set(src.tolist())):
         part = s[src == name]
         ref = reference[reference_sources == name]
@@ -253,8 +255,10 @@ def source_ranks(
             continue
         rank = mean_rank(part, ref)
         floor = float(MIN_RANK_BY_SOURCE.get(name, min_rank))
-        if math.isnan(best[0]) or rank - floor > best[0] - best[2]:
-            best = (rank, rank_p_value(rank, len(part), len(ref)), floor, name)
+        p = rank_p_value(rank, len(part), len(ref))
+        key = (rank >= floor and p < alpha, rank - floor)
+        if best_key is None or key > best_key:
+            best, best_key = (rank, p, floor, name), key
     return best
 
 
