@@ -383,7 +383,9 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
     options = ray_engine.RayOptions(args.address, args.num_cpus, args.workers, batch_size=args.batch_size)
     trust = unfamiliar.load(model_dir(args.model), card.model_sha256)  # numpy only: the batch verdict's baseline
     summary = RunSummary("images", card.version, threshold, list(card.classes),
-                         expected_unfamiliar=None if trust is None else trust.expected_share)
+                         expected_unfamiliar=None if trust is None else trust.expected_share,
+                         reference_scores=None if trust is None else trust.val_scores,
+                         reference_sources=None if trust is None else trust.val_sources)
     try:
         ray_engine.connect(options)  # before the output is touched: a cluster that cannot be had changes nothing
         writer = ResultsWriter(out_path, card.classes, threshold, card.version, resume=args.resume)
@@ -507,7 +509,9 @@ def cmd_classify(args) -> int:
     if args.fields:
         return _classify_fields(args, clf, threshold, out_path, summary_path)
     summary = RunSummary(
-        "images", clf.version, float(threshold), list(clf.classes_), expected_unfamiliar=_expected(clf)
+        "images", clf.version, float(threshold), list(clf.classes_), expected_unfamiliar=_expected(clf),
+        reference_scores=None if clf.trust is None else clf.trust.val_scores,
+        reference_sources=None if clf.trust is None else clf.trust.val_sources,
     )
     cols = result_columns(clf.classes_)
     fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
@@ -545,7 +549,9 @@ def _expected(clf: Classifier) -> float | None:
 def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary_path: Path | None) -> int:
     """``classify --fields``: one CSV row per white cell found (a row with a note for a field without one)."""
     summary = RunSummary(
-        "cells", clf.version, float(threshold), list(clf.classes_), expected_unfamiliar=_expected(clf)
+        "cells", clf.version, float(threshold), list(clf.classes_), expected_unfamiliar=_expected(clf),
+        reference_scores=None if clf.trust is None else clf.trust.val_scores,
+        reference_sources=None if clf.trust is None else clf.trust.val_sources,
     )
     fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
     try:

@@ -8,9 +8,12 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import CLASSES, image_bytes, make_tiny_model_dir
@@ -24,7 +27,17 @@ from hematovision.modeling import persistence, unfamiliar
 from hematovision.reports import tables as report
 from hematovision.serving.classifier import Classifier, Prediction
 from hematovision.serving.litert import LiteRTRuntime, export_litert, generated_images
-from hematovision.stats.domain_shift import MIN_BATCH, MIN_SHARE, binom_tail, critical_share, domain_shift
+from hematovision.stats.domain_shift import (
+    MIN_BATCH,
+    MIN_RANK,
+    MIN_SHARE,
+    binom_tail,
+    critical_share,
+    domain_shift,
+    mean_rank,
+    rank_p_value,
+)
+from hematovision.trust import banner_text, frame_shift
 
 
 def _cluster(n, dim=16, seed=0, centre=0.0):
@@ -106,6 +119,44 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.threshold == tm.threshold and back.expected_share == tm.expected_share
 
 
+def test_sources_are_saved_and_each_image_gets_its_nearest_banks_source(tmp_path):
+    bank = np.vstack([_cluster(100, seed=1), _cluster(100, seed=4)[:, ::-1]])
+    bank_src = ["a"] * 100 + ["b"] * 100
+    val = np.vstack([_cluster(60, seed=2), _cluster(60, seed=5)[:, ::-1]])
+    tm = unfamiliar.fit(bank, val, _probs(120), k=5, bank_sources=bank_src, val_sources=["a"] * 60 + ["b"] * 60)
+    assert tm.has_sources and sorted(set(tm.val_sources)) == ["a", "b"]
+    # the sources follow the validation scores into sorted order
+    raw = tm.score(val, _probs(120))
+    np.testing.assert_array_equal(np.sort(raw[60:]).astype(np.float32), tm.val_scores[tm.val_sources == "b"])
+    unfamiliar.save(tm, tmp_path)
+    back = unfamiliar.load(tmp_path)
+    assert back.has_sources and list(back.nearest_source(val[[0, 1, 70, 71]])) == ["a", "a", "b", "b"]
+    assert unfamiliar.fit(bank, val, _probs(120), k=5).nearest_source(val) is None  # no sources recorded
+
+
+def test_source_matched_rank_sees_a_shift_the_pooled_reference_hides():
+    rng = np.random.default_rng(2)
+    # two sources: "low"'s validation scores sit well below "high"'s; the pooled reference mixes them
+    ref = np.r_[rng.normal(-1.0, 0.5, 1000), rng.normal(1.0, 0.5, 1000)]
+    ref_src = np.array(["low"] * 1000 + ["high"] * 1000)
+    thr = np.quantile(ref, 0.95)
+    moved = rng.normal(0.0, 0.5, 200)  # "low" images moved up: at the pooled middle (rank ~0.5)
+    src = np.array(["low"] * 200)
+    pooled = domain_shift(moved > thr, 0.05, scores=moved, reference=ref)
+    matched = domain_shift(moved > thr, 0.05, scores=moved, reference=ref, sources=src, reference_sources=ref_src)
+    assert not pooled.detected and pooled.rank < 0.6 and pooled.rank_source == ""
+    assert matched.detected and matched.reason == "score_distribution" and matched.rank_source == "low"
+    assert matched.rank > 0.9 and matched.rank_threshold == MIN_RANK  # an unknown source: the pooled floor
+    assert "most similar training laboratory" in matched.message
+    # in-domain batches of either source, or mixed, stay quiet
+    for _ in range(50):
+        lo, hi = rng.normal(-1.0, 0.5, 100), rng.normal(1.0, 0.5, 100)
+        s = np.r_[lo, hi]
+        r = domain_shift(s > thr, 0.05, scores=s, reference=ref, sources=np.r_[src[:100], ["high"] * 100],
+                         reference_sources=ref_src)
+        assert not r.detected and 0.35 < r.rank < 0.65
+
+
 def test_projection_is_fitted_on_the_bank_and_saved(tmp_path):
     bank, val = _cluster(300, seed=1), _cluster(200, seed=2)
     tm = unfamiliar.fit(bank, val, _probs(200, seed=2), k=5, dims=4)
@@ -146,6 +197,33 @@ def test_batch_rule_fires_on_a_shifted_batch_and_not_on_an_in_domain_one():
         loud.detected and "unlike the images the model was trained on" in loud.message and loud.score >= loud.threshold
     )
     assert critical_share(50, 0.05) >= MIN_SHARE and critical_share(2000, 0.05) == pytest.approx(MIN_SHARE)
+
+
+def test_mean_rank_against_a_direct_count_and_its_p_value():
+    ref = np.array([0.0, 1.0, 1.0, 2.0])
+    # 1.0 is above one reference score and ties two (half each): (1 + 1) / 4; 3.0 is above all four
+    assert mean_rank([1.0], ref) == pytest.approx(0.5) and mean_rank([3.0, -1.0], ref) == pytest.approx(0.5)
+    assert mean_rank([3.0], ref) == 1.0 and np.isnan(mean_rank([], ref))
+    assert rank_p_value(0.5, 50, 1000) == pytest.approx(0.5)
+    assert rank_p_value(0.7, 50, 1000) < 1e-4 < rank_p_value(0.55, 50, 1000)
+
+
+def test_score_distribution_rule_fires_on_a_moderate_shift_the_tail_share_misses():
+    rng = np.random.default_rng(1)
+    ref = np.sort(rng.normal(size=2000))
+    thr = np.quantile(ref, 0.95)
+    quiet = [domain_shift((s := rng.normal(size=200)) > thr, 0.05, scores=s, reference=ref) for _ in range(200)]
+    assert np.mean([q.detected for q in quiet]) <= 0.01 and all(0.4 < q.rank < 0.6 for q in quiet)
+    # every score moved up by 2.5 standard deviations: mean rank ~0.96 (MIN_RANK is 0.9)
+    moved = rng.normal(2.5, 1.0, size=200)
+    r = domain_shift(moved > thr, 0.05, scores=moved, reference=ref, min_share=0.99)  # the share rule made deaf
+    assert r.detected and r.reason == "score_distribution" and r.rank >= MIN_RANK and r.rank_p_value < 1e-3
+    assert "less familiar than" in r.message and "unlike the images the model was trained on" in r.message
+    assert not domain_shift(moved > thr, 0.05, min_share=0.99).detected  # without the scores: the tail share only
+    mild = rng.normal(1.0, 1.0, size=200)  # mean rank ~0.76: under the floor, whatever its p-value
+    assert not domain_shift(mild > thr, 0.05, scores=mild, reference=ref, min_share=0.99).detected
+    few = domain_shift(moved[:5] > thr, 0.05, scores=moved[:5], reference=ref)
+    assert not few.detected and "Too few images" in few.message and np.isnan(few.rank)
 
 
 def test_without_trust_statistics_the_batch_is_not_checked():
@@ -190,10 +268,25 @@ def test_summary_schema_and_unfamiliar_cells_left_out_of_the_differential():
         s["counts"]["monocyte"] == 0 and s["differential"]["monocyte"]["count"] == 0 and s["differential_cells"] == 40
     )
     assert s["differential"]["neutrophil"] == {"count": 30, "percent": 75.0}
-    assert set(s["domain_shift"]) >= {"detected", "score", "threshold", "n", "message"}
+    assert set(s["domain_shift"]) >= {"detected", "score", "threshold", "n", "message", "rank", "rank_p_value"}
     assert s["domain_shift"]["detected"] and s["domain_shift"]["n"] == 60 and s["unfamiliar_checked"] is True
+    assert s["domain_shift"]["rank"] is None and "scores" not in s  # no validation scores given: share rule only
     assert _pred("x", "monocyte", 0.95, True).flag_reason == "unfamiliar"
     assert _pred("y", "monocyte", 0.4).flag_reason == "low_confidence" and _pred("z", "monocyte", 0.9).flag_reason == ""
+
+
+def test_summary_compares_the_scores_with_the_validation_scores():
+    # 40 familiar-looking images whose scores all sit above most validation scores, none past the threshold (3.0)
+    preds = [replace(_pred(f"n{k}", "neutrophil", 0.9), unfamiliarity=1.7 + 0.005 * k) for k in range(40)]
+    ref = np.linspace(-2.0, 2.0, 400)
+    s = summarise_images(preds, CLASSES, 0.5, "m", expected_unfamiliar=0.05, reference_scores=ref).as_dict()
+    shift = s["domain_shift"]
+    assert shift["detected"] and shift["reason"] == "score_distribution" and shift["unfamiliar"] == 0
+    assert shift["rank"] > 0.9 and shift["rank_threshold"] == MIN_RANK and "scores" not in s
+    assert "reference_scores" not in s
+    calm = [replace(_pred(f"c{k}", "neutrophil", 0.9), unfamiliarity=float(v)) for k, v in enumerate(ref[::10])]
+    quiet = summarise_images(calm, CLASSES, 0.5, "m", 0.05, reference_scores=ref).as_dict()["domain_shift"]
+    assert not quiet["detected"] and quiet["rank"] == pytest.approx(0.5, abs=0.02) and quiet["reason"] == ""
 
 
 def test_summary_of_a_small_batch_says_too_few():
@@ -393,6 +486,8 @@ def test_fit_trust_command_on_a_tiny_model_and_data_root(tmp_path, capsys):
     )
     assert set(tm.record["measured"]) >= {"kaggle_test", "pbc_test", "bccd_rbc", "background", "shift_restain_rapid"}
     assert Classifier.load(d).trust is not None
+    assert tm.has_sources and set(tm.val_sources) <= {"kaggle", "pbc"} and len(tm.bank_sources) == 30
+    assert tm.record["batch_rule"]["min_rank"] == MIN_RANK and tm.record["batch_rule"]["source_matched"] is True
 
 
 def test_fit_trust_without_manifest_or_data_is_one_line(tmp_path, capsys):
@@ -436,3 +531,45 @@ def test_differential_by_version_compares_every_version_that_classified_the_whol
     after = d[d["version"] == "lab@2"].set_index("class")
     assert before.loc["neutrophil", "count"] == 3 and before["unidentified"].iloc[0] == 1  # unfamiliar left out
     assert after.loc["lymphocyte", "percent"] == 50.0 and after["unidentified"].iloc[0] == 0
+
+
+def test_page_verdict_reads_the_scores_column_and_the_banner_says_why():
+    ref = np.linspace(-2.0, 2.0, 400)
+    trust = SimpleNamespace(expected_share=0.05, val_scores=ref)
+    n = 30
+    frame = pd.DataFrame({
+        "error": [""] * n + ["unreadable"],
+        "unfamiliar": ["False"] * (n + 1),  # as read back from a CSV
+        "unfamiliarity": [f"{1.8 + 0.005 * k:.4f}" for k in range(n)] + [""],
+    })
+    shift = frame_shift(frame, trust)
+    assert shift.n == n and shift.detected and shift.reason == "score_distribution" and shift.rank > 0.9
+    text = banner_text(shift)
+    assert "less familiar than" in text and "only 0 of 30" in text and "What to do" in text
+    assert not frame_shift(frame, None).detected and np.isnan(frame_shift(frame, None).rank)
+    calm = frame.assign(unfamiliarity=[f"{v:.4f}" for v in ref[::13][:n]] + [""])
+    assert not frame_shift(calm, trust).detected
+
+
+def test_page_verdict_is_source_matched_when_the_frame_has_near_sources():
+    ref = np.r_[np.linspace(-2.0, 0.0, 300), np.linspace(0.0, 2.0, 300)]
+    trust = SimpleNamespace(expected_share=0.05, val_scores=ref, val_sources=np.array(["low"] * 300 + ["high"] * 300))
+    n = 40
+    scores = [f"{-0.2 + 0.004 * k:.4f}" for k in range(n)]  # the top of "low"'s range: the pooled middle
+    frame = pd.DataFrame({"error": [""] * n, "unfamiliar": [False] * n, "unfamiliarity": scores})
+    assert not frame_shift(frame, trust).detected  # no near_source column: pooled, rank ~0.45
+    shift = frame_shift(frame.assign(near_source=["low"] * n), trust)
+    assert shift.detected and shift.rank_source == "low" and shift.rank > 0.9
+    assert "most similar training laboratory" in banner_text(shift)
+
+
+def test_a_source_part_that_fires_is_reported_before_a_larger_margin_that_does_not():
+    rng = np.random.default_rng(4)
+    ref = np.r_[rng.normal(0.0, 1.0, 1000), [0.0, 0.1]]  # source "x" has only two validation scores
+    ref_src = np.array(["pbc"] * 1000 + ["x", "x"])
+    pbc_part = rng.normal(0.85, 1.0, 60)  # mean rank ~0.72 against pbc (floor 0.65): fires
+    x_part = np.full(20, 5.0)  # rank 1.0 against x (floor 0.90) but two reference scores: p ~0.01
+    s = np.r_[pbc_part, x_part]
+    src = ["pbc"] * 60 + ["x"] * 20
+    r = domain_shift(s > 10, 0.05, scores=s, reference=ref, sources=src, reference_sources=ref_src)
+    assert r.detected and r.rank_source == "pbc" and r.rank_threshold == 0.65

@@ -10,8 +10,9 @@ one error row, as in single-image mode.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 
@@ -120,8 +121,13 @@ class RunSummary:
     differential (an analyzer's "unidentified" cells) until a person classifies them; flagged
     low-confidence cells stay in. ``expected_unfamiliar``: the model's in-domain unfamiliar share
     (``TrustModel.expected_share``), ``None`` when it has no trust statistics (``unfamiliar_checked`` false,
-    no domain-shift verdict). ``domain_shift`` (JSON): ``{"detected", "score", "threshold", "n", "message",
-    "p_value", "expected", "unfamiliar"}`` over the classified cells (:mod:`hematovision.stats.domain_shift`).
+    no domain-shift verdict). ``reference_scores``: the model's validation unfamiliarity scores
+    (``TrustModel.val_scores``); with them the verdict also compares the classified cells' scores
+    (``scores``, collected as they are counted) with validation's; ``reference_sources``
+    (``TrustModel.val_sources``) and the cells' nearest sources (``sources``) make that comparison
+    source-matched. ``domain_shift`` (JSON): ``{"detected", "score", "threshold", "n", "message", "p_value",
+    "expected", "unfamiliar", "rank", "rank_p_value", "rank_threshold", "reason", "rank_source"}`` over the
+    classified cells (:mod:`hematovision.stats.domain_shift`); the score and source lists are not written.
     """
 
     unit: str
@@ -139,6 +145,10 @@ class RunSummary:
     fields_without_cells: int = 0
     partial_cells: int = 0
     per_field: list[dict] = field(default_factory=list)
+    reference_scores: Sequence[float] | None = None
+    reference_sources: Sequence[str] | None = None
+    scores: list[float] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
 
     @property
     def differential(self) -> dict[str, dict[str, float]]:
@@ -154,11 +164,20 @@ class RunSummary:
 
     def domain_shift(self):
         """The batch's :class:`~hematovision.stats.domain_shift.DomainShift` over the classified cells."""
-        return domain_shift_counts(self.unfamiliar, self.classified, self.expected_unfamiliar)
+        return domain_shift_counts(
+            self.unfamiliar,
+            self.classified,
+            self.expected_unfamiliar,
+            scores=self.scores,
+            reference=self.reference_scores,
+            sources=self.sources if self.reference_sources is not None and all(self.sources) else None,
+            reference_sources=self.reference_sources,
+        )
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("expected_unfamiliar")
+        d = asdict(replace(self, reference_scores=None, reference_sources=None, scores=[], sources=[]))
+        for k in ("expected_unfamiliar", "reference_scores", "reference_sources", "scores", "sources"):
+            d.pop(k)
         d["differential"] = self.differential
         d["differential_cells"] = sum(self.counts.get(c, 0) for c in self.classes)
         d["unfamiliar_checked"] = self.unfamiliar_checked
@@ -173,6 +192,11 @@ class RunSummary:
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2)
+
+    def _add_score(self, p: Prediction) -> None:
+        if not math.isnan(p.unfamiliarity):
+            self.scores.append(p.unfamiliarity)
+            self.sources.append(p.near_source)
 
     def add_field(self, r: FieldResult) -> None:
         """Count one field's cells (a run with ``--fields``)."""
@@ -198,6 +222,8 @@ class RunSummary:
         self.unfamiliar += entry["unfamiliar"]
         self.low_confidence += sum(c.prediction.flag_reason == "low_confidence" for c in r.cells)
         self.partial_cells += entry["partial"]
+        for c in r.cells:
+            self._add_score(c.prediction)
         for c in self.classes:
             self.counts[c] = self.counts.get(c, 0) + entry["counts"][c]
         self.per_field.append(entry)
@@ -212,6 +238,7 @@ class RunSummary:
         self.flagged += bool(p.flagged)
         self.unfamiliar += bool(p.unfamiliar)
         self.low_confidence += p.flag_reason == "low_confidence"
+        self._add_score(p)
         if p.unfamiliar:
             return  # unidentified: left out of the differential until a person classifies it
         if p.predicted_class in self.classes:
@@ -224,10 +251,13 @@ def summarise_fields(
     threshold: float,
     version: str,
     expected_unfamiliar: float | None = None,
+    reference_scores: Sequence[float] | None = None,
+    reference_sources: Sequence[str] | None = None,
 ) -> RunSummary:
     s = RunSummary(
         "cells", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
-        expected_unfamiliar=expected_unfamiliar,
+        expected_unfamiliar=expected_unfamiliar, reference_scores=reference_scores,
+        reference_sources=reference_sources,
     )
     for r in results:
         s.add_field(r)
@@ -240,10 +270,13 @@ def summarise_images(
     threshold: float,
     version: str,
     expected_unfamiliar: float | None = None,
+    reference_scores: Sequence[float] | None = None,
+    reference_sources: Sequence[str] | None = None,
 ) -> RunSummary:
     s = RunSummary(
         "images", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
-        expected_unfamiliar=expected_unfamiliar,
+        expected_unfamiliar=expected_unfamiliar, reference_scores=reference_scores,
+        reference_sources=reference_sources,
     )
     for p in preds:
         s.add_image(p)

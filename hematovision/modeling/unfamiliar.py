@@ -96,6 +96,16 @@ def kth_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 256
     return out
 
 
+def nearest_row(queries: np.ndarray, bank: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Index of each L2-normalised query row's nearest bank row (cosine)."""
+    q = np.asarray(queries, np.float32)
+    out = np.empty(len(q), np.int64)
+    with _one_blas_thread():
+        for b in range(0, len(q), chunk):
+            out[b : b + chunk] = (q[b : b + chunk] @ bank.T).argmax(axis=1)
+    return out
+
+
 def choose_threshold(val_scores: np.ndarray, max_share: float = MAX_UNFAMILIAR_SHARE) -> float:
     """The lowest threshold with ``mean(val_scores > threshold) <= max_share`` among the validation scores."""
     s = np.sort(np.asarray(val_scores, np.float64))
@@ -120,6 +130,10 @@ class TrustModel:
     model_sha256: str = ""
     record: dict = field(default_factory=dict)  # how it was fitted and what it measured
     projection: np.ndarray | None = None  # (F, d) principal axes; the banks are stored projected and re-normalised
+    #: The data source of each bank row and of each (sorted) validation score, when the fit recorded them: the
+    #: batch rule then ranks each image among the validation scores of its nearest bank image's source.
+    bank_sources: np.ndarray | None = None
+    val_sources: np.ndarray | None = None
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         """Features as the banks hold them: L2-normalised, projected (when there is a projection), re-normalised."""
@@ -160,6 +174,21 @@ class TrustModel:
     def unfamiliar(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
+    @property
+    def has_sources(self) -> bool:
+        return (
+            self.bank_sources is not None
+            and self.val_sources is not None
+            and len(self.bank_sources) == len(self.bank)
+            and len(self.val_sources) == len(self.val_scores)
+        )
+
+    def nearest_source(self, features: np.ndarray) -> np.ndarray | None:
+        """The source of each image's nearest training-bank image (``None`` when the fit recorded no sources)."""
+        if not self.has_sources or len(features) == 0:
+            return None
+        return np.asarray(self.bank_sources)[nearest_row(self.embed(features), self.bank)]
+
 
 def fit_scales(comps: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """Median and inter-quartile range of each component (on validation images; the standard deviation where the
@@ -186,11 +215,14 @@ def fit(
     max_share: float = MAX_UNFAMILIAR_SHARE,
     model_sha256: str = "",
     dims: int | None = PCA_DIMS,
+    bank_sources: np.ndarray | None = None,
+    val_sources: np.ndarray | None = None,
 ) -> TrustModel:
     """A :class:`TrustModel` from a training bank, validation images and (optionally) outlier examples.
 
     ``dims``: PCA dimensions kept for the search (fitted on the bank; ``None`` or >= the feature width: no
-    projection).
+    projection). ``bank_sources`` / ``val_sources``: each bank / validation image's data source (optional; the
+    batch rule's source-matched reference).
     """
     if len(bank_features) == 0 or len(val_features) == 0:
         raise ValueError("fitting the unfamiliar score needs training (bank) and validation features")
@@ -212,7 +244,11 @@ def fit(
     tm.centre, tm.scale = fit_scales(comps)
     scores = tm.combine(comps)
     tm.threshold = choose_threshold(scores, max_share)
-    tm.val_scores = np.sort(scores).astype(np.float32)
+    order = np.argsort(scores, kind="stable")
+    tm.val_scores = scores[order].astype(np.float32)
+    if bank_sources is not None and val_sources is not None:
+        tm.bank_sources = np.asarray(bank_sources, dtype=str)
+        tm.val_sources = np.asarray(val_sources, dtype=str)[order]
     return tm
 
 
@@ -238,6 +274,9 @@ def save(tm: TrustModel, model_dir: str | Path) -> Path:
         arrays["outlier_bank"] = tm.outlier_bank.astype(np.float16)
     if tm.projection is not None:
         arrays["projection"] = tm.projection.astype(np.float16)
+    if tm.has_sources:
+        arrays["bank_sources"] = np.asarray(tm.bank_sources, dtype=str)
+        arrays["val_sources"] = np.asarray(tm.val_sources, dtype=str)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
@@ -309,6 +348,8 @@ def load(model_dir: str | Path, model_sha256: str = "") -> TrustModel | None:
             val = z["val_scores"].astype(np.float32)
             ob = z["outlier_bank"].astype(np.float32) if "outlier_bank" in z.files else None
             proj = z["projection"].astype(np.float32) if "projection" in z.files else None
+            bank_src = z["bank_sources"].astype(str) if "bank_sources" in z.files else None
+            val_src = z["val_sources"].astype(str) if "val_sources" in z.files else None
     except Exception as exc:  # a damaged or foreign file: serve without the score
         log.warning("ignoring %s: unreadable (%s: %s); re-run fit-trust", path, type(exc).__name__, exc)
         return None
@@ -336,4 +377,6 @@ def load(model_dir: str | Path, model_sha256: str = "") -> TrustModel | None:
         meta.get("model_sha256", ""),
         meta.get("record", {}),
         proj,
+        bank_src,
+        val_src,
     )

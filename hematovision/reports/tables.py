@@ -24,6 +24,8 @@ UNUSABLE = "unusable"
 #: After every other column (issue 19): ``unfamiliar`` (true/false; false when the model has no trust.npz),
 #: ``flag_reason`` (``unfamiliar``, ``low_confidence`` or empty) and ``unfamiliarity`` (the score; empty without).
 TRUST_COLUMNS = ["unfamiliar", "flag_reason", "unfamiliarity"]
+#: In the dashboard's results frame only (not in the CSV): each image's nearest training source, for the batch rule.
+NEAR_SOURCE = "near_source"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -40,8 +42,9 @@ def predictions_frame(preds: Iterable[Prediction], classes: Sequence[str]) -> pd
             row[f"p_{c}"] = p.probabilities[k] if p.probabilities else float("nan")
         row.update(flagged=p.flagged, error=p.error, sha256=p.sha256, note=p.note)
         row.update(trust_values(p))
+        row[NEAR_SOURCE] = p.near_source
         rows.append(row)
-    return pd.DataFrame(rows, columns=columns(classes) + ["sha256", "note"] + TRUST_COLUMNS)
+    return pd.DataFrame(rows, columns=columns(classes) + ["sha256", "note"] + TRUST_COLUMNS + [NEAR_SOURCE])
 
 
 def trust_values(p: Prediction) -> dict:

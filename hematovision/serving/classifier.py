@@ -46,6 +46,7 @@ class Prediction:
     thumbnail: np.ndarray | None = field(default=None, repr=False, compare=False)
     unfamiliar: bool = False  # unlike the training images (modeling.unfamiliar); always False without trust.npz
     unfamiliarity: float = math.nan  # the score behind it (nan without trust.npz)
+    near_source: str = ""  # the training source its nearest bank image came from ("" when trust.npz records none)
 
     @property
     def ok(self) -> bool:
@@ -231,9 +232,15 @@ class Classifier:
         """One :class:`Prediction` per RGB array (no file name, hash or thumbnail): class, confidence, flag and
         unfamiliarity as :meth:`classify` gives them, for crops a caller cut (a smear field's cells)."""
         probs, feats = self.proba_and_features(images)
-        return self._predictions(probs, self.unfamiliarity(probs, feats), threshold)
+        return self._predictions(probs, self.unfamiliarity(probs, feats), threshold, self._near_sources(feats))
 
-    def _predictions(self, probs: np.ndarray, scores: np.ndarray | None, threshold: float) -> list[Prediction]:
+    def _near_sources(self, feats: np.ndarray | None) -> np.ndarray | None:
+        """Each image's nearest training source (the batch rule's source-matched reference), when known."""
+        return None if self.trust is None or feats is None else self.trust.nearest_source(feats)
+
+    def _predictions(
+        self, probs: np.ndarray, scores: np.ndarray | None, threshold: float, sources: np.ndarray | None = None
+    ) -> list[Prediction]:
         out = []
         for k, row in enumerate(probs):
             j = int(row.argmax())
@@ -248,6 +255,7 @@ class Classifier:
                     is_flagged(conf, threshold, odd),
                     unfamiliar=odd,
                     unfamiliarity=math.nan if scores is None else float(scores[k]),
+                    near_source="" if sources is None else str(sources[k]),
                 )
             )
         return out
@@ -301,7 +309,7 @@ class Classifier:
         preds: list[Prediction] = []
         if good:
             probs, feats = self._forward_both(np.stack([p.pixels for p in good]).astype(np.float32))
-            preds = self._predictions(probs, self.unfamiliarity(probs, feats), threshold)
+            preds = self._predictions(probs, self.unfamiliarity(probs, feats), threshold, self._near_sources(feats))
         out, k = [], 0
         for p in prepared:
             if p.pixels is None:

@@ -269,6 +269,7 @@ class InferenceActor:
             "note": np.asarray([p.note for p in preds], dtype=object),
             "unfamiliar": np.asarray([p.unfamiliar for p in preds], dtype=bool),
             "unfamiliarity": np.asarray([p.unfamiliarity for p in preds], dtype=np.float64),
+            "near_source": np.asarray([p.near_source for p in preds], dtype=object),
         }
 
 
@@ -390,6 +391,7 @@ def classify(
                 str(batch["note"][i]),
                 unfamiliar=bool(batch["unfamiliar"][i]),
                 unfamiliarity=float(batch["unfamiliarity"][i]),
+                near_source=str(batch["near_source"][i]) if "near_source" in batch else "",
             )
             done += 1
             if progress:

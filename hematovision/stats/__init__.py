@@ -3,7 +3,7 @@
 ``metrics``: confusion matrix, per-class precision/recall/F1, ROC, Wilson and cluster-bootstrap
 intervals. ``calibration``: temperature scaling, reliability and ECE, the review threshold.
 ``threshold_advice``: which threshold a test set supports for a target accuracy (on a 95% lower bound), or none.
-``domain_shift``: whether a batch's share of unfamiliar images says it is unlike the training data.
+``domain_shift``: whether a batch (its unfamiliar share, its scores against validation's) is unlike the training data.
 """
 
 from .calibration import (

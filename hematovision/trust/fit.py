@@ -42,7 +42,7 @@ from ..modeling.persistence import ModelError
 from ..modeling.unfamiliar import DEFAULT_K, TrustModel
 from ..serving import litert
 from ..serving.classifier import Classifier
-from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_SHARE, domain_shift
+from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_RANK, MIN_RANK_BY_SOURCE, MIN_SHARE, domain_shift
 from . import outliers
 
 log = logging.getLogger("hematovision.trust")
@@ -167,18 +167,41 @@ def stats_rankdata(x: np.ndarray) -> np.ndarray:
     return rankdata(x)
 
 
-def batch_alarm_rate(flags: np.ndarray, expected: float, size: int, draws: int = 500, seed: int = 0) -> float:
+def batch_alarm_rate(
+    flags: np.ndarray,
+    expected: float,
+    size: int,
+    draws: int = 500,
+    seed: int = 0,
+    scores: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    tm: TrustModel | None = None,
+    feats: np.ndarray | None = None,
+) -> float:
     """Share of random batches of ``size`` drawn (without replacement) from ``flags`` that the batch rule calls
-    shifted."""
+    shifted (with ``scores`` and the validation ``reference`` scores: either rule, as served; with the trust model
+    ``tm`` and the images' ``feats``, source-matched when it records sources)."""
     flags = np.asarray(flags, bool)
     if len(flags) < size:
         return float("nan")
     rng = np.random.default_rng(seed)
-    return float(
-        np.mean(
-            [domain_shift(flags[rng.choice(len(flags), size, replace=False)], expected).detected for _ in range(draws)]
+    near = None if tm is None or feats is None else tm.nearest_source(feats)
+    if near is not None:
+        reference = tm.val_scores  # the order val_sources follows
+    hits = []
+    for _ in range(draws):
+        b = rng.choice(len(flags), size, replace=False)
+        hits.append(
+            domain_shift(
+                flags[b],
+                expected,
+                scores=None if scores is None else scores[b],
+                reference=reference,
+                sources=None if near is None else near[b],
+                reference_sources=None if near is None else tm.val_sources,
+            ).detected
         )
-    )
+    return float(np.mean(hits))
 
 
 def measure(
@@ -187,9 +210,10 @@ def measure(
     groups: dict[str, tuple[np.ndarray, np.ndarray]],
     in_domain: Sequence[str] = (),
 ) -> dict:
-    """Per group of images (name -> (probs, features)): share unfamiliar, AUROC against validation, and for
-    batches of 50 and 200 drawn from the group, the share the batch rule calls shifted (the false alarm rate
-    for ``in_domain`` groups, the detection rate for the others)."""
+    """Per group of images (name -> (probs, features)): share unfamiliar, AUROC against validation (= the whole
+    group's mean rank, the batch rule's second statistic), and for batches of 50 and 200 drawn from the group,
+    the share the batch rule calls shifted (both rules, as served; the false alarm rate for ``in_domain``
+    groups, the detection rate for the others)."""
     out = {}
     expected = tm.expected_share
     for name, (probs, feats) in groups.items():
@@ -204,7 +228,9 @@ def measure(
             "auroc_vs_validation": None if name in in_domain else auroc(val_scores, s),
             "in_domain": name in in_domain,
             "batch_detected_share": {
-                str(n): batch_alarm_rate(flags, expected, n) for n in (50, 200) if len(flags) >= n
+                str(n): batch_alarm_rate(flags, expected, n, scores=s, reference=val_scores, tm=tm, feats=feats)
+                for n in (50, 200)
+                if len(flags) >= n
             },
         }
     return out
@@ -329,6 +355,9 @@ def fit_model_dir(
         k=k,
         outlier_features=outlier_f if len(outlier_f) else None,
         model_sha256=card.model_sha256,
+        # each image's source, for the batch rule's source-matched reference (unless a file was skipped)
+        bank_sources=[m.source for m in bank] if len(bank) == len(bank_f) else None,
+        val_sources=[m.source for m in val] if len(val) == len(val_f) else None,
     )
     val_scores = tm.score(val_f, val_p)
     fit_seconds = time.time() - t0
@@ -370,7 +399,14 @@ def fit_model_dir(
         "threshold": tm.threshold,
         "validation_unfamiliar_share": tm.expected_share,
         "max_unfamiliar_share": unfamiliar.MAX_UNFAMILIAR_SHARE,
-        "batch_rule": {"min_batch": MIN_BATCH, "alpha": ALPHA, "min_share": MIN_SHARE},
+        "batch_rule": {
+            "min_batch": MIN_BATCH,
+            "alpha": ALPHA,
+            "min_share": MIN_SHARE,
+            "min_rank": MIN_RANK,
+            "min_rank_by_source": dict(MIN_RANK_BY_SOURCE),
+            "source_matched": tm.has_sources,
+        },
         "review_threshold": card.default_threshold,
         "measured": measured,
         "measured_on": (
