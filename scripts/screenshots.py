@@ -63,8 +63,12 @@ def main() -> None:
             page.get_by_role("link", name="Classify").first.click()
             page.get_by_role("button", name="Load sample images").click()
             expect(page.get_by_text("of 32 rows shown")).to_be_visible()
+            # the whole page drawn: no placeholders, the rerun over, the differential chart rendered
+            expect(page.locator('[data-testid="stSkeleton"]')).to_have_count(0)
+            expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0)
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()
             page.mouse.move(0, 0)  # no button tooltip over the sidebar
-            page.wait_for_timeout(2000)
+            page.wait_for_timeout(3000)
             page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
             page.get_by_role("link", name="Model evaluation").first.click()
             page.wait_for_timeout(5000)

@@ -204,6 +204,14 @@ def test_review_threshold_keeps_the_accuracy_rule_unless_a_source_budget_lowers_
     assert (tight.accuracy, tight.coverage) == pytest.approx(cal.accepted_accuracy(p, y, tight.threshold))
 
 
+def test_risk_coverage_grid_holds_every_slider_position():
+    """The dashboard's slider moves in steps of 0.005: each position from 0.25 is a point of the default grid,
+    so "at this threshold" is read at that threshold."""
+    y, _, p = random_case(6, n=200)
+    grid = {round(q["threshold"], 4) for q in cal.risk_coverage(p, y)}
+    assert {round(0.25 + 0.005 * k, 4) for k in range(151)} <= grid
+
+
 def test_risk_coverage_and_threshold_for_accuracy():
     y, _, p = random_case(4, n=1000, strength=4.0)
     pts = cal.risk_coverage(p, y)

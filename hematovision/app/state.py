@@ -182,9 +182,10 @@ def threshold_sidebar() -> float:
             pts = [p for p in s.get("risk_coverage", []) if p["threshold"] <= t + 1e-9]
             if pts and pts[-1]["accuracy_accepted"] is not None:
                 p = pts[-1]
+                at = "" if abs(p["threshold"] - t) < 1e-9 else f" (read at {p['threshold']:.3f}, the nearest evaluated)"
                 lines.append(
                     f"- {s['name']}: {p['accuracy_accepted']:.1%} accurate when accepted, {p['flagged_share']:.0%} "
-                    f"flagged"
+                    f"flagged{at}"
                 )
         if lines:
             st.sidebar.caption("At this threshold, on held-out test sets:\n" + "\n".join(lines))

@@ -181,11 +181,13 @@ def threshold_for_accuracy(points: list[dict], target: float) -> float | None:
 
 
 def risk_coverage(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> list[dict]:
-    """Accuracy on accepted predictions and share flagged, over a grid of thresholds."""
+    """Accuracy on accepted predictions and share flagged, over a grid of thresholds: by default every
+    threshold the dashboard's slider can take from 0.25 (steps of 0.005), so what it shows "at this
+    threshold" is read at that threshold, not at a neighbour; finer above 0.99."""
     if thresholds is None:
-        thresholds = np.round(
-            np.concatenate([np.arange(0.25, 0.9, 0.05), np.arange(0.9, 0.99, 0.01), np.arange(0.99, 1.0, 0.002)]), 4
-        )
+        thresholds = np.unique(np.round(
+            np.concatenate([np.arange(0.25, 0.99, 0.005), np.arange(0.99, 1.0, 0.001), [1.0]]), 4
+        ))
     out = []
     for t in thresholds:
         a, cov = accepted_accuracy(probs, y, float(t))
