@@ -75,11 +75,8 @@ if card.framing == "cell":
         "Each image is first framed on its white cell: the nucleus is located by its stain and a square twice "
         "its size is cut around it, so cells from differently cropped or magnified images reach the model at one scale."
     )
-if card.threshold.get("target_accuracy") is not None:
-    st.caption(
-        f"The default threshold was chosen on validation data to reach about "
-        f"{card.threshold['target_accuracy']:.0%} accuracy on accepted images."
-    )
+if threshold_choice := display.threshold_choice_text(card.threshold):
+    st.caption(threshold_choice)
 
 ev = app_state.get_evaluation()
 if not ev:

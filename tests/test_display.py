@@ -46,3 +46,16 @@ def test_local_time_is_readable_in_the_viewers_zone():
         and display.or_dash(float("nan")) == "–"
         and display.or_dash(0.5, "{:.0%}") == "50%"
     )
+
+
+def test_threshold_choice_text_says_when_a_flag_budget_lowered_the_threshold():
+    from hematovision.app.display import threshold_choice_text
+
+    plain = threshold_choice_text({"target_accuracy": 0.99})
+    assert plain == ("The default threshold was chosen on validation data to reach about 99% accuracy on accepted "
+                     "images.")
+    capped = threshold_choice_text({"target_accuracy": 0.99, "flag_budget": {"pbc": 0.06}, "capped_from": 0.9524,
+                                    "val_accuracy_accepted": 0.9756})
+    assert "(0.952), then lowered so that at most 6% of PBC validation images are flagged" in capped
+    assert "97.6% right" in capped
+    assert threshold_choice_text({}) == ""

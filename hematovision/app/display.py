@@ -26,6 +26,21 @@ def round_threshold(value: float) -> float:
     return round(min(max(float(value), 0.0), 1.0), THRESHOLD_DECIMALS)
 
 
+def threshold_choice_text(record: dict) -> str:
+    """How the model's default threshold was chosen, from the card's ``threshold`` record (empty if unknown)."""
+    target = record.get("target_accuracy")
+    if target is None:
+        return ""
+    text = (f"The default threshold was chosen on validation data to reach about {target:.0%} accuracy on accepted "
+            "images")
+    budget, capped = record.get("flag_budget") or {}, record.get("capped_from")
+    if capped is not None and budget:
+        shares = ", ".join(f"{share:.0%} of {source.upper()} validation images" for source, share in budget.items())
+        text += (f" ({threshold_text(capped)}), then lowered so that at most {shares} are flagged; accepted "
+                 f"validation predictions are {record.get('val_accuracy_accepted', float('nan')):.1%} right")
+    return text + "."
+
+
 def threshold_text(value: float) -> str:
     return f"{round_threshold(value):.{THRESHOLD_DECIMALS}f}"
 
