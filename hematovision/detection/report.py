@@ -245,6 +245,22 @@ class RunSummary:
             self.counts[p.predicted_class] = self.counts.get(p.predicted_class, 0) + 1
 
 
+def _empty_summary(
+    unit: str,
+    classes: Sequence[str],
+    threshold: float,
+    version: str,
+    expected_unfamiliar: float | None,
+    reference_scores: Sequence[float] | None,
+    reference_sources: Sequence[str] | None,
+) -> RunSummary:
+    return RunSummary(
+        unit, version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
+        expected_unfamiliar=expected_unfamiliar, reference_scores=reference_scores,
+        reference_sources=reference_sources,
+    )
+
+
 def summarise_fields(
     results: Iterable[FieldResult],
     classes: Sequence[str],
@@ -254,11 +270,7 @@ def summarise_fields(
     reference_scores: Sequence[float] | None = None,
     reference_sources: Sequence[str] | None = None,
 ) -> RunSummary:
-    s = RunSummary(
-        "cells", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
-        expected_unfamiliar=expected_unfamiliar, reference_scores=reference_scores,
-        reference_sources=reference_sources,
-    )
+    s = _empty_summary("cells", classes, threshold, version, expected_unfamiliar, reference_scores, reference_sources)
     for r in results:
         s.add_field(r)
     return s
@@ -273,11 +285,7 @@ def summarise_images(
     reference_scores: Sequence[float] | None = None,
     reference_sources: Sequence[str] | None = None,
 ) -> RunSummary:
-    s = RunSummary(
-        "images", version, float(threshold), list(classes), counts=dict.fromkeys(classes, 0),
-        expected_unfamiliar=expected_unfamiliar, reference_scores=reference_scores,
-        reference_sources=reference_sources,
-    )
+    s = _empty_summary("images", classes, threshold, version, expected_unfamiliar, reference_scores, reference_sources)
     for p in preds:
         s.add_image(p)
     return s
