@@ -45,7 +45,7 @@ from .serving.classifier import Classifier
 from .serving.litert import check_images, export_litert
 from .training import loso, recipe
 from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
-from .training.recipe import AUGMENT_RECIPES, TrainConfig, refit_config
+from .training.recipe import AUGMENT_RECIPES, VIEW_ORDERS, TrainConfig, refit_config
 from .trust import fit_model_dir, refit_version
 from .trust import summary_lines as trust_summary_lines
 
@@ -180,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--extra-views",
                    help="more of the recipe's views per training image and source, e.g. pbc=4: the same as raising "
                         "--views by as many, but cached apart so the existing view cache is reused (default: none)")
+    t.add_argument("--view-order", choices=VIEW_ORDERS, default=TrainConfig.view_order,
+                   help="cycle: epoch e shows each image's view e mod n (default); shuffle: a view drawn at random "
+                        "each epoch, so views past the epochs early stopping keeps are seen too")
     t.add_argument("--average-from", type=int, default=TrainConfig.average_from,
                    help="weight averaging: run all --max-epochs fine-tuning epochs without early stopping and ship "
                         "the mean of the weights from this epoch on (default: off, the best epoch is kept)")
@@ -679,6 +682,7 @@ def cmd_train(args) -> int:
     cfg.mild_views = _views(args.mild_views, {}) if args.mild_views else {}
     cfg.mild_share = args.mild_share
     cfg.average_from = args.average_from
+    cfg.view_order = args.view_order
     cfg.extra_views = _views(args.extra_views, {}) if args.extra_views else {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None

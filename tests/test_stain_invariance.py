@@ -204,6 +204,29 @@ def test_epoch_views_show_mild_views_at_about_their_share_and_only_where_an_imag
     assert (plain == n + np.arange(n)).all()  # without mild views: exactly as before
 
 
+def test_shuffled_view_order_reaches_every_view_within_the_first_epochs():
+    """view_order="shuffle": with 8 views an image shows views past the fourth before epoch 4 (the cycle never does),
+    draws differ between epochs, and the order is reproducible."""
+    from hematovision.training.recipe import _epoch_arrays
+
+    n, v = 500, 8
+    feats = np.arange(v * n)[:, None]
+    view_index = [[k * n + i for k in range(v)] for i in range(n)]
+    seen = np.concatenate([_epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, e, view_order="shuffle")[0][:, 0]
+                           for e in range(4)])
+    assert (seen >= 4 * n).mean() > 0.4  # about half the draws come from views 4-7
+    cycle = np.concatenate([_epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, e)[0][:, 0] for e in range(4)])
+    assert (cycle < 4 * n).all()
+    e0, e1 = (_epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, e, view_order="shuffle")[0][:, 0]
+              for e in (0, 1))
+    assert (e0 != e1).mean() > 0.8
+    again = _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, 0, view_order="shuffle")[0][:, 0]
+    assert (again == e0).all()
+    assert all(e0[i] in view_index[i] for i in range(n))
+    with pytest.raises(ValueError, match="view_order"):
+        _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, 0, view_order="random")
+
+
 def test_weight_average_is_the_mean_of_the_epochs_added_and_survives_a_restart(tmp_path):
     """SWA (TrainConfig.average_from): the running mean kept on disk equals the plain mean of the epochs' weights,
     and a fresh RunFiles (a resumed run) continues the same mean."""

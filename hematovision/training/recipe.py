@@ -112,6 +112,9 @@ class TrainConfig:
     # images). Under strong augmentation the validation curve swings between adjacent epochs; a flat average is
     # what generalises, where the single best epoch is a draw from that swing.
     average_from: int = -1
+    # "cycle": epoch e shows view e mod n of each image (views past the epochs that early stopping keeps are never
+    # seen); "shuffle": each epoch draws one of an image's views at random, so every view can reach the kept model.
+    view_order: str = "cycle"
 
 
 def robust_augment() -> dict:
@@ -481,10 +484,18 @@ class RunFiles:
         self.state.write_text(json.dumps(asdict(state)))
 
 
-def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch, mild_index=None, mild_share=0.0, seed=0):
-    """Pick one view per training image for this epoch (rotating through the recipe's views; an image with
-    mild views gets one of them instead with probability ``mild_share``, drawn per epoch)."""
+VIEW_ORDERS = ("cycle", "shuffle")
+
+
+def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch, mild_index=None, mild_share=0.0, seed=0,
+                  view_order="cycle"):
+    """Pick one view per training image for this epoch (rotating through the recipe's views, or one drawn at random
+    with ``view_order="shuffle"``; an image with mild views gets one of them instead with probability
+    ``mild_share``, drawn per epoch)."""
+    if view_order not in VIEW_ORDERS:
+        raise ValueError(f"view_order must be one of {VIEW_ORDERS}, got {view_order!r}")
     rng = np.random.default_rng([seed, epoch, 7])
+    pick = np.random.default_rng([seed, epoch, 11])  # apart from ``rng``: shuffling leaves the mild draws as they were
     idx = []
     for i in range(n_images):
         mild = mild_index[i] if mild_index else []
@@ -492,7 +503,7 @@ def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch, mild_inde
             idx.append(mild[int(rng.integers(len(mild)))])
             continue
         views = view_index[i]
-        idx.append(views[epoch % len(views)])
+        idx.append(views[int(pick.integers(len(views)))] if view_order == "shuffle" else views[epoch % len(views)])
     idx = np.array(idx)
     return feats[idx], labels[idx], weights[idx]
 
@@ -597,7 +608,7 @@ def train_phase(net, top, data: TrainingArrays, state: TrainState, files: RunFil
     while state.epoch < epochs:
         e = state.epoch
         xe, ye, we = _epoch_arrays(data.x_train, data.y_train, data.w_train, data.view_index, len(data.view_index),
-                                   e + offset, data.mild_index, cfg.mild_share, cfg.seed)
+                                   e + offset, data.mild_index, cfg.mild_share, cfg.seed, cfg.view_order)
         perm = np.random.default_rng(cfg.seed + e + offset).permutation(len(xe))
         h = top.fit(
             xe[perm].astype(np.float32),
