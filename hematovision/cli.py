@@ -43,6 +43,7 @@ from .review.store import ReviewDBError, ReviewStore, db_path
 from .serving import ray_engine
 from .serving.classifier import Classifier
 from .serving.litert import check_images, export_litert
+from .stats import round_threshold
 from .training import loso, recipe
 from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
 from .training.recipe import AUGMENT_RECIPES, VIEW_ORDERS, TrainConfig, refit_config
@@ -382,7 +383,7 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
         card = persistence.load_card(model_dir(args.model))
     except persistence.ModelError as exc:
         raise UsageError(str(exc)) from None
-    threshold = float(card.default_threshold) if args.threshold is None else args.threshold
+    threshold = round_threshold(card.default_threshold) if args.threshold is None else args.threshold
     options = ray_engine.RayOptions(args.address, args.num_cpus, args.workers, batch_size=args.batch_size)
     trust = unfamiliar.load(model_dir(args.model), card.model_sha256)  # numpy only: the batch verdict's baseline
     summary = RunSummary("images", card.version, threshold, list(card.classes),

@@ -74,3 +74,25 @@ def test_missing_and_corrupt_models_give_clear_errors(tmp_path, tiny_model_dir):
     (bad / persistence.MODEL_FILE).write_bytes(b"not a model")
     with pytest.raises(persistence.ModelError, match="sha256"):
         Classifier.load(bad)
+
+
+def test_default_threshold_in_force_is_the_rounded_one_the_dashboard_shows(tmp_path, tiny_model_dir, clf):
+    """A card's fitted threshold (e.g. 0.90530) flags exactly as the dashboard's 0.905 does, in every path that uses
+    the model's default: an image between the two is accepted."""
+    import math
+    import shutil
+
+    from hematovision.stats import round_threshold
+
+    inputs = [from_bytes(f"img{k}.png", image_bytes(seed=k)) for k in range(16)]
+    conf = [p.confidence for p in clf.classify(inputs, threshold=0.0)]
+    k, c = next((k, c) for k, c in enumerate(conf) if c - math.floor(c * 1000) / 1000 < 0.0004)
+    fitted = math.floor(c * 1000) / 1000 + 0.0004  # above this image's confidence, rounds to below it
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    persistence.update_card(model, lambda card: card.__dict__.update(default_threshold=fitted))
+    other = Classifier.load(model, batch_size=4)
+    assert other.default_threshold == round_threshold(fitted) <= c < fitted
+    preds = list(other.classify(inputs))
+    assert not preds[k].flagged
+    assert [p.flagged for p in preds] == [p.confidence < round_threshold(fitted) for p in preds]

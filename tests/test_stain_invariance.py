@@ -212,19 +212,19 @@ def test_shuffled_view_order_reaches_every_view_within_the_first_epochs():
     n, v = 500, 8
     feats = np.arange(v * n)[:, None]
     view_index = [[k * n + i for k in range(v)] for i in range(n)]
-    seen = np.concatenate([_epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, e, view_order="shuffle")[0][:, 0]
-                           for e in range(4)])
+    def rows(e, order="cycle"):
+        return _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, e, view_order=order)[0][:, 0]
+
+    seen = np.concatenate([rows(e, "shuffle") for e in range(4)])
     assert (seen >= 4 * n).mean() > 0.4  # about half the draws come from views 4-7
-    cycle = np.concatenate([_epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, e)[0][:, 0] for e in range(4)])
+    cycle = np.concatenate([rows(e) for e in range(4)])
     assert (cycle < 4 * n).all()
-    e0, e1 = (_epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, e, view_order="shuffle")[0][:, 0]
-              for e in (0, 1))
+    e0, e1 = rows(0, "shuffle"), rows(1, "shuffle")
     assert (e0 != e1).mean() > 0.8
-    again = _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, 0, view_order="shuffle")[0][:, 0]
-    assert (again == e0).all()
+    assert (rows(0, "shuffle") == e0).all()
     assert all(e0[i] in view_index[i] for i in range(n))
     with pytest.raises(ValueError, match="view_order"):
-        _epoch_arrays(feats, feats[:, 0], feats[:, 0], view_index, n, 0, view_order="random")
+        rows(0, "random")
 
 
 def test_weight_average_is_the_mean_of_the_epochs_added_and_survives_a_restart(tmp_path):

@@ -13,17 +13,12 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-#: The threshold is shown, applied and written with this many decimals (screen, flags and CSV alike).
-THRESHOLD_DECIMALS = 3
+from ..stats import THRESHOLD_DECIMALS, round_threshold
+
 FLAGGED_MARK = "⚠️ review"
 ACCEPTED_MARK = "✓ accepted"
 ERROR_MARK = "✗ error"
 REVIEWED_MARK = "🧑‍🔬 reviewed"
-
-
-def round_threshold(value: float) -> float:
-    """The threshold in force: clipped to [0, 1] and rounded once, as shown everywhere."""
-    return round(min(max(float(value), 0.0), 1.0), THRESHOLD_DECIMALS)
 
 
 def threshold_choice_text(record: dict) -> str:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..imaging.framing import FRAMING_REVISION, FRAMINGS
+from ..stats import round_threshold
 from .network import custom_objects
 
 MODEL_FILE = "model.keras"
@@ -214,7 +215,8 @@ def render_card(card: ModelCard) -> str:
         f"- **Input**: {card.input_size}x{card.input_size} RGB. Preprocessing: {card.preprocessing}",
         f"- **Architecture**: {card.architecture}",
         f"- **Temperature** (fitted on validation): {card.temperature:.4f}",
-        f"- **Default review threshold**: {card.default_threshold:.4f}",
+        f"- **Default review threshold**: {round_threshold(card.default_threshold)} in force everywhere "
+        f"(fitted {card.default_threshold:.4f})",
     ]
     if card.parent:
         lines.append(f"- **Adapted from**: `{card.parent}`")

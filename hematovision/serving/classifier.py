@@ -25,6 +25,7 @@ from ..imaging.framing import model_input
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
 from ..imaging.sources import ImageInput, load_input
 from ..modeling import persistence, unfamiliar
+from ..stats import round_threshold
 from . import litert
 
 #: The layer whose output is the pooled penultimate features (modeling.network's global average pool).
@@ -174,7 +175,8 @@ class Classifier:
 
     @property
     def default_threshold(self) -> float:
-        return float(self.card.default_threshold)
+        """The card's review threshold as it is in force everywhere (rounded as the dashboard shows it)."""
+        return round_threshold(self.card.default_threshold)
 
     # ------------------------------------------------------------------ arrays
 

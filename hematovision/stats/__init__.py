@@ -7,6 +7,7 @@ intervals. ``calibration``: temperature scaling, reliability and ECE, the review
 """
 
 from .calibration import (
+    THRESHOLD_DECIMALS,
     ThresholdChoice,
     choose_threshold,
     ece_of,
@@ -15,6 +16,7 @@ from .calibration import (
     nll,
     reliability,
     risk_coverage,
+    round_threshold,
     softmax,
     threshold_for_accuracy,
 )
@@ -23,6 +25,7 @@ from .metrics import cluster_bootstrap, confusion_matrix, macro_f1, per_class, r
 from .threshold_advice import Advice, advise
 
 __all__ = [
+    "THRESHOLD_DECIMALS",
     "Advice",
     "DomainShift",
     "ThresholdChoice",
@@ -38,6 +41,7 @@ __all__ = [
     "macro_f1",
     "nll",
     "per_class",
+    "round_threshold",
     "reliability",
     "risk_coverage",
     "roc_curve_ovr",

@@ -11,6 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The review threshold is shown, applied and written with this many decimals (screen, CLI, flags and CSV alike).
+THRESHOLD_DECIMALS = 3
+
+
+def round_threshold(value: float) -> float:
+    """The threshold in force: clipped to [0, 1] and rounded once, so the CLI, the dashboard and every file flag
+    the same images (a card's fitted 0.90530 is 0.905 everywhere)."""
+    return round(min(max(float(value), 0.0), 1.0), THRESHOLD_DECIMALS)
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
