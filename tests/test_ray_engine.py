@@ -20,6 +20,7 @@ from hematovision.cli import main
 from hematovision.modeling import persistence
 from hematovision.reports.results_file import ResultsFileError, ResultsWriter, result_columns
 from hematovision.serving import Prediction, ray_engine
+from hematovision.stats import round_threshold
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models"
@@ -90,7 +91,8 @@ def test_ray_engine_interrupted_run_resumes_into_the_default_engines_csv(ray_clu
     short then resumed with nothing lost or duplicated. (One test: every Ray pipeline costs seconds of CI.)"""
     card = persistence.load_card(MODEL)
     out = tmp_path / "ray.csv"
-    with pytest.raises(KeyboardInterrupt), ResultsWriter(out, card.classes, card.default_threshold, card.version) as w:
+    threshold = round_threshold(card.default_threshold)  # the threshold in force, as the CLI applies it
+    with pytest.raises(KeyboardInterrupt), ResultsWriter(out, card.classes, threshold, card.version) as w:
         for k, p in enumerate(ray_engine.classify(inputs, MODEL, options=ray_engine.RayOptions(workers=1))):
             w.write(p)
             if k == 4:
