@@ -51,6 +51,11 @@ def test_a_cache_hit_gives_the_served_models_features(tiny_with_litert, tmp_path
     assert other.cache == "written" and other.path != first.path
     first.path.write_bytes(b"not an npz")
     assert refit_cache.features(net, card.input_size, card.framing, groups, tmp_path).cache == "written"
+    # a folder that cannot be made (a file is in the way): the features all the same, nothing cached
+    (tmp_path / "blocked").write_text("a file")
+    blocked = refit_cache.features(net, card.input_size, card.framing, groups, tmp_path / "blocked" / "cache")
+    assert blocked.cache == "not written"
+    np.testing.assert_allclose(blocked.groups["bank"][1], served_f[:8], atol=1e-5)
 
 
 def test_a_cache_of_another_networks_bottom_is_not_used(tiny_with_litert, tmp_path):

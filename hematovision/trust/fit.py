@@ -16,8 +16,8 @@ An **adapted version** (``python -m hematovision adapt``) carries its parent's s
 labeled cells' pooled features (:data:`~hematovision.modeling.unfamiliar.LAB_FILE`): the same fit adds half
 of those cells (every view) to the bank and the other half (clean view) to validation.
 :func:`refit_version` is the quick fit that follows an adaptation (:data:`REFIT_BANK` training and
-:data:`REFIT_VALIDATION` validation images, no measurement); ``fit-trust`` on the version's folder is the
-full one.
+:data:`REFIT_VALIDATION` validation images, no measurement; the parent's activations below the adapted blocks
+read from :mod:`.refit_cache`); ``fit-trust`` on the version's folder is the full one.
 """
 
 from __future__ import annotations
@@ -345,8 +345,8 @@ def fit_model_dir(
 
     cached = None
     if cache is not None:
-        groups = _refit_groups(bank, val, rest, crops, root, outliers_per_field, seed)
         try:
+            groups = _refit_groups(bank, val, rest, crops, root, outliers_per_field, seed)
             if network is None:
                 network = persistence.load_keras_model(model_dir, card)
             served_ok = litert.usable(model_dir, card)[0]

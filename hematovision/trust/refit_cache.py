@@ -18,6 +18,7 @@ costs only the time. At most :data:`KEEP` caches are kept (the least recently us
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -147,7 +148,8 @@ def _chunks(xs: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
 
 
 def _as_stored(acts: np.ndarray) -> np.ndarray:
-    """float16 when every activation fits it (the top's features move by ~1e-3 of their size), else float32."""
+    """float16 (about three significant digits; its effect on the refit is measured in docs/trust.md) when every
+    activation fits it, else float32."""
     half = acts.astype(np.float16)
     return half if np.isfinite(half).all() else acts.astype(np.float32)
 
@@ -164,22 +166,26 @@ def _load(path: Path, names: Sequence[str], shape: tuple) -> dict[str, np.ndarra
     if any(a.ndim != 1 + len(shape) or tuple(a.shape[1:]) != shape for a in out.values()):
         log.warning("ignoring the refit cache %s: activations of another shape", path)
         return None
-    os.utime(path)  # recently used: kept
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: kept
     return out
 
 
 def _save(path: Path, acts: dict[str, np.ndarray]) -> bool:
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # two refits at once never share one
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **{f"acts_{k}": a for k, a in enumerate(acts.values())})
         tmp.replace(path)
     except OSError as exc:  # a full or read-only disk: the refit goes on without a cache
         log.warning("refit cache not written to %s (%s)", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         return False
-    old = sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for p in [p for p in old if p != path][KEEP - 1:]:
-        p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another refit may be pruning too
+        old = sorted(path.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for p in [p for p in old if p != path][KEEP - 1:]:
+            p.unlink(missing_ok=True)
     return True
 
 
