@@ -441,7 +441,7 @@ class TappedRuntime:
     """A flat-buffer run on one-off passes that also returns one inner tensor: the output of the Keras layer
     ``layer`` (for the unfamiliar-cell refit's cache of activations, :mod:`hematovision.trust.refit_cache`).
 
-    Every tensor is preserved (LiteRT's ``experimental_preserve_all_tensors``: about a third slower than
+    Every tensor is preserved (LiteRT's ``experimental_preserve_all_tensors``: 10-30% slower than
     :class:`LiteRTRuntime`), so it is never used for serving. ``parallel`` single-threaded interpreters each run
     a share of a batch, as :class:`LiteRTRuntime` does. Raises :class:`ModelError` when the flat-buffer has no
     features output or no tensor of that layer."""

@@ -6,7 +6,7 @@ The refit (:func:`hematovision.trust.refit_version`) passes a fixed set of image
 (its training bank and validation images, drawn with fixed seeds from the parent's split manifest, and the
 outlier bank), so their activations at :data:`CUT_LAYER` (the input of ``block_16``, 6 x 6 x 160 at 192 px)
 are the same for every adaptation of one parent. They are computed once (decoding, framing and the network's
-bottom: about 85% of its arithmetic) and kept on disk as float16 in :func:`cache_dir`; a refit then runs only
+bottom: about 85% of its multiply-adds) and kept on disk as float16 in :func:`cache_dir`; a refit then runs only
 the network's top on them.
 
 The key (:func:`cache_key`) is a hash of the bottom's own weights (so an adaptation that re-estimated BatchNorm
