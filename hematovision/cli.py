@@ -769,7 +769,8 @@ def cmd_adapt(args) -> int:
     if not args.no_refit:  # a separate step, timed apart: the version is saved whatever it gives
         if not args.quiet:
             print("refitting the unfamiliar-cell check for the new version ...", file=sys.stderr)
-        refit = refit_version(res.path, args.data)
+        refit = refit_version(res.path, args.data, network=res.network)
+        res.network = None
         print(refit.message, file=sys.stdout if refit.fitted else sys.stderr)
     print(f"adapt: {time.time() - t0:.0f} s in all")
     return 0

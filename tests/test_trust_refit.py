@@ -19,6 +19,7 @@ from hematovision.cli import main
 from hematovision.modeling import persistence, unfamiliar, versions
 from hematovision.review.store import UNUSABLE, ReviewStore, thumbnail_png
 from hematovision.serving.classifier import Classifier, Prediction
+from hematovision.trust import refit_version
 
 
 def _parent_with_split(tmp_path: Path) -> tuple[Path, Path]:
@@ -64,6 +65,15 @@ def test_an_adapted_version_gets_its_own_unfamiliar_check_with_the_lab_cells_in_
     assert rec["validation_images"] == 48 and "+ 8 of the 16 labeled lab cells" in rec["validation_from"]
     assert tm.record["measured"] == {} and rec["command"].startswith("refit after adaptation")
     assert "Unfamiliar cells" in (new / persistence.CARD_MD).read_text()
+    assert rec["features_from"].startswith("the served model") and "written (refit cache)" in rec["features_from"]
+
+    # a second refit of a version of this parent reads the parent's activations from the refit cache: same check
+    again = refit_version(new, root)
+    assert again.fitted and again.record["features_from"].endswith("read from the refit cache")
+    # (float16 activations: the tiny model's 48 validation scores move a little; the shipped model's: docs/trust.md)
+    assert abs(again.record["threshold"] - rec["threshold"]) < 0.05 * max(1.0, abs(rec["threshold"]))
+    assert again.record["validation_unfamiliar_share"] == rec["validation_unfamiliar_share"]
+    assert again.record["validation_images"] == rec["validation_images"] and again.record["bank_images"] == 40
 
     # served with the score: the classify CSV's unfamiliar columns are checked, not "not checked"
     folder = tmp_path / "batch"

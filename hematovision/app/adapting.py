@@ -113,5 +113,6 @@ def adapt_version(
         res = adapt_labeled(base_dir, labeled, name.strip(), cfg=cfg or AdaptConfig(), source=origin, progress=progress)
     except (ValueError, FileExistsError) as exc:
         return AdaptAttempt(error=str(exc), skipped=list(labeled.skipped))
-    trust = refit_version(res.path, data, progress=refit_progress) if refit else None
+    trust = refit_version(res.path, data, progress=refit_progress, network=res.network) if refit else None
+    res.network = None  # the session keeps the outcome, not the network
     return AdaptAttempt(res, skipped=list(res.skipped), trust=trust)

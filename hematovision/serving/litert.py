@@ -389,15 +389,18 @@ def export_litert(
     images: Sequence[np.ndarray] | None = None,
     images_desc: str = "",
     tolerance: float = TOLERANCE,
+    network=None,
 ) -> dict:
     """Write ``model.tflite`` beside ``model.keras``, check it, record it in the card; returns the record.
 
+    ``network``: the Keras model just saved as ``model.keras``, when the caller has it in memory (else loaded).
     Raises :class:`persistence.ModelError` (and removes the flat-buffer) when the
     LiteRT probabilities differ from Keras by more than ``tolerance``.
     """
     model_dir = Path(model_dir)
     card = persistence.load_card(model_dir)
-    network = persistence.load_keras_model(model_dir, card)
+    if network is None:
+        network = persistence.load_keras_model(model_dir, card)
     size = int(card.input_size)
     path = model_dir / LITERT_FILE
     tmp = path.with_suffix(".tflite.tmp")
@@ -432,3 +435,73 @@ def export_litert(
     persistence.update_card(model_dir, lambda c: setattr(c, "litert", record))
     log.info("LiteRT export %s: max abs diff %.2e on %s", path, diff, record["check_images"])
     return record
+
+
+class TappedRuntime:
+    """A flat-buffer run on one-off passes that also returns one inner tensor: the output of the Keras layer
+    ``layer`` (for the unfamiliar-cell refit's cache of activations, :mod:`hematovision.trust.refit_cache`).
+
+    Every tensor is preserved (LiteRT's ``experimental_preserve_all_tensors``: 10-30% slower than
+    :class:`LiteRTRuntime`), so it is never used for serving. ``parallel`` single-threaded interpreters each run
+    a share of a batch, as :class:`LiteRTRuntime` does. Raises :class:`ModelError` when the flat-buffer has no
+    features output or no tensor of that layer."""
+
+    def __init__(self, model_path: str | Path, layer: str, parallel: int = 2):
+        import warnings
+
+        # The interpreter loads its native runtime: imported only when a flat-buffer runs.
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model_path = Path(model_path)
+        self._interps = []
+        for _ in range(max(1, int(parallel))):
+            with _native_stderr_quiet(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "preserve_all_tensors is intended for debugging"
+                interp = Interpreter(model_path=str(self.model_path), num_threads=1,
+                                     experimental_preserve_all_tensors=True)
+                interp.allocate_tensors()
+            self._interps.append(interp)
+        first = self._interps[0]
+        inp = first.get_input_details()[0]
+        self._in, self._batch = inp["index"], int(inp["shape"][0])
+        self.input_shape = tuple(int(v) for v in inp["shape_signature"])
+        self._out, self._feat = _output_indices(first.get_output_details())
+        if self._feat is None:
+            raise ModelError(f"{self.model_path} has no features output")
+        # the converter names a layer's tensor ".../<layer>_1/<Op>" or ".../<layer>/<Op>", and a fused op's output
+        # after every op it holds ("a;b"): exactly one tensor must name the layer
+        def named(name: str) -> bool:
+            return any(f"/{layer}{s}/" in part for part in name.split(";") for s in ("", "_1"))
+
+        mine = [d for d in first.get_tensor_details() if named(d["name"])]
+        if len(mine) != 1:
+            raise ModelError(f"{self.model_path}: {len(mine)} tensors named after layer {layer}, expected one")
+        self._tap = mine[0]["index"]
+        self._pool = ThreadPoolExecutor(len(self._interps) - 1) if len(self._interps) > 1 else None
+
+    def _one(self, interp, part: np.ndarray):
+        if self.input_shape[0] == -1:
+            interp.resize_tensor_input(self._in, list(part.shape), strict=True)
+            interp.allocate_tensors()
+            k = len(part)
+        else:
+            k = self._batch
+        out = []
+        for b in range(0, len(part), k):
+            x = part[b:b + k]
+            m = len(x)
+            if m < k:
+                x = np.concatenate([x, np.zeros((k - m, *x.shape[1:]), np.float32)])
+            interp.set_tensor(self._in, x)
+            interp.invoke()  # releases the GIL
+            out.append([interp.get_tensor(i)[:m].copy() for i in (self._out, self._feat, self._tap)])
+        return [np.concatenate([o[j] for o in out]) for j in range(3)]
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(probabilities, pooled features, the layer's output)`` of a float32 batch ``[n, S, S, 3]``."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        parts = [p for p in np.array_split(batch, min(len(self._interps), max(1, len(batch)))) if len(p)]
+        futures = [self._pool.submit(self._one, it, p) for it, p in zip(self._interps[1:], parts[1:])]
+        done = [self._one(self._interps[0], parts[0])] + [f.result() for f in futures]
+        probs, feats, taps = (np.concatenate([d[j] for d in done]) for j in range(3))
+        return probs, feats, taps

@@ -573,6 +573,22 @@ def adapt_model(
     ``labels`` must be among the base model's classes. ``out_dir`` must not exist yet:
     a version is never overwritten. ``progress(done, total)`` is called per image.
     """
+    return _adapt_and_save(base_dir, images, labels, out_dir, name, cfg, source, progress, litert, unlabeled)[0]
+
+
+def _adapt_and_save(
+    base_dir: Path,
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    out_dir: Path,
+    name: str,
+    cfg: AdaptConfig = AdaptConfig(),
+    source: str = "",
+    progress: Callable[[int, int], None] | None = None,
+    litert: bool = True,
+    unlabeled: Sequence[np.ndarray] = (),
+):
+    """:func:`adapt_model`, returning ``(out_dir, network)``: the saved version's Keras network too."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists: adapted versions are never overwritten; choose another name")
@@ -637,11 +653,11 @@ def adapt_model(
         )
     if litert:
         try:
-            export_litert(tmp, list(images[:16]), f"{min(16, len(images))} of the labeled images")
+            export_litert(tmp, list(images[:16]), f"{min(16, len(images))} of the labeled images", network=net)
         except Exception as exc:  # serving falls back to model.keras
             log.warning("LiteRT export of the adapted model failed (%s); it will be served from model.keras", exc)
     tmp.rename(out_dir)  # the version appears whole or not at all
-    return out_dir
+    return out_dir, net
 
 
 @dataclass
@@ -658,6 +674,8 @@ class AdaptOutcome:
     seconds: float
     skipped: list  # (name, reason) of labeled files that were not used
     target_accuracy: float = 0.99
+    #: the saved version's Keras network, in memory for the unfamiliar-cell refit that follows (``None`` once it ran)
+    network: object = field(default=None, repr=False, compare=False)
 
     @property
     def note(self) -> str:
@@ -692,7 +710,7 @@ def adapt_labeled(
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists: adapted versions are never overwritten; choose another name")
     images, labels, skipped = decode_labeled(labeled)
-    path = adapt_model(base_dir, images, labels, out_dir, name, cfg, source=source, progress=progress)
+    path, network = _adapt_and_save(base_dir, images, labels, out_dir, name, cfg, source=source, progress=progress)
     card = persistence.load_card(path)
     ad = card.training["adaptation"]
     return AdaptOutcome(
@@ -706,4 +724,5 @@ def adapt_labeled(
         ad["wall_time_seconds"],
         skipped,
         cfg.target_accuracy,
+        network,
     )

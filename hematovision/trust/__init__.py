@@ -9,6 +9,9 @@ needs a model *and* the data:
   the model's own split manifest, a LiteRT re-export with the features output when needed, the measured
   figures written into ``evaluation.json`` and the model card; ``refit_version``: the quick refit that follows
   an adaptation (the parent's images through the adapted network, plus the lab's labeled cells);
+* :mod:`.refit_cache`: the parent's activations below the adapted blocks for the refit's fixed images, computed
+  once per parent (through the served flat-buffer) and kept in the per-user folder, so a refit runs only the
+  network's top;
 * :mod:`.outliers`: examples of what is not a white cell (BCCD red cells, platelets, background, blurred
   and cut cells) for fitting and measuring;
 * :mod:`.banner`: the dashboard's domain-shift verdict for a results table and the banner's words.

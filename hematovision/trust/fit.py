@@ -16,8 +16,8 @@ An **adapted version** (``python -m hematovision adapt``) carries its parent's s
 labeled cells' pooled features (:data:`~hematovision.modeling.unfamiliar.LAB_FILE`): the same fit adds half
 of those cells (every view) to the bank and the other half (clean view) to validation.
 :func:`refit_version` is the quick fit that follows an adaptation (:data:`REFIT_BANK` training and
-:data:`REFIT_VALIDATION` validation images, no measurement); ``fit-trust`` on the version's folder is the
-full one.
+:data:`REFIT_VALIDATION` validation images, no measurement; the parent's activations below the adapted blocks
+read from :mod:`.refit_cache`); ``fit-trust`` on the version's folder is the full one.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ..modeling.unfamiliar import DEFAULT_K, TrustModel
 from ..serving import litert
 from ..serving.classifier import Classifier
 from ..stats.domain_shift import ALPHA, MIN_BATCH, MIN_RANK, MIN_RANK_BY_SOURCE, MIN_SHARE, domain_shift
-from . import outliers
+from . import outliers, refit_cache
 
 log = logging.getLogger("hematovision.trust")
 
@@ -305,30 +305,66 @@ def fit_model_dir(
     export: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
     command: str = "",
+    cache: Path | None = None,
+    network=None,
 ) -> FitReport:
     """Fit ``trust.npz`` for the model in ``model_dir`` from its split manifest's images (at most ``bank_size``
     training images in the bank; every validation image, or ``validation_size`` of them, for the threshold) and,
-    for an adapted version, its labeled cells; measure it (unless ``measure`` is false); record it."""
+    for an adapted version, its labeled cells; measure it (unless ``measure`` is false); record it.
+
+    ``cache``: a folder for the activations below the adapted blocks (:mod:`.refit_cache`; the refit after an
+    adaptation): the features then come from the Keras ``network`` (the model's own, loaded when not given) with
+    its bottom's activations read from there or computed and written there, instead of the served model."""
     model_dir = Path(model_dir)
     root = data_root(data)
     card = persistence.load_card(model_dir)
     manifest = read_split(model_dir, root, card.classes)
     t0 = time.time()
     exported = _ensure_features_export(model_dir, data) if export else ""
-    clf = Classifier.load(model_dir)
-    clf.trust = None  # an old trust.npz must not matter while fitting a new one
+    served: list[Classifier] = []
 
     def run(name: str, items, transform=None, n: int | None = None):
+        if not served:
+            served.append(Classifier.load(model_dir))
+            served[0].trust = None  # an old trust.npz must not matter while fitting a new one
         cb = (lambda d: progress(name, d, n)) if progress and n else None
-        return features_of(clf, _read_all(items, transform) if transform is not False else items, progress=cb)
+        return features_of(served[0], _read_all(items, transform) if transform is not False else items, progress=cb)
 
     bank = bank_images(manifest, bank_size, seed)
     val = validation_images(manifest, validation_size, seed + 6)
     n_val_listed = len(validation_images(manifest))
     if not bank or not val:
         raise ModelError(f"{model_dir / persistence.MANIFEST_FILE} lists no training or no validation images")
-    _, bank_f = run("training bank", bank, n=len(bank))
-    val_p, val_f = run("validation", val, n=len(val))
+    # what is not a white cell, from the even BCCD fields and other training images than the bank's
+    in_bank = {m.relpath for m in bank}
+    rest = _pick([m for m in ds.select(manifest, split="train") if m.relpath not in in_bank] or bank, 300, seed + 1)
+
+    def crops() -> list:
+        cs = outliers.bccd_crops(root, kinds=("RBC", "Platelets"), per_image=outliers_per_field, half="fit", seed=seed)
+        return [c.rgb for c in cs + outliers.background_crops(root, half="fit", seed=seed)]
+
+    cached = None
+    if cache is not None:
+        try:
+            groups = _refit_groups(bank, val, rest, crops, root, outliers_per_field, seed)
+            if network is None:
+                network = persistence.load_keras_model(model_dir, card)
+            served_ok = litert.usable(model_dir, card)[0]
+            cached = refit_cache.features(network, card.input_size, card.framing, groups, cache, progress,
+                                          litert_path=model_dir / persistence.LITERT_FILE if served_ok else None)
+        except Exception as exc:  # the served model's path below still gives the features
+            log.warning("refit cache not usable (%s: %s); through the served model", type(exc).__name__, exc)
+    if cached is not None:
+        got = cached.groups
+        (_, bank_f), (val_p, val_f) = got["training bank"], got["validation"]
+        crop_f, blur_f, cut_f = (got[name][1] for name in ("outlier crops", "blurred", "cut"))
+    else:
+        _, bank_f = run("training bank", bank, n=len(bank))
+        val_p, val_f = run("validation", val, n=len(val))
+        crop_list = crops()
+        _, crop_f = run("outlier crops", crop_list, transform=False, n=len(crop_list))
+        _, blur_f = run("blurred", rest[:150], lambda x, i: outliers.heavy_blur(x), n=min(150, len(rest)))
+        _, cut_f = run("cut", rest[150:], lambda x, i: outliers.cut_cell(x, i), n=max(0, len(rest) - 150))
     n_train_f, n_val_f = len(bank_f), len(val_f)
     # an adapted version's own labeled cells are in-domain for it: half of them (every view) in the bank, the
     # other half (clean view) among the validation images the threshold is chosen on
@@ -339,14 +375,6 @@ def fit_model_dir(
         bank_f = np.concatenate([bank_f, lab.features[lab_bank].reshape(-1, lab.features.shape[-1])])
         val_f = np.concatenate([val_f, lab.features[lab_val, 0]])
         val_p = np.concatenate([val_p, lab.probs[lab_val]])
-    # what is not a white cell, from the even BCCD fields and other training images than the bank's
-    in_bank = {m.relpath for m in bank}
-    rest = _pick([m for m in ds.select(manifest, split="train") if m.relpath not in in_bank] or bank, 300, seed + 1)
-    crops = outliers.bccd_crops(root, kinds=("RBC", "Platelets"), per_image=outliers_per_field, half="fit", seed=seed)
-    crops += outliers.background_crops(root, half="fit", seed=seed)
-    _, crop_f = run("outlier crops", [c.rgb for c in crops], transform=False, n=len(crops))
-    _, blur_f = run("blurred", rest[:150], lambda x, i: outliers.heavy_blur(x), n=min(150, len(rest)))
-    _, cut_f = run("cut", rest[150:], lambda x, i: outliers.cut_cell(x, i), n=max(0, len(rest) - 150))
     outlier_f = np.concatenate([f for f in (crop_f, blur_f, cut_f) if f.size])
     tm = unfamiliar.fit(
         bank_f,
@@ -417,6 +445,15 @@ def fit_model_dir(
         ),
         "seconds": round(time.time() - t0, 1),
         "fit_seconds": round(fit_seconds, 1),
+        "features_from": (
+            ("the served model; its activations at " if cached.computed_by == "LiteRT" else "the Keras network; "
+             "its bottom's activations at ") + f"{refit_cache.cut_name(network)} {cached.cache} (refit cache)"
+            if cached is not None and cached.cache != "read"
+            else f"the Keras network's top on the parent's activations at {refit_cache.cut_name(network)}, read from "
+            "the refit cache"
+            if cached is not None
+            else "the served model"
+        ),
     }
     path = unfamiliar.save(tm, model_dir)
     record_in_model(model_dir, tm.record)
@@ -445,6 +482,45 @@ def _measure(tm: TrustModel, val_scores: np.ndarray, run, manifest, root: Path, 
     return measure(tm, val_scores, groups, in_domain=("kaggle_test", "pbc_test", "bccd_wbc"))
 
 
+def _refit_groups(
+    bank: Sequence[ds.LabeledImage],
+    val: Sequence[ds.LabeledImage],
+    rest: Sequence[ds.LabeledImage],
+    crops: Callable[[], list[np.ndarray]],
+    root: Path,
+    per_field: int,
+    seed: int,
+) -> list[refit_cache.Group]:
+    """The fit's images as :class:`refit_cache.Group`s, in the order and with the transforms of the served path."""
+
+    def ident(items, transform: str) -> tuple[str, ...]:
+        return (transform, *(f"{m.relpath} {m.sha256}" for m in items))
+
+    def read(item, k):
+        return read_rgb(item.path)
+
+    base = Path(root) / outliers.BCCD_DIR
+    fields = tuple(
+        f"{p.relative_to(base).as_posix()} {p.stat().st_size}"
+        for p in sorted([*base.glob("Annotations/*.xml"), *base.glob("JPEGImages/*.jpg")])
+    )
+    return [
+        refit_cache.Group("training bank", ident(bank, "plain"), lambda: bank, read),
+        refit_cache.Group("validation", ident(val, "plain"), lambda: val, read),
+        refit_cache.Group(
+            "outlier crops",
+            (f"bccd RBC+Platelets per_field={per_field} even fields + background seed={seed} scale="
+             f"{outliers.CROP_SCALE}", *fields),
+            crops,
+            lambda rgb, k: rgb,
+        ),
+        refit_cache.Group("blurred", ident(rest[:150], "heavy_blur"), lambda: rest[:150],
+                          lambda m, k: outliers.heavy_blur(read_rgb(m.path))),
+        refit_cache.Group("cut", ident(rest[150:], "cut_cell"), lambda: rest[150:],
+                          lambda m, k: outliers.cut_cell(read_rgb(m.path), k)),
+    ]
+
+
 @dataclass
 class TrustRefit:
     """What the refit after an adaptation did (:func:`refit_version`): ``message`` says it, or why it was not."""
@@ -462,11 +538,17 @@ def refit_version(
     bank_size: int = REFIT_BANK,
     validation_size: int = REFIT_VALIDATION,
     progress: Callable[[str, int, int], None] | None = None,
+    network=None,
+    cache: Path | None = None,
 ) -> TrustRefit:
     """The unfamiliar-cell score refitted for a freshly adapted version, through its own network (the quick fit:
     :data:`REFIT_BANK` + :data:`REFIT_VALIDATION` images and the outlier bank, no measurement). Never raises for
     what a lab installation lacks (the training images): the version is then served without the check, and the
-    message says why and what to run."""
+    message says why and what to run.
+
+    The images' activations below the adapted blocks come from the refit cache (``cache``, default
+    :func:`refit_cache.cache_dir`; computed and written there on the first refit for a parent); ``network``: the
+    version's Keras model when the caller has it in memory (else loaded from ``model_dir``)."""
     t0 = time.time()
     model_dir = Path(model_dir)
     full = f"python -m hematovision fit-trust --model {_shown(model_dir)} --data {data_root(data)}"
@@ -478,6 +560,8 @@ def refit_version(
             validation_size=validation_size,
             measure=False,
             progress=progress,
+            cache=Path(cache) if cache is not None else refit_cache.cache_dir(),
+            network=network,
             command=f"refit after adaptation (bank {bank_size}, validation {validation_size}); the full fit: {full}",
         )
     except TrainingDataMissing as exc:
