@@ -61,6 +61,9 @@ def test_an_adapted_version_gets_its_own_unfamiliar_check_with_the_lab_cells_in_
     rec = card.training["trust"]
     # 16 labeled cells: 8 (2 views each) in the bank beside the parent's 40 training images, 8 among validation
     assert rec["bank_images"] == 40 and len(tm.bank) == 40 + 8 * 2
+    # the batch rule's source-matched reference: the lab's own cells are the source "lab"
+    assert list(tm.bank_sources).count("lab") == 16 and len(tm.bank_sources) == len(tm.bank)
+    assert list(tm.val_sources).count("lab") == 8 and len(tm.val_sources) == len(tm.val_scores)
     assert rec["lab_cells"]["in_bank"] == 8 and rec["lab_cells"]["in_validation"] == 8
     assert rec["validation_images"] == 48 and "+ 8 of the 16 labeled lab cells" in rec["validation_from"]
     assert tm.record["measured"] == {} and rec["command"].startswith("refit after adaptation")

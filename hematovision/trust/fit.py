@@ -56,6 +56,9 @@ SHIFT_FAMILIES = ("restain_rapid", "cast_cyan", "lab_rapid_tight", "lab_cyan_fie
 #: The quick refit after an adaptation (:func:`refit_version`): training images in the bank and validation images
 #: for the threshold, each drawn within (source, class) in proportion. Measured in docs/trust.md.
 REFIT_BANK = 1500
+#: The source name of an adapted version's own labeled cells in its bank and validation (the batch rule's
+#: source-matched reference: a lab batch is ranked against the lab's own held-out cells).
+LAB_SOURCE = "lab"
 REFIT_VALIDATION = 1000
 
 
@@ -383,9 +386,11 @@ def fit_model_dir(
         k=k,
         outlier_features=outlier_f if len(outlier_f) else None,
         model_sha256=card.model_sha256,
-        # each image's source, for the batch rule's source-matched reference (unless a file was skipped)
-        bank_sources=[m.source for m in bank] if len(bank) == len(bank_f) else None,
-        val_sources=[m.source for m in val] if len(val) == len(val_f) else None,
+        # each image's source, for the batch rule's source-matched reference (unless a file was skipped); an
+        # adapted version's own cells are the source "lab"
+        bank_sources=[m.source for m in bank] + [LAB_SOURCE] * (len(bank_f) - n_train_f)
+        if len(bank) == n_train_f else None,
+        val_sources=[m.source for m in val] + [LAB_SOURCE] * (len(val_f) - n_val_f) if len(val) == n_val_f else None,
     )
     val_scores = tm.score(val_f, val_p)
     fit_seconds = time.time() - t0
