@@ -1,0 +1,67 @@
+"""Leave-one-class-out: ``train --exclude-classes`` drops a class from fitting and validation, keeps the view cache,
+and ``fit-trust`` leaves the class out of the score's bank and validation (docs/trust.md)."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_model_dir
+from hematovision import cli
+from hematovision.config import TRAINING_CLASSES
+from hematovision.data.datasets import LabeledImage
+from hematovision.modeling import persistence
+from hematovision.training import recipe
+from hematovision.training.recipe import SplitImages, TrainConfig, check_exclude_classes, view_cache_key
+from hematovision.trust.fit import fitted_classes
+
+
+def _images(split: str) -> list[LabeledImage]:
+    return [LabeledImage(Path(f"/x/{s}/{c}/{split}{k}.png"), f"{s}/{c}/{split}{k}.png", c, s, split, f"{s}{c}{k}")
+            for s in ("kaggle", "pbc") for c in TRAINING_CLASSES for k in range(2)]
+
+
+def test_excluded_class_is_never_fitted_or_validated_on_and_the_caches_are_shared(monkeypatch, tmp_path):
+    cfg = TrainConfig(views_per_image={"kaggle": 1, "pbc": 2}, exclude_classes=("monocyte",))
+    base = TrainConfig(views_per_image={"kaggle": 1, "pbc": 2})
+    assert view_cache_key(cfg) == view_cache_key(base) and recipe.clean_cache_key(cfg) == recipe.clean_cache_key(base)
+    train, val = _images("train"), _images("val")
+    split = SplitImages(train + val, train, val, [i for i in train if recipe.fits_on(i, cfg)],
+                        [i for i in val if recipe.fits_on(i, cfg)])
+    paths = []
+
+    def fake_cache(bottom, items, path, cfg, **kw):  # a row per (image, view): which image it is, in the first column
+        paths.append(path)
+        return np.array([[(train + val).index(img), view] for img, view in items], np.float16)
+
+    monkeypatch.setattr(recipe, "cache_features", fake_cache)
+    data = recipe.cache_training_arrays(None, split, cfg, tmp_path)
+    every = train + val
+    fitted = {every[int(r)].label for r in data.x_train[:, 0]}
+    validated = {every[int(r)].label for r in data.x_val[:, 0]}
+    assert fitted == validated == set(TRAINING_CLASSES) - {"monocyte"}
+    assert TRAINING_CLASSES.index("monocyte") not in set(data.y_train) | set(data.y_val)
+    assert len(data.x_train) == 6 * 3 and len(data.view_index) == 12 and all(len(v) for v in data.view_index)
+    # the same cache folders as a run with every class
+    kept = list(paths)
+    paths.clear()
+    recipe.cache_training_arrays(None, replace(split, train=train, val=val), base, tmp_path)
+    assert paths == kept
+
+
+def test_exclude_classes_checked_and_fit_trust_leaves_them_out(tmp_path, capsys):
+    assert check_exclude_classes(["eosinophil", " eosinophil", ""]) == ("eosinophil",)
+    with pytest.raises(ValueError, match="unknown class basophil"):
+        check_exclude_classes(["basophil"])
+    with pytest.raises(ValueError, match="two classes"):
+        check_exclude_classes(TRAINING_CLASSES[:3])
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--exclude-classes", "basophil",
+                     "--data", str(tmp_path)]) == 2
+    assert "--exclude-classes: unknown class basophil" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    model = make_tiny_model_dir(tmp_path / "model")
+    card = persistence.load_card(model)
+    assert fitted_classes(card) == card.classes
+    card.training["hyperparameters"] = {"exclude_classes": ["eosinophil"]}
+    assert fitted_classes(card) == [c for c in card.classes if c != "eosinophil"]
