@@ -65,3 +65,38 @@ def test_exclude_classes_checked_and_fit_trust_leaves_them_out(tmp_path, capsys)
     assert fitted_classes(card) == card.classes
     card.training["hyperparameters"] = {"exclude_classes": ["eosinophil"]}
     assert fitted_classes(card) == [c for c in card.classes if c != "eosinophil"]
+
+
+def _cluster(centre: np.ndarray, n: int, rng) -> np.ndarray:
+    return centre + 0.15 * rng.standard_normal((n, len(centre)))
+
+
+def test_measure_reads_the_held_out_class_against_a_threshold_fitted_without_it(tmp_path):
+    from hematovision.modeling import unfamiliar
+    from hematovision.trust import loco
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[:4] * 3
+    known = ["lymphocyte", "monocyte", "neutrophil"]
+    bank = np.concatenate([_cluster(centres[k + 1], 60, rng) for k in range(3)])
+    bank_labels = np.repeat(known, 60)
+    labels = np.array(known * 40 + ["eosinophil"] * 40)
+    feats = np.stack([_cluster(centres[TRAINING_CLASSES.index(c)], 1, rng)[0] for c in labels])
+    probs = rng.dirichlet(np.ones(4) * 0.3, len(labels))
+    outliers = _cluster(-centres[1], 30, rng)
+    ind = labels != "eosinophil"
+    tm = unfamiliar.fit(bank, feats[ind], probs[ind], outlier_features=outliers, dims=None)
+    sources = np.array(["pbc", "kaggle"] * (len(labels) // 2))
+    lf = loco.LocoFeatures(str(tmp_path), "m@1", ["eosinophil"], 0.5, labels, sources, labels, probs, feats,
+                           np.log(probs), bank_labels)
+    lf = loco.LocoFeatures.load(lf.save(tmp_path / "f.npz"))
+    results = {r.variant: r for r in loco.measure(lf, tm)}
+    served = results[loco.VARIANTS[0].name]
+    assert served.served_check < 1e-5 and served.threshold == pytest.approx(tm.threshold)
+    assert served.in_domain_unfamiliar.n == 120 and served.in_domain_unfamiliar.share <= 0.05
+    for src in ("pbc", "kaggle"):  # the unseen cluster is far from the bank: all unfamiliar, whatever the confidence
+        assert served.unfamiliar[("held_out", src)].share == 1.0 and served.flagged[("held_out", src)].n == 20
+        assert results["mahalanobis"].unfamiliar[("held_out", src)].share == 1.0
+    conf = results["confidence only"]  # random probabilities: confidence cannot tell the unseen class apart
+    assert conf.unfamiliar[("held_out", "pbc")].share < 0.5
+    assert "| served: knn k20 + 0.5 outlier | 100.0% (20/20;" in loco.table(lf, list(results.values()))

@@ -122,7 +122,7 @@ def features_of(
     return np.concatenate(probs), np.concatenate(feats)
 
 
-def _read_all(
+def read_all(
     items: Sequence[ds.LabeledImage], transform: Callable[[np.ndarray, int], np.ndarray] | None = None
 ) -> Iterator[np.ndarray]:
     """Decoded images in order, read two at a time in threads (a bad file is skipped with a log line)."""
@@ -328,7 +328,7 @@ def fit_model_dir(
 
     def run(name: str, items, transform=None, n: int | None = None):
         cb = (lambda d: progress(name, d, n)) if progress and n else None
-        return features_of(clf, _read_all(items, transform) if transform is not False else items, progress=cb)
+        return features_of(clf, read_all(items, transform) if transform is not False else items, progress=cb)
 
     bank = bank_images(manifest, bank_size, seed)
     val = validation_images(manifest, validation_size, seed + 6)
