@@ -100,3 +100,15 @@ def test_measure_reads_the_held_out_class_against_a_threshold_fitted_without_it(
     conf = results["confidence only"]  # random probabilities: confidence cannot tell the unseen class apart
     assert conf.unfamiliar[("held_out", "pbc")].share < 0.5
     assert "| served: knn k20 + 0.5 outlier | 100.0% (20/20;" in loco.table(lf, list(results.values()))
+
+
+def test_budget_threshold_spends_the_flag_budget_with_low_confidence_counted_first():
+    from hematovision.trust.loco import budget_threshold
+
+    score = np.arange(10.0)
+    low = np.zeros(10, bool)
+    assert budget_threshold(score, low, 0.2) == 7.0  # 8 and 9 above it: 2 of 10
+    low[[0, 1]] = True  # two already flagged by confidence: nothing left for the score
+    assert budget_threshold(score, low, 0.2) == 9.0
+    assert budget_threshold(score, low, 0.1) == float("inf")
+    assert budget_threshold(score, low, 1.0) == float("-inf")

@@ -189,10 +189,23 @@ class VariantResult:
     served_check: float | None = None  # served variant: max |score - trust.npz's score|
 
 
-def measure(lf: LocoFeatures, tm: TrustModel, variants=VARIANTS) -> list[VariantResult]:
+def budget_threshold(score: np.ndarray, low_conf: np.ndarray, budget: float) -> float:
+    """The lowest threshold on ``score`` at which at most ``budget`` of these images are flagged for either reason
+    (``low_conf``: flagged whatever the score); ``inf`` when low confidence alone exceeds the budget."""
+    allowed = int(np.floor(budget * len(score) + 1e-9)) - int(low_conf.sum())
+    rest = np.sort(np.asarray(score, np.float64)[~low_conf])
+    if allowed < 0 or not len(rest):
+        return float("inf")
+    return float(rest[len(rest) - allowed - 1]) if allowed < len(rest) else float("-inf")
+
+
+def measure(lf: LocoFeatures, tm: TrustModel, variants=VARIANTS, pbc_flag_budget: float | None = None
+            ) -> list[VariantResult]:
     """Each variant fitted on the in-domain validation images (scales: median and IQR; threshold: at most
     :data:`unfamiliar.MAX_UNFAMILIAR_SHARE` of them unfamiliar, as ``fit-trust``) and read on the held-out class's
-    and the in-domain images of each source."""
+    and the in-domain images of each source. ``pbc_flag_budget``: the threshold is instead the lowest at which at
+    most that share of the in-domain PBC validation images is flagged for either reason (the bar's own budget; the
+    held-out class plays no part in choosing it)."""
     held = np.isin(lf.labels, lf.held_out)
     ind = ~held
     maha = None
@@ -204,10 +217,14 @@ def measure(lf: LocoFeatures, tm: TrustModel, variants=VARIANTS) -> list[Variant
         comps = v.components(tm, lf.features, lf.probs, lf.logits, maha)
         centre, scale = unfamiliar.fit_scales({c: x[ind] for c, x in comps.items()})
         score = sum(v.weights[c] * (comps[c] - centre[c]) / scale[c] for c in v.weights)
-        thr = unfamiliar.choose_threshold(score[ind])
+        if pbc_flag_budget is None:
+            thr = unfamiliar.choose_threshold(score[ind])
+        else:
+            pbc = ind & (lf.sources == "pbc")
+            thr = budget_threshold(score[pbc], low_conf[pbc], pbc_flag_budget)
         unf = score > thr
         check = None
-        if v is variants[0] and v.weights == tm.weights and v.k == tm.k:
+        if v is variants[0] and v.weights == tm.weights and v.k == tm.k and pbc_flag_budget is None:
             check = float(np.max(np.abs(score - tm.score(lf.features, lf.probs))))
         flagged, unfam = {}, {}
         for group, mask in (("held_out", held), ("in_domain", ind)):
@@ -220,8 +237,9 @@ def measure(lf: LocoFeatures, tm: TrustModel, variants=VARIANTS) -> list[Variant
     return out
 
 
-def table(lf: LocoFeatures, results: list[VariantResult]) -> str:
-    """The results as a Markdown table (share, count and 95% Wilson interval)."""
+def table(lf: LocoFeatures, results: list[VariantResult], with_unfamiliar: bool = False) -> str:
+    """The results as a Markdown table (share, count and 95% Wilson interval); ``with_unfamiliar``: a column with
+    the share of every in-domain validation image called unfamiliar."""
     held = ", ".join(lf.held_out)
     n_groups = {s: len(set(lf.groups[np.isin(lf.labels, lf.held_out) & (lf.sources == s)])) for s in ("pbc", "kaggle")}
     lines = [
@@ -230,14 +248,16 @@ def table(lf: LocoFeatures, results: list[VariantResult]) -> str:
         "(augmented copies share one)",
         "",
         "| variant | held-out PBC flagged | held-out PBC unfamiliar | held-out Kaggle flagged | held-out Kaggle "
-        "unfamiliar | in-domain PBC flagged | in-domain Kaggle flagged |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "unfamiliar | in-domain PBC flagged | in-domain Kaggle flagged |"
+        + (" in-domain unfamiliar |" * with_unfamiliar),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" * with_unfamiliar),
     ]
     for r in results:
         lines.append(
             f"| {r.variant} | {r.flagged[('held_out', 'pbc')].text()} | {r.unfamiliar[('held_out', 'pbc')].text()} | "
             f"{r.flagged[('held_out', 'kaggle')].text()} | {r.unfamiliar[('held_out', 'kaggle')].text()} | "
             f"{r.flagged[('in_domain', 'pbc')].text()} | {r.flagged[('in_domain', 'kaggle')].text()} |"
+            + (f" {r.in_domain_unfamiliar.text()} |" if with_unfamiliar else "")
         )
     return "\n".join(lines)
 
