@@ -46,7 +46,7 @@ from .serving.litert import check_images, export_litert
 from .stats import round_threshold
 from .training import loso, recipe
 from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
-from .training.recipe import AUGMENT_RECIPES, VIEW_ORDERS, TrainConfig, refit_config
+from .training.recipe import AUGMENT_RECIPES, VIEW_ORDERS, TrainConfig, check_exclude_classes, refit_config
 from .trust import fit_model_dir, refit_version
 from .trust import summary_lines as trust_summary_lines
 
@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--sources", default="kaggle,pbc", help="comma-separated data sources to train on")
     t.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation")
+    t.add_argument("--exclude-classes", default="",
+                   help="comma-separated classes whose images are left out of fitting and validation (leave-one-class-"
+                        "out: docs/trust.md); the network keeps every output, the feature cache is shared")
     t.add_argument(
         "--augment",
         choices=sorted(AUGMENT_RECIPES),
@@ -685,6 +688,10 @@ def cmd_train(args) -> int:
     cfg.average_from = args.average_from
     cfg.view_order = args.view_order
     cfg.extra_views = _views(args.extra_views, {}) if args.extra_views else {}
+    try:
+        cfg.exclude_classes = check_exclude_classes(args.exclude_classes.split(","))
+    except ValueError as exc:
+        raise UsageError(f"--exclude-classes: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
     if refit_from is not None:

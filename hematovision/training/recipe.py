@@ -92,6 +92,9 @@ class TrainConfig:
     )  # chosen by leave-one-source-out (docs/generalisation.md)
     sources: tuple = ("kaggle", "pbc")  # discovered, split and cached
     train_on: tuple = ("kaggle", "pbc")  # fitted and validated on (leave-one-source-out uses one)
+    # Classes whose images are left out of what is fitted and validated on (leave-one-class-out, docs/trust.md): the
+    # network keeps its outputs, the class is never a target. The view cache is shared (it is not in the cache key).
+    exclude_classes: tuple = ()
     input_norm: str = "none"  # or "channel": per-image colour standardisation inside the model (model.INPUT_NORMS)
     framing: str = "cell"  # "cell": a square around the located nucleus; "full": the whole image (framing.FRAMINGS)
     limit_per_split: int = 0  # >0: small smoke runs for tests
@@ -508,6 +511,22 @@ def _epoch_arrays(feats, labels, weights, view_index, n_images, epoch, mild_inde
     return feats[idx], labels[idx], weights[idx]
 
 
+def check_exclude_classes(classes) -> tuple[str, ...]:
+    """``classes`` as a tuple of training classes; ValueError for an unknown one or for leaving out all of them."""
+    out = tuple(dict.fromkeys(c.strip() for c in classes if c.strip()))
+    unknown = [c for c in out if c not in TRAINING_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown class {', '.join(unknown)} (the classes: {', '.join(TRAINING_CLASSES)})")
+    if len(out) >= len(TRAINING_CLASSES) - 1:
+        raise ValueError("at least two classes must be left to train on")
+    return out
+
+
+def fits_on(img: ds.LabeledImage, cfg: TrainConfig) -> bool:
+    """Whether a run fits and validates on this image (its source in ``cfg.train_on``, its class not excluded)."""
+    return img.source in cfg.train_on and img.label not in cfg.exclude_classes
+
+
 def split_images(root: Path, work: Path, cfg: TrainConfig) -> SplitImages:
     """Step 1: discover the sources' images with their split, write the manifest, pick what this run fits on."""
     images = [i for i in ds.discover(root) if i.source in cfg.sources]
@@ -516,11 +535,12 @@ def split_images(root: Path, work: Path, cfg: TrainConfig) -> SplitImages:
     ds.write_manifest(images, work / "split_manifest.csv")
     all_train = limit_images(ds.select(images, split="train"), cfg.limit_per_split, cfg.seed)
     all_val = limit_images(ds.select(images, split="val"), cfg.limit_per_split, cfg.seed)
-    train = [i for i in all_train if i.source in cfg.train_on]
-    val = [i for i in all_val if i.source in cfg.train_on]
+    train = [i for i in all_train if fits_on(i, cfg)]
+    val = [i for i in all_val if fits_on(i, cfg)]
     if cfg.refit_finetune_epochs > 0:  # a refit: the validation images become training images too
         train = train + val
-    log.info("train %d images, val %d images (on %s)", len(train), len(val), ",".join(cfg.train_on))
+    log.info("train %d images, val %d images (on %s%s)", len(train), len(val), ",".join(cfg.train_on),
+             f"; without {','.join(cfg.exclude_classes)}" if cfg.exclude_classes else "")
     return SplitImages(images, all_train, all_val, train, val)
 
 
@@ -549,7 +569,7 @@ def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_ro
             all_items += mild
     x_all = parts[0] if len(parts) == 1 else np.concatenate(parts)
     del parts
-    keep = [j for j, (img, _) in enumerate(all_items) if img.source in cfg.train_on]
+    keep = [j for j, (img, _) in enumerate(all_items) if fits_on(img, cfg)]
     items = [all_items[j] for j in keep]
     x_train = x_all if len(keep) == len(all_items) else x_all[keep]
     del x_all
@@ -569,7 +589,7 @@ def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_ro
         cfg,
         desc="val",
     )
-    x_val = x_val_all[[k for k, i in enumerate(split.all_val) if i.source in cfg.train_on]]
+    x_val = x_val_all[[k for k, i in enumerate(split.all_val) if fits_on(i, cfg)]]
     y_val = np.array([cls_index[i.label] for i in split.val])
     return TrainingArrays(x_train, y_items, w_items, view_index, x_val, y_val, balanced_weights(split.val),
                           mild_index if cfg.mild_views else None)
@@ -812,9 +832,12 @@ def export(
             "data_root": "<HEMATOVISION_DATA>",
             "counts": ds.split_counts(fitted.images),
             "split_rules": ds.SPLIT_RULES,
-            "fitted_on": "train and val splits (refit; temperature, threshold and epochs from the selection run)"
-            if calibrated_by is not None
-            else "train split (early-stopped on val)",
+            "fitted_on": ("train and val splits (refit; temperature, threshold and epochs from the selection run)"
+                          if calibrated_by is not None
+                          else "train split (early-stopped on val)")
+            + (f"; without the {', '.join(cfg.exclude_classes)} images (left out: leave-one-class-out)"
+               if cfg.exclude_classes else ""),
+            **({"excluded_classes": list(cfg.exclude_classes)} if cfg.exclude_classes else {}),
             "validation_metrics": val_metrics,
             "hyperparameters": asdict(cfg),
             "history": fitted.state.history,

@@ -125,7 +125,7 @@ def features_of(
     return np.concatenate(probs), np.concatenate(feats)
 
 
-def _read_all(
+def read_all(
     items: Sequence[ds.LabeledImage], transform: Callable[[np.ndarray, int], np.ndarray] | None = None
 ) -> Iterator[np.ndarray]:
     """Decoded images in order, read two at a time in threads (a bad file is skipped with a log line)."""
@@ -272,6 +272,13 @@ def _ensure_features_export(model_dir: Path, data: str | Path | None) -> str:
     return f"re-exported model.tflite with a features output (max abs difference from Keras {rec['max_abs_diff']:.1e})"
 
 
+def fitted_classes(card: persistence.ModelCard) -> list[str]:
+    """The classes the model was fitted on: its outputs less those its training left out
+    (``train --exclude-classes``, leave-one-class-out), so the score's bank and validation never hold them."""
+    excluded = set(card.training.get("hyperparameters", {}).get("exclude_classes") or ())
+    return [c for c in card.classes if c not in excluded]
+
+
 def read_split(model_dir: Path, root: Path, classes: Sequence[str]) -> list[ds.LabeledImage]:
     """The model's split manifest, read against ``root``; :class:`TrainingDataMissing` when there is none or its
     images are not there."""
@@ -321,7 +328,8 @@ def fit_model_dir(
     model_dir = Path(model_dir)
     root = data_root(data)
     card = persistence.load_card(model_dir)
-    manifest = read_split(model_dir, root, card.classes)
+    classes = fitted_classes(card)
+    manifest = read_split(model_dir, root, classes)
     t0 = time.time()
     exported = _ensure_features_export(model_dir, data) if export else ""
     served: list[Classifier] = []
@@ -331,7 +339,7 @@ def fit_model_dir(
             served.append(Classifier.load(model_dir))
             served[0].trust = None  # an old trust.npz must not matter while fitting a new one
         cb = (lambda d: progress(name, d, n)) if progress and n else None
-        return features_of(served[0], _read_all(items, transform) if transform is not False else items, progress=cb)
+        return features_of(served[0], read_all(items, transform) if transform is not False else items, progress=cb)
 
     bank = bank_images(manifest, bank_size, seed)
     val = validation_images(manifest, validation_size, seed + 6)
@@ -428,6 +436,8 @@ def fit_model_dir(
         },
         "validation_images": int(len(val_f)),
         "validation_from": validation_from,
+        **({"excluded_classes": [c for c in card.classes if c not in classes]} if len(classes) < len(card.classes)
+           else {}),
         **({"lab_cells": lab_record} if lab_record else {}),
         "threshold": tm.threshold,
         "validation_unfamiliar_share": tm.expected_share,
