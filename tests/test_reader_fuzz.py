@@ -136,3 +136,15 @@ def test_iter_uploads_on_mutated_zips_never_raises(data):
         else:
             z[k:k] = data.draw(st.binary(min_size=1, max_size=16))
     _consume(iter_uploads([("x.zip", bytes(z))], ZIP_LIMITS))
+
+
+def test_a_zip_member_with_an_empty_name_is_one_row_not_a_crash():
+    """Found by the fuzz test above (2026-11-30): ``ZipInfo.is_dir()`` raises IndexError on an empty member name."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.png", image_bytes())
+        zf.writestr("q.png", image_bytes(seed=1))
+        zf.infolist()[-1].filename = ""  # the central directory names it ""
+    items = list(iter_uploads([("x.zip", buf.getvalue())], ZIP_LIMITS))
+    assert [i.name for i in items] == ["x.zip/a.png", "x.zip/"]
+    _consume(items)

@@ -105,7 +105,7 @@ def iter_zip(name: str, data: bytes | Path, limits: ArchiveLimits = DEFAULT_ARCH
     if len(infos) > limits.max_members:
         yield ImageInput(display_name(name), error=f"zip archive has {len(infos)} entries; limit {limits.max_members}")
         return
-    files = [i for i in infos if not i.is_dir()]
+    files = [i for i in infos if not i.filename.endswith("/")]  # not ZipInfo.is_dir(): an empty name raises
     total = sum(i.file_size for i in files)
     if total > limits.max_total_bytes:
         yield ImageInput(
