@@ -137,7 +137,8 @@ m[5].metric(
     "Unidentified",
     summary.n_unidentified,
     help="Unfamiliar cells: unlike the training images (not a white cell, or another laboratory's stain or camera). "
-    "Left out of the differential until a person classifies them (they are on the review list).",
+    "Left out of the differential until a person classifies them (they are on the review list). White cells of "
+    "other types (basophils, blasts, immature granulocytes) are often not caught: check the slide.",
 )
 shift = frame_shift(frame, clf.trust)
 if shift.detected:
