@@ -6,7 +6,7 @@ columns, the figures and reviews from the detail view in ``hematovision.app.resu
 
 import streamlit as st
 
-from hematovision.app import batching, display, results, samples
+from hematovision.app import adapting, batching, display, results, samples
 from hematovision.app import fields as field_view
 from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
@@ -151,6 +151,7 @@ if shift.detected:
     ):
         sample = batching.review_sample(entries, cache, clf.version, classes)
         n = results.send_sample_to_review(store, sample, classes, clf.version, threshold, batch=batch.id)
+        adapting.warm_for_adaptation(clf.model_dir, data_root())  # the adaptation that may follow, made ready
         st.success(f"{len(sample)} cells on the review list ({n} newly queued): open the Review page.")
 if summary.n_unusable:
     st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")

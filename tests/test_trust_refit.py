@@ -19,7 +19,7 @@ from hematovision.cli import main
 from hematovision.modeling import persistence, unfamiliar, versions
 from hematovision.review.store import UNUSABLE, ReviewStore, thumbnail_png
 from hematovision.serving.classifier import Classifier, Prediction
-from hematovision.trust import refit_version
+from hematovision.trust import refit_version, warm_refit_cache
 
 
 def _parent_with_split(tmp_path: Path) -> tuple[Path, Path]:
@@ -94,6 +94,38 @@ def test_an_adapted_version_gets_its_own_unfamiliar_check_with_the_lab_cells_in_
     assert main(["fit-trust", "--model", str(new), "--data", str(root), "--bank", "30", "--measure", "10"]) == 0
     rec = persistence.load_card(new).training["trust"]
     assert rec["bank_images"] == 30 and rec["lab_cells"]["in_validation"] == 8 and rec["measured_on"].startswith("test")
+
+
+def test_a_cache_warmed_ahead_is_read_by_the_first_adaptations_refit(tmp_path):
+    """warm_refit_cache (started while a person reviews a batch's sample) computes what the first refit of an
+    adapted version would: that refit reads it. Without the training images it says no, and raises nothing."""
+    parent, root = _parent_with_split(tmp_path)
+    assert warm_refit_cache(parent, root)
+    z = _labeled_zip(tmp_path)
+    assert main(["adapt", str(z), "--name", "lab-warm", "--model", str(parent), "--data", str(root), "--views", "2",
+                 "--quiet"]) == 0
+    rec = persistence.load_card(versions.adapted_root() / "lab-warm").training["trust"]
+    assert rec["features_from"].endswith("read from the refit cache")
+    assert not warm_refit_cache(parent, tmp_path / "nowhere")
+
+
+def test_warming_starts_one_background_thread_per_model_folder(tmp_path):
+    started = []
+
+    class Thread:
+        def __init__(self, target, args, daemon, name):
+            assert daemon and target is warm_refit_cache
+            self.args = args
+
+        def start(self):
+            started.append(self.args)
+
+    model = tmp_path / "m"
+    model.mkdir()
+    assert adapting.warm_for_adaptation(model, "ROOT", start=Thread)
+    assert not adapting.warm_for_adaptation(model, "ROOT", start=Thread)  # already warming or warm
+    assert not adapting.warm_for_adaptation(None, start=Thread)  # a model without a folder
+    assert started == [(model, "ROOT")]
 
 
 def test_without_the_training_images_the_version_is_kept_and_the_cli_says_why(tmp_path, capsys):

@@ -8,6 +8,7 @@ the unfamiliar-cell check is then refitted for the new version (:func:`~hematovi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from ..data.labeled import LabeledInputs, labeled_from_zip
 from ..modeling import persistence
 from ..training.adapt import AdaptConfig, AdaptOutcome, adapt_labeled, labeled_from_reviews
-from ..trust import TrustRefit, refit_version
+from ..trust import TrustRefit, refit_version, warm_refit_cache
 from .display import threshold_text
 
 
@@ -116,3 +117,22 @@ def adapt_version(
     trust = refit_version(res.path, data, progress=refit_progress, network=res.network) if refit else None
     res.network = None  # the session keeps the outcome, not the network
     return AdaptAttempt(res, skipped=list(res.skipped), trust=trust)
+
+
+_WARMED: set[str] = set()
+_WARM_LOCK = threading.Lock()
+
+
+def warm_for_adaptation(model_dir: Path | None, data: str | Path | None = None, start=threading.Thread) -> bool:
+    """Start computing the refit cache of the model in ``model_dir`` in a background thread, once per model folder
+    and server process: called when a batch's sample goes to review, so the adaptation that may follow does not pay
+    for it while the person reviews (``trust.warm_refit_cache``; it never raises). True when started."""
+    if model_dir is None:
+        return False
+    key = str(Path(model_dir).resolve())
+    with _WARM_LOCK:
+        if key in _WARMED:
+            return False
+        _WARMED.add(key)
+    start(target=warm_refit_cache, args=(model_dir, data), daemon=True, name="hematovision-warm-refit").start()
+    return True

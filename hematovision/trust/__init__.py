@@ -10,8 +10,8 @@ needs a model *and* the data:
   figures written into ``evaluation.json`` and the model card; ``refit_version``: the quick refit that follows
   an adaptation (the parent's images through the adapted network, plus the lab's labeled cells);
 * :mod:`.refit_cache`: the parent's activations below the adapted blocks for the refit's fixed images, computed
-  once per parent (through the served flat-buffer) and kept in the per-user folder, so a refit runs only the
-  network's top;
+  once per parent (through the served flat-buffer, or ahead of time by ``warm_refit_cache``) and kept in the
+  per-user folder, so a refit runs only the network's top;
 * :mod:`.outliers`: examples of what is not a white cell (BCCD red cells, platelets, background, blurred
   and cut cells) for fitting and measuring;
 * :mod:`.banner`: the dashboard's domain-shift verdict for a results table and the banner's words.
@@ -29,6 +29,7 @@ from .fit import (
     record_in_model,
     refit_version,
     summary_lines,
+    warm_refit_cache,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "record_in_model",
     "refit_version",
     "summary_lines",
+    "warm_refit_cache",
 ]

@@ -60,6 +60,9 @@ REFIT_BANK = 1500
 #: source-matched reference: a lab batch is ranked against the lab's own held-out cells).
 LAB_SOURCE = "lab"
 REFIT_VALIDATION = 1000
+#: BCCD red-cell and platelet crops per even field in the outlier bank, and the seed of every draw of the fit.
+OUTLIERS_PER_FIELD = 2
+SEED = 0
 
 
 def _stratified(images: list[ds.LabeledImage], n: int, seed: int) -> list[ds.LabeledImage]:
@@ -301,6 +304,56 @@ def read_split(model_dir: Path, root: Path, classes: Sequence[str]) -> list[ds.L
     return manifest
 
 
+def _fit_images(
+    model_dir: Path,
+    manifest: list[ds.LabeledImage],
+    root: Path,
+    bank_size: int,
+    validation_size: int | None,
+    outliers_per_field: int,
+    seed: int,
+) -> tuple[list[ds.LabeledImage], list[ds.LabeledImage], list[ds.LabeledImage], Callable[[], list]]:
+    """The fit's images, drawn with fixed seeds: ``(bank, validation, rest, crops)``; ``rest`` are other training
+    images (blurred and cut copies) and ``crops()`` the BCCD red-cell, platelet and background crops."""
+    bank = bank_images(manifest, bank_size, seed)
+    val = validation_images(manifest, validation_size, seed + 6)
+    if not bank or not val:
+        raise ModelError(f"{model_dir / persistence.MANIFEST_FILE} lists no training or no validation images")
+    # what is not a white cell, from the even BCCD fields and other training images than the bank's
+    in_bank = {m.relpath for m in bank}
+    rest = _pick([m for m in ds.select(manifest, split="train") if m.relpath not in in_bank] or bank, 300, seed + 1)
+
+    def crops() -> list:
+        cs = outliers.bccd_crops(root, kinds=("RBC", "Platelets"), per_image=outliers_per_field, half="fit", seed=seed)
+        return [c.rgb for c in cs + outliers.background_crops(root, half="fit", seed=seed)]
+
+    return bank, val, rest, crops
+
+
+def warm_refit_cache(model_dir: str | Path, data: str | Path | None = None, cache: Path | None = None) -> bool:
+    """Compute the refit cache (:mod:`.refit_cache`) for adaptations of this model ahead of time, e.g. while a person
+    reviews the cells an adaptation will learn from, so the first adaptation's refit runs only the network's top.
+    Adapted versions share the parent's bottom, manifest and seeds, so they find it under the same key. True when
+    the cache holds it; never raises (a failure costs the first adaptation its time, nothing else)."""
+    try:
+        model_dir = Path(model_dir)
+        root = data_root(data)
+        card = persistence.load_card(model_dir)
+        manifest = read_split(model_dir, root, fitted_classes(card))
+        bank, val, rest, crops = _fit_images(model_dir, manifest, root, REFIT_BANK, REFIT_VALIDATION,
+                                             OUTLIERS_PER_FIELD, SEED)
+        groups = _refit_groups(bank, val, rest, crops, root, OUTLIERS_PER_FIELD, SEED)
+        network = persistence.load_keras_model(model_dir, card)
+        served_ok = litert.usable(model_dir, card)[0]
+        got = refit_cache.features(network, card.input_size, card.framing, groups,
+                                   Path(cache) if cache is not None else refit_cache.cache_dir(), None,
+                                   litert_path=model_dir / persistence.LITERT_FILE if served_ok else None)
+        return got.cache in ("read", "written")
+    except Exception as exc:  # a lab installation without the training images, a full disk, ...
+        log.info("refit cache not warmed for %s (%s: %s)", model_dir, type(exc).__name__, exc)
+        return False
+
+
 def fit_model_dir(
     model_dir: str | Path,
     data: str | Path | None = None,
@@ -310,8 +363,8 @@ def fit_model_dir(
     k: int = DEFAULT_K,
     measure: bool = True,
     measure_size: int = 600,
-    outliers_per_field: int = 2,
-    seed: int = 0,
+    outliers_per_field: int = OUTLIERS_PER_FIELD,
+    seed: int = SEED,
     export: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
     command: str = "",
@@ -341,19 +394,9 @@ def fit_model_dir(
         cb = (lambda d: progress(name, d, n)) if progress and n else None
         return features_of(served[0], read_all(items, transform) if transform is not False else items, progress=cb)
 
-    bank = bank_images(manifest, bank_size, seed)
-    val = validation_images(manifest, validation_size, seed + 6)
+    bank, val, rest, crops = _fit_images(model_dir, manifest, root, bank_size, validation_size, outliers_per_field,
+                                         seed)
     n_val_listed = len(validation_images(manifest))
-    if not bank or not val:
-        raise ModelError(f"{model_dir / persistence.MANIFEST_FILE} lists no training or no validation images")
-    # what is not a white cell, from the even BCCD fields and other training images than the bank's
-    in_bank = {m.relpath for m in bank}
-    rest = _pick([m for m in ds.select(manifest, split="train") if m.relpath not in in_bank] or bank, 300, seed + 1)
-
-    def crops() -> list:
-        cs = outliers.bccd_crops(root, kinds=("RBC", "Platelets"), per_image=outliers_per_field, half="fit", seed=seed)
-        return [c.rgb for c in cs + outliers.background_crops(root, half="fit", seed=seed)]
-
     cached = None
     if cache is not None:
         try:
