@@ -20,6 +20,7 @@ def round_threshold(value: float) -> float:
     the same images (a card's fitted 0.90530 is 0.905 everywhere)."""
     return round(min(max(float(value), 0.0), 1.0), THRESHOLD_DECIMALS)
 
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)

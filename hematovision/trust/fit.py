@@ -56,10 +56,10 @@ SHIFT_FAMILIES = ("restain_rapid", "cast_cyan", "lab_rapid_tight", "lab_cyan_fie
 #: The quick refit after an adaptation (:func:`refit_version`): training images in the bank and validation images
 #: for the threshold, each drawn within (source, class) in proportion. Measured in docs/trust.md.
 REFIT_BANK = 1500
+REFIT_VALIDATION = 1000
 #: The source name of an adapted version's own labeled cells in its bank and validation (the batch rule's
 #: source-matched reference: a lab batch is ranked against the lab's own held-out cells).
 LAB_SOURCE = "lab"
-REFIT_VALIDATION = 1000
 #: BCCD red-cell and platelet crops per even field in the outlier bank, and the seed of every draw of the fit.
 OUTLIERS_PER_FIELD = 2
 SEED = 0
@@ -340,18 +340,48 @@ def warm_refit_cache(model_dir: str | Path, data: str | Path | None = None, cach
         root = data_root(data)
         card = persistence.load_card(model_dir)
         manifest = read_split(model_dir, root, fitted_classes(card))
-        bank, val, rest, crops = _fit_images(model_dir, manifest, root, REFIT_BANK, REFIT_VALIDATION,
-                                             OUTLIERS_PER_FIELD, SEED)
-        groups = _refit_groups(bank, val, rest, crops, root, OUTLIERS_PER_FIELD, SEED)
-        network = persistence.load_keras_model(model_dir, card)
-        served_ok = litert.usable(model_dir, card)[0]
-        got = refit_cache.features(network, card.input_size, card.framing, groups,
-                                   Path(cache) if cache is not None else refit_cache.cache_dir(), None,
-                                   litert_path=model_dir / persistence.LITERT_FILE if served_ok else None)
+        images = _fit_images(model_dir, manifest, root, REFIT_BANK, REFIT_VALIDATION, OUTLIERS_PER_FIELD, SEED)
+        got, _ = _cached_features(model_dir, card, images, root, OUTLIERS_PER_FIELD, SEED,
+                                  Path(cache) if cache is not None else refit_cache.cache_dir())
         return got.cache in ("read", "written")
     except Exception as exc:  # a lab installation without the training images, a full disk, ...
         log.info("refit cache not warmed for %s (%s: %s)", model_dir, type(exc).__name__, exc)
         return False
+
+
+def _cached_features(
+    model_dir: Path,
+    card: persistence.ModelCard,
+    images: tuple,
+    root: Path,
+    outliers_per_field: int,
+    seed: int,
+    cache: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+    network=None,
+) -> tuple[refit_cache.RefitFeatures, object]:
+    """The fit's images (:func:`_fit_images`'s ``(bank, validation, rest, crops)``) through the Keras ``network``
+    (the model's own, loaded when not given) on the bottom's activations in ``cache`` (computed there first when
+    absent, through the served flat-buffer where it is usable); returns the features and the network."""
+    groups = _refit_groups(*images, root, outliers_per_field, seed)
+    if network is None:
+        network = persistence.load_keras_model(model_dir, card)
+    served_ok = litert.usable(model_dir, card)[0]
+    got = refit_cache.features(network, card.input_size, card.framing, groups, cache, progress,
+                               litert_path=model_dir / persistence.LITERT_FILE if served_ok else None)
+    return got, network
+
+
+def _features_from(cached: refit_cache.RefitFeatures | None, network) -> str:
+    """Where the fit's features came from, for the record."""
+    if cached is None:
+        return "the served model"
+    cut = refit_cache.cut_name(network)
+    if cached.cache == "read":
+        return f"the Keras network's top on the parent's activations at {cut}, read from the refit cache"
+    via = ("the served model; its activations at " if cached.computed_by == "LiteRT"
+           else "the Keras network; its bottom's activations at ")
+    return f"{via}{cut} {cached.cache} (refit cache)"
 
 
 def fit_model_dir(
@@ -400,12 +430,8 @@ def fit_model_dir(
     cached = None
     if cache is not None:
         try:
-            groups = _refit_groups(bank, val, rest, crops, root, outliers_per_field, seed)
-            if network is None:
-                network = persistence.load_keras_model(model_dir, card)
-            served_ok = litert.usable(model_dir, card)[0]
-            cached = refit_cache.features(network, card.input_size, card.framing, groups, cache, progress,
-                                          litert_path=model_dir / persistence.LITERT_FILE if served_ok else None)
+            cached, network = _cached_features(model_dir, card, (bank, val, rest, crops), root, outliers_per_field,
+                                               seed, cache, progress, network)
         except Exception as exc:  # the served model's path below still gives the features
             log.warning("refit cache not usable (%s: %s); through the served model", type(exc).__name__, exc)
     if cached is not None:
@@ -503,15 +529,7 @@ def fit_model_dir(
         ),
         "seconds": round(time.time() - t0, 1),
         "fit_seconds": round(fit_seconds, 1),
-        "features_from": (
-            ("the served model; its activations at " if cached.computed_by == "LiteRT" else "the Keras network; "
-             "its bottom's activations at ") + f"{refit_cache.cut_name(network)} {cached.cache} (refit cache)"
-            if cached is not None and cached.cache != "read"
-            else f"the Keras network's top on the parent's activations at {refit_cache.cut_name(network)}, read from "
-            "the refit cache"
-            if cached is not None
-            else "the served model"
-        ),
+        "features_from": _features_from(cached, network),
     }
     path = unfamiliar.save(tm, model_dir)
     record_in_model(model_dir, tm.record)
