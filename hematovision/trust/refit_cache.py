@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -172,7 +173,8 @@ def _load(path: Path, names: Sequence[str], shape: tuple) -> dict[str, np.ndarra
 
 
 def _save(path: Path, acts: dict[str, np.ndarray]) -> bool:
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # two refits at once never share one
+    # two refits at once never share one: other processes, or a refit beside the dashboard's warm-up thread
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(tmp, **{f"acts_{k}": a for k, a in enumerate(acts.values())})
