@@ -464,15 +464,21 @@ def _fake_data_root(root: Path) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def test_fit_trust_command_on_a_tiny_model_and_data_root(tmp_path, capsys):
+def _model_with_split(tmp_path: Path, name: str = "m") -> tuple[Path, Path]:
+    """A tiny model with a split manifest of a generated data root: ``(model dir, data root)``."""
     root = tmp_path / "data"
     rows = _fake_data_root(root)
-    d = make_tiny_model_dir(tmp_path / "m")
+    d = make_tiny_model_dir(tmp_path / name)
     with open(d / persistence.MANIFEST_FILE, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["relpath", "label", "source", "split", "group", "sha256"])
         for rel, label, source, split in rows:
             w.writerow([rel, label, source, split, rel, ""])
+    return d, root
+
+
+def test_fit_trust_command_on_a_tiny_model_and_data_root(tmp_path, capsys):
+    d, root = _model_with_split(tmp_path)
     assert main(["fit-trust", "--model", str(d), "--data", str(root), "--bank", "30", "--measure", "10"]) == 0
     out = capsys.readouterr().out
     assert "validation images unfamiliar" in out and "bccd_rbc" in out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 from test_adapt import _blobs
-from test_trust import _fake_data_root
+from test_trust import _model_with_split
 
 from conftest import CLASSES, make_tiny_model_dir
 from hematovision.app import adapting
@@ -24,15 +24,7 @@ from hematovision.trust import refit_version, warm_refit_cache
 
 def _parent_with_split(tmp_path: Path) -> tuple[Path, Path]:
     """A tiny model with a split manifest of a generated data root: ``(model dir, data root)``."""
-    root = tmp_path / "data"
-    rows = _fake_data_root(root)
-    d = make_tiny_model_dir(tmp_path / "parent")
-    with open(d / persistence.MANIFEST_FILE, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["relpath", "label", "source", "split", "group", "sha256"])
-        for rel, label, source, split in rows:
-            w.writerow([rel, label, source, split, rel, ""])
-    return d, root
+    return _model_with_split(tmp_path, "parent")
 
 
 def _labeled_zip(tmp_path: Path, n: int = 4) -> Path:
