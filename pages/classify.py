@@ -72,8 +72,8 @@ st.file_uploader(
     help="Each image gets one row. Files that cannot be read get an error row; the rest are still classified. "
          f"More than {MANY_FILES} images? Put them in one .zip: the browser sends separate files one at a time.",
 )
-c1, c2, _ = st.columns([1, 1, 3])
-c1.button(
+actions = st.container(horizontal=True)  # buttons at their own width: whole labels in a narrow window
+actions.button(
     "Load sample images",
     on_click=_load_samples,
     key="hv_load_samples",
@@ -84,7 +84,7 @@ note = st.session_state.pop("hv_samples_note", "")
 if note:
     st.warning(note)
 if batch:
-    c2.button("Clear results", on_click=_clear, key="hv_clear")
+    actions.button("Clear results", on_click=_clear, key="hv_clear")
 
 if not batch:
     st.info("Upload images or load the sample images to start.")
@@ -118,7 +118,7 @@ frame, decisions = results.with_decisions(frame, store, clf.version)
 # ---------------------------------------------------------------- summary
 summary = batching.summarise(frame, classes)
 st.subheader("Summary")
-m = st.columns(6)
+m = st.columns(3) + st.columns(3)  # two rows of three: whole labels in a narrow window too
 m[0].metric("Images", summary.n_images)
 m[1].metric("Classified", summary.n_classified)
 m[2].metric(
