@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -36,7 +38,14 @@ from .modeling import persistence, unfamiliar
 from .modeling.network import INPUT_NORMS
 from .reports.content import ReportInputError, report_from_csv
 from .reports.pdf import render_pdf
-from .reports.results_file import ResultsFileError, ResultsWriter, image_row, result_columns
+from .reports.results_file import (
+    ResultsFileError,
+    ResultsWriter,
+    hold_csv,
+    hold_results,
+    image_row,
+    result_columns,
+)
 from .reports.tables import neutralise
 from .review.reporting import report_reviews
 from .review.store import ReviewDBError, ReviewStore, db_path
@@ -92,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also write a summary: counts per class (the differential, unfamiliar cells left out), flagged, "
              "unfamiliar, errors, and whether the batch looks unlike the training data (domain_shift); per field "
              "with --fields",
+    )
+    c.add_argument(
+        "--no-batch-hold", dest="batch_hold", action="store_false",
+        help="when the batch looks unlike the training data, keep its confident predictions accepted instead of "
+             "flagging every prediction for review (flag_reason batch_shift, the default); standard output then "
+             "streams row by row instead of at the end of the run",
     )
     _ray_arguments(c)
 
@@ -411,16 +426,17 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
         except ray_engine.RayEngineError as exc:
             raise UsageError(str(exc)) from None
     bar.close()
+    if args.batch_hold and summary.hold():  # this run's images decide (with --resume too), as for the summary
+        hold_results(out_path)
     if summary_path is not None:
         summary_path.write_text(summary.to_json())
     kept = f" ({writer.kept} already there)" if args.resume else ""
     print(
         f"{summary.inputs} images classified on Ray{kept}: {summary.classified} classified "
-        f"({summary.flagged} flagged below {threshold:.3f}), {summary.errors} errors -> {args.out}",
+        f"({summary.flagged - summary.held} flagged below {threshold:.3f}), {summary.errors} errors -> {args.out}",
         file=sys.stderr,
     )
-    if trust is not None or summary_path is not None:  # the batch verdict (or why there is none), as the default
-        print(summary.domain_shift().message, file=sys.stderr)
+    _print_verdict(summary, trust is not None or summary_path is not None)  # as the default engine
     return 0
 
 
@@ -520,32 +536,70 @@ def cmd_classify(args) -> int:
         reference_scores=None if clf.trust is None else clf.trust.val_scores,
         reference_sources=None if clf.trust is None else clf.trust.val_sources,
     )
-    cols = result_columns(clf.classes_)
-    fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
-    n = errors = flagged = 0
+    fh = _open_rows(out_path, buffered=args.batch_hold)
     try:
         w = csv.writer(fh)
-        w.writerow(cols)
+        w.writerow(result_columns(clf.classes_))
         bar = tqdm(desc="classify", unit="img", disable=args.quiet or None, file=sys.stderr)
         for p in clf.classify(iter_paths(args.paths), threshold, progress=lambda k: bar.update(1)):
             w.writerow([neutralise(v) for v in image_row(p, clf.classes_, threshold, clf.version)])
-            n += 1
-            errors += not p.ok
-            flagged += p.flagged
             summary.add_image(p)
         bar.close()
-    finally:
-        if out_path is not None:
-            fh.close()
+    except BaseException:  # interrupted: the rows so far, as they were written
+        _close_rows(fh, out_path, None)
+        raise
+    _close_rows(fh, out_path, summary if args.batch_hold else None)
     if summary_path is not None:
         summary_path.write_text(summary.to_json())
     why = f"below {threshold:.3f}" + (f" or unfamiliar: {summary.unfamiliar} unfamiliar" if clf.trust else "")
     print(
-        f"{n} images: {n - errors} classified ({flagged} flagged {why}), {errors} errors -> {args.out}", file=sys.stderr
+        f"{summary.inputs} images: {summary.classified} classified ({summary.flagged - summary.held} flagged {why}), "
+        f"{summary.errors} errors -> {args.out}",
+        file=sys.stderr,
     )
-    if clf.trust is not None or summary_path is not None:  # the batch verdict (or why there is none)
-        print(summary.domain_shift().message, file=sys.stderr)
+    _print_verdict(summary, clf.trust is not None or summary_path is not None)
     return 0
+
+
+def _open_rows(out_path: Path | None, buffered: bool):
+    """Where the CSV rows go as they come: ``out_path``, or standard output. With the batch hold on, rows for
+    standard output wait in a temporary file (in memory up to 8 MB), since the hold may change them at the end."""
+    if out_path is not None:
+        return open(out_path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed by _close_rows)
+    if buffered:
+        return tempfile.SpooledTemporaryFile(max_size=1 << 23, mode="w+", newline="", encoding="utf-8")
+    return sys.stdout
+
+
+def _close_rows(fh, out_path: Path | None, summary: RunSummary | None) -> None:
+    """Finish the rows of :func:`_open_rows`: with a ``summary`` (the batch hold on), apply the hold when the batch
+    is called shifted (:meth:`RunSummary.hold`); then close the file, or copy the waiting rows to standard output
+    (also after an interruption, unchanged)."""
+    changed = summary is not None and summary.hold() > 0
+    if out_path is not None:
+        fh.close()
+        if changed:
+            hold_results(out_path)
+    elif fh is not sys.stdout:
+        fh.seek(0)
+        if changed:
+            hold_csv(fh, sys.stdout)
+        else:
+            shutil.copyfileobj(fh, sys.stdout)
+        fh.close()
+
+
+def _print_verdict(summary: RunSummary, checked: bool) -> None:
+    """The batch verdict (or why there is none) on standard error, and what the batch hold did."""
+    if checked:
+        print(summary.domain_shift().message, file=sys.stderr)
+    if summary.batch_held:
+        print(
+            f"Batch held for review: every classified image is flagged, {summary.held} of them only because of the "
+            "batch (flag_reason batch_shift), as a failed quality control holds an analyzer's results. Review a "
+            "sample and adapt the model to this laboratory; --no-batch-hold keeps confident predictions accepted.",
+            file=sys.stderr,
+        )
 
 
 def _expected(clf: Classifier) -> float | None:
@@ -560,7 +614,7 @@ def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary
         reference_scores=None if clf.trust is None else clf.trust.val_scores,
         reference_sources=None if clf.trust is None else clf.trust.val_sources,
     )
-    fh = sys.stdout if out_path is None else open(out_path, "w", newline="")  # noqa: SIM115 (closed below)
+    fh = _open_rows(out_path, buffered=args.batch_hold)
     try:
         w = csv.writer(fh)
         w.writerow(field_columns(clf.classes_))
@@ -570,18 +624,18 @@ def _classify_fields(args, clf, threshold: float, out_path: Path | None, summary
                 w.writerow([neutralise(v) for v in csv_row(r, i, clf.classes_, threshold, clf.version)])
             summary.add_field(r)
         bar.close()
-    finally:
-        if out_path is not None:
-            fh.close()
+    except BaseException:  # interrupted: the rows so far, as they were written
+        _close_rows(fh, out_path, None)
+        raise
+    _close_rows(fh, out_path, summary if args.batch_hold else None)
     if summary_path is not None:
         summary_path.write_text(summary.to_json())
     print(
-        f"{summary.inputs} fields: {summary.classified} white cells ({summary.flagged} flagged below {threshold:.3f}), "
-        f"{summary.fields_without_cells} without a white cell, {summary.errors} errors -> {args.out}",
+        f"{summary.inputs} fields: {summary.classified} white cells ({summary.flagged - summary.held} flagged below "
+        f"{threshold:.3f}), {summary.fields_without_cells} without a white cell, {summary.errors} errors -> {args.out}",
         file=sys.stderr,
     )
-    if clf.trust is not None or summary_path is not None:
-        print(summary.domain_shift().message, file=sys.stderr)
+    _print_verdict(summary, clf.trust is not None or summary_path is not None)
     return 0
 
 

@@ -62,6 +62,9 @@ def test_csv_neutralises_formulas(clf):
     text = to_csv(predictions_frame(preds, clf.classes_), threshold=0.5, model_version=clf.version)
     assert "'=cmd" in text and "threshold" in text.splitlines()[0]
     assert neutralise("@x") == "'@x" and neutralise("ok") == "ok"
+    # a negative score written as text is a number to a spreadsheet, not a formula; anything more is quoted
+    assert neutralise("-0.0071") == "-0.0071" and neutralise("-1+cmd|x") == "'-1+cmd|x"
+    assert neutralise("\t-1") == "'\t-1" and neutralise("-1\r") == "'-1\r"
 
 
 def test_missing_and_corrupt_models_give_clear_errors(tmp_path, tiny_model_dir):

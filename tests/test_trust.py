@@ -367,6 +367,40 @@ def test_cli_writes_trust_columns_and_summary(trusted_model, tmp_path, capsys):
     assert s["domain_shift"]["message"] in capsys.readouterr().err
 
 
+def _shifted_batch(folder: Path, val_paths: list[Path]) -> Path:
+    """20 of the validation images and 20 noise images: the batch is called shifted, half of it familiar."""
+    from PIL import Image
+
+    folder.mkdir()
+    for p in val_paths[:20]:
+        shutil.copy(p, folder / p.name)
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"noise{k:02d}.png")
+    return folder
+
+
+def test_cli_holds_a_shifted_batch_for_review(trusted_model, tmp_path, capsys):
+    d, val_paths = trusted_model
+    folder = _shifted_batch(tmp_path / "batch", val_paths)
+    args = ["classify", str(folder), "--model", str(d), "--threshold", "0", "--quiet"]
+    out, summ = tmp_path / "r.csv", tmp_path / "s.json"
+    assert main([*args, "--out", str(out), "--summary", str(summ)]) == 0
+    err = capsys.readouterr().err
+    frame = pd.read_csv(out, keep_default_na=False)
+    s = json.loads(summ.read_text())
+    assert s["domain_shift"]["detected"] and s["batch_held"] and s["flagged"] == 40 and frame["flagged"].all()
+    familiar = ~frame["unfamiliar"]
+    assert s["held"] == familiar.sum() > 0 and set(frame.loc[familiar, "flag_reason"]) == {"batch_shift"}
+    assert "Batch held for review" in err and f"{s['held']} of them only because of the batch" in err
+    assert main([*args, "--out", "-"]) == 0  # standard output: the same rows, held
+    assert capsys.readouterr().out.replace("\r\n", "\n") == out.read_text(encoding="utf-8").replace("\r\n", "\n")
+    assert main([*args, "--out", str(out), "--summary", str(summ), "--no-batch-hold"]) == 0
+    kept = pd.read_csv(out, keep_default_na=False)
+    assert not kept.loc[familiar, "flagged"].any() and "Batch held" not in capsys.readouterr().err
+    assert json.loads(summ.read_text())["batch_held"] is False
+
+
 def test_model_without_trust_file_degrades_gracefully(tmp_path, capsys):
     d = make_tiny_model_dir(tmp_path / "m")
     assert Classifier.load(d).trust is None

@@ -128,6 +128,8 @@ class RunSummary:
     source-matched. ``domain_shift`` (JSON): ``{"detected", "score", "threshold", "n", "message", "p_value",
     "expected", "unfamiliar", "rank", "rank_p_value", "rank_threshold", "reason", "rank_source"}`` over the
     classified cells (:mod:`hematovision.stats.domain_shift`); the score and source lists are not written.
+    ``batch_held``: the batch hold was applied (:meth:`hold`); ``held``: how many predictions it flagged that were
+    otherwise accepted (counted in ``flagged`` too).
     """
 
     unit: str
@@ -140,6 +142,8 @@ class RunSummary:
     flagged: int = 0
     unfamiliar: int = 0
     low_confidence: int = 0
+    batch_held: bool = False
+    held: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     expected_unfamiliar: float | None = None
     fields_without_cells: int = 0
@@ -173,6 +177,19 @@ class RunSummary:
             sources=self.sources if self.reference_sources is not None and all(self.sources) else None,
             reference_sources=self.reference_sources,
         )
+
+    def hold(self) -> int:
+        """The batch hold: when :meth:`domain_shift` detects a shift, every classified prediction counts as
+        flagged, as the results file's rows then are (``reports.results_file.hold_results``). How many were
+        accepted before and held now (0 when the batch is not called shifted)."""
+        if self.batch_held or not self.domain_shift().detected:
+            return 0
+        self.batch_held = True
+        self.held = self.classified - self.flagged
+        self.flagged = self.classified
+        for entry in self.per_field:
+            entry["flagged"] = entry["cells"]
+        return self.held
 
     def as_dict(self) -> dict:
         d = asdict(replace(self, reference_scores=None, reference_sources=None, scores=[], sources=[]))

@@ -19,7 +19,7 @@ from .content import (
     report_from_csv,
 )
 from .pdf import render_pdf
-from .tables import UNUSABLE, columns, neutralise, predictions_frame, to_csv
+from .tables import UNUSABLE, columns, hold_frame, neutralise, predictions_frame, to_csv
 
 __all__ = [
     "UNUSABLE",
@@ -30,6 +30,7 @@ __all__ = [
     "build_report",
     "columns",
     "files_on_disk",
+    "hold_frame",
     "model_info",
     "neutralise",
     "predictions_frame",

@@ -17,8 +17,9 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
-from ..serving.classifier import Prediction
+from ..serving.classifier import BATCH_SHIFT, Prediction
 from .tables import TRUST_COLUMNS, columns, neutralise, trust_cells
 
 #: Rows per Parquet part (the last part of a run may be shorter).
@@ -198,3 +199,65 @@ def _names(reader, path: Path, cols: list[str]) -> list[str]:
             raise ResultsFileError(f"{path} has a row with {len(row)} values, expected {len(cols)}; cannot resume")
         names.append(row[0])
     return names
+
+
+# ---------------------------------------------------------------------- the batch hold
+
+
+def hold_csv(src: IO[str], dst: IO[str]) -> int:
+    """Copy a results CSV (single images or ``--fields``, any columns with ``predicted_class``, ``flagged`` and
+    ``error``) from ``src`` to ``dst`` with the batch hold applied (``tables.hold_frame``, on text): a
+    classified row not yet flagged becomes ``flagged`` ``True`` with ``flag_reason`` ``batch_shift``. Every
+    other cell is copied as it was written (neutralised names stay neutralised). The number of rows held."""
+    reader, writer = csv.reader(src), csv.writer(dst)
+    header = next(reader, None)
+    if header is None:
+        return 0
+    writer.writerow(header)
+    cls, flag, err = (header.index(c) for c in ("predicted_class", "flagged", "error"))
+    why = header.index("flag_reason") if "flag_reason" in header else None
+    held = 0
+    for row in reader:
+        if len(row) == len(header) and row[cls] and not row[err] and row[flag] == "False":
+            row[flag] = "True"
+            if why is not None:
+                row[why] = BATCH_SHIFT
+            held += 1
+        writer.writerow(row)
+    return held
+
+
+def hold_results(out: str | Path) -> int:
+    """Apply the batch hold to a finished results file in place: a CSV (rewritten through a temporary file
+    beside it, then renamed) or a Parquet folder (each part likewise). The number of rows held."""
+    out = Path(out)
+    if out.is_dir():
+        return _hold_parquet(out)
+    tmp = out.with_name(f".{out.name}.hold.tmp")
+    with open(out, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+        held = hold_csv(src, dst)
+    os.replace(tmp, out)
+    return held
+
+
+def _hold_parquet(folder: Path) -> int:
+    import pyarrow as pa  # Parquet output only (see ResultsWriter._open_parquet)
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    held = 0
+    for f in sorted(folder.glob(f"{PART_PREFIX}*.parquet")):
+        table = pq.read_table(f)
+        ok = pc.and_(pc.equal(table.column("error"), ""), pc.not_equal(table.column("predicted_class"), ""))
+        new = pc.and_(ok, pc.invert(table.column("flagged")))
+        n = pc.sum(pc.cast(new, pa.int64())).as_py() or 0
+        if not n:
+            continue
+        table = table.set_column(table.column_names.index("flagged"), "flagged", pc.or_(table.column("flagged"), new))
+        reason = pc.if_else(new, pa.scalar(BATCH_SHIFT), table.column("flag_reason"))
+        table = table.set_column(table.column_names.index("flag_reason"), "flag_reason", reason)
+        tmp = folder / f".{f.name}.hold.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, f)
+        held += n
+    return held

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..serving.classifier import Prediction, flag_reason
+from ..serving.classifier import BATCH_SHIFT, Prediction, flag_reason
 
 BASE_COLUMNS = ["file", "predicted_class", "confidence"]
 TAIL_COLUMNS = ["flagged", "error"]
@@ -99,11 +99,33 @@ def apply_threshold(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return out
 
 
+def hold_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The batch hold on a results table (``serving.classifier.hold_prediction`` row by row): every classified
+    row not yet flagged becomes flagged, ``flag_reason`` ``batch_shift``. Error rows and rows without a class (a
+    field without a white cell) stay as they are."""
+    out = frame.copy()
+    ok = (out["error"].fillna("") == "") & (out["predicted_class"].fillna("").astype(str) != "")
+    new = ok & ~out["flagged"].fillna(False).astype(bool)
+    out["flagged"] = out["flagged"].fillna(False).astype(bool) | new
+    if "flag_reason" in out.columns:
+        out.loc[new, "flag_reason"] = BATCH_SHIFT
+    return out
+
+
 def neutralise(value):
-    """Make a text cell safe to open in a spreadsheet."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """Make a text cell safe to open in a spreadsheet. A number written as text (``-0.0071``, a negative
+    unfamiliarity score) is a number to a spreadsheet too, not a formula: left as it is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _is_number(value):
         return "'" + value
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text  # a leading tab or carriage return is never left alone
 
 
 def to_csv(frame: pd.DataFrame, path=None, **extra_columns) -> str | None:
