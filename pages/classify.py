@@ -12,7 +12,9 @@ from hematovision.app import report_views as report_ui
 from hematovision.app import state as app_state
 from hematovision.config import data_root
 from hematovision.imaging.decode import decode_image
+from hematovision.reports import hold_frame
 from hematovision.review import store as review
+from hematovision.serving import BATCH_SHIFT
 from hematovision.trust import banner_text, frame_shift
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "zip"]
@@ -109,6 +111,9 @@ if todo:
 
 preds, thumbs = batching.assemble(entries, cache, clf.version)
 frame = batching.results_frame(preds, thumbs, classes, threshold)
+shift = frame_shift(frame, clf.trust)  # the batch verdict: when it fires, the whole batch is held for review
+if shift.detected:
+    frame = hold_frame(frame)
 # Flagged predictions go to the review queue (SQLite); decisions made there come back as columns.
 store = app_state.review_store()
 if store is not None:
@@ -124,7 +129,8 @@ m[1].metric("Classified", summary.n_classified)
 m[2].metric(
     "Flagged for review",
     summary.n_flagged,
-    help=f"Confidence below the threshold {display.threshold_text(threshold)} (sidebar), or unfamiliar",
+    help=f"Confidence below the threshold {display.threshold_text(threshold)} (sidebar), or unfamiliar; every "
+    "classified image when the batch looks unlike the training images (the warning below)",
 )
 m[3].metric(
     "Reviewed",
@@ -136,13 +142,10 @@ m[4].metric("Errors", summary.n_errors)
 m[5].metric(
     "Unidentified",
     summary.n_unidentified,
-    help="Unfamiliar cells: unlike the training images (not a white cell, or another laboratory's stain or camera). "
-    "Left out of the differential until a person classifies them (they are on the review list). White cells of "
-    "other types (basophils, blasts, immature granulocytes) are often not caught: check the slide.",
+    help=display.UNIDENTIFIED_HELP,
 )
-shift = frame_shift(frame, clf.trust)
 if shift.detected:
-    st.warning(banner_text(shift), icon="⚠️")
+    st.warning(banner_text(shift, held=True), icon="⚠️")
     if store is not None and st.button(
         f"Review a sample of this batch (up to {batching.SAMPLE_PER_CLASS} per predicted class)",
         key="hv_review_sample",
@@ -246,6 +249,9 @@ if truth:
 if frame.at[pick, "flag_reason"] == "unfamiliar":
     d2.warning("Unfamiliar: unlike the images the model was trained on (not a white cell, or another laboratory's "
                "stain or camera). Left out of the differential until a person classifies it.")
+elif frame.at[pick, "flag_reason"] == BATCH_SHIFT:
+    d2.warning("Held with its batch: this batch looks unlike the training images (the warning above), so no "
+               "prediction in it is accepted without a person's check.")
 elif frame.at[pick, "flagged"]:
     d2.warning("Confidence below the review threshold: a person should check this one.")
 

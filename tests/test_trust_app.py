@@ -131,3 +131,48 @@ def test_adapt_from_a_batchs_reviews_on_the_review_page_switches_to_the_new_vers
     counts = persistence.load_card(versions.adapted_root() / "lab-guided").training["adaptation"]["labeled_counts"]
     assert sum(counts.values()) == used  # this batch's decisions, none of b2's
     assert any("not refitted" in w.value for w in at.warning)  # the tiny parent has no split to refit from
+
+
+def _shifted_trust_file(model_dir: Path) -> None:
+    """A trust.npz calling no image unfamiliar one by one, but whose validation scores all sit far below any batch's:
+    every batch of 20 or more is called shifted by the score-distribution rule."""
+    _trust_file(model_dir, everything_unfamiliar=False)
+    tm = unfamiliar.load(model_dir, persistence.load_card(model_dir).model_sha256)
+    tm.val_scores = np.full(100, -2e9, np.float32)
+    unfamiliar.save(tm, model_dir)
+
+
+def test_a_shifted_batch_is_held_for_review(monkeypatch, tmp_path):
+    d = make_tiny_model_dir(tmp_path / "m")
+    _shifted_trust_file(d)
+    at = _page_after_upload(monkeypatch, d, 20)
+    text = " ".join(w.value for w in at.warning)
+    assert "unlike the images the model was trained on" in text and "Held for review" in text
+    assert str(_metric(at, "Unidentified")) == "0" and str(_metric(at, "Flagged for review")) == "20"
+    rows = _results(at)
+    assert rows["flagged"].all() and "batch_shift" in set(rows["flag_reason"])
+    assert set(rows["flag_reason"]) <= {"batch_shift", "low_confidence"}
+    diff = next(df.value for df in at.dataframe if "percent" in df.value.columns)
+    assert diff["count"].sum() == 20  # held cells stay in the (provisional) differential
+
+
+def test_whole_fields_mode_shows_the_banner_and_holds_a_shifted_batch(monkeypatch, tmp_path):
+    from hematovision.detection.synthetic import WhiteCell, make_field
+    from test_app_fields import _png
+
+    d = make_tiny_model_dir(tmp_path / "m")
+    _shifted_trust_file(d)
+    monkeypatch.setenv("HEMATOVISION_MODEL", str(d))
+    at = AppTest.from_file(HOME, default_timeout=90)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    at.radio(key="hv_mode").set_value("Whole fields").run()
+    cells = (WhiteCell(150, 140, 60, 3), WhiteCell(460, 300, 55, 1), WhiteCell(300, 380, 65, 4))
+    files = [(f"f{k}.png", _png(make_field(cells=cells, seed=k)), "image/png") for k in range(8)]
+    at.file_uploader(key="hv_fields_uploader").set_value(files).run()
+    assert not at.exception, at.exception
+    table = next(t.value for t in at.dataframe if "cell" in t.value.columns)
+    assert table["cell"].notna().sum() >= 20 and table.loc[table["cell"].notna(), "flagged"].all()
+    assert "batch_shift" in set(table["flag_reason"])
+    assert "Held for review" in " ".join(w.value for w in at.warning)
+    assert str(_metric(at, "Unidentified")) == "0"

@@ -20,6 +20,12 @@ ACCEPTED_MARK = "✓ accepted"
 ERROR_MARK = "✗ error"
 REVIEWED_MARK = "🧑‍🔬 reviewed"
 
+#: The "Unidentified" count's help, in both modes of the Classify page.
+UNIDENTIFIED_HELP = (
+    "Unfamiliar cells: unlike the training images (not a white cell, or another laboratory's stain or camera). Left "
+    "out of the differential until a person classifies them (they are on the review list). White cells of other types "
+    "(basophils, blasts, immature granulocytes) are often not caught: check the slide."
+)
 
 def threshold_choice_text(record: dict) -> str:
     """How the model's default threshold was chosen, from the card's ``threshold`` record (empty if unknown)."""

@@ -28,7 +28,9 @@ from ..imaging.sources import from_bytes, iter_uploads
 from ..reports import tables as report
 from ..review import store as review
 from ..serving.classifier import is_flagged
+from ..trust import banner_text, frame_shift
 from .batching import summarise, thumbnail_uri
+from .display import UNIDENTIFIED_HELP
 
 #: One colour per class (RGB), in the model's class order, for boxes and the legend.
 PALETTE = [(230, 120, 20), (40, 120, 230), (30, 160, 60), (200, 40, 160), (120, 120, 120)]
@@ -141,22 +143,22 @@ class FieldSession:
 def cells_frame(
     results: Sequence[FieldResult], classes: Sequence[str], threshold: float, decisions: dict
 ) -> pd.DataFrame:
-    """One row per cell (and per empty or unreadable field), flagged at ``threshold``, with review columns
-    and a ``thumbnail`` data URI per cell."""
-    frame = fields_frame(results, classes)
+    """One row per cell (and per empty or unreadable field), flagged at ``threshold`` (with ``flag_reason``), with
+    review columns and a ``thumbnail`` data URI per cell."""
+    frame = report.apply_threshold(fields_frame(results, classes), threshold)
     thumbs = [thumbnail_uri(c.prediction.thumbnail) for r in results for c in r.cells]
     it = iter(thumbs)
     frame["thumbnail"] = ["" if pd.isna(k) else next(it) for k in frame["cell"]]
     has_cell = frame["cell"].notna()
-    frame["flagged"] = has_cell & ((frame["confidence"] < threshold) | report.unfamiliar_of(frame))
     frame = report.with_reviews(frame, decisions)
     frame.loc[~has_cell, "final_class"] = ""
     return frame
 
 
 def cells_csv(frame: pd.DataFrame, classes: Sequence[str], threshold: float, version: str) -> str:
-    """The per-cell CSV: ``classify --fields`` columns, the review columns, threshold and model version."""
-    cols = report.columns(classes) + report.REVIEW_COLUMNS + CELL_COLUMNS
+    """The per-cell CSV: ``classify --fields`` columns (the trust columns included), the review columns, threshold
+    and model version."""
+    cols = report.columns(classes) + report.REVIEW_COLUMNS + CELL_COLUMNS + report.TRUST_COLUMNS
     return report.to_csv(frame[cols], threshold=float(threshold), model_version=version)
 
 
@@ -201,18 +203,27 @@ def render(clf, threshold: float, store) -> None:
         decisions = {sha: d for (sha, _), d in store.current(clf.version).items()}
         _queue_flagged(store, sess, results, clf, threshold)
     frame = cells_frame(results, classes, threshold, decisions)
+    shift = frame_shift(frame[frame["cell"].notna()], clf.trust)  # as in single-cell mode: a shifted batch is held
+    if shift.detected:
+        frame = report.hold_frame(frame)
     cell_rows = frame[frame["cell"].notna()]
 
     st.subheader("Summary")
     summary = summarise(cell_rows, classes)
-    m = st.columns(5)
+    m = st.columns(3) + st.columns(3)  # two rows of three, as in single-cell mode
     m[0].metric("Fields", len(results))
     m[1].metric("White cells", len(cell_rows))
     m[2].metric(
-        "Flagged for review", int(cell_rows["flagged"].sum()), help=f"Confidence below the threshold {threshold:.3f}"
+        "Flagged for review",
+        int(cell_rows["flagged"].sum()),
+        help=f"Confidence below the threshold {threshold:.3f}, or unfamiliar; every cell when the batch looks unlike "
+        "the training images (the warning below)",
     )
     m[3].metric("Fields without a white cell", sum(1 for r in results if r.ok and not r.cells))
     m[4].metric("Errors", sum(1 for r in results if not r.ok))
+    m[5].metric("Unidentified", summary.n_unidentified, help=UNIDENTIFIED_HELP)
+    if shift.detected:
+        st.warning(banner_text(shift, held=True), icon="⚠️")
     s1, s2 = st.columns([2, 3])
     s1.dataframe(
         summary.differential,

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 
-from ..reports.tables import TRUST_COLUMNS, columns, trust_cells, trust_values
+from ..reports.tables import NEAR_SOURCE, TRUST_COLUMNS, columns, trust_cells, trust_values
 from ..serving.classifier import Prediction
 from ..stats.domain_shift import domain_shift_counts
 from .cells import FieldResult
@@ -34,7 +34,7 @@ def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.D
 
     Columns: :func:`field_columns` without threshold and model version, plus ``sha256`` (the cell's
     review key, see :func:`~.cells.cell_key`), ``field_sha256`` and ``field_index`` (0-based position
-    of the field in the run).
+    of the field in the run), and ``near_source`` (each cell's nearest training source, for the batch verdict).
     """
     rows = []
     for fi, r in enumerate(results):
@@ -59,6 +59,7 @@ def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.D
                     "unfamiliar": False,
                     "flag_reason": "",
                     "unfamiliarity": float("nan"),
+                    NEAR_SOURCE: "",
                 }
             )
             continue
@@ -82,9 +83,10 @@ def fields_frame(results: Iterable[FieldResult], classes: Sequence[str]) -> pd.D
                     "note": note,
                     "sha256": p.sha256,
                     **trust_values(p),
+                    NEAR_SOURCE: p.near_source,
                 }
             )
-    cols = columns(classes) + CELL_COLUMNS + ["sha256", "field_sha256", "field_index"] + TRUST_COLUMNS
+    cols = columns(classes) + CELL_COLUMNS + ["sha256", "field_sha256", "field_index"] + TRUST_COLUMNS + [NEAR_SOURCE]
     frame = pd.DataFrame(rows, columns=cols)
     for k in ("cell", "x0", "y0", "x1", "y1"):
         frame[k] = frame[k].astype("Int64")

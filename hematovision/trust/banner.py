@@ -30,8 +30,9 @@ def frame_shift(frame: pd.DataFrame, trust) -> DomainShift:
     )
 
 
-def banner_text(shift: DomainShift) -> str:
-    """Markdown for the Classify page's warning when ``shift.detected``: what it means, what to do."""
+def banner_text(shift: DomainShift, held: bool = False) -> str:
+    """Markdown for the Classify page's warning when ``shift.detected``: what it means, what to do; ``held``: the
+    batch's predictions are all flagged for review (the batch hold), and the banner says so."""
     unf = round(shift.score * shift.n)
     what = (
         f"{unf} of {shift.n} images ({shift.score:.0%}) are unfamiliar, against about {shift.expected:.0%} for images "
@@ -45,11 +46,18 @@ def banner_text(shift: DomainShift) -> str:
             + f" (about 50% for images like the training data), although only {unf} of {shift.n} "
             f"({shift.score:.0%}) are unfamiliar enough to be flagged one by one."
         )
+    hold = (
+        "**Held for review:** every prediction in this batch is flagged, the confident ones too (reason `batch_shift` "
+        "in the CSV), as a failed quality control holds an analyzer's results; the differential is provisional.\n\n"
+        if held
+        else ""
+    )
     return (
         f"**This batch looks unlike the images the model was trained on.** {what}\n\n"
-        "**What it means:** expect lower accuracy than the model card reports on this batch, also among the "
-        "predictions that are not flagged; another laboratory's stain, camera or crop typically does this. "
-        "Unfamiliar cells are left out of the differential (counted as *Unidentified*).\n\n"
+        "**What it means:** expect lower accuracy than the model card reports on this batch, confident predictions "
+        "included; another laboratory's stain, camera or crop typically does this. Unfamiliar cells are left out of "
+        "the differential (counted as *Unidentified*).\n\n"
+        f"{hold}"
         "**What to do:** review a sample of the batch (about 20 cells per class) on the Review page, then build a "
         "version adapted to your laboratory from those reviews on the **Model versions** page, and classify the "
         "batch again with it."
