@@ -468,3 +468,25 @@ def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
     results.write_bytes(b"\xef\xbb\xbf" + results.read_bytes())  # as spreadsheet programs save "CSV UTF-8"
     c = rc.report_from_csv(results)
     assert c.total_cells == 3 and c.differential[0].count == 3
+
+
+def test_a_held_batch_is_preliminary_and_says_how_many_were_held(tmp_path):
+    from hematovision.reports.results_file import hold_results
+
+    results = write_results(tmp_path / "b", MIXED)
+    rows = list(csv.reader(results.open(newline="")))  # with the trust columns, as classify writes them
+    flag = rows[0].index("flagged")
+    rows = [rows[0] + report.TRUST_COLUMNS] + [
+        r + ["False", "low_confidence" if r[flag] == "True" else "", ""] for r in rows[1:]
+    ]
+    with results.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    before = rc.report_from_csv(results)
+    held = hold_results(results)
+    c = rc.report_from_csv(results)
+    assert held > 0 and before.n_held == 0 and c.n_held == held
+    assert c.status.n_flagged == before.status.n_flagged + held and c.status.preliminary
+    assert c.differential == before.differential  # held cells stay in the differential
+    pdf = tmp_path / "held.pdf"
+    pdf.write_bytes(render_pdf(c))
+    assert re.search(rf"Held\s+for\s+review\s+with\s+their\s+batch.*?\s{held}\b", pdf_text(pdf))

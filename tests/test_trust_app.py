@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import CLASSES, image_bytes, make_tiny_model_dir
+from hematovision.detection.synthetic import WhiteCell, make_field
 from hematovision.modeling import persistence, unfamiliar, versions
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -157,9 +159,6 @@ def test_a_shifted_batch_is_held_for_review(monkeypatch, tmp_path):
 
 
 def test_whole_fields_mode_shows_the_banner_and_holds_a_shifted_batch(monkeypatch, tmp_path):
-    from hematovision.detection.synthetic import WhiteCell, make_field
-    from test_app_fields import _png
-
     d = make_tiny_model_dir(tmp_path / "m")
     _shifted_trust_file(d)
     monkeypatch.setenv("HEMATOVISION_MODEL", str(d))
@@ -168,7 +167,8 @@ def test_whole_fields_mode_shows_the_banner_and_holds_a_shifted_batch(monkeypatc
     at.switch_page("pages/classify.py").run()
     at.radio(key="hv_mode").set_value("Whole fields").run()
     cells = (WhiteCell(150, 140, 60, 3), WhiteCell(460, 300, 55, 1), WhiteCell(300, 380, 65, 4))
-    files = [(f"f{k}.png", _png(make_field(cells=cells, seed=k)), "image/png") for k in range(8)]
+    files = [(f"f{k}.png", cv2.imencode(".png", make_field(cells=cells, seed=k))[1].tobytes(), "image/png")
+             for k in range(8)]
     at.file_uploader(key="hv_fields_uploader").set_value(files).run()
     assert not at.exception, at.exception
     table = next(t.value for t in at.dataframe if "cell" in t.value.columns)

@@ -33,8 +33,8 @@ def table_columns(classes: list[str]) -> tuple[dict, list[str]]:
         "status": st.column_config.TextColumn(
             "Status",
             width="small",
-            help="⚠️ flagged for review (confidence below the threshold), ✓ accepted, 🧑‍🔬 reviewed by a person, "
-                 "✗ could not be read",
+            help="⚠️ flagged for review (confidence below the threshold, unfamiliar, or held with a batch that looks "
+                 "unlike the training images), ✓ accepted, 🧑‍🔬 reviewed by a person, ✗ could not be read",
         ),
         "thumbnail": st.column_config.ImageColumn("Cell", width="small", help="What the network saw: the framed cell"),
         "name": st.column_config.TextColumn(

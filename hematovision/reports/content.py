@@ -33,6 +33,7 @@ from ..imaging.decode import decode_image, thumbnail
 from ..imaging.framing import FRAMINGS, model_input
 from ..imaging.limits import DEFAULT_LIMITS
 from ..modeling import persistence, versions
+from ..serving.classifier import BATCH_SHIFT
 from . import tables as report
 from .tables import UNUSABLE
 
@@ -204,6 +205,7 @@ class ReportContent:
     fields_left_out: int
     n_images_missing: int  # gallery cells without an image
     field_mode: bool
+    n_held: int = 0  # flagged only because the whole batch looked unlike the training images (flag_reason batch_shift)
     reference_label: str = REFERENCE_LABEL
     disclaimer: str = DISCLAIMER
 
@@ -637,6 +639,9 @@ def build_report(
         fields=tuple(fields),
         n_images_missing=missing,
         field_mode=field_mode,
+        n_held=int((has_cell & (frame["flag_reason"].fillna("").astype(str) == BATCH_SHIFT)).sum())
+        if "flag_reason" in frame.columns
+        else 0,
     )
 
 

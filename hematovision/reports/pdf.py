@@ -222,6 +222,8 @@ def _differential_block(c: ReportContent, s, width: float):
     ]
     if c.field_mode:
         other.append(["Fields in which no white cell was found", str(c.n_no_cell)])
+    if c.n_held:
+        other.insert(0, ["Held for review with their batch (it looks unlike the training images)", str(c.n_held)])
     o = Table(other, colWidths=[0.64 * width, 0.36 * width], hAlign="LEFT")
     o.setStyle(
         TableStyle(
