@@ -44,7 +44,8 @@ def _groups(model_dir: Path, root: Path) -> dict[str, list[ds.LabeledImage]]:
 
 
 def extract(clf: Classifier, model_dir: Path, root: Path) -> dict[str, np.ndarray]:
-    """Per group: true class, predicted probabilities, unfamiliar flag (False without trust statistics)."""
+    """Per group: true class, predicted probabilities, unfamiliar flag (False without trust statistics); with
+    them also the unfamiliarity scores and each image's nearest training source."""
     out = {}
     groups = _groups(model_dir, root)
     decoded = {k: [read_rgb(i.path) for i in v] for k, v in groups.items()}
@@ -55,6 +56,10 @@ def extract(clf: Classifier, model_dir: Path, root: Path) -> dict[str, np.ndarra
         scores = clf.unfamiliarity(probs, feats)
         odd = np.zeros(len(y), bool) if scores is None else np.array([clf.trust.unfamiliar(s) for s in scores])
         out[f"{name}/y"], out[f"{name}/p"], out[f"{name}/u"] = y, probs, odd
+        if scores is not None:  # for the batch rule (scripts/hold_check.py): the scores and each nearest source
+            near = clf.trust.nearest_source(feats)
+            out[f"{name}/s"] = scores
+            out[f"{name}/src"] = np.full(len(y), "") if near is None else np.asarray(near, str)
         print(f"  {name:36s} n={len(y):5d} acc={np.mean(probs.argmax(1) == y):.1%} unfamiliar={odd.mean():.1%}",
               flush=True)
 
@@ -99,6 +104,19 @@ def table(data: dict[str, np.ndarray], thresholds: list[float]) -> str:
     return "\n".join(lines)
 
 
+def cached(clf: Classifier, model_dir: Path, root: Path) -> dict[str, np.ndarray]:
+    """:func:`extract`'s arrays, from ``.cache/threshold/VERSION-v2.npz`` when there (v2: with scores and sources)."""
+    cache = CACHE / f"{clf.version.replace('@', '-')}-v2.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
+    print(f"{clf.version}: classifying validation images and their shifted copies", flush=True)
+    data = extract(clf, model_dir, root)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **data)
+    return data
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", type=Path, default=[REPO / "models"])
@@ -109,15 +127,7 @@ def main() -> int:
     thresholds = [float(t) for t in args.thresholds.split(",")]
     for model_dir in args.models:
         clf = Classifier.load(model_dir)
-        cache = CACHE / f"{clf.version.replace('@', '-')}.npz"
-        if cache.exists():
-            with np.load(cache) as z:
-                data = {k: z[k] for k in z.files}
-        else:
-            print(f"{clf.version}: classifying validation images and their shifted copies", flush=True)
-            data = extract(clf, Path(model_dir), root)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **data)
+        data = cached(clf, Path(model_dir), root)
         print(f"\n{clf.version} (its review threshold {clf.default_threshold:.3f})\n")
         print(table(data, sorted(set(thresholds + [round(clf.default_threshold, 3)]))))
     return 0

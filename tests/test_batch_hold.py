@@ -16,7 +16,7 @@ from hematovision.detection.report import summarise_fields, summarise_images
 from hematovision.detection.wbc import CellBox
 from hematovision.reports import tables
 from hematovision.reports.results_file import ResultsWriter, hold_csv, hold_results
-from hematovision.serving.classifier import BATCH_SHIFT, Prediction, hold_prediction
+from hematovision.serving.classifier import BATCH_SHIFT, Prediction
 
 
 def _pred(name, cls="neutrophil", conf=0.95, unfamiliar=False, error="", score=0.0):
@@ -31,15 +31,6 @@ def _batch():
     preds = [_pred(f"=ok{k}.png") for k in range(30)] + [_pred(f"low{k}.png", conf=0.4) for k in range(5)]
     preds += [_pred(f"odd{k}.png", "monocyte", 0.9, unfamiliar=True, score=9.0) for k in range(25)]
     return preds + [_pred("broken.png", error="not an image")]
-
-
-def test_hold_prediction_flags_only_accepted_classified_predictions():
-    ok, low, odd, err = _pred("a"), _pred("b", conf=0.4), _pred("c", unfamiliar=True), _pred("d", error="x")
-    held = hold_prediction(ok)
-    assert held.flagged and held.held and held.flag_reason == BATCH_SHIFT and held.predicted_class == "neutrophil"
-    assert hold_prediction(low) == low and low.flag_reason == "low_confidence"
-    assert hold_prediction(odd) == odd and odd.flag_reason == "unfamiliar"
-    assert hold_prediction(err) == err and not err.flagged
 
 
 def test_summary_hold_counts_every_classified_prediction_as_flagged():

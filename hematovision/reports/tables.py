@@ -100,7 +100,7 @@ def apply_threshold(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 
 def hold_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The batch hold on a results table (``serving.classifier.hold_prediction`` row by row): every classified
+    """The batch hold on a results table (see ``serving.classifier.BATCH_SHIFT``): every classified
     row not yet flagged becomes flagged, ``flag_reason`` ``batch_shift``. Error rows and rows without a class (a
     field without a white cell) stay as they are."""
     out = frame.copy()

@@ -6,7 +6,7 @@
 ``ray_engine``: the same classification on Ray Data (``classify --engine ray``; imported by name, Ray only when run).
 """
 
-from .classifier import BATCH_SHIFT, Classifier, Prediction, flag_reason, hold_prediction, is_flagged
+from .classifier import BATCH_SHIFT, Classifier, Prediction, flag_reason, is_flagged
 from .gradcam import GradCam, HeatMap, for_classifier, overlay
 from .litert import LiteRTRuntime, check_images, check_litert, export_litert
 
@@ -22,7 +22,6 @@ __all__ = [
     "export_litert",
     "flag_reason",
     "for_classifier",
-    "hold_prediction",
     "is_flagged",
     "overlay",
 ]

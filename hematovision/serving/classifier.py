@@ -48,7 +48,6 @@ class Prediction:
     unfamiliar: bool = False  # unlike the training images (modeling.unfamiliar); always False without trust.npz
     unfamiliarity: float = math.nan  # the score behind it (nan without trust.npz)
     near_source: str = ""  # the training source its nearest bank image came from ("" when trust.npz records none)
-    held: bool = False  # flagged only because its whole batch looks unlike the training data (hold_prediction)
 
     @property
     def ok(self) -> bool:
@@ -56,8 +55,8 @@ class Prediction:
 
     @property
     def flag_reason(self) -> str:
-        """Why it is flagged: ``"unfamiliar"`` (it wins), ``"low_confidence"``, ``"batch_shift"`` or ``""``."""
-        return flag_reason(self.flagged, self.unfamiliar, self.held)
+        """Why it is flagged: ``"unfamiliar"`` (it wins when both hold), ``"low_confidence"``, or ``""``."""
+        return flag_reason(self.flagged, self.unfamiliar)
 
 
 @dataclass
@@ -77,21 +76,16 @@ def is_flagged(confidence: float, threshold: float, unfamiliar: bool = False) ->
     return bool(confidence < threshold or unfamiliar)
 
 
-#: ``flag_reason`` of a prediction flagged only because the batch was held (:func:`hold_prediction`).
+#: ``flag_reason`` of a row flagged only because its whole batch was held for review: the batch looked unlike the
+#: training data, as a failed quality control holds an analyzer's results (``reports.tables.hold_frame``,
+#: ``reports.results_file.hold_results``). A prediction itself never carries it.
 BATCH_SHIFT = "batch_shift"
 
 
-def flag_reason(flagged: bool, unfamiliar: bool, held: bool = False) -> str:
-    """The CSV's ``flag_reason``: ``unfamiliar``, ``batch_shift`` (held with its batch, otherwise accepted),
-    ``low_confidence`` or empty."""
-    return "unfamiliar" if unfamiliar else BATCH_SHIFT if held else "low_confidence" if flagged else ""
-
-
-def hold_prediction(p: Prediction) -> Prediction:
-    """``p`` flagged for review because its whole batch looks unlike the training data (the batch hold, as a
-    failed quality-control run holds an analyzer's results): a classified prediction that was accepted becomes
-    flagged with reason ``batch_shift``; errors and predictions already flagged are returned as they are."""
-    return replace(p, flagged=True, held=True) if p.ok and not p.flagged else p
+def flag_reason(flagged: bool, unfamiliar: bool) -> str:
+    """The CSV's ``flag_reason``: ``unfamiliar``, ``low_confidence`` or empty (``batch_shift`` is added by the
+    batch hold, on the rows)."""
+    return "unfamiliar" if unfamiliar else "low_confidence" if flagged else ""
 
 
 class Classifier:

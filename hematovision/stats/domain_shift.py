@@ -142,7 +142,7 @@ def _message(detected: bool, x: int, n: int, share: float, p0: float, thr: float
             )
         return (
             f"This batch looks unlike the images the model was trained on: {what}. Expect lower accuracy than the "
-            "model card reports, also on the images not flagged. Review a sample of the batch, and adapt the model "
+            "model card reports, confident predictions included. Review a sample of the batch, and adapt the model "
             "to this laboratory (Model versions page) before relying on it."
         )
     msg = (
