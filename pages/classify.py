@@ -158,12 +158,8 @@ if shift.detected:
         st.success(f"{len(sample)} cells on the review list ({n} newly queued): open the Review page.")
 if summary.n_unusable:
     st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")
-s1, s2 = st.columns([2, 3])
-s1.dataframe(summary.differential, hide_index=True, column_config={
-    "class": st.column_config.TextColumn("Class"),
-    "count": st.column_config.NumberColumn("Count"),
-    "percent": st.column_config.NumberColumn("Percent", format="%.1f%%"),
-})
+s1, s2 = st.columns([1, 1])
+s1.dataframe(summary.differential, hide_index=True, column_config=results.differential_columns())
 s2.plotly_chart(results.differential_figure(summary.differential), width="stretch")
 by_version = batching.differential_by_version(entries, cache, classes, threshold)
 if by_version["version"].nunique() > 1:  # classified again with another version (e.g. one adapted from reviews)
@@ -181,11 +177,11 @@ app_state.init_state(
      "hv_unidentified_only": False}
 )
 chosen = st.pills("Predicted class", classes, selection_mode="multi", key="hv_filter_classes")
-f2, f5, f3, f4 = st.columns([1, 1, 1, 2])
-flagged_only = f2.checkbox("Flagged only", key="hv_flagged_only")
-unidentified_only = f5.checkbox("Unidentified only", key="hv_unidentified_only", help="Unfamiliar cells only")
-show_errors = f3.checkbox("Show errors", key="hv_show_errors")
-conf = f4.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range")
+checks = st.container(horizontal=True)  # each checkbox at its own width: whole labels in a narrow window
+flagged_only = checks.checkbox("Flagged only", key="hv_flagged_only")
+unidentified_only = checks.checkbox("Unidentified only", key="hv_unidentified_only", help="Unfamiliar cells only")
+show_errors = checks.checkbox("Show errors", key="hv_show_errors")
+conf = st.slider("Confidence range", 0.0, 1.0, step=0.01, key="hv_conf_range", width=400)
 view = batching.filter_frame(
     frame, batching.Filters(tuple(chosen or ()), flagged_only, tuple(conf), show_errors, unidentified_only)
 )

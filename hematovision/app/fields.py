@@ -31,6 +31,7 @@ from ..serving.classifier import is_flagged
 from ..trust import banner_text, frame_shift
 from .batching import summarise, thumbnail_uri
 from .display import UNIDENTIFIED_HELP
+from .results import differential_columns
 
 #: One colour per class (RGB), in the model's class order, for boxes and the legend.
 PALETTE = [(230, 120, 20), (40, 120, 230), (30, 160, 60), (200, 40, 160), (120, 120, 120)]
@@ -224,12 +225,8 @@ def render(clf, threshold: float, store) -> None:
     m[5].metric("Unidentified", summary.n_unidentified, help=UNIDENTIFIED_HELP)
     if shift.detected:
         st.warning(banner_text(shift, held=True), icon="⚠️")
-    s1, s2 = st.columns([2, 3])
-    s1.dataframe(
-        summary.differential,
-        hide_index=True,
-        column_config={"percent": st.column_config.NumberColumn("Percent", format="%.1f%%")},
-    )
+    s1, s2 = st.columns([1, 1])
+    s1.dataframe(summary.differential, hide_index=True, column_config=differential_columns())
     fig = px.bar(summary.differential, x="class", y="count", text="count", title="Differential (cells, final classes)")
     fig.update_layout(height=280, margin=dict(t=40, b=10))
     s2.plotly_chart(fig, width="stretch")
