@@ -69,6 +69,7 @@ def test_banner_sample_review_adapt_and_the_batch_again(server, tmp_path):
             page.locator("input[type=file]").first.set_input_files(files)
             expect(page.get_by_text(f"{N} of {N} rows shown")).to_be_visible()
             expect(page.get_by_text("This batch looks unlike the images the model was trained on")).to_be_visible()
+            expect(page.get_by_text("Held for review:")).to_be_visible()  # the whole batch is flagged, not hidden
 
             page.locator(".st-key-hv_review_sample button").first.click()
             expect(page.get_by_text(re.compile(rf"{N} cells on the review list"))).to_be_visible()

@@ -168,3 +168,29 @@ def test_default_engine_never_imports_ray(inputs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
     assert len(rows(tmp_path / "d.csv")) == 10
+
+
+def test_ray_engine_holds_a_shifted_batch_as_the_default_engine_does(ray_cluster, tmp_path):
+    """12 noise images (unfamiliar) and 12 generated blobs (familiar, confident): the batch is called shifted and
+    held by both engines, into the same CSV, and into Parquet parts with the same flags."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"noise_{i:02d}.png")
+        (folder / f"blob_{i:02d}.png").write_bytes(image_bytes("PNG", size=(96, 80), seed=100 + i))
+    default, ray_csv, ray_pq = tmp_path / "default.csv", tmp_path / "ray.csv", tmp_path / "ray.parquet"
+    assert main(["classify", str(folder), "--model", str(MODEL), "--out", str(default), "--quiet"]) == 0
+    want = rows(default)
+    assert all(r["flagged"] == "True" for r in want)
+    assert {r["flag_reason"] for r in want} == {"unfamiliar", "batch_shift"}
+    for out in (ray_csv, ray_pq):
+        args = ["classify", str(folder), "--model", str(MODEL), "--engine", "ray", "--out", str(out), "--quiet"]
+        assert main(args) == 0
+    assert ray_csv.read_text() == default.read_text()
+    table = pq.read_table(ray_pq).to_pandas()
+    assert list(table["flagged"]) == [True] * 24 and list(table["flag_reason"]) == [r["flag_reason"] for r in want]
