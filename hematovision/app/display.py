@@ -27,6 +27,7 @@ UNIDENTIFIED_HELP = (
     "(basophils, blasts, immature granulocytes) are often not caught: check the slide."
 )
 
+
 def threshold_choice_text(record: dict) -> str:
     """How the model's default threshold was chosen, from the card's ``threshold`` record (empty if unknown)."""
     target = record.get("target_accuracy")

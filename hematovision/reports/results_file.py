@@ -78,10 +78,10 @@ class ResultsWriter:
         names = _csv_names(self.out, self.cols) if resume and self.out.is_file() else None
         if names is not None:
             self._done, self.kept = set(names), len(names)
-            self._fh = open(self.out, "a", newline="")  # noqa: SIM115 (closed in close())
+            self._fh = open(self.out, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
             self._csv = csv.writer(self._fh)
         else:
-            self._fh = open(self.out, "w", newline="")  # noqa: SIM115 (closed in close())
+            self._fh = open(self.out, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
             self._csv = csv.writer(self._fh)
             self._csv.writerow(self.cols)
 
