@@ -392,7 +392,7 @@ def _classify_ray(args, out_path: Path | None, summary_path: Path | None) -> int
         raise UsageError("--engine ray needs Ray: pip install -r requirements-ray.txt")
     if args.fields:
         raise UsageError("--fields runs on the default engine only")
-    if out_path is None:
+    if out_path is None or _is_stream(out_path):
         raise UsageError("--engine ray writes to a file: give --out FILE.csv or FILE.parquet")
     for name in ("num_cpus", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -562,31 +562,40 @@ def cmd_classify(args) -> int:
 
 
 def _open_rows(out_path: Path | None, buffered: bool):
-    """Where the CSV rows go as they come: ``out_path``, or standard output. With the batch hold on, rows for
-    standard output wait in a temporary file (in memory up to 8 MB), since the hold may change them at the end."""
-    if out_path is not None:
+    """Where the CSV rows go as they come: ``out_path``, or standard output. With the batch hold on, rows for a
+    stream (standard output, ``/dev/stdout``, a pipe) wait in a temporary file (in memory up to 8 MB), since the
+    hold may change them at the end; a regular file is written as they come and rewritten if held. A stream is
+    opened for appending (``>>`` redirects stay whole)."""
+    if out_path is not None and not _is_stream(out_path):
         return open(out_path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed by _close_rows)
     if buffered:
         return tempfile.SpooledTemporaryFile(max_size=1 << 23, mode="w+", newline="", encoding="utf-8")
-    return sys.stdout
+    return sys.stdout if out_path is None else open(out_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+
+
+def _is_stream(path: Path) -> bool:
+    """A path to write once and never read back or replace: ``/dev/stdout`` and the like, a pipe, a device."""
+    return str(path.absolute()).startswith(("/dev/", "/proc/")) or (path.exists() and not path.is_file())
 
 
 def _close_rows(fh, out_path: Path | None, summary: RunSummary | None) -> None:
     """Finish the rows of :func:`_open_rows`: with a ``summary`` (the batch hold on), apply the hold when the batch
-    is called shifted (:meth:`RunSummary.hold`); then close the file, or copy the waiting rows to standard output
+    is called shifted (:meth:`RunSummary.hold`); then close the file, or copy the waiting rows to their stream
     (also after an interruption, unchanged)."""
     changed = summary is not None and summary.hold() > 0
-    if out_path is not None:
+    if isinstance(fh, tempfile.SpooledTemporaryFile):
+        fh.seek(0)
+        dst = sys.stdout if out_path is None else open(out_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        try:
+            (hold_csv if changed else shutil.copyfileobj)(fh, dst)
+        finally:
+            fh.close()
+            if dst is not sys.stdout:
+                dst.close()
+    elif fh is not sys.stdout:
         fh.close()
         if changed:
             hold_results(out_path)
-    elif fh is not sys.stdout:
-        fh.seek(0)
-        if changed:
-            hold_csv(fh, sys.stdout)
-        else:
-            shutil.copyfileobj(fh, sys.stdout)
-        fh.close()
 
 
 def _print_verdict(summary: RunSummary, checked: bool) -> None:

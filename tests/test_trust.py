@@ -401,6 +401,19 @@ def test_cli_holds_a_shifted_batch_for_review(trusted_model, tmp_path, capsys):
     assert json.loads(summ.read_text())["batch_held"] is False
 
 
+def test_held_rows_reach_a_stream_path_and_a_linked_file_keeps_its_link(trusted_model, tmp_path, capfd):
+    d, val_paths = trusted_model
+    folder = _shifted_batch(tmp_path / "batch", val_paths)
+    args = ["classify", str(folder), "--model", str(d), "--threshold", "0", "--quiet"]
+    assert main([*args, "--out", "/dev/stdout"]) == 0  # a device path: written once, never read back or replaced
+    out = capfd.readouterr().out
+    assert Path("/dev/stdout").is_symlink() and "batch_shift" in out and out.count("\n") == 41
+    target, link = tmp_path / "real.csv", tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert main([*args, "--out", str(link)]) == 0
+    assert link.is_symlink() and "batch_shift" in target.read_text() and not list(tmp_path.glob(".*tmp"))
+
+
 def test_model_without_trust_file_degrades_gracefully(tmp_path, capsys):
     d = make_tiny_model_dir(tmp_path / "m")
     assert Classifier.load(d).trust is None

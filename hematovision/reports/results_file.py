@@ -229,8 +229,11 @@ def hold_csv(src: IO[str], dst: IO[str]) -> int:
 
 def hold_results(out: str | Path) -> int:
     """Apply the batch hold to a finished results file in place: a CSV (rewritten through a temporary file
-    beside it, then renamed) or a Parquet folder (each part likewise). The number of rows held."""
-    out = Path(out)
+    beside it, then renamed) or a Parquet folder (each part likewise). A symbolic link is followed: the file it
+    points to is rewritten, the link stays. The number of rows held."""
+    out = Path(out).resolve()
+    if not out.is_file() and not out.is_dir():
+        raise ResultsFileError(f"{out} is not a results file that can be rewritten")
     if out.is_dir():
         return _hold_parquet(out)
     tmp = out.with_name(f".{out.name}.hold.tmp")
