@@ -8,6 +8,8 @@ Writes, under docs/screenshots/:
     evaluation.png  the Model evaluation page
     review.png      the Review page: a flagged sample with its Grad-CAM overlay and the decision buttons
     models.png      the Model versions page, with one adapted version ("lab-example") in the table
+    held.png        the Classify page on a simulated other laboratory (60 PBC validation cells re-stained and
+                    cropped like a rapid-stain laboratory): the batch warning, and the batch held for review
 
 Per-user state (review database, adapted versions) goes to a fresh temporary
 HEMATOVISION_HOME, never to the real one. The adapted version is made with the
@@ -21,14 +23,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
+import cv2
 from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from hematovision.app.devserver import dashboard, launch_chromium  # noqa: E402
 from hematovision.config import TRAINING_CLASSES, data_root  # noqa: E402
+from hematovision.data import datasets as ds  # noqa: E402
+from hematovision.evaluation.shifts import SUITE  # noqa: E402
+from hematovision.imaging.decode import read_rgb  # noqa: E402
+from hematovision.modeling import persistence  # noqa: E402
 
 SHOTS = ROOT / "docs" / "screenshots"
 
@@ -42,6 +50,19 @@ def adapt_example(home: Path, env: dict, per_class: int = 8) -> None:
             shutil.copy(f, labeled / c / f.name)
     subprocess.run([sys.executable, "-m", "hematovision", "adapt", str(labeled), "--name", "lab-example", "--quiet"],
                    cwd=ROOT, env=env, check=True, timeout=1800)
+
+
+def simulated_lab_zip(path: Path, n: int = 60) -> Path:
+    """A zip of ``n`` PBC validation cells under the stain-shift suite's ``lab_rapid_tight`` (JPEG)."""
+    items = [i for i in ds.read_manifest(ROOT / "models" / persistence.MANIFEST_FILE, data_root())
+             if i.split == "val" and "/pbc/" in str(i.path)]
+    family = next(f for f in SUITE if f.name == "lab_rapid_tight")
+    with zipfile.ZipFile(path, "w") as zf:
+        for j, item in enumerate(items[:: max(1, len(items) // n)][:n]):
+            rgb = family.apply(read_rgb(item.path), j)
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            zf.writestr(f"cell_{j:02d}.jpg", buf.tobytes())
+    return path
 
 
 def main() -> None:
@@ -98,6 +119,16 @@ def main() -> None:
             expect(page.get_by_text("Adapt to your laboratory")).to_be_visible()
             page.wait_for_timeout(3000)
             page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
+
+            # A simulated other laboratory: the warning and the hold
+            page.get_by_role("link", name="Classify").first.click()
+            page.locator("input[type=file]").first.set_input_files(str(simulated_lab_zip(home / "other_lab.zip")))
+            expect(page.get_by_text("Held for review:")).to_be_visible()
+            expect(page.locator('[data-testid="stSkeleton"]')).to_have_count(0)
+            expect(page.get_by_role("button", name="Stop", exact=True)).to_have_count(0)
+            page.mouse.move(0, 0)
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(SHOTS / "held.png"), full_page=False)
             browser.close()
     finally:
         shutil.rmtree(home, ignore_errors=True)
