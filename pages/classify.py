@@ -158,7 +158,7 @@ if shift.detected:
         st.success(f"{len(sample)} cells on the review list ({n} newly queued): open the Review page.")
 if summary.n_unusable:
     st.caption(f"{summary.n_unusable} image(s) reviewed as not a white cell / unusable: left out of the differential.")
-s1, s2 = st.columns([1, 1])
+s1, s2 = st.columns([4, 3])
 s1.dataframe(summary.differential, hide_index=True, column_config=results.differential_columns())
 s2.plotly_chart(results.differential_figure(summary.differential), width="stretch")
 by_version = batching.differential_by_version(entries, cache, classes, threshold)

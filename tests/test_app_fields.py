@@ -60,7 +60,7 @@ def test_whole_fields_mode_boxes_rows_review(env):
     assert "no white cell" in table["note"].iloc[3] and table["error"].iloc[4]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["White cells"] == "3" and metrics["Fields"] == "3" and metrics["Errors"] == "1"
-    assert metrics["Fields without a white cell"] == "1"
+    assert metrics["Empty fields"] == "1"
     diff = next(d.value for d in at.dataframe if "percent" in d.value.columns)
     assert int(diff["count"].sum()) == 3  # the differential counts cells
     assert at.get("download_button")  # per-cell CSV offered

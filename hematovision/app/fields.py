@@ -180,12 +180,12 @@ def render(clf, threshold: float, store) -> None:
         on_change=on_upload,
         help="Every white cell found gets a row; a field without one gets a row saying so.",
     )
-    c1, c2, _ = st.columns([1, 1, 3])
-    if SAMPLE_FIELDS and c1.button(
+    actions = st.container(horizontal=True)  # buttons at their own width: whole labels in a narrow window
+    if SAMPLE_FIELDS and actions.button(
         "Load sample field", help="A generated field (sample_data/field_*.jpg), not patient data"
     ):
         sess.set_uploads([(p.name, p.read_bytes()) for p in SAMPLE_FIELDS])
-    if sess.uploads and c2.button("Clear fields"):
+    if sess.uploads and actions.button("Clear fields"):
         sess.set_uploads([])
         st.rerun()
     if not sess.uploads:
@@ -220,14 +220,14 @@ def render(clf, threshold: float, store) -> None:
         help=f"Confidence below the threshold {threshold:.3f}, or unfamiliar; every cell when the batch looks unlike "
         "the training images (the warning below)",
     )
-    m[3].metric("Fields without a white cell", sum(1 for r in results if r.ok and not r.cells))
+    m[3].metric("Empty fields", sum(1 for r in results if r.ok and not r.cells), help="Fields without a white cell")
     m[4].metric("Errors", sum(1 for r in results if not r.ok))
     m[5].metric("Unidentified", summary.n_unidentified, help=UNIDENTIFIED_HELP)
     if shift.detected:
         st.warning(banner_text(shift, held=True), icon="⚠️")
-    s1, s2 = st.columns([1, 1])
+    s1, s2 = st.columns([4, 3])
     s1.dataframe(summary.differential, hide_index=True, column_config=differential_columns())
-    fig = px.bar(summary.differential, x="class", y="count", text="count", title="Differential (cells, final classes)")
+    fig = px.bar(summary.differential, x="class", y="count", text="count", title="Differential (final classes)")
     fig.update_layout(height=280, margin=dict(t=40, b=10))
     s2.plotly_chart(fig, width="stretch")
 

@@ -77,7 +77,7 @@ def table_rows(view: pd.DataFrame, tz: str | None) -> pd.DataFrame:
 def differential_columns() -> dict:
     """The differential table's columns, narrow enough for an 800 px window with the sidebar open."""
     return {
-        "class": st.column_config.TextColumn("Class", width="small"),
+        "class": st.column_config.TextColumn("Class"),
         "count": st.column_config.NumberColumn("Count", width="small"),
         "percent": st.column_config.NumberColumn("Percent", format="%.1f%%", width="small"),
     }
@@ -85,7 +85,7 @@ def differential_columns() -> dict:
 
 def differential_figure(differential: pd.DataFrame):
     """Bar chart of the differential (final classes)."""
-    fig = px.bar(differential, x="class", y="count", text="count", title="Class distribution (final classes)")
+    fig = px.bar(differential, x="class", y="count", text="count", title="Differential (final classes)")
     fig.update_layout(height=300, margin=dict(t=40, b=10))
     return fig
 
