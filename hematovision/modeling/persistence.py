@@ -283,6 +283,10 @@ def render_card(card: ModelCard) -> str:
             f"of {tr.get('validation_images')} validation images unfamiliar. Fitted {tr.get('fitted', '')}; measured "
             "figures in evaluation.json (`trust`) and docs/trust.md.",
             "",
+            "A batch whose images are, as a whole, unlike the validation images (`domain_shift` in `classify "
+            "--summary`) is held for review: every prediction in it is flagged, the confident ones with `flag_reason` "
+            "`batch_shift` (`--no-batch-hold` keeps them accepted).",
+            "",
         ]
         if tr.get("lab_cells"):  # an adapted version: its labeled cells are in-domain for it
             lab = tr["lab_cells"]
