@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import cv2
+import numpy as np
 from test_adapt import _blobs
 from test_trust import _model_with_split
 
@@ -65,8 +66,13 @@ def test_an_adapted_version_gets_its_own_unfamiliar_check_with_the_lab_cells_in_
     # a second refit of a version of this parent reads the parent's activations from the refit cache: same check
     again = refit_version(new, root)
     assert again.fitted and again.record["features_from"].endswith("read from the refit cache")
-    # (float16 activations: the tiny model's 48 validation scores move a little; the shipped model's: docs/trust.md)
-    assert abs(again.record["threshold"] - rec["threshold"]) < 0.05 * max(1.0, abs(rec["threshold"]))
+    # float16 activations move the tiny model's 48 validation scores a little, and the score's centre and scale are
+    # refitted on them (the shipped model's: docs/trust.md). What must hold: the same order of the validation images,
+    # the same share called unfamiliar, and a threshold that moved by a small part of the scores' spread.
+    tm2 = unfamiliar.load(new, card.model_sha256)
+    rank1, rank2 = (np.argsort(np.argsort(np.asarray(t.val_scores))) for t in (tm, tm2))
+    assert np.corrcoef(rank1, rank2)[0, 1] > 0.95
+    assert abs(again.record["threshold"] - rec["threshold"]) < 0.1 * float(np.ptp(tm.val_scores))
     assert again.record["validation_unfamiliar_share"] == rec["validation_unfamiliar_share"]
     assert again.record["validation_images"] == rec["validation_images"] and again.record["bank_images"] == 40
 
