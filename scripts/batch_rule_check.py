@@ -244,6 +244,34 @@ def measure(args) -> None:
             fl = {"pbc": fp, "kaggle": fk}
             rules[f"share or source-matched rank >= pbc {fp:.2f} / kaggle {fk:.2f}"] = (
                 lambda s, c, nr, fl=fl: verdict(s, nr, floors=fl))
+    # Not served (a candidate): the share rule source-matched too. Each nearest-source part of at least MIN_BATCH
+    # images against its own source's reference share (first half, by nearest source), floor max(MIN_SHARE, k * p0_s);
+    # the rank rule as served.
+    p0_src = {so: float(np.mean(scores[~hold][near_val[~hold] == so] > thr)) for so in ("pbc", "kaggle")}
+    print(f"reference unfamiliar share by nearest source: {p0_src}")
+
+    def share_by_source(s, nr, k):
+        for so, q in p0_src.items():
+            m = nr == so
+            n = int(m.sum())
+            if n < dsr.MIN_BATCH:
+                continue
+            x, q = int((s[m] > thr).sum()), max(q, dsr.MIN_EXPECTED)
+            if float(dsr.binom_tail(n, q)[x]) < dsr.ALPHA and x / n >= max(dsr.MIN_SHARE, k * q):
+                return True
+        return False
+
+    def share_by_composition(s, nr, k):
+        """The whole batch against the share its mix of nearest sources would have in-domain."""
+        q = max(float(np.mean([p0_src.get(so, p0) for so in nr])), dsr.MIN_EXPECTED)
+        x, n = int((s > thr).sum()), len(s)
+        return n >= dsr.MIN_BATCH and float(dsr.binom_tail(n, q)[x]) < dsr.ALPHA and x / n >= max(dsr.MIN_SHARE, k * q)
+
+    for k in args.share_factors:
+        rules[f"share by nearest source (floor max(0.15, {k:g} x its share)) or source-matched rank as served"] = (
+            lambda s, c, nr, k=k: verdict(s, nr, min_share=1.01) or share_by_source(s, nr, k))
+        rules[f"share against the batch's source mix (floor max(0.15, {k:g} x that share)) or source-matched rank"] = (
+            lambda s, c, nr, k=k: verdict(s, nr, min_share=1.01) or share_by_composition(s, nr, k))
     for ml in args.lows:
         rules[f"low conf >= {ml:.2f} (alone, BBSD-like)"] = (
             lambda s, c, nr, ml=ml: bool(np.mean(c < rev) >= ml and len(c) >= 20))
@@ -346,6 +374,8 @@ if __name__ == "__main__":
     p.add_argument("--pbc-floors", type=float, nargs="+", default=[0.60, 0.62, 0.65])
     p.add_argument("--kaggle-floors", type=float, nargs="+", default=[0.90])
     p.add_argument("--lows", type=float, nargs="+", default=[0.3])
+    p.add_argument("--share-factors", type=float, nargs="+", default=[2.0, 3.0],
+                   help="measure: the source-matched share rule's floor, max(0.15, k x the source's share)")
     a = p.parse_args()
     if a.what == "extract":
         extract(a)
