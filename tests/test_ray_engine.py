@@ -194,3 +194,10 @@ def test_ray_engine_holds_a_shifted_batch_as_the_default_engine_does(ray_cluster
     assert ray_csv.read_text() == default.read_text()
     table = pq.read_table(ray_pq).to_pandas()
     assert list(table["flagged"]) == [True] * 24 and list(table["flag_reason"]) == [r["flag_reason"] for r in want]
+
+
+def test_ray_engine_refuses_a_stream_out_in_one_line(tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")
+    (tmp_path / "a.png").write_bytes(image_bytes("PNG", seed=1))
+    assert main(["classify", str(tmp_path), "--model", str(MODEL), "--engine", "ray", "--out", "/dev/stdout"]) == 2
+    assert "--engine ray writes to a file" in capsys.readouterr().err
