@@ -42,7 +42,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -141,17 +141,7 @@ class LiteRTRuntime:
 
     def _run_fixed(self, interp, batch: np.ndarray) -> np.ndarray:
         """A fixed-batch flat-buffer over ``batch`` in slices of its batch size, padding the last one."""
-        k = self._batch
-        out = []
-        for b in range(0, batch.shape[0], k):
-            part = batch[b:b + k]
-            m = part.shape[0]
-            if m < k:
-                part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), np.float32)])
-            interp.set_tensor(self._in, part)
-            interp.invoke()  # releases the GIL: interpreters run truly in parallel
-            out.append(self._outputs(interp, m))
-        return self._stack(out)
+        return self._stack(_invoke_in_slices(interp, self._in, batch, self._batch, self._outputs))
 
     def _outputs(self, interp, m: int):
         probs = interp.get_tensor(self._out)[:m].copy()
@@ -208,6 +198,21 @@ class LiteRTRuntime:
             futures = [self._pool.submit(self._run_fixed, interp, part) for interp, part in zip(self._extra, parts[1:])]
             first = self._run_fixed(self._interp, parts[0])
             return self._stack([first] + [f.result() for f in futures])
+
+
+def _invoke_in_slices(interp, in_index: int, batch: np.ndarray, k: int, read: Callable) -> list:
+    """Run ``batch`` through ``interp`` ``k`` images at a time (its fixed batch), padding the last slice with zeros;
+    ``read(interp, m)`` takes each slice's outputs, its first ``m`` rows. One entry per slice."""
+    out = []
+    for b in range(0, batch.shape[0], k):
+        part = batch[b:b + k]
+        m = part.shape[0]
+        if m < k:
+            part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), np.float32)])
+        interp.set_tensor(in_index, part)
+        interp.invoke()  # releases the GIL: interpreters run truly in parallel
+        out.append(read(interp, m))
+    return out
 
 
 def _width(interp, index: int) -> int:
@@ -486,15 +491,8 @@ class TappedRuntime:
             k = len(part)
         else:
             k = self._batch
-        out = []
-        for b in range(0, len(part), k):
-            x = part[b:b + k]
-            m = len(x)
-            if m < k:
-                x = np.concatenate([x, np.zeros((k - m, *x.shape[1:]), np.float32)])
-            interp.set_tensor(self._in, x)
-            interp.invoke()  # releases the GIL
-            out.append([interp.get_tensor(i)[:m].copy() for i in (self._out, self._feat, self._tap)])
+        out = _invoke_in_slices(interp, self._in, part, k,
+                                lambda it, m: [it.get_tensor(i)[:m].copy() for i in (self._out, self._feat, self._tap)])
         return [np.concatenate([o[j] for o in out]) for j in range(3)]
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
