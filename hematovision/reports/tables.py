@@ -105,8 +105,9 @@ def hold_frame(frame: pd.DataFrame) -> pd.DataFrame:
     field without a white cell) stay as they are."""
     out = frame.copy()
     ok = (out["error"].fillna("") == "") & (out["predicted_class"].fillna("").astype(str) != "")
-    new = ok & ~out["flagged"].fillna(False).astype(bool)
-    out["flagged"] = out["flagged"].fillna(False).astype(bool) | new
+    flagged = out["flagged"].fillna(False).astype(bool)
+    new = ok & ~flagged
+    out["flagged"] = flagged | new
     if "flag_reason" in out.columns:
         out.loc[new, "flag_reason"] = BATCH_SHIFT
     return out
