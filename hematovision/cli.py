@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import json
 import logging
@@ -55,6 +56,7 @@ from .serving.litert import check_images, export_litert
 from .stats import round_threshold
 from .training import loso, recipe
 from .training.adapt import AdaptConfig, adapt_labeled, labeled_from_reviews
+from .training.deep import DeepConfig, deep_fit
 from .training.recipe import AUGMENT_RECIPES, VIEW_ORDERS, TrainConfig, check_exclude_classes, refit_config
 from .trust import fit_model_dir, refit_version
 from .trust import summary_lines as trust_summary_lines
@@ -232,6 +234,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run leave-one-source-out validation (baseline and strong_cell) and record it in the new model",
     )
+    t.add_argument("--deep-from", metavar="MODEL_DIR",
+                   help="the deep phase instead of the cached recipe: start from this model, train every layer but "
+                        "BatchNorm on views drawn fresh every epoch (--max-epochs, --patience apply; "
+                        "docs/generalisation.md)")
+    t.add_argument("--deep-lr", type=float, default=DeepConfig.lr,
+                   help=f"the deep phase's peak learning rate (default {DeepConfig.lr})")
+    t.add_argument("--deep-kaggle-per-epoch", type=int, default=DeepConfig.kaggle_per_epoch,
+                   help="Kaggle training images drawn per deep epoch, of ~8,000 copies of ~280 cells "
+                        f"(default {DeepConfig.kaggle_per_epoch}; 0: all)")
 
     lo = sub.add_parser(
         "loso",
@@ -757,6 +768,15 @@ def cmd_train(args) -> int:
         raise UsageError(f"--exclude-classes: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
+    fitter = None
+    if args.deep_from:
+        if refit_from is not None or args.refit:
+            raise UsageError("--deep-from starts from a trained model; it does not combine with --refit/--refit-from")
+        if not (Path(args.deep_from) / persistence.CARD_FILE).is_file():
+            raise UsageError(f"--deep-from: no model card in {args.deep_from}")
+        deep = DeepConfig(init_from=str(args.deep_from), lr=args.deep_lr, max_epochs=args.max_epochs,
+                          patience=args.patience, kaggle_per_epoch=args.deep_kaggle_per_epoch)
+        fitter = functools.partial(deep_fit, deep=deep)
     if refit_from is not None:
         if not (refit_from / persistence.CARD_FILE).is_file():
             raise UsageError(f"--refit-from: no model card in {refit_from}")
@@ -774,7 +794,10 @@ def cmd_train(args) -> int:
         name=args.name,
         refit_from=refit_from,
         refit=args.refit,
+        fitter=fitter,
     )
+    if fitter is not None:
+        persistence.update_card(out, lambda c: c.training.__setitem__("deep_phase", asdict(fitter.keywords["deep"])))
 
     command = "python -m hematovision " + shlex.join(args.argv)
     persistence.update_card(out, lambda c: c.training.__setitem__("command", command))

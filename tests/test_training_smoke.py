@@ -91,3 +91,43 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(refit_run):
     assert all(h["val_loss"] is None for h in ft)  # no held-out score for images it trains on
     with pytest.raises(ValueError, match="input_size"):
         refit_config(selected, replace(cfg, input_size=64))
+
+
+def test_deep_phase_trains_the_lower_blocks_and_keeps_batchnorm(refit_run, data_root, tmp_path):
+    """``train --deep-from``: every layer but BatchNorm moves (the first convolution too), BatchNorm keeps its
+    statistics, the run records its epochs, and the exported model is the epoch of the best validation loss."""
+    import numpy as np
+
+    from hematovision.training.deep import DeepConfig, deep_fit
+
+    cfg, cache, work, parent = refit_run
+    deep = DeepConfig(init_from=str(parent), max_epochs=1, batch_size=8, kaggle_per_epoch=4, lr=1e-3)
+    out = train_command(tmp_path / "deep", tmp_path / "work", cfg, data_root, evaluate=False,
+                        fitter=lambda w, c, r, cache_root=None: deep_fit(w, c, r, deep=deep))
+    before = persistence.load_keras_model(parent)
+    last = persistence.load_keras_model(parent)
+    last.load_weights(str(tmp_path / "work" / "checkpoint.weights.h5"))  # the weights after the last epoch
+    assert not np.allclose(before.get_layer("Conv1").get_weights()[0], last.get_layer("Conv1").get_weights()[0])
+    for a, b in zip(before.get_layer("bn_Conv1").get_weights(), last.get_layer("bn_Conv1").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    history = persistence.load_card(out).training["history"]
+    assert [h["epoch"] for h in history] == [-1, 0] and {h["phase"] for h in history} == {"deep"}
+    shipped = persistence.load_keras_model(out)
+    best = min(history, key=lambda h: h["val_loss"])["epoch"]
+    kept = (before if best == -1 else last).get_layer("Conv1").get_weights()[0]
+    np.testing.assert_array_equal(shipped.get_layer("Conv1").get_weights()[0], kept)
+    assert Classifier.load(out).classes_ == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+
+
+def test_deep_epochs_show_every_pbc_image_and_a_new_kaggle_draw():
+    from hematovision.data.datasets import LabeledImage
+    from hematovision.training.deep import epoch_images
+
+    train = [LabeledImage(path=None, label="monocyte", source=s, split="train", relpath=f"{s}/{k}", group=f"{s}{k}")
+             for s, n in (("kaggle", 30), ("pbc", 10)) for k in range(n)]
+    e0, e0_again, e1 = (epoch_images(train, e, 5, seed=1) for e in (0, 0, 1))
+    assert e0 == e0_again
+    for e in (e0, e1):
+        assert sum(i.source == "pbc" for i in e) == 10 and sum(i.source == "kaggle" for i in e) == 5
+    assert {i.relpath for i in e0 if i.source == "kaggle"} != {i.relpath for i in e1 if i.source == "kaggle"}
+    assert len(epoch_images(train, 0, 0, seed=1)) == 40

@@ -266,7 +266,7 @@ def list_key(images: list[ds.LabeledImage]) -> str:
 # --------------------------------------------------------------------------- cache
 
 
-def _view(img: ds.LabeledImage, view: int, cfg: TrainConfig) -> np.ndarray:
+def training_view(img: ds.LabeledImage, view: int, cfg: TrainConfig) -> np.ndarray:
     """View ``view`` of an image as the network sees it (-1: clean, as served). Training views
     are augmented, then framed with a jittered box so the model tolerates imperfect framing."""
     rgb = read_rgb(img.path)
@@ -308,7 +308,7 @@ def cache_features(
                 continue
             out = []
             for b in range(0, len(sub), cfg.batch_size):
-                batch = list(pool.map(lambda it: _view(it[0], it[1], cfg), sub[b:b + cfg.batch_size]))
+                batch = list(pool.map(lambda it: training_view(it[0], it[1], cfg), sub[b:b + cfg.batch_size]))
                 out.append(np.asarray(fwd(np.stack(batch).astype(np.float32))).astype(np.float16))
                 bar.update(len(batch))
             arr = np.concatenate(out)
@@ -864,8 +864,12 @@ def train_command(
     name: str | None = None,
     refit_from: Path | None = None,
     refit: bool = False,
+    fitter=None,
 ) -> Path:
     """``python -m hematovision train``: fit, export, copy the split manifest, evaluate.
+
+    ``fitter``: what fits, called as :func:`fit` is (default :func:`fit`); the deep phase
+    (:func:`hematovision.training.deep.deep_fit`) is the other one.
 
     ``refit_from``: an early-stopped model of the same recipe; train on train and validation
     images for its number of epochs and ship with its calibration (step 5b above).
@@ -884,7 +888,7 @@ def train_command(
             cfg.refit_finetune_epochs,
             refit_from,
         )
-    fitted = fit(work, cfg, root, cache_root=cache_root)
+    fitted = (fitter or fit)(work, cfg, root, cache_root=cache_root)
     out = export(fitted, out_dir, cfg, root, name=name, calibrated_by=refit_from)
     shutil.copyfile(work / "split_manifest.csv", out / "split_manifest.csv")
 

@@ -1,0 +1,169 @@
+"""Deep fine-tuning on the fly: the whole MobileNetV2 trainable, fresh augmented views every epoch.
+
+The cached recipe (:mod:`hematovision.training.recipe`) freezes everything below ``block_12_add`` at ImageNet's
+weights and shows each image in a handful of cached colourings, so whatever the network learns about stain can
+only be learnt in its top blocks. Colour enters the network in its first convolution; invariance to it is most
+naturally learnt there (issue: other laboratories' images, "augmentation on the fly with the lower blocks
+trainable"). This phase starts from a trained model (its head already fits the classes), makes every layer but
+BatchNorm trainable (BatchNorm keeps ImageNet's statistics, as in every recipe here) and shows each training image
+a new view of the same augmentation recipe every epoch, drawn while the previous batch trains.
+
+An epoch is every PBC training image and a random ``kaggle_per_epoch`` of Kaggle's (its training images are ~30
+augmented copies of each field's cell, so a third of them a time loses little). The validation loss on the clean
+validation images decides early stopping, as in :func:`recipe.fit`; the run checkpoints every epoch and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import TRAINING_CLASSES, data_root
+from ..data import datasets as ds
+from ..modeling import persistence
+from ..modeling.network import LOGITS_LAYER, build_network, transfer_weights
+from .recipe import Fitted, RunFiles, TrainConfig, balanced_weights, split_images, training_view
+
+log = logging.getLogger("hematovision.training")
+
+#: View numbers of the on-the-fly draws start here, apart from the cached recipe's (0..) and mild views (100..).
+DEEP_VIEW_BASE = 10_000
+
+
+@dataclass
+class DeepConfig:
+    """The deep phase's own knobs; the augmentation, framing and input size are the :class:`TrainConfig`'s."""
+
+    init_from: str  # a model directory whose weights start the phase
+    lr: float = 5e-5  # peak, after a short warm-up; cosine decay to 0 over max_epochs
+    max_epochs: int = 12
+    patience: int = 3
+    batch_size: int = 32
+    kaggle_per_epoch: int = 3000
+
+
+def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int, seed: int) -> list[ds.LabeledImage]:
+    """This epoch's images in training order: every non-Kaggle image and a random ``kaggle_per_epoch`` of Kaggle's."""
+    rng = np.random.default_rng([seed, epoch, 31])
+    kaggle = [i for i in train if i.source == "kaggle"]
+    rest = [i for i in train if i.source != "kaggle"]
+    if 0 < kaggle_per_epoch < len(kaggle):
+        kaggle = [kaggle[k] for k in sorted(rng.choice(len(kaggle), kaggle_per_epoch, replace=False))]
+    chosen = kaggle + rest
+    return [chosen[k] for k in rng.permutation(len(chosen))]
+
+
+def _trainable_all_but_bn(net) -> int:
+    import keras  # TensorFlow-class library: loaded only when training runs
+
+    for layer in net.layers:
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(int(w.numpy().size) for w in net.trainable_weights)
+
+
+def _val_scores(trainer, x_val, y_val, w_val, sources, smoothing: float) -> dict:
+    logits = trainer.predict(x_val, batch_size=128, verbose=0)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    n = logits.shape[1]
+    target = np.full_like(logp, smoothing / n)
+    target[np.arange(len(y_val)), y_val] += 1.0 - smoothing
+    loss = float(np.sum(w_val * -(target * logp).sum(axis=1)) / np.sum(w_val))
+    right = logits.argmax(axis=1) == y_val
+    out = {"val_loss": loss, "val_acc": float(np.sum(w_val * right) / np.sum(w_val))}
+    for s in sorted(set(sources)):
+        m = np.asarray(sources) == s
+        out[f"val_acc_{s}"] = float(right[m].mean())
+    return out
+
+
+def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root: Path | None = None, *,
+             deep: DeepConfig) -> Fitted:
+    """Run the deep phase in ``work`` (resumable) and return the :class:`Fitted` network for ``recipe.export``.
+    ``cache_root`` is unused (nothing is cached: every view is drawn fresh); it keeps :func:`recipe.fit`'s call."""
+    import keras  # TensorFlow-class library: loaded only when training runs
+
+    root = root or data_root()
+    work.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    t0 = time.time()
+    split = split_images(root, work, cfg)
+    parent = persistence.load_keras_model(Path(deep.init_from))
+    net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout, input_norm=cfg.input_norm)
+    transfer_weights(parent, net)
+    del parent
+    n_trainable = _trainable_all_but_bn(net)
+    trainer = keras.Model(net.input, net.get_layer(LOGITS_LAYER).output, name="deep_trainer")
+    files = RunFiles(work)
+    state = files.resume(net)
+    if state.phase == "head":  # a fresh run: this phase has no head epochs
+        state.phase = "deep"
+    (work / "deep_config.json").write_text(json.dumps(asdict(deep), indent=1))
+
+    steps = deep.max_epochs * ((len(epoch_images(split.train, 0, deep.kaggle_per_epoch, cfg.seed)) + deep.batch_size
+                                - 1) // deep.batch_size)
+    # A short warm-up: Adam's first steps are full-sized, and the lower blocks hold ImageNet's filters.
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=steps, warmup_target=deep.lr,
+                                                      warmup_steps=max(1, min(200, steps // 10)))
+    trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+                    loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing))
+    cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        x_val = np.stack(list(pool.map(lambda i: training_view(i, -1, cfg), split.val))).astype(np.float32)
+    y_val = np.array([cls_index[i.label] for i in split.val])
+    w_val = balanced_weights(split.val)
+    src_val = [i.source for i in split.val]
+    log.info("deep phase: %d trainable weights, %d validation images, from %s", n_trainable, len(x_val),
+             deep.init_from)
+    if state.epoch == 0 and not state.history:
+        rec = {"phase": "deep", "epoch": -1, **_val_scores(trainer, x_val, y_val, w_val, src_val,
+                                                           cfg.label_smoothing), "t": round(time.time() - t0, 1)}
+        state.history.append(rec)
+        state.best_val_loss, state.best_epoch = rec["val_loss"], -1
+        net.save_weights(str(files.best))
+        files.save(net, state)
+        log.info("%s", rec)
+    # The optimizer's step counter restarts on resume; the schedule then starts over for the remaining epochs,
+    # which only matters for an interrupted run.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        while state.phase == "deep" and state.epoch < deep.max_epochs:
+            e = state.epoch
+            images = epoch_images(split.train, e, deep.kaggle_per_epoch, cfg.seed)
+            w = balanced_weights(images)
+            y = keras.utils.to_categorical([cls_index[i.label] for i in images], len(TRAINING_CLASSES))
+            batches = [range(b, min(b + deep.batch_size, len(images))) for b in range(0, len(images), deep.batch_size)]
+
+            def draw(rows, e=e, images=images):
+                return np.stack([training_view(images[k], DEEP_VIEW_BASE + e, cfg) for k in rows]).astype(np.float32)
+
+            pending = pool.submit(draw, batches[0])
+            losses = []
+            for b, rows in enumerate(batches):
+                x = pending.result()
+                if b + 1 < len(batches):
+                    pending = pool.submit(draw, batches[b + 1])
+                r = trainer.train_on_batch(x, y[rows.start:rows.stop], sample_weight=w[rows.start:rows.stop])
+                losses.append(float(np.ravel(r)[0]))
+            rec = {"phase": "deep", "epoch": e, "loss": float(np.mean(losses)),
+                   **_val_scores(trainer, x_val, y_val, w_val, src_val, cfg.label_smoothing),
+                   "t": round(time.time() - t0, 1)}
+            state.history.append(rec)
+            log.info("%s", rec)
+            state.epoch += 1
+            if rec["val_loss"] < state.best_val_loss:
+                state.best_val_loss, state.best_epoch = rec["val_loss"], e
+                net.save_weights(str(files.best))
+            files.save(net, state)
+            if e - state.best_epoch >= deep.patience:
+                log.info("early stop at epoch %d (best %d)", e, state.best_epoch)
+                break
+    state.phase = "done"
+    files.save(net, state)
+    net.load_weights(str(files.best))
+    return Fitted(net, None, trainer, split, state, 0.0, time.time() - t0, work)
