@@ -240,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
                         "docs/generalisation.md)")
     t.add_argument("--deep-lr", type=float, default=DeepConfig.lr,
                    help=f"the deep phase's peak learning rate (default {DeepConfig.lr})")
+    t.add_argument("--deep-select-on-views", action="store_true",
+                   help="the deep phase early-stops on the mean of the clean validation loss and the loss on one "
+                        "fixed recipe view of each validation image (default: the clean loss alone)")
     t.add_argument("--deep-kaggle-per-epoch", type=int, default=DeepConfig.kaggle_per_epoch,
                    help="Kaggle training images drawn per deep epoch, of ~8,000 copies of ~280 cells "
                         f"(default {DeepConfig.kaggle_per_epoch}; 0: all)")
@@ -775,7 +778,8 @@ def cmd_train(args) -> int:
         if not (Path(args.deep_from) / persistence.CARD_FILE).is_file():
             raise UsageError(f"--deep-from: no model card in {args.deep_from}")
         deep = DeepConfig(init_from=str(args.deep_from), lr=args.deep_lr, max_epochs=args.max_epochs,
-                          patience=args.patience, kaggle_per_epoch=args.deep_kaggle_per_epoch)
+                          patience=args.patience, kaggle_per_epoch=args.deep_kaggle_per_epoch,
+                          select_on_views=args.deep_select_on_views)
         fitter = functools.partial(deep_fit, deep=deep)
     if refit_from is not None:
         if not (refit_from / persistence.CARD_FILE).is_file():
@@ -796,8 +800,9 @@ def cmd_train(args) -> int:
         refit=args.refit,
         fitter=fitter,
     )
-    if fitter is not None:
-        persistence.update_card(out, lambda c: c.training.__setitem__("deep_phase", asdict(fitter.keywords["deep"])))
+    if fitter is not None:  # which model the deep phase started from, by version: its folder may change later
+        deep_phase = {**asdict(fitter.keywords["deep"]), "init_version": persistence.load_card(args.deep_from).version}
+        persistence.update_card(out, lambda c: c.training.__setitem__("deep_phase", deep_phase))
 
     command = "python -m hematovision " + shlex.join(args.argv)
     persistence.update_card(out, lambda c: c.training.__setitem__("command", command))

@@ -131,3 +131,22 @@ def test_deep_epochs_show_every_pbc_image_and_a_new_kaggle_draw():
         assert sum(i.source == "pbc" for i in e) == 10 and sum(i.source == "kaggle" for i in e) == 5
     assert {i.relpath for i in e0 if i.source == "kaggle"} != {i.relpath for i in e1 if i.source == "kaggle"}
     assert len(epoch_images(train, 0, 0, seed=1)) == 40
+
+
+def test_deep_selection_loss_averages_clean_and_recipe_views():
+    import numpy as np
+
+    from hematovision.training.deep import _selection_scores
+
+    class Stub:  # logits that depend on the input: right on the clean images, wrong on their "views"
+        def predict(self, x, batch_size=None, verbose=0):
+            return np.where(x[:, :1] > 0, 4.0, -4.0) * np.eye(2)[[0, 1, 0, 1]] + np.where(
+                x[:, :1] > 0, -4.0, 4.0) * np.eye(2)[[1, 0, 1, 0]]
+
+    y, w, src = np.array([0, 1, 0, 1]), np.ones(4), ["pbc", "pbc", "kaggle", "kaggle"]
+    clean, views = np.ones((4, 1)), -np.ones((4, 1))
+    alone = _selection_scores(Stub(), clean, None, y, w, src, 0.0)
+    assert alone["select_loss"] == alone["val_loss"] and alone["val_acc"] == 1.0 and alone["val_acc_kaggle"] == 1.0
+    both = _selection_scores(Stub(), clean, views, y, w, src, 0.0)
+    assert both["aug_val_acc"] == 0.0 and both["aug_val_loss"] > both["val_loss"]
+    assert both["select_loss"] == (both["val_loss"] + both["aug_val_loss"]) / 2

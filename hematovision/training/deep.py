@@ -34,6 +34,8 @@ log = logging.getLogger("hematovision.training")
 
 #: View numbers of the on-the-fly draws start here, apart from the cached recipe's (0..) and mild views (100..).
 DEEP_VIEW_BASE = 10_000
+#: The one recipe view of each validation image that ``select_on_views`` scores.
+VAL_VIEW = 99_999
 
 
 @dataclass
@@ -46,6 +48,10 @@ class DeepConfig:
     patience: int = 3
     batch_size: int = 32
     kaggle_per_epoch: int = 3000
+    # Early stopping on the clean validation images alone rewards leaning on the training sources' own colours;
+    # with this on, the loss that selects is the mean of the clean images' and of one fixed recipe view of each
+    # (the training augmentation's ranges, never the stain-shift suite's held-out ones).
+    select_on_views: bool = False
 
 
 def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int, seed: int) -> list[ds.LabeledImage]:
@@ -65,6 +71,16 @@ def _trainable_all_but_bn(net) -> int:
     for layer in net.layers:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     return sum(int(w.numpy().size) for w in net.trainable_weights)
+
+
+def _selection_scores(trainer, x_val, x_val_views, y_val, w_val, sources, smoothing: float) -> dict:
+    """The clean validation scores, and with recipe views of them (``x_val_views``) theirs too (``aug_``-prefixed);
+    ``select_loss`` is what early stopping compares."""
+    out = _val_scores(trainer, x_val, y_val, w_val, sources, smoothing)
+    if x_val_views is None:
+        return {**out, "select_loss": out["val_loss"]}
+    aug = {f"aug_{k}": v for k, v in _val_scores(trainer, x_val_views, y_val, w_val, sources, smoothing).items()}
+    return {**out, **aug, "select_loss": (out["val_loss"] + aug["aug_val_loss"]) / 2}
 
 
 def _val_scores(trainer, x_val, y_val, w_val, sources, smoothing: float) -> dict:
@@ -116,16 +132,18 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         x_val = np.stack(list(pool.map(lambda i: training_view(i, -1, cfg), split.val))).astype(np.float32)
+        x_val_views = (np.stack(list(pool.map(lambda i: training_view(i, VAL_VIEW, cfg), split.val))).astype(np.float32)
+                       if deep.select_on_views else None)
     y_val = np.array([cls_index[i.label] for i in split.val])
     w_val = balanced_weights(split.val)
     src_val = [i.source for i in split.val]
     log.info("deep phase: %d trainable weights, %d validation images, from %s", n_trainable, len(x_val),
              deep.init_from)
     if state.epoch == 0 and not state.history:
-        rec = {"phase": "deep", "epoch": -1, **_val_scores(trainer, x_val, y_val, w_val, src_val,
-                                                           cfg.label_smoothing), "t": round(time.time() - t0, 1)}
+        rec = {"phase": "deep", "epoch": -1, **_selection_scores(trainer, x_val, x_val_views, y_val, w_val, src_val,
+                                                                 cfg.label_smoothing), "t": round(time.time() - t0, 1)}
         state.history.append(rec)
-        state.best_val_loss, state.best_epoch = rec["val_loss"], -1
+        state.best_val_loss, state.best_epoch = rec["select_loss"], -1
         net.save_weights(str(files.best))
         files.save(net, state)
         log.info("%s", rec)
@@ -151,13 +169,13 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
                 r = trainer.train_on_batch(x, y[rows.start:rows.stop], sample_weight=w[rows.start:rows.stop])
                 losses.append(float(np.ravel(r)[0]))
             rec = {"phase": "deep", "epoch": e, "loss": float(np.mean(losses)),
-                   **_val_scores(trainer, x_val, y_val, w_val, src_val, cfg.label_smoothing),
+                   **_selection_scores(trainer, x_val, x_val_views, y_val, w_val, src_val, cfg.label_smoothing),
                    "t": round(time.time() - t0, 1)}
             state.history.append(rec)
             log.info("%s", rec)
             state.epoch += 1
-            if rec["val_loss"] < state.best_val_loss:
-                state.best_val_loss, state.best_epoch = rec["val_loss"], e
+            if rec["select_loss"] < state.best_val_loss:
+                state.best_val_loss, state.best_epoch = rec["select_loss"], e
                 net.save_weights(str(files.best))
             files.save(net, state)
             if e - state.best_epoch >= deep.patience:
