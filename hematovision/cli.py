@@ -243,6 +243,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--deep-select-on-views", action="store_true",
                    help="the deep phase early-stops on the mean of the clean validation loss and the loss on one "
                         "fixed recipe view of each validation image (default: the clean loss alone)")
+    t.add_argument("--deep-first-block", type=int, default=DeepConfig.first_block,
+                   help="the deep phase trains MobileNetV2 from this block up (default 0: every layer but BatchNorm)")
     t.add_argument("--deep-kaggle-per-epoch", type=int, default=DeepConfig.kaggle_per_epoch,
                    help="Kaggle training images drawn per deep epoch, of ~8,000 copies of ~280 cells "
                         f"(default {DeepConfig.kaggle_per_epoch}; 0: all)")
@@ -779,7 +781,7 @@ def cmd_train(args) -> int:
             raise UsageError(f"--deep-from: no model card in {args.deep_from}")
         deep = DeepConfig(init_from=str(args.deep_from), lr=args.deep_lr, max_epochs=args.max_epochs,
                           patience=args.patience, kaggle_per_epoch=args.deep_kaggle_per_epoch,
-                          select_on_views=args.deep_select_on_views)
+                          select_on_views=args.deep_select_on_views, first_block=args.deep_first_block)
         fitter = functools.partial(deep_fit, deep=deep)
     if refit_from is not None:
         if not (refit_from / persistence.CARD_FILE).is_file():

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import TRAINING_CLASSES, data_root
 from ..data import datasets as ds
 from ..modeling import persistence
-from ..modeling.network import LOGITS_LAYER, build_network, transfer_weights
+from ..modeling.network import LOGITS_LAYER, build_network, set_trainable_top, transfer_weights
 from .recipe import Fitted, RunFiles, TrainConfig, balanced_weights, split_images, training_view
 
 log = logging.getLogger("hematovision.training")
@@ -52,6 +52,8 @@ class DeepConfig:
     # with this on, the loss that selects is the mean of the clean images' and of one fixed recipe view of each
     # (the training augmentation's ranges, never the stain-shift suite's held-out ones).
     select_on_views: bool = False
+    # 0: every layer but BatchNorm trains; N: MobileNetV2 from block_N up (the layers below keep the parent's weights).
+    first_block: int = 0
 
 
 def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int, seed: int) -> list[ds.LabeledImage]:
@@ -114,7 +116,7 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout, input_norm=cfg.input_norm)
     transfer_weights(parent, net)
     del parent
-    n_trainable = _trainable_all_but_bn(net)
+    n_trainable = _trainable_all_but_bn(net) if deep.first_block <= 0 else set_trainable_top(net, deep.first_block)
     trainer = keras.Model(net.input, net.get_layer(LOGITS_LAYER).output, name="deep_trainer")
     files = RunFiles(work)
     state = files.resume(net)
