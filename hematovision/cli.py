@@ -773,7 +773,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"--exclude-classes: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     refit_from = Path(args.refit_from) if args.refit_from else None
-    fitter = None
+    deep = fitter = None
     if args.deep_from:
         if refit_from is not None or args.refit:
             raise UsageError("--deep-from starts from a trained model; it does not combine with --refit/--refit-from")
@@ -802,8 +802,8 @@ def cmd_train(args) -> int:
         refit=args.refit,
         fitter=fitter,
     )
-    if fitter is not None:  # which model the deep phase started from, by version: its folder may change later
-        deep_phase = {**asdict(fitter.keywords["deep"]), "init_version": persistence.load_card(args.deep_from).version}
+    if deep is not None:  # which model the deep phase started from, by version: its folder may change later
+        deep_phase = {**asdict(deep), "init_version": persistence.load_card(args.deep_from).version}
         persistence.update_card(out, lambda c: c.training.__setitem__("deep_phase", deep_phase))
 
     command = "python -m hematovision " + shlex.join(args.argv)

@@ -126,13 +126,14 @@ def split_models(network):
 
 def set_trainable_top(network, first_block: int) -> int:
     """Freeze everything before ``block_<first_block>`` (and every BatchNorm); return the trainable count.
+    ``first_block <= 0``: every layer but BatchNorm trains (the first convolution too).
 
     BatchNorm stays in inference mode, as keras-io's fine-tuning guide advises for
     small data sets: its ImageNet statistics are kept.
     """
     import keras
 
-    trainable = False
+    trainable = first_block <= 0
     for layer in network.layers:
         if layer.name.startswith(f"block_{first_block}_") or layer.name in ("Conv_1", "pool", "dropout", LOGITS_LAYER):
             trainable = True

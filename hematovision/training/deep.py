@@ -67,14 +67,6 @@ def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int
     return [chosen[k] for k in rng.permutation(len(chosen))]
 
 
-def _trainable_all_but_bn(net) -> int:
-    import keras  # TensorFlow-class library: loaded only when training runs
-
-    for layer in net.layers:
-        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-    return sum(int(w.numpy().size) for w in net.trainable_weights)
-
-
 def _selection_scores(trainer, x_val, x_val_views, y_val, w_val, sources, smoothing: float) -> dict:
     """The clean validation scores, and with recipe views of them (``x_val_views``) theirs too (``aug_``-prefixed);
     ``select_loss`` is what early stopping compares."""
@@ -116,7 +108,7 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     net = build_network(cfg.input_size, len(TRAINING_CLASSES), dropout=cfg.dropout, input_norm=cfg.input_norm)
     transfer_weights(parent, net)
     del parent
-    n_trainable = _trainable_all_but_bn(net) if deep.first_block <= 0 else set_trainable_top(net, deep.first_block)
+    n_trainable = set_trainable_top(net, deep.first_block)
     trainer = keras.Model(net.input, net.get_layer(LOGITS_LAYER).output, name="deep_trainer")
     files = RunFiles(work)
     state = files.resume(net)

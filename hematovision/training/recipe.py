@@ -43,6 +43,7 @@ import shutil
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -864,7 +865,7 @@ def train_command(
     name: str | None = None,
     refit_from: Path | None = None,
     refit: bool = False,
-    fitter=None,
+    fitter: Callable[..., Fitted] | None = None,
 ) -> Path:
     """``python -m hematovision train``: fit, export, copy the split manifest, evaluate.
 
