@@ -1,6 +1,7 @@
 """The stain-invariance work: any-stain framing, stain-vector and camera augmentation, the stain-shift suite."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -268,3 +269,31 @@ def test_extra_views_are_the_views_a_run_with_more_views_would_draw_cached_apart
     assert recipe.extra_cache_key(base) != recipe.view_cache_key(base)  # the recipe's own cache is untouched
     assert recipe.view_cache_key(base) == recipe.view_cache_key(recipe.TrainConfig(views_per_image={"kaggle": 2,
                                                                                                      "pbc": 4}))
+
+
+def test_deep_phase_views_are_full_colour_views_and_only_the_mild_range_is_mild(tmp_path):
+    """The deep phase draws its views by number far above the cached ones; those must be the recipe's colour views
+    (a defect once made every number from the mild base up a geometry-only view)."""
+    import cv2
+
+    from hematovision.data.datasets import LabeledImage
+    from hematovision.training import recipe
+    from hematovision.training.deep import DEEP_VIEW_BASE, VAL_VIEW
+
+    rgb = np.full((64, 64, 3), 210, np.uint8)
+    rgb[16:48, 16:48] = (120, 60, 160)
+    path = tmp_path / "cell.png"
+    cv2.imwrite(str(path), rgb[..., ::-1])
+    grey_only = asdict(aug.AugmentConfig.none()) | {"grey_prob": 1.0}
+    cfg = recipe.TrainConfig(input_size=32, framing="full", augment={"pbc": grey_only})
+    img = LabeledImage(path=path, label="monocyte", source="pbc", split="train", relpath="pbc/cell.png", group="g")
+
+    def is_grey(view):
+        x = recipe.training_view(img, view, cfg).astype(np.float32)
+        return float(np.abs(x - x.mean(axis=-1, keepdims=True)).max()) < 1.0
+
+    assert not is_grey(-1)
+    for view in (0, recipe.MILD_VIEW_END, DEEP_VIEW_BASE, DEEP_VIEW_BASE + 7, VAL_VIEW):
+        assert not recipe.is_mild_view(view) and is_grey(view), view
+    for view in (recipe.MILD_VIEW_BASE, recipe.MILD_VIEW_END - 1):
+        assert recipe.is_mild_view(view) and not is_grey(view), view

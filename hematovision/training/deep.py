@@ -32,7 +32,8 @@ from .recipe import Fitted, RunFiles, TrainConfig, balanced_weights, split_image
 
 log = logging.getLogger("hematovision.training")
 
-#: View numbers of the on-the-fly draws start here, apart from the cached recipe's (0..) and mild views (100..).
+#: View numbers of the on-the-fly draws start here, above the cached recipe's and the mild views
+#: (``recipe.is_mild_view`` is false from ``MILD_VIEW_END`` up): these are the recipe's full colour views.
 DEEP_VIEW_BASE = 10_000
 #: The one recipe view of each validation image that ``select_on_views`` scores.
 VAL_VIEW = 99_999

@@ -186,8 +186,16 @@ AUGMENT_RECIPES = {"baseline": baseline_augment, "robust": robust_augment, "stro
                    "stain_invariant": stain_invariant_augment}
 
 
-#: View numbers from here up are mild views (:func:`mild_augment`); below, the recipe's views; -1 clean.
+#: View numbers: -1 clean; ``[0, MILD_VIEW_BASE)`` the recipe's cached views; ``[MILD_VIEW_BASE, MILD_VIEW_END)``
+#: mild views (:func:`mild_augment`); from ``MILD_VIEW_END`` up the recipe's again (fresh draws, such as the deep
+#: phase's). :func:`is_mild_view` is the one place that reads this map.
 MILD_VIEW_BASE = 100
+MILD_VIEW_END = 1000
+
+
+def is_mild_view(view: int) -> bool:
+    """Whether view number ``view`` is a mild (geometry-only) view."""
+    return MILD_VIEW_BASE <= view < MILD_VIEW_END
 
 
 def mild_augment(augment: dict) -> dict:
@@ -274,7 +282,7 @@ def training_view(img: ds.LabeledImage, view: int, cfg: TrainConfig) -> np.ndarr
     jitter = None
     if view >= 0:
         rng = np.random.default_rng([cfg.seed, view, zlib.crc32(img.relpath.encode())])
-        recipe = (mild_augment(cfg.augment) if view >= MILD_VIEW_BASE else cfg.augment)[img.source]
+        recipe = (mild_augment(cfg.augment) if is_mild_view(view) else cfg.augment)[img.source]
         rgb = aug.augment(rgb, rng, aug.AugmentConfig(**{**recipe, "zoom": tuple(recipe["zoom"])}))
         jitter = fr.Jitter.draw(rng) if cfg.framing != "full" else None
     return fr.model_input(rgb, cfg.input_size, cfg.framing, jitter)
@@ -579,7 +587,7 @@ def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_ro
     view_index = [[] for _ in split.train]
     mild_index = [[] for _ in split.train]
     for j, (img, view) in enumerate(items):
-        (mild_index if view >= MILD_VIEW_BASE else view_index)[pos[id(img)]].append(j)
+        (mild_index if is_mild_view(view) else view_index)[pos[id(img)]].append(j)
     w_img = balanced_weights(split.train)
     w_items = np.array([w_img[pos[id(img)]] for img, _ in items], dtype=np.float32)
 
