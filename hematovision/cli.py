@@ -245,6 +245,9 @@ def _parser() -> argparse.ArgumentParser:
                         "fixed recipe view of each validation image (default: the clean loss alone)")
     t.add_argument("--deep-first-block", type=int, default=DeepConfig.first_block,
                    help="the deep phase trains MobileNetV2 from this block up (default 0: every layer but BatchNorm)")
+    t.add_argument("--deep-consistency", type=float, default=DeepConfig.consistency, metavar="WEIGHT",
+                   help="the deep phase shows every image in two colour views a step and adds WEIGHT times the "
+                        "Jensen-Shannon divergence of their predictions to the loss (AugMix uses 12; default 0: off)")
     t.add_argument("--deep-kaggle-per-epoch", type=int, default=DeepConfig.kaggle_per_epoch,
                    help="Kaggle training images drawn per deep epoch, of ~8,000 copies of ~280 cells "
                         f"(default {DeepConfig.kaggle_per_epoch}; 0: all)")
@@ -781,7 +784,8 @@ def cmd_train(args) -> int:
             raise UsageError(f"--deep-from: no model card in {args.deep_from}")
         deep = DeepConfig(init_from=str(args.deep_from), lr=args.deep_lr, max_epochs=args.max_epochs,
                           patience=args.patience, kaggle_per_epoch=args.deep_kaggle_per_epoch,
-                          select_on_views=args.deep_select_on_views, first_block=args.deep_first_block)
+                          select_on_views=args.deep_select_on_views, first_block=args.deep_first_block,
+                          consistency=args.deep_consistency)
         fitter = functools.partial(deep_fit, deep=deep)
     if refit_from is not None:
         if not (refit_from / persistence.CARD_FILE).is_file():

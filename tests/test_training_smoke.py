@@ -93,15 +93,18 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(refit_run):
         refit_config(selected, replace(cfg, input_size=64))
 
 
-def test_deep_phase_trains_the_lower_blocks_and_keeps_batchnorm(refit_run, data_root, tmp_path):
+@pytest.mark.parametrize("consistency", [0.0, 12.0])
+def test_deep_phase_trains_the_lower_blocks_and_keeps_batchnorm(refit_run, data_root, tmp_path, consistency):
     """``train --deep-from``: every layer but BatchNorm moves (the first convolution too), BatchNorm keeps its
-    statistics, the run records its epochs, and the exported model is the epoch of the best validation loss."""
+    statistics, the run records its epochs, and the exported model is the epoch of the best validation loss;
+    with the consistency term (two views an image, its own training step) too."""
     import numpy as np
 
     from hematovision.training.deep import DeepConfig, deep_fit
 
     cfg, cache, work, parent = refit_run
-    deep = DeepConfig(init_from=str(parent), max_epochs=1, batch_size=8, kaggle_per_epoch=4, lr=1e-3)
+    deep = DeepConfig(init_from=str(parent), max_epochs=1, batch_size=8, kaggle_per_epoch=4, lr=1e-3,
+                      consistency=consistency)
     out = train_command(tmp_path / "deep", tmp_path / "work", cfg, data_root, evaluate=False,
                         fitter=lambda w, c, r, cache_root=None: deep_fit(w, c, r, deep=deep))
     before = persistence.load_keras_model(parent)
@@ -131,6 +134,21 @@ def test_deep_epochs_show_every_pbc_image_and_a_new_kaggle_draw():
         assert sum(i.source == "pbc" for i in e) == 10 and sum(i.source == "kaggle" for i in e) == 5
     assert {i.relpath for i in e0 if i.source == "kaggle"} != {i.relpath for i in e1 if i.source == "kaggle"}
     assert len(epoch_images(train, 0, 0, seed=1)) == 40
+
+
+def test_js_divergence_is_zero_for_agreement_and_ln2_for_disjoint_answers():
+    import numpy as np
+
+    from hematovision.training.deep import js_divergence
+
+    p = np.array([[1.0, 0, 0, 0], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]], np.float32)
+    q = np.array([[0, 1.0, 0, 0], [0.25, 0.25, 0.25, 0.25], [0.1, 0.7, 0.1, 0.1]], np.float32)
+    js, js_back = np.asarray(js_divergence(p, q)), np.asarray(js_divergence(q, p))
+    np.testing.assert_allclose(js, js_back, rtol=1e-6)
+    np.testing.assert_allclose(js[:2], [np.log(2), 0.0], atol=1e-5)
+    m = (p[2] + q[2]) / 2
+    expect = 0.5 * np.sum(p[2] * np.log(p[2] / m)) + 0.5 * np.sum(q[2] * np.log(q[2] / m))
+    np.testing.assert_allclose(js[2], expect, rtol=1e-5)
 
 
 def test_deep_selection_loss_averages_clean_and_recipe_views():

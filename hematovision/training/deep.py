@@ -35,6 +35,8 @@ log = logging.getLogger("hematovision.training")
 #: View numbers of the on-the-fly draws start here, above the cached recipe's and the mild views
 #: (``recipe.is_mild_view`` is false from ``MILD_VIEW_END`` up): these are the recipe's full colour views.
 DEEP_VIEW_BASE = 10_000
+#: The second view of each image under ``consistency`` (its own stream of draws, also a full colour view).
+PAIR_VIEW_BASE = 50_000
 #: The one recipe view of each validation image that ``select_on_views`` scores.
 VAL_VIEW = 99_999
 
@@ -55,6 +57,10 @@ class DeepConfig:
     select_on_views: bool = False
     # 0: every layer but BatchNorm trains; N: MobileNetV2 from block_N up (the layers below keep the parent's weights).
     first_block: int = 0
+    # > 0: every image is shown in two colour views per step, and this weight times the Jensen-Shannon divergence
+    # of their two predictions joins the loss (AugMix's consistency term; 12 is its published weight). An epoch
+    # then holds half the images, so that it costs the same number of forward passes.
+    consistency: float = 0.0
 
 
 def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int, seed: int) -> list[ds.LabeledImage]:
@@ -66,6 +72,43 @@ def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int
         kaggle = [kaggle[k] for k in sorted(rng.choice(len(kaggle), kaggle_per_epoch, replace=False))]
     chosen = kaggle + rest
     return [chosen[k] for k in rng.permutation(len(chosen))]
+
+
+def js_divergence(pa, pb):
+    """Jensen-Shannon divergence (nats) between two rows of class probabilities, row by row (TensorFlow ops)."""
+    import tensorflow as tf  # TensorFlow-class library: loaded only when training runs
+
+    m = tf.clip_by_value((pa + pb) / 2.0, 1e-7, 1.0)
+    pa, pb = tf.clip_by_value(pa, 1e-7, 1.0), tf.clip_by_value(pb, 1e-7, 1.0)
+    kl_a, kl_b = (tf.reduce_sum(p * tf.math.log(p / m), axis=-1) for p in (pa, pb))
+    return 0.5 * kl_a + 0.5 * kl_b
+
+
+def _consistency_step(trainer, weight: float, smoothing: float):
+    """One training step on ``x`` = the batch's first views, then its second views: the weighted cross-entropy on
+    all of them plus ``weight`` times the weighted mean Jensen-Shannon divergence of each image's two predictions.
+    Returns (total loss, cross-entropy)."""
+    import keras
+    import tensorflow as tf  # TensorFlow-class library: loaded only when training runs
+
+    ce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing, reduction=None)
+    opt = trainer.optimizer
+    opt.build(trainer.trainable_variables)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y, w):
+        y2, w2 = tf.concat([y, y], 0), tf.concat([w, w], 0)
+        with tf.GradientTape() as tape:
+            logits = trainer(x, training=True)
+            loss_ce = tf.reduce_sum(w2 * ce(y2, logits)) / tf.cast(tf.shape(w2)[0], tf.float32)
+            pa, pb = tf.split(tf.nn.softmax(logits), 2)
+            loss_js = tf.reduce_sum(w * js_divergence(pa, pb)) / tf.cast(tf.shape(w)[0], tf.float32)
+            loss = loss_ce + weight * loss_js
+        grads = tape.gradient(loss, trainer.trainable_variables)
+        opt.apply_gradients(zip(grads, trainer.trainable_variables))
+        return tf.stack([loss, loss_ce])
+
+    return step
 
 
 def _selection_scores(trainer, x_val, x_val_views, y_val, w_val, sources, smoothing: float) -> dict:
@@ -124,6 +167,7 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
                                                       warmup_steps=max(1, min(200, steps // 10)))
     trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
                     loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing))
+    step = _consistency_step(trainer, deep.consistency, cfg.label_smoothing) if deep.consistency > 0 else None
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         x_val = np.stack(list(pool.map(lambda i: training_view(i, -1, cfg), split.val))).astype(np.float32)
@@ -148,12 +192,17 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
         while state.phase == "deep" and state.epoch < deep.max_epochs:
             e = state.epoch
             images = epoch_images(split.train, e, deep.kaggle_per_epoch, cfg.seed)
+            if deep.consistency > 0:  # two views an image: half the images keep an epoch's forward passes
+                images = images[: (len(images) + 1) // 2]
             w = balanced_weights(images)
             y = keras.utils.to_categorical([cls_index[i.label] for i in images], len(TRAINING_CLASSES))
-            batches = [range(b, min(b + deep.batch_size, len(images))) for b in range(0, len(images), deep.batch_size)]
+            per_step = deep.batch_size // 2 if deep.consistency > 0 else deep.batch_size
+            batches = [range(b, min(b + per_step, len(images))) for b in range(0, len(images), per_step)]
 
             def draw(rows, e=e, images=images):
-                return np.stack([training_view(images[k], DEEP_VIEW_BASE + e, cfg) for k in rows]).astype(np.float32)
+                bases = (DEEP_VIEW_BASE, PAIR_VIEW_BASE) if deep.consistency > 0 else (DEEP_VIEW_BASE,)
+                return np.stack([training_view(images[k], base + e, cfg) for base in bases for k in rows]
+                                ).astype(np.float32)
 
             pending = pool.submit(draw, batches[0])
             losses = []
@@ -161,7 +210,10 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
                 x = pending.result()
                 if b + 1 < len(batches):
                     pending = pool.submit(draw, batches[b + 1])
-                r = trainer.train_on_batch(x, y[rows.start:rows.stop], sample_weight=w[rows.start:rows.stop])
+                if step is not None:
+                    r = step(x, y[rows.start:rows.stop].astype(np.float32), w[rows.start:rows.stop].astype(np.float32))
+                else:
+                    r = trainer.train_on_batch(x, y[rows.start:rows.stop], sample_weight=w[rows.start:rows.stop])
                 losses.append(float(np.ravel(r)[0]))
             rec = {"phase": "deep", "epoch": e, "loss": float(np.mean(losses)),
                    **_selection_scores(trainer, x_val, x_val_views, y_val, w_val, src_val, cfg.label_smoothing),
