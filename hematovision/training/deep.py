@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ log = logging.getLogger("hematovision.training")
 DEEP_VIEW_BASE = 10_000
 #: The second view of each image under ``consistency`` (its own stream of draws, also a full colour view).
 PAIR_VIEW_BASE = 50_000
+#: Batches drawn ahead of the training step, one per drawing thread.
+DRAW_AHEAD = 2
 #: The one recipe view of each validation image that ``select_on_views`` scores.
 VAL_VIEW = 99_999
 
@@ -204,12 +207,13 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
                 return np.stack([training_view(images[k], base + e, cfg) for base in bases for k in rows]
                                 ).astype(np.float32)
 
-            pending = pool.submit(draw, batches[0])
+            # Colour views cost about as much CPU as the training step: both threads draw, two batches ahead.
+            pending = deque(pool.submit(draw, rows) for rows in batches[:DRAW_AHEAD])
             losses = []
             for b, rows in enumerate(batches):
-                x = pending.result()
-                if b + 1 < len(batches):
-                    pending = pool.submit(draw, batches[b + 1])
+                x = pending.popleft().result()
+                if b + DRAW_AHEAD < len(batches):
+                    pending.append(pool.submit(draw, batches[b + DRAW_AHEAD]))
                 if step is not None:
                     r = step(x, y[rows.start:rows.stop].astype(np.float32), w[rows.start:rows.stop].astype(np.float32))
                 else:
