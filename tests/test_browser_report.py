@@ -65,20 +65,27 @@ def _download(page, path: Path, *needles: str, attempts: int = 8) -> tuple[str, 
     """Download the report until its text holds every needle: (file name, text).
 
     The button's bytes are made when the script runs, so a click that lands before the rerun
-    for the last input has finished gets the previous PDF. On a busy CPU no fixed wait is
-    enough, so poll: download, read, and wait for the rerun to end before trying again.
+    for the last input has finished gets the previous PDF, or, when the rerun replaces the file
+    under the click, no download at all. On a busy CPU no fixed wait is enough, so poll:
+    download, read, and wait for the rerun to end before trying again.
     """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    text, name = "", ""
     for _ in range(attempts):
         _idle(page)
-        with page.expect_download(timeout=60_000) as dl:
-            page.get_by_role("button", name="Download report (PDF)").click()
+        try:
+            with page.expect_download(timeout=30_000) as dl:
+                page.get_by_role("button", name="Download report (PDF)").click()
+        except PlaywrightTimeout:  # the click was lost to a rerun: wait for it to end and click again
+            continue
         dl.value.save_as(path)
         assert path.read_bytes().startswith(b"%PDF")
-        text = _text(path)
+        name, text = dl.value.suggested_filename, _text(path)
         if all(n in text for n in needles):
-            break
+            return name, text
         page.wait_for_timeout(2_000)
-    return dl.value.suggested_filename, text
+    raise AssertionError(f"no report holding {needles} in {attempts} downloads (last: {name!r})")
 
 
 def test_report_pdf_from_classify_then_signed_after_review(server, tmp_path):
