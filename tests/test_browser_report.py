@@ -71,7 +71,7 @@ def _download(page, path: Path, *needles: str, attempts: int = 8) -> tuple[str, 
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    text, name = "", ""
+    name = ""
     for _ in range(attempts):
         _idle(page)
         try:

@@ -191,19 +191,20 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
         log.info("%s", rec)
     # The optimizer's step counter restarts on resume; the schedule then starts over for the remaining epochs,
     # which only matters for an interrupted run.
+    # Each image's views per step: two under the consistency term, so an epoch holds 1/len(bases) of the images and
+    # a step 1/len(bases) of the batch, keeping an epoch's forward passes.
+    bases = (DEEP_VIEW_BASE, PAIR_VIEW_BASE) if step is not None else (DEEP_VIEW_BASE,)
+    per_step = max(1, deep.batch_size // len(bases))
     with ThreadPoolExecutor(max_workers=2) as pool:
         while state.phase == "deep" and state.epoch < deep.max_epochs:
             e = state.epoch
             images = epoch_images(split.train, e, deep.kaggle_per_epoch, cfg.seed)
-            if deep.consistency > 0:  # two views an image: half the images keep an epoch's forward passes
-                images = images[: (len(images) + 1) // 2]
+            images = images[: (len(images) + len(bases) - 1) // len(bases)]
             w = balanced_weights(images)
             y = keras.utils.to_categorical([cls_index[i.label] for i in images], len(TRAINING_CLASSES))
-            per_step = deep.batch_size // 2 if deep.consistency > 0 else deep.batch_size
             batches = [range(b, min(b + per_step, len(images))) for b in range(0, len(images), per_step)]
 
             def draw(rows, e=e, images=images):
-                bases = (DEEP_VIEW_BASE, PAIR_VIEW_BASE) if deep.consistency > 0 else (DEEP_VIEW_BASE,)
                 return np.stack([training_view(images[k], base + e, cfg) for base in bases for k in rows]
                                 ).astype(np.float32)
 
