@@ -93,18 +93,16 @@ def test_refit_trains_on_validation_too_and_borrows_the_calibration(refit_run):
         refit_config(selected, replace(cfg, input_size=64))
 
 
-@pytest.mark.parametrize("consistency", [0.0, 12.0])
-def test_deep_phase_trains_the_lower_blocks_and_keeps_batchnorm(refit_run, data_root, tmp_path, consistency):
+def test_deep_phase_trains_the_lower_blocks_and_keeps_batchnorm(refit_run, data_root, tmp_path):
     """``train --deep-from``: every layer but BatchNorm moves (the first convolution too), BatchNorm keeps its
-    statistics, the run records its epochs, and the exported model is the epoch of the best validation loss;
-    with the consistency term (two views an image, its own training step) too."""
+    statistics, the run records its epochs, and the exported model is the epoch of the best validation loss (the
+    consistency term's own training step is run by the resume test below)."""
     import numpy as np
 
     from hematovision.training.deep import DeepConfig, deep_fit
 
     cfg, cache, work, parent = refit_run
-    deep = DeepConfig(init_from=str(parent), max_epochs=1, batch_size=8, kaggle_per_epoch=4, lr=1e-3,
-                      consistency=consistency)
+    deep = DeepConfig(init_from=str(parent), max_epochs=1, batch_size=8, kaggle_per_epoch=4, lr=1e-3)
     out = train_command(tmp_path / "deep", tmp_path / "work", cfg, data_root, evaluate=False,
                         fitter=lambda w, c, r, cache_root=None: deep_fit(w, c, r, deep=deep))
     before = persistence.load_keras_model(parent)
@@ -168,3 +166,46 @@ def test_deep_selection_loss_averages_clean_and_recipe_views():
     both = _selection_scores(Stub(), clean, views, y, w, src, 0.0)
     assert both["aug_val_acc"] == 0.0 and both["aug_val_loss"] > both["val_loss"]
     assert both["select_loss"] == (both["val_loss"] + both["aug_val_loss"]) / 2
+
+
+def test_interrupted_deep_run_resumes_its_learning_rate_schedule(refit_run, data_root, tmp_path, monkeypatch):
+    """A deep run stopped after its first epoch resumes at that epoch, with the optimizer's step count (and so the
+    cosine schedule) where it stopped rather than back at the warm-up. Run with the consistency term: two colour
+    views an image, in its own training step."""
+    from hematovision.training import deep as deep_module
+    from hematovision.training.deep import DeepConfig, deep_fit
+    from hematovision.training.recipe import RunFiles
+
+    class Stopped(Exception):
+        pass
+
+    class StopAfterFirstEpoch(RunFiles):
+        def save(self, net, state):
+            super().save(net, state)
+            if state.epoch == 1:
+                raise Stopped
+
+    cfg, cache, work, parent = refit_run
+    deep = DeepConfig(init_from=str(parent), max_epochs=2, patience=5, batch_size=4, kaggle_per_epoch=2, lr=1e-4,
+                      consistency=12.0)
+    monkeypatch.setattr(deep_module, "RunFiles", StopAfterFirstEpoch)
+    with pytest.raises(Stopped):
+        deep_fit(tmp_path / "work", cfg, data_root, deep=deep)
+    monkeypatch.undo()
+    history = deep_fit(tmp_path / "work", cfg, data_root, deep=deep).state.history
+    assert [h["epoch"] for h in history] == [-1, 0, 1]
+    steps = {h["epoch"]: h["step"] for h in history if h["epoch"] >= 0}
+    assert steps[0] > 0 and steps[1] == 2 * steps[0]
+    assert all(h["loss"] > 0 for h in history[1:])
+
+
+def test_view_counts_that_would_reach_another_kind_of_view_are_refused():
+    from hematovision.training.deep import DeepConfig
+
+    with pytest.raises(ValueError, match="recipe views"):
+        TrainConfig(views_per_image={"kaggle": 2, "pbc": 60}, extra_views={"pbc": 41})
+    with pytest.raises(ValueError, match="mild views"):
+        TrainConfig(mild_views={"pbc": 901})
+    TrainConfig(views_per_image={"kaggle": 2, "pbc": 60}, extra_views={"pbc": 40}, mild_views={"pbc": 900})
+    with pytest.raises(ValueError, match="max_epochs"):
+        DeepConfig(init_from="x", max_epochs=50_000)

@@ -65,6 +65,12 @@ class DeepConfig:
     # then holds half the images, so that it costs the same number of forward passes.
     consistency: float = 0.0
 
+    def __post_init__(self):
+        # Epoch e draws view DEEP_VIEW_BASE + e (and PAIR_VIEW_BASE + e): the streams must not meet each other or
+        # the validation view.
+        if not 0 < self.max_epochs <= min(PAIR_VIEW_BASE - DEEP_VIEW_BASE, VAL_VIEW - PAIR_VIEW_BASE):
+            raise ValueError(f"max_epochs must be between 1 and {VAL_VIEW - PAIR_VIEW_BASE}")
+
 
 def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int, seed: int) -> list[ds.LabeledImage]:
     """This epoch's images in training order: every non-Kaggle image and a random ``kaggle_per_epoch`` of Kaggle's."""
@@ -163,14 +169,22 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
         state.phase = "deep"
     (work / "deep_config.json").write_text(json.dumps(asdict(deep), indent=1))
 
-    steps = deep.max_epochs * ((len(epoch_images(split.train, 0, deep.kaggle_per_epoch, cfg.seed)) + deep.batch_size
-                                - 1) // deep.batch_size)
+    # Each image's views per step: two under the consistency term, so an epoch holds 1/len(bases) of the images and
+    # a step 1/len(bases) of the batch, keeping an epoch's forward passes.
+    bases = (DEEP_VIEW_BASE, PAIR_VIEW_BASE) if deep.consistency > 0 else (DEEP_VIEW_BASE,)
+    per_step = max(1, deep.batch_size // len(bases))
+    per_epoch = (len(epoch_images(split.train, 0, deep.kaggle_per_epoch, cfg.seed)) + len(bases) - 1) // len(bases)
+    steps_per_epoch = (per_epoch + per_step - 1) // per_step
+    steps = deep.max_epochs * steps_per_epoch
     # A short warm-up: Adam's first steps are full-sized, and the lower blocks hold ImageNet's filters.
     schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=steps, warmup_target=deep.lr,
                                                       warmup_steps=max(1, min(200, steps // 10)))
     trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
                     loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing))
     step = _consistency_step(trainer, deep.consistency, cfg.label_smoothing) if deep.consistency > 0 else None
+    # A resumed run takes the learning-rate schedule up where it stopped (Adam's moments start afresh).
+    trainer.optimizer.build(trainer.trainable_variables)
+    trainer.optimizer.iterations.assign(state.epoch * steps_per_epoch)
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         x_val = np.stack(list(pool.map(lambda i: training_view(i, -1, cfg), split.val))).astype(np.float32)
@@ -189,17 +203,11 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
         net.save_weights(str(files.best))
         files.save(net, state)
         log.info("%s", rec)
-    # The optimizer's step counter restarts on resume; the schedule then starts over for the remaining epochs,
-    # which only matters for an interrupted run.
-    # Each image's views per step: two under the consistency term, so an epoch holds 1/len(bases) of the images and
-    # a step 1/len(bases) of the batch, keeping an epoch's forward passes.
-    bases = (DEEP_VIEW_BASE, PAIR_VIEW_BASE) if step is not None else (DEEP_VIEW_BASE,)
-    per_step = max(1, deep.batch_size // len(bases))
     with ThreadPoolExecutor(max_workers=2) as pool:
         while state.phase == "deep" and state.epoch < deep.max_epochs:
             e = state.epoch
             images = epoch_images(split.train, e, deep.kaggle_per_epoch, cfg.seed)
-            images = images[: (len(images) + len(bases) - 1) // len(bases)]
+            images = images[:per_epoch]
             w = balanced_weights(images)
             y = keras.utils.to_categorical([cls_index[i.label] for i in images], len(TRAINING_CLASSES))
             batches = [range(b, min(b + per_step, len(images))) for b in range(0, len(images), per_step)]
@@ -221,6 +229,7 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
                     r = trainer.train_on_batch(x, y[rows.start:rows.stop], sample_weight=w[rows.start:rows.stop])
                 losses.append(float(np.ravel(r)[0]))
             rec = {"phase": "deep", "epoch": e, "loss": float(np.mean(losses)),
+                   "step": int(trainer.optimizer.iterations.numpy()),
                    **_selection_scores(trainer, x_val, x_val_views, y_val, w_val, src_val, cfg.label_smoothing),
                    "t": round(time.time() - t0, 1)}
             state.history.append(rec)

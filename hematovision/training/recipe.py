@@ -120,6 +120,15 @@ class TrainConfig:
     # seen); "shuffle": each epoch draws one of an image's views at random, so every view can reach the kept model.
     view_order: str = "cycle"
 
+    def __post_init__(self):
+        # Each kind of view has its own range of view numbers (see MILD_VIEW_BASE); a count that ran into the next
+        # range would silently draw the wrong augmentation.
+        for source, n in self.views_per_image.items():
+            if n + self.extra_views.get(source, 0) > MILD_VIEW_BASE:
+                raise ValueError(f"{source}: at most {MILD_VIEW_BASE} recipe views per image (views + extra views)")
+        if max(self.mild_views.values(), default=0) > MILD_VIEW_END - MILD_VIEW_BASE:
+            raise ValueError(f"at most {MILD_VIEW_END - MILD_VIEW_BASE} mild views per image")
+
 
 def robust_augment() -> dict:
     """The robustness measures of the first shipped recipe: HED stain, colour, blur and JPEG
