@@ -207,6 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--average-from", type=int, default=TrainConfig.average_from,
                    help="weight averaging: run all --max-epochs fine-tuning epochs without early stopping and ship "
                         "the mean of the weights from this epoch on (default: off, the best epoch is kept)")
+    t.add_argument("--fit-seed", type=int, default=None,
+                   help="the fitting's own seed (head initialisation, dropout, batch order; default: the recipe's "
+                        "seed); the cached views are reused, so replicates measure run-to-run noise cheaply")
     t.add_argument("--mild-share", type=float, default=TrainConfig.mild_share,
                    help="where an image has mild views, the share of epochs that show one "
                         f"(default {TrainConfig.mild_share})")
@@ -769,6 +772,7 @@ def cmd_train(args) -> int:
     cfg.mild_share = args.mild_share
     cfg.average_from = args.average_from
     cfg.view_order = args.view_order
+    cfg.fit_seed = args.fit_seed
     cfg.extra_views = _views(args.extra_views, {}) if args.extra_views else {}
     try:
         cfg.exclude_classes = check_exclude_classes(args.exclude_classes.split(","))

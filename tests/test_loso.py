@@ -27,6 +27,9 @@ def test_variants_share_clean_caches_but_not_view_caches():
     assert view_cache_key(replace(cfg, train_on=("pbc",), max_epochs=3)) == view_cache_key(
         cfg
     )  # LOSO reuses the main run's cache
+    replicate = replace(cfg, fit_seed=7)  # a replicate of a run: its own fitting seed, the same cached views
+    assert view_cache_key(replicate) == view_cache_key(cfg) and clean_cache_key(replicate) == clean_cache_key(cfg)
+    assert (replicate.fitting_seed, cfg.fitting_seed) == (7, cfg.seed)
 
 
 def test_tiny_loso_run_resumes_and_is_recorded(tmp_path, data_root):

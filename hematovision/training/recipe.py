@@ -119,6 +119,14 @@ class TrainConfig:
     # "cycle": epoch e shows view e mod n of each image (views past the epochs that early stopping keeps are never
     # seen); "shuffle": each epoch draws one of an image's views at random, so every view can reach the kept model.
     view_order: str = "cycle"
+    # The fitting's own seed (the head's initialisation, dropout, the order of batches); None: ``seed``. It is not in
+    # the view cache's key, so a replicate run with another fit seed reuses the cached views: the spread of such
+    # replicates is the run-to-run noise a candidate recipe has to beat.
+    fit_seed: int | None = None
+
+    @property
+    def fitting_seed(self) -> int:
+        return self.seed if self.fit_seed is None else self.fit_seed
 
     def __post_init__(self):
         # Each kind of view has its own range of view numbers (see MILD_VIEW_BASE); a count that ran into the next
@@ -646,8 +654,8 @@ def train_phase(net, top, data: TrainingArrays, state: TrainState, files: RunFil
     while state.epoch < epochs:
         e = state.epoch
         xe, ye, we = _epoch_arrays(data.x_train, data.y_train, data.w_train, data.view_index, len(data.view_index),
-                                   e + offset, data.mild_index, cfg.mild_share, cfg.seed, cfg.view_order)
-        perm = np.random.default_rng(cfg.seed + e + offset).permutation(len(xe))
+                                   e + offset, data.mild_index, cfg.mild_share, cfg.fitting_seed, cfg.view_order)
+        perm = np.random.default_rng(cfg.fitting_seed + e + offset).permutation(len(xe))
         h = top.fit(
             xe[perm].astype(np.float32),
             keras.utils.to_categorical(ye[perm], n_classes),
@@ -700,7 +708,7 @@ def fit(
     root = root or data_root()
     weights = weights or weights_path(root)
     work.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.fitting_seed)
     t0 = time.time()
     refit = cfg.refit_finetune_epochs > 0
 
