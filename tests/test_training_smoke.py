@@ -209,3 +209,10 @@ def test_view_counts_that_would_reach_another_kind_of_view_are_refused():
     TrainConfig(views_per_image={"kaggle": 2, "pbc": 60}, extra_views={"pbc": 40}, mild_views={"pbc": 900})
     with pytest.raises(ValueError, match="max_epochs"):
         DeepConfig(init_from="x", max_epochs=50_000)
+    # the CLI sets the counts on a made config: caching the views checks them again, before any view is drawn
+    from hematovision.training.recipe import cache_training_arrays
+
+    cfg = TrainConfig()
+    cfg.extra_views = {"pbc": 99}
+    with pytest.raises(ValueError, match="recipe views"):
+        cache_training_arrays(None, None, cfg, None)

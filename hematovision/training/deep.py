@@ -68,8 +68,9 @@ class DeepConfig:
     def __post_init__(self):
         # Epoch e draws view DEEP_VIEW_BASE + e (and PAIR_VIEW_BASE + e): the streams must not meet each other or
         # the validation view.
-        if not 0 < self.max_epochs <= min(PAIR_VIEW_BASE - DEEP_VIEW_BASE, VAL_VIEW - PAIR_VIEW_BASE):
-            raise ValueError(f"max_epochs must be between 1 and {VAL_VIEW - PAIR_VIEW_BASE}")
+        most = min(PAIR_VIEW_BASE - DEEP_VIEW_BASE, VAL_VIEW - PAIR_VIEW_BASE)
+        if not 0 < self.max_epochs <= most:
+            raise ValueError(f"max_epochs must be between 1 and {most}")
 
 
 def epoch_images(train: list[ds.LabeledImage], epoch: int, kaggle_per_epoch: int, seed: int) -> list[ds.LabeledImage]:
@@ -154,7 +155,7 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
 
     root = root or data_root()
     work.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.fitting_seed)
     t0 = time.time()
     split = split_images(root, work, cfg)
     parent = persistence.load_keras_model(Path(deep.init_from))
@@ -173,7 +174,8 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     # a step 1/len(bases) of the batch, keeping an epoch's forward passes.
     bases = (DEEP_VIEW_BASE, PAIR_VIEW_BASE) if deep.consistency > 0 else (DEEP_VIEW_BASE,)
     per_step = max(1, deep.batch_size // len(bases))
-    per_epoch = (len(epoch_images(split.train, 0, deep.kaggle_per_epoch, cfg.seed)) + len(bases) - 1) // len(bases)
+    n_epoch = len(epoch_images(split.train, 0, deep.kaggle_per_epoch, cfg.fitting_seed))  # the same every epoch
+    per_epoch = (n_epoch + len(bases) - 1) // len(bases)
     steps_per_epoch = (per_epoch + per_step - 1) // per_step
     steps = deep.max_epochs * steps_per_epoch
     # A short warm-up: Adam's first steps are full-sized, and the lower blocks hold ImageNet's filters.
@@ -206,7 +208,7 @@ def deep_fit(work: Path, cfg: TrainConfig, root: Path | None = None, cache_root:
     with ThreadPoolExecutor(max_workers=2) as pool:
         while state.phase == "deep" and state.epoch < deep.max_epochs:
             e = state.epoch
-            images = epoch_images(split.train, e, deep.kaggle_per_epoch, cfg.seed)
+            images = epoch_images(split.train, e, deep.kaggle_per_epoch, cfg.fitting_seed)
             images = images[:per_epoch]
             w = balanced_weights(images)
             y = keras.utils.to_categorical([cls_index[i.label] for i in images], len(TRAINING_CLASSES))

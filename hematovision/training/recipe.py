@@ -129,8 +129,12 @@ class TrainConfig:
         return self.seed if self.fit_seed is None else self.fit_seed
 
     def __post_init__(self):
-        # Each kind of view has its own range of view numbers (see MILD_VIEW_BASE); a count that ran into the next
-        # range would silently draw the wrong augmentation.
+        self.check_view_numbers()
+
+    def check_view_numbers(self) -> None:
+        """Each kind of view has its own range of view numbers (see MILD_VIEW_BASE); a count that ran into the next
+        range would silently draw the wrong augmentation. Checked when made and again before views are cached, since
+        the CLI sets the counts on a made config."""
         for source, n in self.views_per_image.items():
             if n + self.extra_views.get(source, 0) > MILD_VIEW_BASE:
                 raise ValueError(f"{source}: at most {MILD_VIEW_BASE} recipe views per image (views + extra views)")
@@ -573,6 +577,7 @@ def split_images(root: Path, work: Path, cfg: TrainConfig) -> SplitImages:
 def cache_training_arrays(bottom, split: SplitImages, cfg: TrainConfig, cache_root: Path) -> TrainingArrays:
     """Step 2: the frozen bottom's features of every training view and of each clean validation image,
     from the cache or computed into it, with labels and class-and-source balanced weights."""
+    cfg.check_view_numbers()
     cls_index = {c: k for k, c in enumerate(TRAINING_CLASSES)}
     refit = cfg.refit_finetune_epochs > 0
     # A refit's validation views are cached apart from the train list's, so the selection run's cache is reused.
