@@ -201,6 +201,28 @@ def load_keras_model(model_dir: Path, card: ModelCard | None = None):
         raise ModelError(f"cannot load {path} ({type(exc).__name__}: {exc}); restore it from git or retrain") from None
 
 
+def _selection_lines(sel: dict | None) -> list[str]:
+    """The card's record of how this network was chosen among draws of its command (validation only)."""
+    if not sel or not sel.get("candidates"):
+        return []
+    lines = [
+        "### Chosen among draws",
+        "",
+        f"Rule: {sel.get('rule', '')}. Eligible: {sel.get('eligible', '')}. Score: {sel.get('score', '')}.",
+        "",
+        "| draw | version | Kaggle val | PBC val | eligible | score |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    for c in sel["candidates"]:
+        lines.append(
+            f"| {c.get('seed', '')} | `{c.get('version', '')}` | {c.get('kaggle_val', float('nan')):.2f}% | "
+            f"{c.get('pbc_val', float('nan')):.2f}% | {'yes' if c.get('eligible') else 'no'} | "
+            f"{c.get('score', float('nan')):.1f} |"
+        )
+    lines += ["", f"Chosen: `{sel.get('chosen', '')}`." + (f" {sel['tie_break']}." if sel.get("tie_break") else ""), ""]
+    return lines
+
+
 def render_card(card: ModelCard) -> str:
     """The model card as Markdown."""
     t = card.training
@@ -268,8 +290,11 @@ def render_card(card: ModelCard) -> str:
             "",
             f"- Machine: {t.get('machine', '')}",
             f"- Wall time (s): `{json.dumps(t.get('wall_time_seconds', {}))}`",
-            "",
         ]
+        if t.get("command"):
+            lines.append(f"- Command: `{t['command']}`")
+        lines.append("")
+        lines += _selection_lines(t.get("selection"))
         lines += ["### Hyperparameters", "", "```json", json.dumps(t.get("hyperparameters", {}), indent=2), "```", ""]
     if t.get("trust"):
         tr = t["trust"]
